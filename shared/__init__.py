@@ -1,0 +1,1 @@
+"""Code shared by the coordinating center and the hospitals: models, data, privacy, metrics."""
