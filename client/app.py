@@ -1,0 +1,69 @@
+"""Flower ClientApp of a hospital: a thin shell around client.site_worker.SiteWorker.
+
+The run's resolved config travels in the run config (key `fedcare-config`); the site's own
+settings come from its node config (simulation: the partition id picks the site) and win.
+Every reply passes the outgoing-message guard, so only whitelisted content leaves the site.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site_settings import site_settings_from_context
+from client.site_worker import RoundOutcome, SiteWorker
+from shared.config import config_from_json
+from shared.privacy.whitelist import outgoing_guard_mod
+
+_WORKERS: dict[tuple[str, str], SiteWorker] = {}  # one per (run, site) in this process: data loads once
+
+
+def _worker(context: Context, bound_run_config: dict[str, Any] | None) -> SiteWorker:
+    rc = bound_run_config or dict(context.run_config)
+    settings = site_settings_from_context(context, rc)
+    key = (str(rc["run-id"]), settings.site)
+    if key not in _WORKERS:
+        torch.set_num_threads(max(1, int(float(rc.get("cpus-per-site", 1)))))
+        _WORKERS[key] = SiteWorker(config_from_json(str(rc["fedcare-config"])), settings, str(rc["run-id"]))
+    return _WORKERS[key]
+
+
+def _reply(msg: Message, worker: SiteWorker, outcome: RoundOutcome) -> Message:
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(outcome.metrics),
+            "site": ConfigRecord({"name": worker.settings.site, "status": outcome.status, "reason": outcome.reason}),
+        }
+    )
+    if outcome.arrays is not None:
+        content["arrays"] = ArrayRecord(outcome.arrays)
+    return Message(content=content, reply_to=msg)
+
+
+def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientApp:
+    """`bound_run_config` is set by `fedcare simulate` (the simulation API has no run config)."""
+    app = ClientApp(mods=[outgoing_guard_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        worker = _worker(context, bound_run_config)
+        config = msg.content["config"]
+        global_state = msg.content["arrays"].to_torch_state_dict()
+        outcome = worker.train_round(
+            int(config["server-round"]), global_state, proximal_mu=float(config.get("proximal-mu", 0.0))
+        )
+        return _reply(msg, worker, outcome)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        worker = _worker(context, bound_run_config)
+        metrics = worker.evaluate(msg.content["arrays"].to_torch_state_dict())
+        return _reply(msg, worker, RoundOutcome("evaluated", metrics=metrics))
+
+    return app
+
+
+app = build_client_app()

@@ -1,0 +1,5 @@
+import sys
+
+from fedcare.cli import main
+
+sys.exit(main())

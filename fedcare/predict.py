@@ -1,0 +1,49 @@
+"""`fedcare predict`: per-patient probabilities for new data from a saved global checkpoint.
+
+Runs at a site: the data and the predictions never leave it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from server.checkpoints import load_checkpoint
+from shared.config import config_from_dict
+from shared.errors import InputError
+from shared.tasks.registry import build_task
+
+
+def default_encoder_dir(checkpoint: Path) -> Path | None:
+    """runs/<id>/checkpoints/round_N.pt -> runs/<id>/sites/<first site with an encoder>/"""
+    sites = checkpoint.resolve().parent.parent / "sites"
+    found = sorted(p for p in sites.glob("*") if p.is_dir()) if sites.is_dir() else []
+    return found[0] if found else None
+
+
+def predict_to_csv(checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Path | None = None) -> int:
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
+    task = build_task(cfg)
+    model = task.build_model()
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    encoder_dir = encoder_dir or default_encoder_dir(checkpoint)
+    if encoder_dir is None:
+        raise InputError(checkpoint, "encoder", "no site encoder next to the checkpoint; pass --encoder SITE_STATE_DIR")
+    ids, dataset = task.prediction_inputs(Path(data_dir), Path(encoder_dir))
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(ids), 256):
+            batch = [t[start : start + 256] for t in dataset.tensors]
+            outs.append(task.forward(model, batch).float())
+    logits = torch.cat(outs).numpy() if outs else np.zeros(0)
+    frame = pd.DataFrame({task.id_column: ids, "probability": 1.0 / (1.0 + np.exp(-logits))})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return len(frame)

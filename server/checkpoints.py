@@ -1,0 +1,41 @@
+"""Global model checkpoints: one file per round, written atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.errors import InputError
+
+
+def checkpoint_path(run_dir: Path, server_round: int) -> Path:
+    return run_dir / "checkpoints" / f"round_{server_round:03d}.pt"
+
+
+def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise InputError(path, None, f"not a readable fedcare checkpoint ({type(err).__name__})") from None
+    for key in ("state_dict", "config", "round"):
+        if key not in ckpt:
+            raise InputError(path, key, "missing from checkpoint")
+    return ckpt
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob("round_*.pt"))
+    return found[-1] if found else None

@@ -1,0 +1,88 @@
+"""The coordinating center's side of a run: build the global model from the config, run the
+strategy, checkpoint every round, write the run's history and summary into runs/<run-id>/."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from server.checkpoints import checkpoint_path, save_checkpoint
+from server.history import RunHistory, write_json_atomic
+from server.strategy import make_strategy
+from shared.config import config_from_json
+from shared.errors import InputError
+from shared.tasks.registry import build_task
+
+
+def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
+    cfg = config_from_json(str(rc["fedcare-config"]))
+    run_dir = Path(str(rc["run-dir"]))
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg)
+    model = task.build_model()  # same layout at the center and at every site
+    history = RunHistory(run_dir, list(cfg.data.sites))
+    try:
+        strategy = make_strategy(cfg, history)
+    except TypeError as err:
+        raise InputError(cfg.source, "strategy.params", str(err)) from None
+    meta = {"config": cfg.to_dict(), "task": cfg.task, "model": cfg.model.name, "run_id": str(rc["run-id"])}
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        save_checkpoint(checkpoint_path(run_dir, server_round), arrays.to_torch_state_dict(), {**meta, "round": server_round})
+        return None
+
+    started = time.time()
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.train.rounds,
+        timeout=cfg.federation.round_timeout_s,
+        train_config=ConfigRecord({}),
+        evaluate_config=ConfigRecord({}),
+        evaluate_fn=checkpoint,
+    )
+    history.save()
+    trained_rounds = [r for r, sites in history.rounds.items() if any(s.get("status") == "trained" for s in sites.values())]
+    last = cfg.train.rounds
+    summary = {
+        "run_id": str(rc["run-id"]),
+        "task": cfg.task,
+        "rounds_planned": cfg.train.rounds,
+        "rounds_with_training": len(trained_rounds),
+        "wall_time_s": round(time.time() - started, 1),
+        "final_checkpoint": str(checkpoint_path(run_dir, last).relative_to(run_dir)),
+        "final_weighted": {m: history.weighted(last, m) for m in ("auroc", "auprc", "brier", "val_loss")},
+        "sites": {site: _site_summary(history, site) for site in cfg.data.sites},
+        "events": history.events,
+        "complete": bool(trained_rounds) and len(result.arrays.keys()) > 0,
+    }
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _site_summary(history: RunHistory, site: str) -> dict[str, Any]:
+    trained = [r for r in sorted(history.rounds) if history.rounds[r].get(site, {}).get("status") == "trained"]
+    stopped = next(
+        (
+            {"round": r, "status": history.rounds[r][site]["status"], "reason": history.rounds[r][site].get("reason", "")}
+            for r in sorted(history.rounds)
+            if history.rounds[r].get(site, {}).get("status") not in ("trained", None)
+        ),
+        None,
+    )
+    last_eval = next(
+        (history.rounds[r][site]["evaluate"] for r in sorted(history.rounds, reverse=True)
+         if "evaluate" in history.rounds[r].get(site, {})),
+        {},
+    )
+    last_eps = next(
+        (history.rounds[r][site]["train"].get("epsilon") for r in sorted(history.rounds, reverse=True)
+         if "train" in history.rounds[r].get(site, {})),
+        None,
+    )
+    return {"rounds_trained": trained, "first_stop": stopped, "final_metrics": last_eval, "epsilon": last_eps}

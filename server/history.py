@@ -1,0 +1,102 @@
+"""Round-by-round record of a run at the coordinating center: per-site status and whitelisted
+metrics, printed as a table each round and saved as JSON (atomically) after each round."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class RunHistory:
+    run_dir: Path
+    sites: list[str]
+    rounds: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # round -> site -> record
+    events: list[str] = field(default_factory=list)  # human-readable notes (drops, refusals)
+    console: Console = field(default_factory=lambda: Console(highlight=False))
+
+    def site_record(self, server_round: int, site: str) -> dict[str, Any]:
+        return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": "no reply"})
+
+    def record_train(self, server_round: int, site: str, status: str, reason: str, metrics: dict[str, Any]) -> None:
+        rec = self.site_record(server_round, site)
+        rec.update(status=status, reason=reason, train={k: float(v) for k, v in metrics.items()})
+        if status != "trained":
+            self.note(f"round {server_round}: {site} did not train ({status}: {reason}); dropped from aggregation")
+
+    def record_evaluate(self, server_round: int, site: str, metrics: dict[str, Any]) -> None:
+        self.site_record(server_round, site)["evaluate"] = {k: float(v) for k, v in metrics.items()}
+
+    def record_failure(self, server_round: int, site: str, phase: str, reason: str) -> None:
+        rec = self.site_record(server_round, site)
+        if phase == "train":
+            rec.update(status="failed", reason=reason)
+        self.note(f"round {server_round}: {site} {phase} failed: {reason}")
+
+    def note(self, text: str) -> None:
+        self.events.append(text)
+        self.console.print(f"[yellow]! {text}[/yellow]")
+
+    def weighted(self, server_round: int, metric: str) -> float | None:
+        num = den = 0.0
+        for rec in self.rounds.get(server_round, {}).values():
+            ev = rec.get("evaluate", {})
+            if metric in ev and math.isfinite(ev[metric]):
+                num += ev[metric] * ev.get("num-examples", 0)
+                den += ev.get("num-examples", 0)
+        return num / den if den else None
+
+    def print_round(self, server_round: int, total_rounds: int) -> None:
+        table = Table(title=f"round {server_round}/{total_rounds}", title_justify="left")
+        for col in ("site", "status", "train loss", "val AUROC", "val AUPRC", "epsilon (cum.)", "n val"):
+            table.add_column(col, justify="left" if col in ("site", "status") else "right")
+        for site in self.sites:
+            rec = self.rounds.get(server_round, {}).get(site, {"status": "no reply"})
+            tr, ev = rec.get("train", {}), rec.get("evaluate", {})
+            table.add_row(
+                site, rec.get("status", "-"), _fmt(tr.get("train_loss")), _fmt(ev.get("auroc")),
+                _fmt(ev.get("auprc")), _fmt(tr.get("epsilon"), 2), _fmt(ev.get("num-examples"), 0),
+            )
+        table.add_row("weighted", "", "", _fmt(self.weighted(server_round, "auroc")),
+                      _fmt(self.weighted(server_round, "auprc")), "", "", style="bold")
+        self.console.print(table)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sites": self.sites,
+            "rounds": {str(r): v for r, v in sorted(self.rounds.items())},
+            "weighted": {
+                str(r): {m: self.weighted(r, m) for m in ("auroc", "auprc", "brier", "val_loss")}
+                for r in sorted(self.rounds)
+            },
+            "events": self.events,
+        }
+
+    def save(self) -> None:
+        write_json_atomic(self.run_dir / "metrics.json", self.to_dict())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}"

@@ -1,0 +1,238 @@
+"""YAML -> validated, typed run configuration. One clear one-line error per bad field.
+
+Every section is a dataclass; unknown keys, wrong types and out-of-range values raise
+`InputError(<yaml file>, <section.field>, problem)` at load time, so deeper code trusts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.errors import InputError
+
+TASKS = ("event_mortality", "retain_aki", "sleep_staging", "sleep_diagnosis", "multimodal")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean", "krum")
+ACCOUNTANTS = ("rdp", "prv")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+PRECISIONS = ("fp32", "tf32", "bf16")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic/event_mortality"
+    sites: list[str] = field(default_factory=lambda: ["hospital_a", "hospital_b", "hospital_c"])
+    val_fraction: float = 0.25
+    split_seed: int = 0
+    max_events: int = 256  # most recent N events per stay are kept; the cap is reported
+    text_model: str | None = None  # local HF model dir; None = hashed bag-of-words embedding
+    text_dim: int = 64  # dimension of the hashed embedding (ignored with text_model)
+    synth_sizes: list[int] | None = None  # stays per synthetic site; None = task default
+
+
+@dataclass
+class ModelConfig:
+    name: str = "event_transformer"
+    params: dict[str, Any] = field(default_factory=dict)  # every other key of the YAML section
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 32  # expected (Poisson) logical batch size
+    max_physical_batch_size: int | None = None  # cap per forward pass (Opacus BatchMemoryManager)
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    loss: str = "bce"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PrivacyConfig:
+    enabled: bool = True
+    target_epsilon: float = 8.0  # per site, for this run
+    delta: float = 1.0e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    grad_sample_mode: str = "hooks"
+    max_noise_multiplier: float = 20.0  # a plan needing more noise than this counts as no budget
+    site_targets: dict[str, float] = field(default_factory=dict)  # per-site override of target_epsilon
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"
+    min_sites: int = 2
+    params: dict[str, Any] = field(default_factory=dict)  # e.g. proximal_mu, eta, trim_beta
+
+
+@dataclass
+class FederationConfig:
+    mode: str = "simulation"
+    cpus_per_site: float = 1.0
+    gpus_per_site: float = 0.0
+    round_timeout_s: float = 3600.0
+    site_state_root: str | None = None  # persistent per-site state (lifetime ledgers); None = inside the run dir
+
+
+@dataclass
+class RunConfig:
+    task: str = "event_mortality"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    output_dir: str = "runs"
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        model = out.pop("model")
+        out["model"] = {"name": model["name"], **model["params"]}
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def site_target_epsilon(self, site: str) -> float:
+        return float(self.privacy.site_targets.get(site, self.privacy.target_epsilon))
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(source, prefix or "<top level>", f"expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    if cls is ModelConfig:  # model: {name: ..., any hyper-parameter: ...}
+        raw = dict(raw)
+        name = raw.pop("name", ModelConfig.name)
+        if not isinstance(name, str):
+            raise InputError(source, f"{prefix}.name", "must be a string")
+        return ModelConfig(name=name, params=raw)
+    for key, value in raw.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise InputError(source, where, f"unknown key; allowed: {', '.join(fields)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, source, where)
+            continue
+        if tp is float and isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not _type_ok(value, tp):
+            raise InputError(source, where, f"expected {_type_name(tp)}, got {value!r}")
+        kwargs[key] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def _check(cfg: RunConfig) -> None:
+    s = cfg.source
+
+    def need(ok: bool, where: str, problem: str) -> None:
+        if not ok:
+            raise InputError(s, where, problem)
+
+    need(cfg.task in TASKS, "task", f"unknown task {cfg.task!r}; known: {', '.join(TASKS)}")
+    need(len(cfg.data.sites) >= 1, "data.sites", "needs at least one site")
+    need(len(set(cfg.data.sites)) == len(cfg.data.sites), "data.sites", "site names must be unique")
+    need(0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
+    need(cfg.data.max_events >= 1, "data.max_events", "must be >= 1")
+    need(cfg.data.text_dim >= 4, "data.text_dim", "must be >= 4")
+    need(cfg.train.rounds >= 1, "train.rounds", "must be >= 1")
+    need(cfg.train.local_epochs >= 1, "train.local_epochs", "must be >= 1")
+    need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    mpb = cfg.train.max_physical_batch_size
+    need(mpb is None or mpb >= 1, "train.max_physical_batch_size", "must be >= 1")
+    need(cfg.train.lr > 0, "train.lr", "must be > 0")
+    need(cfg.train.optimizer in OPTIMIZERS, "train.optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    p = cfg.privacy
+    need(p.target_epsilon > 0, "privacy.target_epsilon", f"must be > 0, got {p.target_epsilon}")
+    need(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+    need(p.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
+    need(p.accountant in ACCOUNTANTS, "privacy.accountant", f"one of {', '.join(ACCOUNTANTS)}")
+    need(p.grad_sample_mode in GRAD_SAMPLE_MODES, "privacy.grad_sample_mode", f"one of {', '.join(GRAD_SAMPLE_MODES)}")
+    for site, eps in p.site_targets.items():
+        need(site in cfg.data.sites, f"privacy.site_targets.{site}", "not one of data.sites")
+        need(eps > 0, f"privacy.site_targets.{site}", f"must be > 0, got {eps}")
+    need(cfg.strategy.name in STRATEGIES, "strategy.name", f"unknown strategy; known: {', '.join(STRATEGIES)}")
+    need(cfg.strategy.min_sites >= 1, "strategy.min_sites", "must be >= 1")
+    need(cfg.federation.mode in ("simulation", "deployment"), "federation.mode", "simulation or deployment")
+    need(cfg.federation.cpus_per_site > 0, "federation.cpus_per_site", "must be > 0")
+    need(cfg.federation.gpus_per_site >= 0, "federation.gpus_per_site", "must be >= 0")
+    need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+    need(
+        cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        "device", "auto, cpu, cuda or cuda:N",
+    )
+
+
+def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
+    cfg = _build(RunConfig, raw, source, "")
+    cfg.source = source
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise InputError(path, where, f"not valid YAML ({getattr(err, 'problem', err)})") from None
+    return config_from_dict(raw, str(path))
+
+
+def config_from_json(text: str) -> RunConfig:
+    """The resolved config as it travels inside a Flower run config."""
+    return config_from_dict(json.loads(text), "<run config>")

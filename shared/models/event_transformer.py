@@ -1,0 +1,67 @@
+"""Clinical event transformer (seed 002): ICU event sequence + static features -> mortality logit.
+
+Per event [one-hot type | text embedding | scaled time] -> Linear(d_model) + sinusoidal positions
+-> transformer encoder with padding mask -> multi-head attention pooling -> concat statics -> MLP.
+Seed sizes: d_model 256, 4 layers, 8 heads, ff 512, 4 pooling heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.models.attention import AttentionPooling, TransformerStack, sinusoidal_positions
+from shared.models.registry import register_model
+
+
+@dataclass
+class EventTransformerConfig:
+    event_dim: int
+    static_dim: int
+    d_model: int = 256
+    layers: int = 4
+    heads: int = 8
+    ff: int = 512
+    pooling_heads: int = 4
+    mlp_hidden: int = 128
+    dropout: float = 0.1
+
+
+class EventTransformer(nn.Module):
+    def __init__(self, cfg: EventTransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_proj = nn.Linear(cfg.event_dim, cfg.d_model)
+        self.encoder = TransformerStack(cfg.d_model, cfg.heads, cfg.ff, cfg.layers, cfg.dropout)
+        self.pooling = AttentionPooling(cfg.d_model, cfg.pooling_heads)
+        self.head = nn.Sequential(
+            nn.Linear(cfg.pooling_heads * cfg.d_model + cfg.static_dim, cfg.mlp_hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.mlp_hidden, 1),
+        )
+
+    def forward(
+        self, events: torch.Tensor, valid: torch.Tensor, statics: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """events (B, L, event_dim), valid (B, L) bool, statics (B, static_dim) -> logits (B,)."""
+        x = self.input_proj(events)  # (B, L, D)
+        x = x + sinusoidal_positions(x.shape[-2], x.shape[-1], x.device).to(x.dtype)
+        x, layer_maps = self.encoder(x, valid, need_weights=return_attention)  # (B, L, D)
+        pooled, pool_weights = self.pooling(x, valid)  # (B, H*D), (B, H, L)
+        logits = self.head(torch.cat([pooled, statics.to(pooled.dtype)], dim=-1)).squeeze(-1)  # (B,)
+        if return_attention:
+            return logits, {"pooling": pool_weights, "layers": layer_maps}
+        return logits
+
+
+@register_model("event_transformer")
+def build_event_transformer(**kwargs: Any) -> EventTransformer:
+    known = {f.name for f in fields(EventTransformerConfig)}
+    unknown = set(kwargs) - known
+    if unknown:
+        raise KeyError(f"unknown event_transformer parameter(s): {', '.join(sorted(unknown))}")
+    return EventTransformer(EventTransformerConfig(**kwargs))

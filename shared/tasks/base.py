@@ -1,0 +1,74 @@
+"""A task ties together data loading, model, loss, prediction and metrics for one use case.
+
+Both the coordinating center and every site build the model from the config alone
+(`build_model`), so all share one parameter layout before the first weights are sent. Site data
+is prepared at the site (`prepare_site`): loaded, split, featurised with encoders fitted on the
+site's training split, which are saved in the site's state folder and never leave it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from shared.config import RunConfig
+
+
+@dataclass
+class SiteData:
+    train: Dataset
+    val: Dataset
+    info: dict[str, Any] = field(default_factory=dict)  # counted drops, caps: stays at the site
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)  # type: ignore[arg-type]
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val)  # type: ignore[arg-type]
+
+
+class Task(ABC):
+    name: str
+    kind: str  # "binary" | "multiclass" | "survival"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def input_dims(self) -> dict[str, int]:
+        """Model input sizes derived from the config and the task's fixed schema (no data)."""
+
+    def build_model(self) -> nn.Module:
+        from shared.models.registry import build_model
+
+        return build_model(self.cfg.model.name, **self.cfg.model.params, **self.input_dims())
+
+    @abstractmethod
+    def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
+        """Write synthetic site folders in the on-disk format `prepare_site` reads."""
+
+    @abstractmethod
+    def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData: ...
+
+    @abstractmethod
+    def forward(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Model outputs for a batch (logits / risks)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        """Whitelisted aggregate scalars computed at the site."""
+
+    def targets(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        return batch[-1]

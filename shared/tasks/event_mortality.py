@@ -1,0 +1,107 @@
+"""ICU mortality from clinical event sequences + static features (event transformer, seed 002)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from shared.data.event_features import EventEncoder, EventTensors, encode_events, event_dim, static_dim
+from shared.data.events import load_event_site, synthesize_event_sites
+from shared.data.text_embedding import make_text_embedder, text_model_dim
+from shared.tasks.base import SiteData, Task
+
+ENCODER_FILE = "event_encoder.json"
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(len(labels))
+    _, counts = np.unique(labels, return_counts=True)
+    stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
+    return train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
+
+
+class EventMortalityTask(Task):
+    name = "event_mortality"
+    kind = "binary"
+    id_column = "stay_id"
+
+    def input_dims(self) -> dict[str, int]:
+        d = self.cfg.data
+        return {"event_dim": event_dim(text_model_dim(d.text_model, d.text_dim)), "static_dim": static_dim()}
+
+    def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        made = synthesize_event_sites(out_dir, n_sites=len(sites), sizes=self.cfg.data.synth_sizes, seed=seed)
+        for path, site in zip(made, sites):
+            if path.name != site:
+                if (out_dir / site).exists():
+                    shutil.rmtree(out_dir / site)
+                path.rename(out_dir / site)
+
+    def encode(self, site_dir: Path, site: str, state_dir: Path, fit: bool) -> tuple[EventTensors, dict]:
+        data = load_event_site(site_dir, site)
+        enc_path = state_dir / ENCODER_FILE
+        stays = data.stays
+        labels = stays["hospital_expire_flag"].to_numpy()
+        train_idx, val_idx = stratified_split(labels, self.cfg.data.val_fraction, self.cfg.data.split_seed)
+        if fit or not enc_path.is_file():
+            train_ids = stays.index[train_idx]
+            encoder = EventEncoder.fit(stays.loc[train_ids], data.events[data.events["stay_id"].isin(train_ids)])
+            encoder.save(enc_path)
+        else:
+            encoder = EventEncoder.load(enc_path)
+        embedder = make_text_embedder(self.cfg.data.text_model, self.cfg.data.text_dim, state_dir / "embeddings")
+        tensors = encode_events(stays, data.events, encoder, embedder, self.cfg.data.max_events)
+        info = {
+            "dropped": dict(data.dropped),
+            "stays": int(len(stays)),
+            "truncated_stays": tensors.truncated_stays,
+            "max_events": self.cfg.data.max_events,
+            "split": (train_idx, val_idx),
+        }
+        return tensors, info
+
+    def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
+        tensors, info = self.encode(site_dir, site, state_dir, fit=True)
+        train_idx, val_idx = info.pop("split")
+        return SiteData(self.dataset(tensors, train_idx), self.dataset(tensors, val_idx), info)
+
+    def prediction_inputs(self, data_dir: Path, encoder_dir: Path) -> tuple[np.ndarray, TensorDataset]:
+        """New stays (label column optional) encoded with a site's saved encoder."""
+        data = load_event_site(data_dir, require_label=False)
+        encoder = EventEncoder.load(encoder_dir / ENCODER_FILE)
+        embedder = make_text_embedder(self.cfg.data.text_model, self.cfg.data.text_dim, encoder_dir / "embeddings")
+        tensors = encode_events(data.stays, data.events, encoder, embedder, self.cfg.data.max_events)
+        return tensors.stay_ids, self.dataset(tensors)
+
+    @staticmethod
+    def dataset(t: EventTensors, idx: np.ndarray | None = None) -> TensorDataset:
+        idx = np.arange(len(t.labels)) if idx is None else idx
+        return TensorDataset(
+            torch.from_numpy(t.events[idx]),
+            torch.from_numpy(t.valid[idx]),
+            torch.from_numpy(t.statics[idx]),
+            torch.from_numpy(t.hours[idx]),
+            torch.from_numpy(t.labels[idx]),
+        )
+
+    def forward(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        events, valid, statics = batch[0], batch[1], batch[2]
+        return model(events, valid, statics)
+
+    def loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        logits = self.forward(model, batch).float()
+        return nn.functional.binary_cross_entropy_with_logits(logits, batch[-1].float())
+
+    def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        from shared.metrics import binary_report
+
+        probs = 1.0 / (1.0 + np.exp(-outputs))
+        return binary_report(targets, probs)

@@ -1,0 +1,19 @@
+"""Task name (config `task:`) -> Task class."""
+
+from __future__ import annotations
+
+import importlib
+
+from shared.config import RunConfig
+from shared.tasks.base import Task
+
+_TASK_CLASSES = {
+    "event_mortality": "shared.tasks.event_mortality:EventMortalityTask",
+}
+
+
+def build_task(cfg: RunConfig) -> Task:
+    if cfg.task not in _TASK_CLASSES:
+        raise KeyError(f"task {cfg.task!r} is not implemented yet; available: {', '.join(_TASK_CLASSES)}")
+    module, cls = _TASK_CLASSES[cfg.task].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)

@@ -1,0 +1,68 @@
+import torch
+from opacus import PrivacyEngine
+from opacus.validators import ModuleValidator
+from torch.utils.data import DataLoader, TensorDataset
+
+from shared.models.registry import build_model
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model("event_transformer", event_dim=12, static_dim=5, d_model=16, layers=2, heads=2, ff=32,
+                       pooling_heads=4, mlp_hidden=8, dropout=0.0)
+
+
+def _batch(b=6, length=9):
+    valid = torch.ones(b, length, dtype=torch.bool)
+    valid[0, 4:] = False
+    valid[1, 1:] = False
+    return torch.randn(b, length, 12), valid, torch.randn(b, 5)
+
+
+def test_shapes_and_attention():
+    model = _model().eval()
+    events, valid, statics = _batch()
+    logits, att = model(events, valid, statics, return_attention=True)
+    assert logits.shape == (6,)
+    pool = att["pooling"]
+    assert pool.shape == (6, 4, 9)
+    torch.testing.assert_close(pool.sum(-1), torch.ones(6, 4))
+    assert torch.all(pool[0, :, 4:] == 0) and torch.all(pool[1, :, 1:] == 0)
+    assert len(att["layers"]) == 2 and att["layers"][0].shape == (6, 2, 9, 9)
+    layer0 = att["layers"][0]
+    torch.testing.assert_close(layer0[0].sum(-1), torch.ones(2, 9))
+    assert torch.all(layer0[0, :, :, 4:] == 0)  # padding receives no attention
+
+
+def test_padding_values_do_not_change_output():
+    model = _model().eval()
+    events, valid, statics = _batch()
+    before = model(events, valid, statics)
+    events2 = events.clone()
+    events2[0, 4:] = 100.0
+    torch.testing.assert_close(model(events2, valid, statics), before)
+
+
+def test_sdpa_path_equals_explicit_weights_path():
+    model = _model().eval()
+    events, valid, statics = _batch()
+    fast = model(events, valid, statics)
+    slow, _ = model(events, valid, statics, return_attention=True)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_opacus_validates_and_every_parameter_gets_per_sample_grads():
+    model = _model()
+    assert ModuleValidator.validate(model, strict=False) == []
+    events, valid, statics = _batch(8)
+    labels = (torch.rand(8) > 0.5).float()
+    loader = DataLoader(TensorDataset(events, valid, statics, labels), batch_size=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gsm, opt, loader = PrivacyEngine().make_private(
+        module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False
+    )
+    e, v, s, y = next(iter(loader))
+    torch.nn.functional.binary_cross_entropy_with_logits(gsm(e, v, s), y).backward()
+    for name, p in gsm.named_parameters():
+        assert p.grad_sample is not None, name
+        assert p.grad_sample.shape[0] == 8, name
