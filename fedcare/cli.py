@@ -29,10 +29,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
+
     from fedcare.audit_run import audit_path
     from fedcare.simulation import simulate
     from shared.config import load_config
-    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     cfg = load_config(args.config)
     if args.rounds:
@@ -55,8 +56,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from fedcare.audit_run import audit_path
     from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
+
+    from fedcare.audit_run import audit_path
 
     keys = {}
     for spec in args.public_key or []:

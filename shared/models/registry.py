@@ -8,7 +8,8 @@ derives from its schema, and returns an nn.Module.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
