@@ -18,6 +18,11 @@ from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.tasks.base import SiteData, Task
 
 ENCODER_FILE = "event_encoder.json"
+# aggregate validation scalars a site reports (all on the outgoing whitelist)
+REPORTED_METRICS = {
+    "auroc", "auprc", "brier", "ece", "sens_at_spec", "threshold",
+    "auroc_ci_low", "auroc_ci_high", "auprc_ci_low", "auprc_ci_high", "brier_ci_low", "brier_ci_high",
+}
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,4 +109,5 @@ class EventMortalityTask(Task):
         from shared.metrics import binary_report
 
         probs = 1.0 / (1.0 + np.exp(-outputs))
-        return binary_report(targets, probs)
+        report = binary_report(targets, probs, n_boot=200, seed=self.cfg.seed)
+        return {k: v for k, v in report.items() if k in REPORTED_METRICS}
