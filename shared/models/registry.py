@@ -20,6 +20,7 @@ _MODEL_MODULES = (
     "shared.models.event_transformer",
     "shared.models.retain",
     "shared.models.set_transformer",
+    "shared.models.sleep_heads",
     "shared.models.multimodal",
 )
 
