@@ -25,7 +25,7 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
     model = task.build_model()  # same layout at the center and at every site
-    history = RunHistory(run_dir, list(cfg.data.sites))
+    history = RunHistory(run_dir, list(cfg.data.sites), task.primary_metric)
     try:
         strategy = make_strategy(cfg, history)
     except TypeError as err:
@@ -56,7 +56,8 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
         "rounds_with_training": len(trained_rounds),
         "wall_time_s": round(time.time() - started, 1),
         "final_checkpoint": str(checkpoint_path(run_dir, last).relative_to(run_dir)),
-        "final_weighted": {m: history.weighted(last, m) for m in ("auroc", "auprc", "brier", "val_loss")},
+        "primary_metric": task.primary_metric,
+        "final_weighted": {m: history.weighted(last, m) for m in history.weighted_metrics()},
         "sites": {site: _site_summary(history, site) for site in cfg.data.sites},
         "events": history.events,
         "complete": bool(trained_rounds) and len(result.arrays.keys()) > 0,

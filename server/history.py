@@ -18,6 +18,7 @@ from rich.table import Table
 class RunHistory:
     run_dir: Path
     sites: list[str]
+    primary_metric: str = "auroc"
     rounds: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # round -> site -> record
     events: list[str] = field(default_factory=list)  # human-readable notes (drops, refusals)
     console: Console = field(default_factory=lambda: Console(highlight=False))
@@ -53,19 +54,24 @@ class RunHistory:
                 den += ev.get("num-examples", 0)
         return num / den if den else None
 
+    def weighted_metrics(self) -> list[str]:
+        names = {m for sites in self.rounds.values() for rec in sites.values() for m in rec.get("evaluate", {})}
+        return sorted(names - {"num-examples"} - {m for m in names if m.endswith(("_ci_low", "_ci_high"))})
+
     def print_round(self, server_round: int, total_rounds: int) -> None:
         table = Table(title=f"round {server_round}/{total_rounds}", title_justify="left")
-        for col in ("site", "status", "train loss", "val AUROC", "val AUPRC", "epsilon (cum.)", "n val"):
+        pm = self.primary_metric
+        for col in ("site", "status", "train loss", f"val {pm}", "val loss", "epsilon (cum.)", "n val"):
             table.add_column(col, justify="left" if col in ("site", "status") else "right")
         for site in self.sites:
             rec = self.rounds.get(server_round, {}).get(site, {"status": "no reply"})
             tr, ev = rec.get("train", {}), rec.get("evaluate", {})
             table.add_row(
-                site, rec.get("status", "-"), _fmt(tr.get("train_loss")), _fmt(ev.get("auroc")),
-                _fmt(ev.get("auprc")), _fmt(tr.get("epsilon"), 2), _fmt(ev.get("num-examples"), 0),
+                site, rec.get("status", "-"), _fmt(tr.get("train_loss")), _fmt(ev.get(pm)),
+                _fmt(ev.get("val_loss")), _fmt(tr.get("epsilon"), 2), _fmt(ev.get("num-examples"), 0),
             )
-        table.add_row("weighted", "", "", _fmt(self.weighted(server_round, "auroc")),
-                      _fmt(self.weighted(server_round, "auprc")), "", "", style="bold")
+        table.add_row("weighted", "", "", _fmt(self.weighted(server_round, pm)),
+                      _fmt(self.weighted(server_round, "val_loss")), "", "", style="bold")
         self.console.print(table)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +79,7 @@ class RunHistory:
             "sites": self.sites,
             "rounds": {str(r): v for r, v in sorted(self.rounds.items())},
             "weighted": {
-                str(r): {m: self.weighted(r, m) for m in ("auroc", "auprc", "brier", "val_loss")}
+                str(r): {m: self.weighted(r, m) for m in self.weighted_metrics()}
                 for r in sorted(self.rounds)
             },
             "events": self.events,

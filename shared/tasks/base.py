@@ -40,6 +40,8 @@ class SiteData:
 class Task(ABC):
     name: str
     kind: str  # "binary" | "multiclass" | "survival"
+    primary_metric: str = "auroc"  # shown per round and weighted across sites ("kappa", "c_index", ...)
+    id_column: str = "id"  # identifier column of `fedcare predict` output
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
