@@ -1,0 +1,339 @@
+"""Independent verification of site privacy ledgers: chain, signatures, round order, and epsilon
+recomputed at every line with Google's dp-accounting (not the Opacus code the sites trained with)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from shared.errors import InputError
+from shared.privacy.accountant import ACCOUNTANTS, Mechanism, epsilon_independent, merged_history
+from shared.privacy.atomic_write import write_atomically
+from shared.privacy.keys import load_public_key, public_key_fingerprint
+from shared.privacy.ledger import (
+    BUDGET_EXHAUSTED,
+    GENESIS_HASH,
+    LEDGER_STATUSES,
+    LEDGER_VERSION,
+    TRAINED,
+    line_hash,
+    mechanism_from_entry,
+    read_ledger_lines,
+    signed_payload,
+)
+
+AUDIT_STATUSES = ("ok", "budget_exhausted", "over_budget", "mismatch", "tampered", "unreadable")
+# Worst first: an audit's status is the worst kind of problem found in a readable ledger.
+PROBLEM_KINDS = ("tampered", "mismatch", "over_budget")
+REQUIRED_FIELDS = (
+    "version",
+    "site",
+    "run_id",
+    "round",
+    "time",
+    "status",
+    "mechanism",
+    "delta",
+    "max_grad_norm",
+    "accountant",
+    "cumulative_epsilon",
+    "lifetime_epsilon",
+    "prev_hash",
+)
+# Opacus's PRV accountant reports an upper bound within eps_error=0.01 of the estimate; dp-accounting's
+# PLD accountant has its own discretisation error: allow this much absolute slack on top of `tolerance`.
+_PRV_ABSOLUTE_SLACK = 0.02
+
+
+@dataclass
+class LedgerAudit:
+    """The verdict on one site's ledger. `epsilon_by_entry` is the recorded cumulative epsilon per line."""
+
+    site: str
+    path: Path
+    entries: int
+    rounds_trained: int
+    recorded_epsilon: float
+    recomputed_epsilon: float
+    delta: float | None
+    lifetime_epsilon: float | None
+    target_epsilon: float | None
+    status: str
+    problems: list[str] = field(default_factory=list)
+    epsilon_by_entry: list[float] = field(default_factory=list)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _entry_shape_problem(entry: dict) -> str | None:
+    """What is wrong with an entry's fields, or None."""
+    missing = [name for name in REQUIRED_FIELDS if name not in entry]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if entry["version"] != LEDGER_VERSION:
+        return f"unsupported ledger version {entry['version']!r}"
+    if entry["status"] not in LEDGER_STATUSES:
+        return f"unknown status {entry['status']!r}"
+    if entry["accountant"] not in ACCOUNTANTS:
+        return f"unknown accountant {entry['accountant']!r}"
+    if not isinstance(entry["round"], int) or isinstance(entry["round"], bool):
+        return "round is not an integer"
+    for name in ("delta", "cumulative_epsilon", "lifetime_epsilon", "max_grad_norm"):
+        if not _is_number(entry[name]):
+            return f"{name} is not a finite number"
+    if not 0 < entry["delta"] < 1:
+        return f"delta {entry['delta']} is not in (0, 1)"
+    return None
+
+
+def _signature_problem(entry: dict, public_key: Ed25519PublicKey, fingerprint: str) -> str | None:
+    """Why the entry is not signed by `public_key`, or None."""
+    if "signature" not in entry:
+        return "not signed"
+    if entry.get("key_fingerprint") != fingerprint:
+        return f"signed by key {entry.get('key_fingerprint')!r}, not this site's key {fingerprint!r}"
+    try:
+        public_key.verify(bytes.fromhex(str(entry["signature"])), signed_payload(entry))
+    except (InvalidSignature, ValueError):
+        return "signature does not verify (the entry was changed or signed by another key)"
+    return None
+
+
+def _integrity_problems(
+    entry: dict,
+    expected_prev_hash: str,
+    previous: str,
+    site: str,
+    signer: tuple[Ed25519PublicKey, str] | None,
+    last_round_by_run: dict[str, int],
+) -> list[str]:
+    """What breaks the chain, the signature, the site or the round order at this entry (updates
+    `last_round_by_run`)."""
+    problems = []
+    if entry["prev_hash"] != expected_prev_hash:
+        problems.append(
+            f"hash chain broken, prev_hash does not match {previous} (a line was changed, deleted or reordered)"
+        )
+    if entry["site"] != site:
+        problems.append(f"entry of site {entry['site']!r}, expected {site!r}")
+    if signer is not None:
+        signature_problem = _signature_problem(entry, *signer)
+        if signature_problem is not None:
+            problems.append(signature_problem)
+    run_id, round_number = str(entry["run_id"]), entry["round"]
+    if run_id in last_round_by_run and round_number <= last_round_by_run[run_id]:
+        problems.append(
+            f"round {round_number} of run {run_id!r} comes after its round {last_round_by_run[run_id]} "
+            "(lines out of order or repeated)"
+        )
+    last_round_by_run[run_id] = round_number
+    return problems
+
+
+def audit_ledger(
+    path: Path,
+    public_key: Ed25519PublicKey | None = None,
+    target_epsilon: float | None = None,
+    tolerance: float = 0.01,
+    expected_site: str | None = None,
+) -> LedgerAudit:
+    """Verify one ledger line by line and recompute its epsilon independently.
+
+    Checks: every line is a complete JSON entry; the hash chain (a changed, deleted or reordered line
+    breaks it); the signature and key fingerprint when `public_key` is given; one site throughout
+    (`expected_site`, else the first line's); increasing rounds within a run; the recorded cumulative
+    epsilon against dp-accounting over the history up to that line (relative `tolerance`); epsilon
+    against the lifetime budget and `target_epsilon`. Deleting the newest lines cannot be seen from
+    the file alone.
+    """
+    path = Path(path)
+    audit = LedgerAudit(
+        site=expected_site or "?",
+        path=path,
+        entries=0,
+        rounds_trained=0,
+        recorded_epsilon=0.0,
+        recomputed_epsilon=0.0,
+        delta=None,
+        lifetime_epsilon=None,
+        target_epsilon=target_epsilon,
+        status="ok",
+    )
+    try:
+        lines = read_ledger_lines(path) if path.exists() else None
+    except (OSError, UnicodeDecodeError) as error:
+        audit.status, audit.problems = "unreadable", [f"cannot read the ledger ({error})"]
+        return audit
+    if lines is None:
+        audit.status, audit.problems = "unreadable", ["ledger file not found"]
+        return audit
+
+    signer = (public_key, public_key_fingerprint(public_key)) if public_key is not None else None
+    kinds_found: set[str] = set()
+    site = expected_site
+    history: list[Mechanism] = []
+    recomputed_cache: dict[tuple, float] = {}
+    last_round_by_run: dict[str, int] = {}
+    last_entry: dict | None = None
+    limits_exceeded: set[str] = set()  # each limit is reported at the first line that exceeds it
+
+    def report(kind: str, number: int, problem: str) -> None:
+        kinds_found.add(kind)
+        audit.problems.append(f"line {number}: {problem}")
+
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            report("tampered", number, "not valid JSON (corrupted or truncated)")
+            continue
+        shape_problem = _entry_shape_problem(entry) if isinstance(entry, dict) else "not a JSON object"
+        if shape_problem is not None:
+            report("tampered", number, shape_problem)
+            continue
+        site = site or entry["site"]
+        expected_prev_hash = line_hash(lines[number - 2]) if number > 1 else GENESIS_HASH
+        previous = f"line {number - 1}" if number > 1 else "the start of the ledger"
+        for problem in _integrity_problems(
+            entry, expected_prev_hash, previous, site, signer, last_round_by_run
+        ):
+            report("tampered", number, problem)
+
+        try:
+            mechanism = mechanism_from_entry(entry)
+        except ValueError as error:
+            report("tampered", number, str(error))
+            mechanism = None
+        if entry["status"] == TRAINED:
+            if mechanism is None:
+                report("tampered", number, "trained entry without a valid mechanism")
+            else:
+                history.append(mechanism)
+
+        accountant, delta = entry["accountant"], float(entry["delta"])
+        cache_key = (tuple(merged_history(history)), delta, accountant)
+        if cache_key not in recomputed_cache:
+            recomputed_cache[cache_key] = epsilon_independent(history, delta, accountant)
+        recomputed = recomputed_cache[cache_key]
+        recorded = float(entry["cumulative_epsilon"])
+        slack = _PRV_ABSOLUTE_SLACK if accountant == "prv" else 0.0
+        if abs(recorded - recomputed) > tolerance * recomputed + slack + 1e-12:
+            report(
+                "mismatch",
+                number,
+                f"recorded cumulative epsilon {recorded:.6g} differs from the independent recomputation "
+                f"{recomputed:.6g} (dp-accounting, {accountant}, delta {delta:g}) by more than {tolerance:.0%}",
+            )
+        for limit, name in (
+            (float(entry["lifetime_epsilon"]), "lifetime budget"),
+            (target_epsilon, "target"),
+        ):
+            if limit is None or name in limits_exceeded:
+                continue
+            if recorded > limit + 1e-9 or recomputed > limit * (1 + tolerance) + slack + 1e-9:
+                report(
+                    "over_budget",
+                    number,
+                    f"epsilon {recorded:.6g} (recomputed {recomputed:.6g}) exceeds the {name} {limit:g}",
+                )
+                limits_exceeded.add(name)
+        audit.epsilon_by_entry.append(recorded)
+        audit.recomputed_epsilon = recomputed
+        last_entry = entry
+
+    audit.site, audit.entries, audit.rounds_trained = site or "?", len(lines), len(history)
+    if last_entry is not None:
+        audit.recorded_epsilon = float(last_entry["cumulative_epsilon"])
+        audit.delta = float(last_entry["delta"])
+        audit.lifetime_epsilon = float(last_entry["lifetime_epsilon"])
+    audit.status = next((kind for kind in PROBLEM_KINDS if kind in kinds_found), None) or (
+        "budget_exhausted" if last_entry is not None and last_entry["status"] == BUDGET_EXHAUSTED else "ok"
+    )
+    return audit
+
+
+def audit_ledgers(
+    paths_by_site: dict[str, Path],
+    public_keys: dict[str, Path] | None,
+    targets: dict[str, float] | None,
+) -> list[LedgerAudit]:
+    """Audit every site's ledger; when `public_keys` is given every site must have one."""
+    audits = []
+    for site, ledger_path in paths_by_site.items():
+        public_key = None
+        if public_keys is not None:
+            if site not in public_keys:
+                raise InputError(None, "public_keys", f"no public key given for site {site!r}")
+            public_key = load_public_key(public_keys[site])
+        target = (targets or {}).get(site)
+        audits.append(audit_ledger(ledger_path, public_key, target, expected_site=site))
+    return audits
+
+
+def _format_epsilon(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def audit_table(audits: list[LedgerAudit]) -> str:
+    """A plain-text table, one row per site, followed by each site's problems."""
+    header = ("site", "target eps", "spent eps", "recomputed eps", "delta", "rounds", "status")
+    rows = [
+        (
+            a.site,
+            _format_epsilon(a.target_epsilon if a.target_epsilon is not None else a.lifetime_epsilon),
+            _format_epsilon(a.recorded_epsilon),
+            _format_epsilon(a.recomputed_epsilon),
+            "-" if a.delta is None else f"{a.delta:g}",
+            str(a.rounds_trained),
+            a.status,
+        )
+        for a in audits
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    for audit in audits:
+        lines.extend(f"{audit.site}: {problem}" for problem in audit.problems)
+    return "\n".join(lines) + "\n"
+
+
+def write_audit_json(audits: list[LedgerAudit], path: Path) -> None:
+    """All audits as a JSON list (written atomically)."""
+    records = [{**asdict(audit), "path": str(audit.path)} for audit in audits]
+    write_atomically(Path(path), (json.dumps(records, indent=2) + "\n").encode("utf-8"))
+
+
+def plot_epsilon(audits: list[LedgerAudit], png_path: Path) -> None:
+    """Cumulative epsilon per ledger entry for each site, with each site's target as a dashed line."""
+    from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
+
+    figure = Figure(figsize=(7, 4), dpi=120)
+    axes = figure.add_subplot()
+    for index, audit in enumerate(audits):
+        color = f"C{index % 10}"
+        entries = range(1, len(audit.epsilon_by_entry) + 1)
+        axes.plot(
+            entries, audit.epsilon_by_entry, marker="o", color=color, label=f"{audit.site} ({audit.status})"
+        )
+        target = audit.target_epsilon if audit.target_epsilon is not None else audit.lifetime_epsilon
+        if target is not None:
+            axes.axhline(target, linestyle="--", color=color, label=f"{audit.site} target {target:g}")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("ledger entry (rounds, across runs)")
+    axes.set_ylabel("cumulative epsilon")
+    axes.set_title("Privacy spent per site")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_atomically(Path(png_path), buffer.getvalue())

@@ -1,0 +1,124 @@
+"""The outgoing-message whitelist: only model arrays and a fixed set of scalar metrics leave a site.
+
+`check_outgoing` inspects a reply's RecordDict; `outgoing_guard_mod` is the Flower client mod that runs
+it on every reply and sends an error reply instead of anything it refuses.
+"""
+
+from __future__ import annotations
+
+from logging import ERROR
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.supercore import log
+
+_METRICS_WITH_CI = ("auroc", "auprc", "brier", "accuracy", "macro_f1", "kappa", "c_index")
+ALLOWED_METRICS: frozenset[str] = frozenset(
+    {
+        "num-examples",
+        "train_loss",
+        "val_loss",
+        "auroc",
+        "auprc",
+        "brier",
+        "ece",
+        "sens_at_spec",
+        "accuracy",
+        "macro_f1",
+        "kappa",
+        "c_index",
+        "epsilon",
+        "delta",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "budget_exhausted",
+        "refused",
+        "threshold",
+    }
+    | {f"{metric}_ci_{bound}" for metric in _METRICS_WITH_CI for bound in ("low", "high")}
+)
+ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason"})
+MAX_SITE_TEXT_LENGTH = 200
+ARRAYS_RECORD, METRICS_RECORD, SITE_RECORD = "arrays", "metrics", "site"
+
+
+class OutgoingMessageRefused(Exception):
+    """A reply carries something outside the whitelist; it must not leave the site."""
+
+
+def _check_arrays(record: ArrayRecord, expected_keys: set[str] | None) -> None:
+    if expected_keys is None:
+        return
+    keys = set(record.keys())
+    if keys != expected_keys:
+        unexpected, missing = sorted(keys - expected_keys), sorted(expected_keys - keys)
+        raise OutgoingMessageRefused(
+            f"record {ARRAYS_RECORD!r}: array keys differ from the model received "
+            f"(unexpected {unexpected}, missing {missing})"
+        )
+
+
+def _check_metrics(record: MetricRecord) -> None:
+    for key, value in record.items():
+        if key not in ALLOWED_METRICS:
+            raise OutgoingMessageRefused(f"record {METRICS_RECORD!r}: metric {key!r} is not whitelisted")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OutgoingMessageRefused(
+                f"record {METRICS_RECORD!r}: metric {key!r} must be a single number, not "
+                f"{type(value).__name__} (a list could carry per-patient values)"
+            )
+
+
+def _check_site(record: ConfigRecord) -> None:
+    for key, value in record.items():
+        if key not in ALLOWED_SITE_KEYS:
+            raise OutgoingMessageRefused(f"record {SITE_RECORD!r}: key {key!r} is not whitelisted")
+        if not isinstance(value, str) or len(value) > MAX_SITE_TEXT_LENGTH:
+            raise OutgoingMessageRefused(
+                f"record {SITE_RECORD!r}: key {key!r} must be text of at most {MAX_SITE_TEXT_LENGTH} characters"
+            )
+
+
+def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) -> None:
+    """Raise OutgoingMessageRefused unless `content` holds only whitelisted records, keys and values.
+
+    Allowed: "arrays" (ArrayRecord, with exactly `expected_array_keys` when given), "metrics"
+    (MetricRecord of whitelisted single numbers), "site" (ConfigRecord of short texts under
+    name/status/reason). Each is optional.
+    """
+    checks = {
+        ARRAYS_RECORD: (ArrayRecord, lambda record: _check_arrays(record, expected_array_keys)),
+        METRICS_RECORD: (MetricRecord, _check_metrics),
+        SITE_RECORD: (ConfigRecord, _check_site),
+    }
+    for name, record in content.items():
+        if name not in checks:
+            raise OutgoingMessageRefused(f"record {name!r} is not whitelisted")
+        record_type, check = checks[name]
+        if not isinstance(record, record_type):
+            raise OutgoingMessageRefused(
+                f"record {name!r} must be a {record_type.__name__}, not {type(record).__name__}"
+            )
+        check(record)
+
+
+def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower client mod: pass the message on, then let the reply out only if it passes the whitelist.
+
+    The reply's arrays must have the keys of the "arrays" record the site received (when it received one).
+    A refused reply is replaced by an error reply that says why, so its content never leaves the site.
+    """
+    received_arrays = msg.content.get(ARRAYS_RECORD) if msg.has_content() else None
+    expected_keys = set(received_arrays.keys()) if isinstance(received_arrays, ArrayRecord) else None
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    try:
+        check_outgoing(reply.content, expected_keys)
+    except OutgoingMessageRefused as refusal:
+        reason = f"outgoing_guard_mod refused the reply: {refusal}"
+        log(ERROR, reason)
+        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+    return reply

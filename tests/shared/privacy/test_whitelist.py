@@ -1,0 +1,170 @@
+import time
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.constant import ErrorCode
+
+from shared.privacy.whitelist import (
+    ALLOWED_METRICS,
+    OutgoingMessageRefused,
+    check_outgoing,
+    outgoing_guard_mod,
+)
+
+MODEL_KEYS = {"encoder.weight", "encoder.bias", "head.weight"}
+
+
+def _arrays(keys: set[str] = MODEL_KEYS) -> ArrayRecord:
+    return ArrayRecord({key: Array(np.zeros((2, 3), dtype=np.float32)) for key in sorted(keys)})
+
+
+def _good_reply_content() -> RecordDict:
+    return RecordDict(
+        {
+            "arrays": _arrays(),
+            "metrics": MetricRecord(
+                {"num-examples": 120, "train_loss": 0.41, "epsilon": 1.2, "delta": 1e-5, "auroc_ci_low": 0.7}
+            ),
+            "site": ConfigRecord({"name": "hospital_a", "status": "trained"}),
+        }
+    )
+
+
+def _train_message() -> Message:
+    metadata = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type="train",
+    )
+    content = RecordDict({"arrays": _arrays(), "config": ConfigRecord({"server-round": 1, "lr": 0.01})})
+    return Message(metadata=metadata, content=content)
+
+
+def _context() -> Context:
+    return Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+
+
+def test_whitelist_names() -> None:
+    assert {
+        "num-examples",
+        "threshold",
+        "c_index_ci_high",
+        "kappa_ci_low",
+        "budget_exhausted",
+    } <= ALLOWED_METRICS
+    assert "ece_ci_low" not in ALLOWED_METRICS and "predictions" not in ALLOWED_METRICS
+    assert len(ALLOWED_METRICS) == 20 + 14
+
+
+def test_normal_reply_passes() -> None:
+    check_outgoing(_good_reply_content(), MODEL_KEYS)
+    check_outgoing(_good_reply_content(), None)
+    check_outgoing(RecordDict({"metrics": MetricRecord({"budget_exhausted": 1})}), MODEL_KEYS)
+    check_outgoing(RecordDict(), None)
+
+
+def test_extra_metric_key_is_refused() -> None:
+    content = _good_reply_content()
+    content["metrics"]["patient_17_risk"] = 0.93
+    with pytest.raises(
+        OutgoingMessageRefused, match="record 'metrics': metric 'patient_17_risk' is not whitelisted"
+    ):
+        check_outgoing(content, MODEL_KEYS)
+
+
+def test_extra_record_is_refused() -> None:
+    content = _good_reply_content()
+    content["debug"] = ConfigRecord({"rows": "age=71,sex=F"})
+    with pytest.raises(OutgoingMessageRefused, match="record 'debug' is not whitelisted"):
+        check_outgoing(content, MODEL_KEYS)
+
+
+def test_list_metric_is_refused() -> None:
+    content = _good_reply_content()
+    content["metrics"]["auroc"] = [0.91, 0.12, 0.55]
+    with pytest.raises(OutgoingMessageRefused, match="metric 'auroc' must be a single number, not list"):
+        check_outgoing(content, MODEL_KEYS)
+
+
+def test_changed_array_keys_are_refused() -> None:
+    content = _good_reply_content()
+    content["arrays"] = _arrays((MODEL_KEYS - {"head.weight"}) | {"head.weight_copy"})
+    with pytest.raises(
+        OutgoingMessageRefused, match=r"unexpected \['head.weight_copy'\], missing \['head.weight'\]"
+    ):
+        check_outgoing(content, MODEL_KEYS)
+
+
+def test_site_record_and_record_types_are_checked() -> None:
+    content = _good_reply_content()
+    content["site"]["reason"] = "x" * 201
+    with pytest.raises(OutgoingMessageRefused, match="key 'reason' must be text of at most 200 characters"):
+        check_outgoing(content, MODEL_KEYS)
+    content["site"] = ConfigRecord({"name": "hospital_a", "n_patients_with_hiv": "3"})
+    with pytest.raises(
+        OutgoingMessageRefused, match="record 'site': key 'n_patients_with_hiv' is not whitelisted"
+    ):
+        check_outgoing(content, MODEL_KEYS)
+    content["site"] = ConfigRecord({"status": 3})
+    with pytest.raises(OutgoingMessageRefused, match="key 'status' must be text"):
+        check_outgoing(content, MODEL_KEYS)
+    content = RecordDict({"metrics": ConfigRecord({"auroc": 0.8})})
+    with pytest.raises(
+        OutgoingMessageRefused, match="record 'metrics' must be a MetricRecord, not ConfigRecord"
+    ):
+        check_outgoing(content, MODEL_KEYS)
+
+
+def test_mod_passes_a_good_reply_through() -> None:
+    message = _train_message()
+    reply = Message(_good_reply_content(), reply_to=message)
+    assert outgoing_guard_mod(message, _context(), lambda msg, ctx: reply) is reply
+
+
+def test_mod_turns_a_bad_reply_into_an_error_reply() -> None:
+    message = _train_message()
+    content = _good_reply_content()
+    content["metrics"]["per_patient_loss"] = [0.2, 0.9]
+    calls = []
+
+    def client_app(msg: Message, ctx: Context) -> Message:
+        calls.append(msg)
+        return Message(content, reply_to=msg)
+
+    guarded = outgoing_guard_mod(message, _context(), client_app)
+    assert calls == [message]
+    assert guarded.has_error() and not guarded.has_content()
+    assert guarded.error.code == ErrorCode.MOD_FAILED_PRECONDITION
+    assert "metric 'per_patient_loss' is not whitelisted" in guarded.error.reason
+    assert guarded.metadata.reply_to_message_id == "m1"
+
+
+def test_mod_checks_array_keys_against_the_received_model() -> None:
+    message = _train_message()
+    content = _good_reply_content()
+    content["arrays"] = _arrays(MODEL_KEYS | {"extra.buffer"})
+    guarded = outgoing_guard_mod(message, _context(), lambda msg, ctx: Message(content, reply_to=msg))
+    assert guarded.has_error() and "unexpected ['extra.buffer']" in guarded.error.reason
+
+
+def test_mod_lets_error_replies_through() -> None:
+    message = _train_message()
+    failed = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"), reply_to=message)
+    assert outgoing_guard_mod(message, _context(), lambda msg, ctx: failed) is failed
