@@ -48,13 +48,14 @@ class TrainResult:
     num_examples: int
 
 
-def sample_rate_for(num_examples: int, expected_batch_size: int) -> float:
-    return min(1.0, expected_batch_size / max(1, num_examples))
-
-
 def steps_per_epoch(num_examples: int, expected_batch_size: int) -> int:
-    """Poisson loader length, as Opacus' DPDataLoader computes it."""
-    return int(1 / sample_rate_for(num_examples, expected_batch_size))
+    return max(1, math.ceil(num_examples / expected_batch_size))
+
+
+def sample_rate_for(num_examples: int, expected_batch_size: int) -> float:
+    """Opacus' DPDataLoader samples each example with q = 1 / len(original loader) and takes
+    that many steps per epoch; planning and accounting use exactly the same q and steps."""
+    return 1.0 / steps_per_epoch(num_examples, expected_batch_size)
 
 
 def _optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
@@ -88,7 +89,7 @@ def train_model(model: nn.Module, dataset: Dataset, loss_fn: LossFn, s: TrainSet
         from opacus import PrivacyEngine
         from opacus.utils.batch_memory_manager import BatchMemoryManager
 
-        loader = DataLoader(dataset, batch_size=max(1, round(q * n)), pin_memory=pin)
+        loader = DataLoader(dataset, batch_size=s.expected_batch_size, pin_memory=pin)
         with warnings.catch_warnings():
             # secure_mode (torchcsprng) is not installable here; Opacus warns on every engine.
             warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -102,6 +103,8 @@ def train_model(model: nn.Module, dataset: Dataset, loss_fn: LossFn, s: TrainSet
                 poisson_sampling=True,
                 grad_sample_mode=s.grad_sample_mode,
             )
+        if abs(loader.sample_rate - q) > 1e-12:  # the ledger must record what really ran
+            raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != planned {q}")
     else:
         loader = DataLoader(dataset, batch_size=s.expected_batch_size, shuffle=True, pin_memory=pin)
 
