@@ -85,14 +85,14 @@ def test_synthetic_sites_round_trip_sizes_columns_and_types(synthetic_root: Path
         assert ev.loc[valued, "value"].notna().all() and ev.loc[~valued, "value"].isna().all()
         assert (ev["event_text"].str.len() > 0).all()
 
-    a, b, c = synthetic_sites
+    a, _, c = synthetic_sites
     # hospital_c does not record marital status: the optional column is missing and filled in
     assert set(c.stays["marital_status"]) == {"unknown"}
     assert {"MARRIED", "SINGLE", "unknown"} <= set(a.stays["marital_status"])
 
 
 def test_synthetic_sites_differ_like_real_hospitals(synthetic_sites):
-    a, b, c = synthetic_sites
+    a, _, c = synthetic_sites
     prevalence = [s.stays["hospital_expire_flag"].mean() for s in synthetic_sites]
     assert prevalence[0] < prevalence[1] < prevalence[2]
     assert 0.06 <= prevalence[0] <= 0.14 and 0.22 <= prevalence[2] <= 0.36
