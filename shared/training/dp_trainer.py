@@ -84,7 +84,8 @@ def unwrap_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def resolve_grad_sample_mode(mode: str, model: nn.Module) -> str:
-    """Resolves "auto": "bookkeeping" when every trainable parameter sits in a supported layer, else "hooks"."""
+    """Resolves "auto": "bookkeeping" when every trainable parameter sits in a layer it supports,
+    else "hooks"."""
     if mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"unknown grad_sample_mode {mode!r}; one of {', '.join(GRAD_SAMPLE_MODES)}")
     if mode == "auto":
@@ -101,7 +102,9 @@ class TrainingStep:
 
     mode = "none"
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, s: TrainSettings) -> None:
+    def __init__(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, s: TrainSettings
+    ) -> None:
         self.module = module  # what the loss function calls (Opacus' wrapper under hooks/ghost)
         self.optimizer = optimizer
         self.loader = loader  # one epoch of physical batches
@@ -121,7 +124,8 @@ class TrainingStep:
 
     def _proximal(self) -> torch.Tensor:
         assert self.global_params is not None
-        return 0.5 * self.settings.proximal_mu * sum(((p - g) ** 2).sum() for p, g in zip(self.params, self.global_params))
+        squares = sum(((p - g) ** 2).sum() for p, g in zip(self.params, self.global_params))
+        return 0.5 * self.settings.proximal_mu * squares
 
     def _add_proximal_grad(self) -> None:
         """FedProx under DP: mu (w - w_global) needs no data, so it joins after the noise."""
@@ -158,7 +162,9 @@ class _OpacusStep(TrainingStep):
         if s.max_physical_batch_size:
             from opacus.utils.batch_memory_manager import wrap_data_loader
 
-            loader = wrap_data_loader(data_loader=loader, max_batch_size=s.max_physical_batch_size, optimizer=optimizer)
+            loader = wrap_data_loader(
+                data_loader=loader, max_batch_size=s.max_physical_batch_size, optimizer=optimizer
+            )
         super().__init__(module, optimizer, loader, s)
         self.mode = mode
         accountant_hook = optimizer.step_hook
@@ -195,8 +201,7 @@ class _OpacusGhostStep(_OpacusStep):
 
     def _keep_outputs(self, module: nn.Module, args: Any, output: Any) -> None:
         if torch.is_grad_enabled():
-            leaves = torch.utils._pytree.tree_leaves(output)
-            self._outputs += [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+            self._outputs += [t for t in _tensors_in(output) if t.requires_grad]
 
     def backward(self, loss: torch.Tensor) -> torch.Tensor:
         outputs, self._outputs = self._outputs, []
@@ -208,21 +213,32 @@ class _OpacusGhostStep(_OpacusStep):
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs], retain_graph=True)
                 coef = self.module.get_clipping_coef()
             except (AttributeError, NotImplementedError, RuntimeError, ValueError) as err:
+                model = type(self.module._module).__name__
                 raise RuntimeError(
-                    f"Opacus ghost clipping does not run on {type(self.module._module).__name__} ({err}); "
-                    "use grad_sample_mode 'bookkeeping' (exact, one backward) or 'hooks'"
+                    f"grad_sample_mode 'ghost': Opacus ghost clipping fails on {model} ({err}; it has no"
+                    " norms for Linear inputs of more than 3 dims); use 'bookkeeping' or 'hooks'"
                 ) from err
             self.optimizer.zero_grad()  # drop the unclipped gradients of the first pass
             n = pairs[0][0].shape[0] if pairs else 0
             weight = coef.to(loss.device) * (n if self.module.loss_reduction == "mean" else 1)
             self.module.disable_hooks()
             try:
-                torch.autograd.backward(
-                    [o for o, _ in pairs], [g * weight.to(g.dtype).view(-1, *([1] * (g.dim() - 1))) for _, g in pairs]
-                )
+                scaled = [g * weight.to(g.dtype).view(-1, *([1] * (g.dim() - 1))) for _, g in pairs]
+                torch.autograd.backward([o for o, _ in pairs], scaled)
             finally:
                 self.module.enable_hooks()
         return self._reported(loss)
+
+
+def _tensors_in(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model output: a tensor, or tuples/lists/dicts of them."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors_in(item)]
+    return []
 
 
 class _LogicalBatchEnds:
@@ -252,7 +268,9 @@ class _BookkeepingStep(TrainingStep):
         loader: DataLoader = DPDataLoader.from_data_loader(base)
         self.ends = _LogicalBatchEnds()
         if s.max_physical_batch_size:
-            loader = wrap_data_loader(data_loader=loader, max_batch_size=s.max_physical_batch_size, optimizer=self.ends)
+            loader = wrap_data_loader(
+                data_loader=loader, max_batch_size=s.max_physical_batch_size, optimizer=self.ends
+            )
         params = [p for p in work.parameters() if p.requires_grad]
         super().__init__(work, _optimizer(params, s), loader, s)
         self.engine = BookkeepingDP(work, s.max_grad_norm, s.noise_multiplier, expected_batch_size)
@@ -281,7 +299,9 @@ def _logical_loader(dataset: Dataset, s: TrainSettings) -> DataLoader:
     return DataLoader(dataset, batch_size=batch, pin_memory=torch.device(s.device).type == "cuda")
 
 
-def _make_private(work: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, s: TrainSettings, mode: str) -> Any:
+def _make_private(
+    work: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, s: TrainSettings, mode: str
+) -> Any:
     from opacus import PrivacyEngine
 
     with warnings.catch_warnings():
@@ -308,9 +328,8 @@ def make_training_step(work: nn.Module, dataset: Dataset, s: TrainSettings) -> T
     """The optimizer, loader and DP machinery for `work` (already on s.device, in train mode)."""
     if s.noise_multiplier is None:
         params = [p for p in work.parameters() if p.requires_grad]
-        loader = DataLoader(
-            dataset, batch_size=s.expected_batch_size, shuffle=True, pin_memory=torch.device(s.device).type == "cuda"
-        )
+        pin = torch.device(s.device).type == "cuda"
+        loader = DataLoader(dataset, batch_size=s.expected_batch_size, shuffle=True, pin_memory=pin)
         return TrainingStep(work, _optimizer(params, s), loader, s)
     mode = resolve_grad_sample_mode(s.grad_sample_mode, work)
     if mode == "bookkeeping":

@@ -14,7 +14,10 @@ keeps the output gradient G. After `loss.backward()`:
 4. Gaussian noise N(0, (sigma C)^2) on the sum, divided by the expected batch size when
    loss_reduction="mean": the same gradient as Opacus' DPOptimizer, same Poisson accounting.
 
-Per-sample norms and every reduction are computed in fp32 under bf16/fp16 autocast.
+Under bf16/fp16 autocast the products run on the half-precision copies the layers computed with,
+with fp32 results (out_dtype on CUDA), and per-sample norms, clip factors and sums are fp32.
+Exact where Opacus 1.6 hooks are not: Embedding(padding_idx=...) (Opacus gives the padding row
+per-sample gradients) and convolutions with padding_mode != "zeros" (Opacus ignores the mode).
 Supported layers (exact type, as Opacus matches them): nn.Linear (any leading dims
 (B, ..., d_in)), nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.Conv1d, nn.Conv2d (any groups,
 stride, dilation and padding mode). A model with any other trainable parameter (a GRU, a bare
@@ -66,11 +69,15 @@ class _LayerRule:
     def unsupported(self, module: nn.Module) -> str | None:
         return None
 
-    def norms(self, module: nn.Module, calls: list[_Call], trainable: Trainable, cache: _GramCache) -> tuple[torch.Tensor, Any]:
+    def norms(
+        self, module: nn.Module, calls: list[_Call], trainable: Trainable, cache: _GramCache
+    ) -> tuple[torch.Tensor, Any]:
         """-> (squared per-sample gradient norms (B,) fp32, state for `clipped`)."""
         raise NotImplementedError
 
-    def clipped(self, module: nn.Module, state: Any, scale: torch.Tensor, trainable: Trainable) -> ParamGrads:
+    def clipped(
+        self, module: nn.Module, state: Any, scale: torch.Tensor, trainable: Trainable, cache: _GramCache
+    ) -> ParamGrads:
         """-> [(parameter, sum_i scale_i * per-sample gradient_i)]."""
         raise NotImplementedError
 
@@ -91,11 +98,14 @@ def _rule_for(*types: type[nn.Module]) -> Callable[[type[_LayerRule]], type[_Lay
 
 
 @functools.cache
-def _has_fp32_out_bmm(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether torch.bmm(..., out_dtype=float32) runs for half inputs here (CUDA, recent torch)."""
+def _has_fp32_out(op: str, device_type: str, dtype: torch.dtype) -> bool:
+    """Whether torch.bmm / torch.mm(..., out_dtype=float32) run for half inputs here (CUDA, torch >= 2.8)."""
     try:
         x = torch.ones(1, 1, 1, device=device_type, dtype=dtype)
-        torch.bmm(x, x, out_dtype=torch.float32)
+        if op == "bmm":
+            torch.bmm(x, x, out_dtype=torch.float32)
+        else:
+            torch.mm(x[0], x[0], out_dtype=torch.float32)
         return True
     except (RuntimeError, TypeError, NotImplementedError):
         return False
@@ -104,14 +114,18 @@ def _has_fp32_out_bmm(device_type: str, dtype: torch.dtype) -> bool:
 def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched product with an fp32 result; half inputs stay on tensor cores where possible."""
     if a.dtype in _HALF:
-        if _has_fp32_out_bmm(a.device.type, a.dtype):
+        if _has_fp32_out("bmm", a.device.type, a.dtype):
             return torch.bmm(a, b, out_dtype=torch.float32)
         return torch.bmm(a.float(), b.float())
     return torch.bmm(a, b).float()
 
 
 def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return _bmm_f32(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)
+    if a.dtype in _HALF:
+        if _has_fp32_out("mm", a.device.type, a.dtype):
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return _bmm_f32(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)
+    return (a @ b).float()
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -120,28 +134,39 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _chunks(batch: int, bytes_per_sample: int) -> Iterable[slice]:
+    """Slices of the batch whose scratch memory stays under _CHUNK_BYTES."""
     step = max(1, _CHUNK_BYTES // max(1, bytes_per_sample))
     return (slice(i, i + step) for i in range(0, batch, step))
 
 
 class _GramCache:
-    """The last activation's A A^T: q, k and v projections share their input."""
+    """The last activation's A A^T and c-scaled A: q, k and v projections share their input."""
 
     def __init__(self) -> None:
-        self.source: torch.Tensor | None = None
+        self.gram_key: object = None
         self.grams: dict[int, torch.Tensor] = {}
+        self.scaled_key: object = None
+        self.scaled_value: torch.Tensor | None = None
 
-    def gram(self, a: torch.Tensor, part: slice) -> torch.Tensor:
-        if a is not self.source:
-            self.source, self.grams = a, {}
-        key = part.start
-        if key not in self.grams:
-            chunk = a[part]
-            self.grams[key] = _bmm_f32(chunk, chunk.mT)
-        return self.grams[key]
+    def gram(self, a: torch.Tensor, part: slice, key: object) -> torch.Tensor:
+        """A A^T of the samples in `part`; `key` names the activation a was made from (None: no reuse)."""
+        if key is None or key is not self.gram_key:
+            self.gram_key, self.grams = key, {}
+        if part.start not in self.grams:
+            self.grams[part.start] = _bmm_f32(a[part], a[part].mT)
+        return self.grams[part.start]
+
+    def scaled(self, a: torch.Tensor, scale: torch.Tensor, key: object) -> torch.Tensor:
+        """a * scale per sample (one scale per clipping pass)."""
+        if key is None or key is not self.scaled_key:
+            self.scaled_key = key
+            self.scaled_value = a * scale.to(a.dtype).view(-1, *([1] * (a.dim() - 1)))
+        return self.scaled_value
 
 
-def _outer_norm_sq(a: torch.Tensor, g: torch.Tensor, cache: _GramCache | None = None) -> torch.Tensor:
+def _outer_norm_sq(
+    a: torch.Tensor, g: torch.Tensor, cache: _GramCache | None = None, key: object = None
+) -> torch.Tensor:
     """Squared Frobenius norms of the per-sample products a_i^T g_i: a (N, T, p), g (N, T, q) -> (N,)."""
     n, t, p = a.shape
     q = g.shape[-1]
@@ -152,7 +177,7 @@ def _outer_norm_sq(a: torch.Tensor, g: torch.Tensor, cache: _GramCache | None = 
     out = []
     if t * (p + q) <= p * q:  # ghost norm: <A A^T, G G^T>
         for part in _chunks(n, 8 * t * t):
-            aa = cache.gram(a, part) if cache is not None else _bmm_f32(a[part], a[part].mT)
+            aa = cache.gram(a, part, key) if cache is not None else _bmm_f32(a[part], a[part].mT)
             gg = _bmm_f32(g[part], g[part].mT)
             out.append(torch.bmm(aa.flatten(1).unsqueeze(1), gg.flatten(1).unsqueeze(2)).flatten())
     else:  # materialise each sample's (q, p) gradient, take its norm, drop it
@@ -161,11 +186,14 @@ def _outer_norm_sq(a: torch.Tensor, g: torch.Tensor, cache: _GramCache | None = 
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def _weighted_outer_sum(scale: torch.Tensor, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """sum_i scale_i a_i^T g_i as a (q, p) matrix, in one GEMM over all rows of all samples."""
+def _weighted_outer_sum(
+    scale: torch.Tensor, a: torch.Tensor, g: torch.Tensor, cache: _GramCache, key: object
+) -> torch.Tensor:
+    """sum_i scale_i a_i^T g_i as a (q, p) matrix, in one GEMM over all rows of all samples.
+    The narrower operand is scaled; a shared activation (q, k, v) only once."""
     p, q = a.shape[-1], g.shape[-1]
-    if p < q:
-        a = a * scale.to(a.dtype).view(-1, *([1] * (a.dim() - 1)))
+    if p <= q:
+        a = cache.scaled(a, scale, key)
     else:
         g = g * scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))
     return _mm_f32(g.reshape(-1, q).mT, a.reshape(-1, p))
@@ -185,20 +213,21 @@ class _LinearRule(_LayerRule):
     def norms(self, module, calls, trainable, cache):
         g = _cat_positions([_rows(c.grad) for c in calls])  # (B, T, out)
         a = _cat_positions([_rows(c.activation) for c in calls]).to(g.dtype)  # (B, T, in)
+        key = calls[0].activation if len(calls) == 1 else None  # q, k, v: one kept input
         sq = torch.zeros(g.shape[0], device=g.device)
         if trainable(module.weight):
-            sq = sq + _outer_norm_sq(a, g, cache)
+            sq = sq + _outer_norm_sq(a, g, cache, key)
         bias = None
         if trainable(module.bias):
             bias = g.sum(1, dtype=torch.float32)  # (B, out)
             sq = sq + bias.square().sum(1)
-        return sq, (a, g, bias)
+        return sq, (a, g, bias, key)
 
-    def clipped(self, module, state, scale, trainable):
-        a, g, bias = state
+    def clipped(self, module, state, scale, trainable, cache):
+        a, g, bias, key = state
         out = []
         if trainable(module.weight):
-            out.append((module.weight, _weighted_outer_sum(scale, a, g)))
+            out.append((module.weight, _weighted_outer_sum(scale, a, g, cache, key)))
         if bias is not None:
             out.append((module.bias, scale @ bias))
         return out
@@ -210,14 +239,18 @@ class _AffineNormRule(_LayerRule):
     def normalized(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def per_sample(self, module: nn.Module, g: torch.Tensor, xhat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_sample(
+        self, module: nn.Module, g: torch.Tensor, xhat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def norms(self, module, calls, trainable, cache):
         weight = bias = None
         for call in calls:
+            # x-hat in the input's dtype (bf16 under autocast, as Opacus' hooks have it); the
+            # products with the fp32 output gradient and the sums over positions are fp32
             g = call.grad.float()
-            w, b = self.per_sample(module, g, self.normalized(module, call.activation.float()))
+            w, b = self.per_sample(module, g, self.normalized(module, call.activation))
             weight = w if weight is None else weight + w
             bias = b if bias is None else bias + b
         grads = {}
@@ -228,7 +261,7 @@ class _AffineNormRule(_LayerRule):
         sq = sum(x.flatten(1).square().sum(1) for x in grads.values())
         return sq, grads
 
-    def clipped(self, module, state, scale, trainable):
+    def clipped(self, module, state, scale, trainable, cache):
         return [(p, torch.tensordot(scale, per_sample, dims=1)) for p, per_sample in state.items()]
 
 
@@ -238,7 +271,11 @@ class _LayerNormRule(_AffineNormRule):
         return F.layer_norm(x, module.normalized_shape, eps=module.eps)
 
     def per_sample(self, module, g, xhat):
-        shape = (g.shape[0], math.prod(g.shape[1 : g.dim() - len(module.normalized_shape)]), *module.normalized_shape)
+        shape = (
+            g.shape[0],
+            math.prod(g.shape[1 : g.dim() - len(module.normalized_shape)]),
+            *module.normalized_shape,
+        )
         return (g * xhat).reshape(shape).sum(1), g.reshape(shape).sum(1)
 
 
@@ -263,7 +300,9 @@ class _EmbeddingRule(_LayerRule):
         return None
 
     def norms(self, module, calls, trainable, cache):
-        idx = _cat_positions([c.activation.reshape(c.activation.shape[0], c.activation[0].numel()) for c in calls])  # (B, T)
+        idx = _cat_positions(
+            [c.activation.reshape(c.activation.shape[0], c.activation[0].numel()) for c in calls]
+        )  # (B, T)
         g = _cat_positions([_rows(c.grad) for c in calls]).float()  # (B, T, d)
         if module.padding_idx is not None:  # the padding row never receives a gradient
             g = g * (idx != module.padding_idx).unsqueeze(-1)
@@ -272,7 +311,7 @@ class _EmbeddingRule(_LayerRule):
         sq = torch.bmm(same.flatten(1).unsqueeze(1), torch.bmm(g, g.mT).flatten(1).unsqueeze(2)).flatten()
         return sq, (idx, g)
 
-    def clipped(self, module, state, scale, trainable):
+    def clipped(self, module, state, scale, trainable, cache):
         idx, g = state
         rows = (g * scale.view(-1, 1, 1)).reshape(-1, g.shape[-1])
         weight = torch.zeros(module.weight.shape, device=g.device).index_add_(0, idx.flatten(), rows)
@@ -281,16 +320,45 @@ class _EmbeddingRule(_LayerRule):
 
 @_rule_for(nn.Conv1d, nn.Conv2d)
 class _ConvRule(_LayerRule):
+    """Weight gradients through the backend's own conv weight-gradient kernel (cuDNN, oneDNN):
+    the clipped sum is one call with G scaled per sample; per-sample gradients are one call with
+    the samples as extra groups (input (1, B*C_in, ...), groups B*groups). Where the ghost norm is
+    cheaper (few output positions L per sample) it runs on the unfolded input instead."""
+
     casts_under_autocast = True
 
     @staticmethod
-    def columns(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    def padded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Non-zero padding modes and 'same'/'valid' padding become an explicit F.pad."""
+        if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+            return x, tuple(module.padding)
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        return F.pad(x, module._reversed_padding_repeated_twice, mode=mode), (0,) * len(module.kernel_size)
+
+    @staticmethod
+    def weight_grad(
+        module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, g: torch.Tensor, padding: tuple[int, ...], groups: int
+    ) -> torch.Tensor:
+        """sum over the batch of the weight gradient, (C_out', C_in/groups, *kernel) for g's channels."""
+        shape = (g.shape[1], x.shape[1] // groups, *module.kernel_size)
+        weight = g.new_empty(1).expand(shape)
+        return torch.ops.aten.convolution_backward(
+            g,
+            x,
+            weight,
+            None,
+            module.stride,
+            padding,
+            module.dilation,
+            False,
+            [0] * len(padding),
+            groups,
+            (False, True, False),
+        )[1]
+
+    def columns(self, module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         """Input -> unfolded patches (B, groups, C_in/groups * prod(kernel), L)."""
-        padding = module.padding
-        if module.padding_mode != "zeros" or isinstance(padding, str):
-            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-            padding = (0,) * len(module.kernel_size)
+        x, padding = self.padded(module, x)
         kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
         if isinstance(module, nn.Conv1d):  # as a (1, k) Conv2d over (B, C, 1, L)
             x = x.unsqueeze(-2)
@@ -298,28 +366,83 @@ class _ConvRule(_LayerRule):
         cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C_in*k, L)
         return cols.view(x.shape[0], module.groups, cols.shape[1] // module.groups, cols.shape[-1])
 
+    @staticmethod
+    def is_channel_scale(module: nn.Conv1d | nn.Conv2d) -> bool:
+        """A depthwise 1x1 conv (a per-channel affine, as in TokenGroupNorm): an elementwise rule."""
+        c = module.in_channels
+        return (
+            module.groups == c == module.out_channels
+            and math.prod(module.kernel_size) == 1
+            and all(v == 1 for v in module.stride)
+            and not any(module._reversed_padding_repeated_twice)
+        )
+
     def norms(self, module, calls, trainable, cache):
+        if self.is_channel_scale(module):
+            return self.channel_scale_norms(module, calls, trainable)
         groups, outs = module.groups, module.out_channels // module.groups
-        g = _cat_positions([c.grad.reshape(c.grad.shape[0], groups, outs, math.prod(c.grad.shape[2:])) for c in calls], 3)
-        cols = _cat_positions([self.columns(module, c.activation.to(g.dtype)) for c in calls], 3)
-        b, _, k, length = cols.shape  # g (B, groups, C_out/groups, L), cols (B, groups, K, L)
-        sq = torch.zeros(b, device=g.device)
-        if trainable(module.weight):  # each group is a Linear over the L positions
-            group_sq = _outer_norm_sq(cols.mT.reshape(b * groups, length, k), g.mT.reshape(b * groups, length, outs))
-            sq = sq + group_sq.view(b, groups).sum(1)
+        dtype = calls[0].grad.dtype
+        b = calls[0].grad.shape[0]
+        positions = sum(math.prod(c.grad.shape[2:]) for c in calls)
+        k = module.weight[0].numel()  # C_in/groups * prod(kernel)
+        sq = torch.zeros(b, device=calls[0].grad.device)
+        if trainable(module.weight):
+            if positions * (k + outs) <= k * outs:  # ghost norm per group over the L positions
+                g = _cat_positions([c.grad.reshape(b, groups, outs, -1) for c in calls], 3)
+                cols = _cat_positions([self.columns(module, c.activation.to(dtype)) for c in calls], 3)
+                group_sq = _outer_norm_sq(
+                    cols.mT.reshape(b * groups, positions, k), g.mT.reshape(b * groups, positions, outs)
+                )
+                sq = sq + group_sq.view(b, groups).sum(1)
+            else:  # per-sample gradients, samples as groups, in chunks
+                for part in _chunks(b, 8 * module.weight.numel()):
+                    per_sample = None
+                    for c in calls:
+                        x, padding = self.padded(module, c.activation[part].to(dtype))
+                        n = x.shape[0]
+                        grad = self.weight_grad(
+                            module,
+                            x.reshape(1, -1, *x.shape[2:]),
+                            c.grad[part].reshape(1, -1, *c.grad.shape[2:]),
+                            padding,
+                            n * groups,
+                        )
+                        per_sample = grad if per_sample is None else per_sample + grad
+                    sq[part] += per_sample.reshape(-1, module.weight.numel()).float().square().sum(1)
         bias = None
         if trainable(module.bias):
-            bias = g.sum(3, dtype=torch.float32).flatten(1)  # (B, C_out)
+            bias = sum(c.grad.flatten(2).sum(2, dtype=torch.float32) for c in calls)  # (B, C_out)
             sq = sq + bias.square().sum(1)
-        return sq, (cols, g, bias)
+        return sq, (calls, bias)
 
-    def clipped(self, module, state, scale, trainable):
-        cols, g, bias = state
+    def channel_scale_norms(self, module, calls, trainable):
+        weight = bias = None
+        for c in calls:
+            g = c.grad.flatten(2).float()  # (B, C, L)
+            w, b = (g * c.activation.flatten(2)).sum(2), g.sum(2)
+            weight = w if weight is None else weight + w
+            bias = b if bias is None else bias + b
+        grads = {}
+        if trainable(module.weight):
+            grads[module.weight] = weight.view(-1, *module.weight.shape)
+        if trainable(module.bias):
+            grads[module.bias] = bias
+        sq = sum(x.flatten(1).square().sum(1) for x in grads.values())
+        return sq, grads
+
+    def clipped(self, module, state, scale, trainable, cache):
+        if isinstance(state, dict):  # channel_scale_norms kept the per-sample gradients
+            return [(p, torch.tensordot(scale, per_sample, dims=1)) for p, per_sample in state.items()]
+        calls, bias = state
         out = []
         if trainable(module.weight):
-            gs = g * scale.to(g.dtype).view(-1, 1, 1, 1)
-            weight = torch.einsum("bgol,bgkl->gok", gs, cols).float()  # (groups, C_out/groups, K)
-            out.append((module.weight, weight.reshape(module.weight.shape)))
+            weight = None
+            for c in calls:
+                x, padding = self.padded(module, c.activation.to(c.grad.dtype))
+                g = c.grad * scale.to(c.grad.dtype).view(-1, *([1] * (c.grad.dim() - 1)))
+                grad = self.weight_grad(module, x, g, padding, module.groups).float()
+                weight = grad if weight is None else weight + grad
+            out.append((module.weight, weight))
         if bias is not None:
             out.append((module.bias, scale @ bias))
         return out
@@ -393,7 +516,9 @@ class BookkeepingDP:
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._ids = {id(p) for p in self._params}
         self._calls: dict[nn.Module, list[_Call]] = {}
-        self._cast: tuple[torch.Tensor, torch.Tensor] | None = None  # (source, autocast copy)
+        # (last input, what was kept of it): q, k and v share one kept tensor, so their A A^T and
+        # c-scaled A are computed once
+        self._cast: tuple[torch.Tensor, torch.Tensor] | None = None
         self._sums: dict[int, torch.Tensor] | None = None
         self._flats: list[torch.Tensor] = []
         self._handles = [
@@ -433,12 +558,14 @@ class BookkeepingDP:
     def _kept_input(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Under autocast keep the half-precision copy the layer computes with (once per input)."""
         device = x.device.type
-        if not (_RULES[type(module)].casts_under_autocast and x.is_floating_point() and torch.is_autocast_enabled(device)):
-            return x.detach()
-        dtype = torch.get_autocast_dtype(device)
-        if x.dtype == dtype:
-            return x.detach()
-        if self._cast is None or self._cast[0] is not x:
+        dtype = x.dtype
+        if (
+            _RULES[type(module)].casts_under_autocast
+            and x.is_floating_point()
+            and torch.is_autocast_enabled(device)
+        ):
+            dtype = torch.get_autocast_dtype(device)
+        if self._cast is None or self._cast[0] is not x or self._cast[1].dtype != dtype:
             self._cast = (x, x.detach().to(dtype))
         return self._cast[1]
 
@@ -470,7 +597,7 @@ class BookkeepingDP:
             layer_sq, state = rule.norms(module, done, self._trainable, cache)
             sq = layer_sq if sq is None else sq + layer_sq
             layers.append((module, rule, state))
-        del calls, cache
+        del calls
         if sq is None:
             return
         # loss_reduction="mean": the loss is a mean over this physical batch, so G_i = dloss_i/dout / n
@@ -478,10 +605,13 @@ class BookkeepingDP:
         norms = sq.sqrt() * per_sample
         self.per_sample_norms = norms
         scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * per_sample
+        targets, grads = [], []
         while layers:
             module, rule, state = layers.pop(0)
-            for p, grad in rule.clipped(module, state, scale, self._trainable):
-                sums[id(p)].add_(grad.to(p.dtype))
+            for p, grad in rule.clipped(module, state, scale, self._trainable, cache):
+                targets.append(sums[id(p)])
+                grads.append(grad.to(p.dtype))
+        torch._foreach_add_(targets, grads)
 
     def privatize_grads(self) -> None:
         """Noise the accumulated clipped sum once, scale it as Opacus does, write every `.grad`."""

@@ -26,7 +26,10 @@ def _opacus_grads(model, loss_fn, batch, clip, expected, seed=0):
     wrapped = GradSampleModule(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = DPOptimizer(
-        torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=expected
+        torch.optim.SGD(params, lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=expected,
     )
     torch.manual_seed(seed)
     with warnings.catch_warnings():
@@ -69,7 +72,15 @@ def _assert_same(actual, expected, rel=1e-5):
 
 def _event_model(dropout=0.1):
     cfg = EventTransformerConfig(
-        event_dim=9, static_dim=3, d_model=16, layers=2, heads=2, ff=32, pooling_heads=2, mlp_hidden=8, dropout=dropout
+        event_dim=9,
+        static_dim=3,
+        d_model=16,
+        layers=2,
+        heads=2,
+        ff=32,
+        pooling_heads=2,
+        mlp_hidden=8,
+        dropout=dropout,
     )
     return EventTransformer(cfg).train()
 
@@ -306,8 +317,16 @@ def test_train_model_modes_match_hooks(mode, physical):
     results = {}
     for m in ("hooks", mode):
         model, ds, loss = _mlp_setup(100)  # 100 / 30: Opacus samples at 1 / ceil(100 / 30)
-        s = TrainSettings(epochs=2, expected_batch_size=30, max_physical_batch_size=physical, noise_multiplier=0.0,
-                          seed=3, optimizer="sgd", lr=0.1, grad_sample_mode=m)
+        s = TrainSettings(
+            epochs=2,
+            expected_batch_size=30,
+            max_physical_batch_size=physical,
+            noise_multiplier=0.0,
+            seed=3,
+            optimizer="sgd",
+            lr=0.1,
+            grad_sample_mode=m,
+        )
         res = train_model(model, ds, loss, s)
         results[m] = (res, _flat(model.parameters()).detach())
     (hooks, w_hooks), (other, w_other) = results["hooks"], results[mode]
@@ -319,8 +338,14 @@ def test_train_model_modes_match_hooks(mode, physical):
 def test_train_model_bookkeeping_steps_and_noise():
     model, ds, loss = _mlp_setup()
     before = _flat(model.parameters()).detach().clone()
-    res = train_model(model, ds, loss, TrainSettings(epochs=2, expected_batch_size=30, noise_multiplier=1.0, seed=1,
-                                                      grad_sample_mode="auto"))
+    res = train_model(
+        model,
+        ds,
+        loss,
+        TrainSettings(
+            epochs=2, expected_batch_size=30, noise_multiplier=1.0, seed=1, grad_sample_mode="auto"
+        ),
+    )
     assert res.grad_sample_mode == "bookkeeping"
     assert res.steps == 2 * steps_per_epoch(120, 30) == 8 and res.sample_rate == pytest.approx(0.25)
     assert not torch.equal(before, _flat(model.parameters()))
@@ -332,10 +357,41 @@ def test_fedprox_term_survives_dp(mode):
     weights = []
     for mu in (0.0, 10.0):
         model, ds, loss = _mlp_setup()
-        train_model(model, ds, loss, TrainSettings(expected_batch_size=30, noise_multiplier=0.0, seed=1, optimizer="sgd",
-                                                   lr=0.1, proximal_mu=mu, grad_sample_mode=mode))
+        train_model(
+            model,
+            ds,
+            loss,
+            TrainSettings(
+                expected_batch_size=30,
+                noise_multiplier=0.0,
+                seed=1,
+                optimizer="sgd",
+                lr=0.1,
+                proximal_mu=mu,
+                grad_sample_mode=mode,
+            ),
+        )
         weights.append(_flat(model.parameters()).detach())
     assert (weights[0] - weights[1]).abs().max() > 1e-3
+
+
+def test_ghost_mode_names_its_failure():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Flatten(1), nn.Linear(8, 1))  # (B, 2, 3) input: fine
+    deep = nn.Sequential(nn.Linear(3, 4), nn.Flatten(1), nn.Linear(16, 1))  # (B, 2, 2, 3): no ghost norm
+    for m, shape, ok in ((model, (40, 2, 3), True), (deep, (40, 2, 2, 3), False)):
+        ds = TensorDataset(torch.randn(*shape), torch.randn(40))
+
+        def loss(mm, b):
+            return F.mse_loss(mm(b[0]).squeeze(-1), b[1])
+
+        s = TrainSettings(expected_batch_size=10, noise_multiplier=1.0, seed=0, grad_sample_mode="ghost")
+        if ok:
+            assert train_model(m, ds, loss, s).grad_sample_mode == "ghost"
+        else:
+            with pytest.raises(
+                RuntimeError, match="Opacus ghost clipping fails on Sequential.*use 'bookkeeping'"
+            ):
+                train_model(m, ds, loss, s)
 
 
 def test_auto_falls_back_to_hooks():
