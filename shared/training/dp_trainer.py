@@ -1,8 +1,8 @@
 """The local trainer: a model, a dataset and DP-SGD. Importable without Flower.
 
-The sample rate is the *logical* (expected) batch size over the dataset size; Poisson sampling
-draws logical batches and Opacus' batch splitter cuts them into physical batches of at most
-`max_physical_batch_size` without changing what the accountant sees.
+The sample rate is q = 1 / ceil(n / expected batch size), as Opacus' DPDataLoader derives it;
+Poisson sampling draws logical batches and Opacus' batch splitter cuts them into physical batches
+of at most `max_physical_batch_size` without changing what the accountant sees.
 
 Per-sample clipping (TrainSettings.grad_sample_mode):
 - "hooks" / "functorch": Opacus' per-sample gradients (GradSampleModule + DPOptimizer);
@@ -61,13 +61,14 @@ class TrainResult:
     grad_sample_mode: str = "none"  # the per-sample clipping that ran ("auto" resolved); "none" without DP
 
 
-def sample_rate_for(num_examples: int, expected_batch_size: int) -> float:
-    return min(1.0, expected_batch_size / max(1, num_examples))
-
-
 def steps_per_epoch(num_examples: int, expected_batch_size: int) -> int:
-    """Poisson loader length, as Opacus' DPDataLoader computes it."""
-    return int(1 / sample_rate_for(num_examples, expected_batch_size))
+    return max(1, math.ceil(num_examples / expected_batch_size))
+
+
+def sample_rate_for(num_examples: int, expected_batch_size: int) -> float:
+    """Opacus' DPDataLoader samples each example with q = 1 / len(original loader) and takes
+    that many steps per epoch; planning and accounting use exactly the same q and steps."""
+    return 1.0 / steps_per_epoch(num_examples, expected_batch_size)
 
 
 def _optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
@@ -159,6 +160,7 @@ class _OpacusStep(TrainingStep):
     def __init__(self, work: nn.Module, dataset: Dataset, s: TrainSettings, mode: str) -> None:
         optimizer = _optimizer([p for p in work.parameters() if p.requires_grad], s)
         module, optimizer, loader = _make_private(work, optimizer, dataset, s, mode)
+        _check_sample_rate(loader, dataset, s)
         if s.max_physical_batch_size:
             from opacus.utils.batch_memory_manager import wrap_data_loader
 
@@ -266,6 +268,7 @@ class _BookkeepingStep(TrainingStep):
         # sample rate and expected batch size exactly as PrivacyEngine.make_private derives them
         expected_batch_size = int(len(dataset) * (1 / len(base)))  # type: ignore[arg-type]
         loader: DataLoader = DPDataLoader.from_data_loader(base)
+        _check_sample_rate(loader, dataset, s)
         self.ends = _LogicalBatchEnds()
         if s.max_physical_batch_size:
             loader = wrap_data_loader(
@@ -293,10 +296,15 @@ class _BookkeepingStep(TrainingStep):
 
 
 def _logical_loader(dataset: Dataset, s: TrainSettings) -> DataLoader:
-    """The DataLoader Poisson sampling is derived from (batch size = expected batch size)."""
-    n = len(dataset)  # type: ignore[arg-type]
-    batch = max(1, round(sample_rate_for(n, s.expected_batch_size) * n))
-    return DataLoader(dataset, batch_size=batch, pin_memory=torch.device(s.device).type == "cuda")
+    """The DataLoader Opacus derives Poisson sampling from: q = 1 / len(this loader)."""
+    pin = torch.device(s.device).type == "cuda"
+    return DataLoader(dataset, batch_size=s.expected_batch_size, pin_memory=pin)
+
+
+def _check_sample_rate(poisson_loader: Any, dataset: Dataset, s: TrainSettings) -> None:
+    q = sample_rate_for(len(dataset), s.expected_batch_size)  # type: ignore[arg-type]
+    if abs(poisson_loader.sample_rate - q) > 1e-12:  # the ledger must record what really ran
+        raise RuntimeError(f"Opacus sample rate {poisson_loader.sample_rate} != planned {q}")
 
 
 def _make_private(
