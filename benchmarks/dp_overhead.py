@@ -10,10 +10,12 @@ runs. Per configuration: warm-up steps, then the median of timed steps (CUDA syn
 each), samples/s, peak memory (CUDA: max_memory_allocated; CPU: peak RSS of the process, reset
 per configuration) and the DP / non-DP ratio from the same run.
 
-    python benchmarks/dp_overhead.py --device cpu --quick      # < 3 min on 2 cores
+    python benchmarks/dp_overhead.py --device cpu --quick      # ~1 min on 2 cores
     python benchmarks/dp_overhead.py --device cuda --precision fp32,tf32,bf16
 
-Prints a table and writes benchmarks/results/dp_overhead_<device>.json.
+Prints a table and writes benchmarks/results/dp_overhead_<device>.json. `--quick` on CPU runs with
+one torch thread unless --threads says otherwise: on a shared (oversubscribed) machine OpenMP
+threads that wait for each other make small kernels 100-1000x slower and the ratios meaningless.
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ def time_mode(
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"
     except Exception as err:  # a mode that does not run on this model is a result, not a crash
-        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
     finally:
         if step is not None:
             step.close()
@@ -222,7 +224,8 @@ def _table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['model']:<18}{r['batch']:>6} {r['precision']:<5}{r['mode']:<12}  {r['error']}")
+            error = r["error"] if len(r["error"]) <= 90 else r["error"][:87] + "..."
+            lines.append(f"{r['model']:<18}{r['batch']:>6} {r['precision']:<5}{r['mode']:<12}  {error}")
             continue
         ratio = f"{r['dp_over_non_dp']:.2f}x" if "dp_over_non_dp" in r else ""
         lines.append(
@@ -257,15 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set-batches", default=None, help="default: 32 on CPU and CUDA")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 with --quick on CPU, else torch's)",
+    )
     parser.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/dp_overhead_<device>.json)"
     )
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    threads = args.threads or (1 if args.quick and device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but this machine has no CUDA device")
     cuda = device.type == "cuda"

@@ -300,16 +300,21 @@ class _EmbeddingRule(_LayerRule):
         return None
 
     def norms(self, module, calls, trainable, cache):
+        b = calls[0].grad.shape[0]
         idx = _cat_positions(
-            [c.activation.reshape(c.activation.shape[0], c.activation[0].numel()) for c in calls]
+            [c.activation.reshape(b, math.prod(c.activation.shape[1:])) for c in calls]
         )  # (B, T)
         g = _cat_positions([_rows(c.grad) for c in calls]).float()  # (B, T, d)
         if module.padding_idx is not None:  # the padding row never receives a gradient
             g = g * (idx != module.padding_idx).unsqueeze(-1)
         # ||sum_t onehot(idx_t) g_t^T||^2 = sum_{t,s} [idx_t == idx_s] <g_t, g_s>
-        same = (idx.unsqueeze(2) == idx.unsqueeze(1)).float()  # (B, T, T)
-        sq = torch.bmm(same.flatten(1).unsqueeze(1), torch.bmm(g, g.mT).flatten(1).unsqueeze(2)).flatten()
-        return sq, (idx, g)
+        t = idx.shape[1]
+        sq = [torch.zeros(0, device=g.device)]
+        for part in _chunks(b, 8 * t * t):
+            same = (idx[part].unsqueeze(2) == idx[part].unsqueeze(1)).float()  # (b, T, T)
+            gram = torch.bmm(g[part], g[part].mT)
+            sq.append(torch.bmm(same.flatten(1).unsqueeze(1), gram.flatten(1).unsqueeze(2)).flatten())
+        return torch.cat(sq), (idx, g)
 
     def clipped(self, module, state, scale, trainable, cache):
         idx, g = state
@@ -388,7 +393,9 @@ class _ConvRule(_LayerRule):
         sq = torch.zeros(b, device=calls[0].grad.device)
         if trainable(module.weight):
             if positions * (k + outs) <= k * outs:  # ghost norm per group over the L positions
-                g = _cat_positions([c.grad.reshape(b, groups, outs, -1) for c in calls], 3)
+                g = _cat_positions(
+                    [c.grad.reshape(b, groups, outs, math.prod(c.grad.shape[2:])) for c in calls], 3
+                )
                 cols = _cat_positions([self.columns(module, c.activation.to(dtype)) for c in calls], 3)
                 group_sq = _outer_norm_sq(
                     cols.mT.reshape(b * groups, positions, k), g.mT.reshape(b * groups, positions, outs)

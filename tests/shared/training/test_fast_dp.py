@@ -223,6 +223,33 @@ def test_exact_where_opacus_hooks_are_not():
     assert grads[0][0].abs().max() == 0  # the padding row of the embedding gets nothing
 
 
+class _ConvPaths(nn.Module):
+    """A conv with few output positions per sample (2 calls x 9: ghost norm on the unfolded input,
+    18 * (288 + 32) <= 288 * 32) and one with many (per-sample gradients through the backend's
+    grouped weight-gradient kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.few = nn.Conv2d(64, 64, 3, padding=1, groups=2)  # K = 32 * 9 = 288, 32 outputs per group
+        self.many = nn.Conv1d(64, 4, 5, stride=2, padding=2)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.few(torch.tanh(self.few(x)))  # (B, 64, 3, 3)
+        h = self.many(h.flatten(2).repeat(1, 1, 4))  # (B, 4, 18)
+        return self.head(h.mean(-1))
+
+
+def test_conv_ghost_and_per_sample_paths_are_exact():
+    torch.manual_seed(10)
+    model = _ConvPaths()
+    batch = [torch.randn(4, 64, 3, 3), torch.randint(0, 2, (4,))]
+    truth = _per_sample_truth(model, _ce_loss, batch)
+    grads, norms = _bookkeeping_grads(model, _ce_loss, batch, clip=1e6, expected=1)
+    torch.testing.assert_close(norms, truth.norm(dim=1), rtol=1e-5, atol=0)
+    assert (_flat(grads) - truth.sum(0)).norm() <= 1e-5 * truth.sum(0).norm()
+
+
 def test_physical_batches_accumulate_to_the_logical_batch():
     torch.manual_seed(6)
     model, batch = _event_model(dropout=0.0), _event_batch()
