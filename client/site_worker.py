@@ -180,7 +180,7 @@ class SiteWorker:
             extra={
                 "expected_batch_size": t.batch_size, "max_physical_batch_size": t.max_physical_batch_size or 0,
                 "num_examples": result.num_examples, "precision": self.precision,
-                "planned_epsilon": plan.composed_target,
+                "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode,
             },
         )
         state = {k: v.cpu() for k, v in model.state_dict().items()}
