@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
+from shared.config import RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
-from torch.utils.data import DataLoader
-
-from shared.config import RunConfig
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device

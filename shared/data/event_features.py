@@ -46,7 +46,7 @@ class EventEncoder:
     time_std: float = 1.0
 
     @classmethod
-    def fit(cls, stays: pd.DataFrame, events: pd.DataFrame) -> "EventEncoder":
+    def fit(cls, stays: pd.DataFrame, events: pd.DataFrame) -> EventEncoder:
         mean, std = {}, {}
         for col in STATIC_NUMERIC:
             vals = _numeric(stays[col])
@@ -63,7 +63,7 @@ class EventEncoder:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "EventEncoder":
+    def load(cls, path: Path) -> EventEncoder:
         return cls(**json.loads(Path(path).read_text()))
 
     def statics(self, stays: pd.DataFrame) -> np.ndarray:
