@@ -1,6 +1,9 @@
 """Turns an event site's tables into model tensors.
 
-Per event: [one-hot event type (5) | text embedding | scaled time before the stay's last event].
+Per event: [one-hot event type (5) | text embedding | scaled time before the stay's last event |
+value z-score | value present]. The value (a lab result, an amount) is standardised per event
+text (log1p scale, clipped to +-5) with statistics fitted at the site, so "Lactate 6.1" and
+"Lactate 0.9" differ to the model; texts seen with fewer than 5 values get z = 0.
 Per stay: static features [standardised numeric | one-hot categorical over the schema's fixed
 levels + "other"]. Levels are fixed by the schema (every hospital gets the same layout, so
 weights align); the scalers are fitted on the site's training split only and saved at the site.
@@ -26,7 +29,14 @@ def static_dim() -> int:
 
 
 def event_dim(text_dim: int) -> int:
-    return len(EVENT_TYPES) + text_dim + 1
+    return len(EVENT_TYPES) + text_dim + 3
+
+
+def event_feature_groups(text_dim: int) -> dict[str, slice]:
+    """Named column blocks of the per-event vector (explanations, ablation)."""
+    t = len(EVENT_TYPES)
+    return {"event_type": slice(0, t), "text": slice(t, t + text_dim), "time": slice(t + text_dim, t + text_dim + 1),
+            "value": slice(t + text_dim + 1, t + text_dim + 3)}
 
 
 def static_feature_names() -> list[str]:
@@ -44,9 +54,10 @@ class EventEncoder:
     numeric_std: dict[str, float] = field(default_factory=dict)
     time_mean: float = 0.0
     time_std: float = 1.0
+    value_stats: dict[str, list[float]] = field(default_factory=dict)  # event text -> [mean, std] of log1p|value|
 
     @classmethod
-    def fit(cls, stays: pd.DataFrame, events: pd.DataFrame) -> "EventEncoder":
+    def fit(cls, stays: pd.DataFrame, events: pd.DataFrame) -> EventEncoder:
         mean, std = {}, {}
         for col in STATIC_NUMERIC:
             vals = _numeric(stays[col])
@@ -54,7 +65,11 @@ class EventEncoder:
             s = float(np.nanstd(vals)) if np.isfinite(vals).any() else 1.0
             std[col] = s if s > 1e-6 else 1.0
         t = np.log1p(_hours_before_end(events).to_numpy()) if len(events) else np.zeros(1)
-        return cls(mean, std, float(t.mean()), float(t.std()) if t.std() > 1e-6 else 1.0)
+        values = events.assign(v=_log_value(events)).dropna(subset=["v"])
+        stats = values.groupby("event_text")["v"].agg(["mean", "std", "count"])
+        stats = stats[stats["count"] >= 5]
+        value_stats = {str(k): [float(r["mean"]), float(r["std"]) if r["std"] > 1e-6 else 1.0] for k, r in stats.iterrows()}
+        return cls(mean, std, float(t.mean()), float(t.std()) if t.std() > 1e-6 else 1.0, value_stats)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +78,7 @@ class EventEncoder:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "EventEncoder":
+    def load(cls, path: Path) -> EventEncoder:
         return cls(**json.loads(Path(path).read_text()))
 
     def statics(self, stays: pd.DataFrame) -> np.ndarray:
@@ -78,6 +93,15 @@ class EventEncoder:
             onehot[np.arange(len(stays)), [index.get(v, len(levels)) for v in vals]] = 1.0
             cols.append(onehot)
         return np.concatenate(cols, axis=1).astype(np.float32)
+
+    def value_features(self, events: pd.DataFrame) -> np.ndarray:
+        """(N, 2): [z-score of log1p|value| for its event text, value present]."""
+        v = _log_value(events).to_numpy()
+        stats = events["event_text"].astype(str).map(self.value_stats)
+        mean = np.array([m[0] if isinstance(m, list) else np.nan for m in stats])
+        std = np.array([m[1] if isinstance(m, list) else 1.0 for m in stats])
+        z = np.clip(np.nan_to_num((v - mean) / std, nan=0.0), -5.0, 5.0)
+        return np.stack([z, np.isfinite(v).astype(float)], axis=1).astype(np.float32)
 
     def scaled_time(self, hours_before_end: np.ndarray) -> np.ndarray:
         return ((np.log1p(hours_before_end) - self.time_mean) / self.time_std).astype(np.float32)
@@ -97,6 +121,12 @@ class EventTensors:
 def _numeric(s: pd.Series) -> np.ndarray:
     vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
     return np.log1p(vals) if s.name == "los_hours" else vals
+
+
+def _log_value(events: pd.DataFrame) -> pd.Series:
+    if "value" not in events:
+        return pd.Series(np.nan, index=events.index)
+    return np.log1p(pd.to_numeric(events["value"], errors="coerce").abs())
 
 
 def _hours_before_end(events: pd.DataFrame) -> pd.Series:
@@ -126,7 +156,8 @@ def encode_events(
     type_idx = pd.Categorical(ev["event_type"], categories=list(EVENT_TYPES)).codes
     feats[row, pos, type_idx] = 1.0
     feats[row, pos, len(EVENT_TYPES) : len(EVENT_TYPES) + text_dim] = embedder.embed(ev["event_text"].astype(str).tolist())
-    feats[row, pos, -1] = encoder.scaled_time(ev["hours"].to_numpy())
+    feats[row, pos, -3] = encoder.scaled_time(ev["hours"].to_numpy())
+    feats[row, pos, -2:] = encoder.value_features(ev)
     valid[row, pos] = True
     hours[row, pos] = ev["hours"].to_numpy()
     if "hospital_expire_flag" in stays:

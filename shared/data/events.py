@@ -128,18 +128,22 @@ class EventSiteData:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_event_site(site_dir: Path, site: str | None = None) -> EventSiteData:
+def load_event_site(site_dir: Path, site: str | None = None, require_label: bool = True) -> EventSiteData:
     """Load and validate one site folder (format in this module's docstring).
 
     `site` names the result (default: the folder name). Raises InputError on every rejected
-    input listed in the module docstring; drops and counts the rows listed there.
+    input listed in the module docstring; drops and counts the rows listed there. With
+    `require_label=False` (new stays to predict) the label column may be absent; its value is -1.
     """
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
         raise InputError(site_dir, None, "site folder does not exist")
     stays_path = find_site_table(site_dir, STAYS_FILE)
     events_path = find_site_table(site_dir, EVENTS_FILE)
-    stays = _parse_stays(read_csv_as_text(stays_path), stays_path)
+    stays_table = read_csv_as_text(stays_path)
+    if not require_label and LABEL not in stays_table.columns:
+        stays_table[LABEL] = "-1"
+    stays = _parse_stays(stays_table, stays_path, allowed_labels=(0.0, 1.0) if require_label else (0.0, 1.0, -1.0))
     events, dropped = _parse_events(read_csv_as_text(events_path), events_path, stays)
     return EventSiteData(site=site or site_dir.name, stays=stays, events=events, dropped=dropped)
 
@@ -227,7 +231,7 @@ def _parse_int(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     return num.astype(np.int64)
 
 
-def _parse_stays(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _parse_stays(df: pd.DataFrame, path: Path, allowed_labels: tuple[float, ...] = (0.0, 1.0)) -> pd.DataFrame:
     _require_columns(df, path, STAY_REQUIRED_COLUMNS)
     if df.empty:
         raise InputError(path, None, "no stays: the site has no rows in its stays file")
@@ -245,7 +249,7 @@ def _parse_stays(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     if out_of_range.any():
         raise _first_bad(path, "age", df["age"], out_of_range, "is outside 0-120 years")
     label = _parse_number(df, LABEL, path, allow_missing=False)
-    not_binary = ~label.isin([0.0, 1.0])
+    not_binary = ~label.isin(list(allowed_labels))
     if not_binary.any():
         raise _first_bad(path, LABEL, df[LABEL], not_binary, "is not a 0/1 label")
     subject_id = _parse_int(df, "subject_id", path) if "subject_id" in df.columns else stay_id
