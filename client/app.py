@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from shared.privacy.whitelist import outgoing_guard_mod
 
 from client.site_settings import site_settings_from_context
 from client.site_worker import RoundOutcome, SiteWorker
 from shared.config import config_from_json
+from shared.privacy.whitelist import outgoing_guard_mod
 
 _WORKERS: dict[tuple[str, str], SiteWorker] = {}  # one per (run, site) in this process: data loads once
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,10 @@ class SiteWorker:
             metrics={"budget_exhausted": 1, "epsilon": self.ledger.spent_epsilon(), "delta": p.delta},
         )
 
+    def _round_seed(self, server_round: int) -> int:
+        """Distinct per run seed, site and round: sites must not share one noise stream."""
+        return self.cfg.seed * 1_000_003 + zlib.crc32(self.settings.site.encode()) % 100_000 * 1000 + server_round
+
     def train_round(self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundOutcome:
         p, t = self.cfg.privacy, self.cfg.train
         if self.data.n_train == 0:
@@ -168,7 +173,7 @@ class SiteWorker:
             epochs=t.local_epochs, expected_batch_size=t.batch_size, max_physical_batch_size=t.max_physical_batch_size,
             lr=t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer, noise_multiplier=plan.noise_multiplier,
             max_grad_norm=p.max_grad_norm, grad_sample_mode=p.grad_sample_mode, device=str(self.device),
-            precision=self.precision, proximal_mu=proximal_mu, seed=self.cfg.seed * 1000 + server_round,
+            precision=self.precision, proximal_mu=proximal_mu, seed=self._round_seed(server_round),
         )
         result = train_model(model, self.data.train, self.task.loss, settings)
         done = Mechanism(plan.noise_multiplier, plan.sample_rate, result.steps)

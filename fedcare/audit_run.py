@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from shared.privacy.audit import LedgerAudit, audit_ledgers
 
 from shared.errors import InputError
+from shared.privacy.audit import LedgerAudit, audit_ledgers
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 

@@ -29,11 +29,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
-
     from fedcare.audit_run import audit_path
     from fedcare.simulation import simulate
     from shared.config import load_config
+    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     cfg = load_config(args.config)
     if args.rounds:
@@ -42,8 +41,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         cfg.output_dir = args.output
     run_dir, summary = simulate(cfg)
     fw = summary["final_weighted"]
-    console.print(f"\n[bold]final global model[/bold]: weighted validation AUROC {_f(fw.get('auroc'))}, "
-                  f"AUPRC {_f(fw.get('auprc'))}, Brier {_f(fw.get('brier'))}")
+    shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
+    parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
+    console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
     for text in summary["events"]:
         console.print(f"  note: {text}")
     audits = audit_path(run_dir)
@@ -56,9 +56,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
-
     from fedcare.audit_run import audit_path
+    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     keys = {}
     for spec in args.public_key or []:
