@@ -48,13 +48,20 @@ class TrainResult:
     num_examples: int
 
 
-def sample_rate_for(num_examples: int, expected_batch_size: int) -> float:
-    return min(1.0, expected_batch_size / max(1, num_examples))
-
-
 def steps_per_epoch(num_examples: int, expected_batch_size: int) -> int:
-    """Poisson loader length, as Opacus' DPDataLoader computes it."""
-    return int(1 / sample_rate_for(num_examples, expected_batch_size))
+    """Poisson batches per epoch: Opacus' DPDataLoader draws as many as the loader it wraps has
+    batches, ceil(n / batch size)."""
+    return max(1, math.ceil(num_examples / max(1, expected_batch_size)))
+
+
+def sample_rate_for(num_examples: int, expected_batch_size: int) -> float:
+    """The rate Opacus' DPDataLoader really samples at: 1 / (batches of the wrapped loader).
+
+    That is expected_batch_size / n when the batch size divides n and slightly less otherwise; the
+    accountant must see this rate together with `steps_per_epoch` steps (B / n with int(n / B)
+    steps, as before, under-counted the steps whenever B did not divide n).
+    """
+    return 1.0 / steps_per_epoch(num_examples, expected_batch_size)
 
 
 def _optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
@@ -88,7 +95,8 @@ def train_model(model: nn.Module, dataset: Dataset, loss_fn: LossFn, s: TrainSet
         from opacus import PrivacyEngine
         from opacus.utils.batch_memory_manager import BatchMemoryManager
 
-        loader = DataLoader(dataset, batch_size=max(1, round(q * n)), pin_memory=pin)
+        # Opacus samples at 1 / len(loader) = q and draws len(loader) = steps_per_epoch batches
+        loader = DataLoader(dataset, batch_size=max(1, min(s.expected_batch_size, n)), pin_memory=pin)
         with warnings.catch_warnings():
             # secure_mode (torchcsprng) is not installable here; Opacus warns on every engine.
             warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
