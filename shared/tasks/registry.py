@@ -9,6 +9,7 @@ from shared.tasks.base import Task
 
 _TASK_CLASSES = {
     "event_mortality": "shared.tasks.event_mortality:EventMortalityTask",
+    "retain_aki": "shared.tasks.retain_aki:RetainAkiTask",
 }
 
 
