@@ -10,6 +10,7 @@ from shared.tasks.base import Task
 _TASK_CLASSES = {
     "event_mortality": "shared.tasks.event_mortality:EventMortalityTask",
     "multimodal": "shared.tasks.multimodal:MultimodalTask",
+    "retain_aki": "shared.tasks.retain_aki:RetainAkiTask",
 }
 
 
