@@ -110,7 +110,7 @@ def ablation_phrase(group: str, probability: float, effect: float) -> str:
         what = f"without the {group}"
     else:
         what = f"with {STATIC_LABELS.get(group, group.replace('_', ' '))} at the site's usual value"
-    return f"Ablation: {what} the predicted risk would be {without:.2f} instead of {probability:.2f}."
+    return f"Ablation: {what} the predicted risk would be {without:.3f} instead of {probability:.3f}."
 
 
 def _predict(model: nn.Module, tensors: tuple[torch.Tensor, ...], batch_size: int) -> np.ndarray:
