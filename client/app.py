@@ -60,7 +60,9 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         worker = _worker(context, bound_run_config)
-        metrics = worker.evaluate(msg.content["arrays"].to_torch_state_dict())
+        server_round = msg.content["config"].get("server-round") if "config" in msg.content else None
+        global_state = msg.content["arrays"].to_torch_state_dict()
+        metrics = worker.evaluate(global_state, None if server_round is None else int(server_round))
         return _reply(msg, worker, RoundOutcome("evaluated", metrics=metrics))
 
     return app

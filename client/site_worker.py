@@ -8,7 +8,9 @@ towards the server; data, encoders, embeddings and the ledger stay in `state_dir
 from __future__ import annotations
 
 import json
+import logging
 import os
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from shared.config import RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
+from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
@@ -29,6 +32,7 @@ from shared.training.devices import autocast_for, resolve_device
 from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per_epoch, train_model
 
 LEDGER_FILE = "privacy_ledger.jsonl"
+EXPLANATIONS_DIR = "explanations"
 
 
 @dataclass
@@ -212,6 +216,33 @@ class SiteWorker:
         n = sum(len(t) for t in targets)
         return torch.cat(targets).numpy(), torch.cat(outs).numpy(), loss_sum / max(1, n)
 
-    def evaluate(self, global_state: dict[str, torch.Tensor]) -> dict[str, float]:
-        y, out, loss = self.predict(self._load_global(global_state), self.data.val)
-        return {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
+    def evaluate(self, global_state: dict[str, torch.Tensor], server_round: int | None = None) -> dict[str, float]:
+        """Whitelisted validation scalars. After the final round, with `explain.final_round`, the site
+        also writes an explanation report into state_dir/explanations/ (nothing of it is returned)."""
+        model = self._load_global(global_state)
+        y, out, loss = self.predict(model, self.data.val)
+        metrics = {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
+        if self.cfg.explain.final_round and server_round == self.cfg.train.rounds:
+            self.explain(model, f"{self.run_id}_round_{server_round:03d}")
+        return metrics
+
+    def explain(self, model: torch.nn.Module, name: str) -> Path | None:
+        """Write an explanation report of `model` on this site's data under state_dir/explanations/<name>/.
+
+        An explanation failure must not cost the site its evaluation reply: it is logged and written
+        to <name>/explanation_error.txt instead. Returns the report folder (None on failure)."""
+        from shared.explain.registry import ExplainOptions, explain_site
+
+        out_dir = self.settings.state_dir / EXPLANATIONS_DIR / name
+        try:
+            explain_site(
+                self.task, model, self.settings.data_dir, self.settings.state_dir, out_dir,
+                ExplainOptions(n_patients=self.cfg.explain.patients, device=str(self.device), seed=self.cfg.seed),
+                source=f"run {self.run_id}, global model after round {name.rsplit('_', 1)[-1]}",
+            )
+        except Exception:  # any failure stays at the site, in its log
+            message = traceback.format_exc()
+            logging.getLogger(__name__).error("site %s: explanation failed:\n%s", self.settings.site, message)
+            write_atomically(out_dir / "explanation_error.txt", message.encode(), 0o600)
+            return None
+        return out_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -84,6 +85,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedcare.explain import explain_checkpoint
+
+    data_dir, state_dir = args.data, args.state
+    if getattr(args, "site_config", None):
+        from client.site_config import load_site_config
+
+        settings = load_site_config(Path(args.site_config))
+        data_dir, state_dir = data_dir or settings.data_dir, state_dir or settings.state_dir
+    if not data_dir or not state_dir:
+        raise InputError("<command line>", "--data/--state", "give the site's data and state folders (or --site-config)")
+    patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
+    labels = {"cohort": "cohort importance (patients)", "patients": "explaining patients"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        files = explain_checkpoint(Path(args.checkpoint), Path(data_dir), Path(state_dir), patients,
+                                   Path(args.out) if args.out else None, args.n_patients, progress)
+    console.print(f"wrote the site's explanation report to {files.folder} ({files.html.name}, {files.markdown.name}, "
+                  f"{files.json.name}, {len(files.figures)} figures); it stays at this site")
+    return 0
+
+
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -119,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", help="the site's fitted encoder (default: the first site's next to the checkpoint)")
     s.add_argument("--out", default="predictions.csv")
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("explain", help="explain a checkpoint on a site's data; the report stays at the site")
+    s.add_argument("--checkpoint", required=True)
+    site_config_available = importlib.util.find_spec("client.site_config") is not None
+    site_help = " (or from --site-config)" if site_config_available else ""
+    s.add_argument("--data", required=not site_config_available, help=f"the site's data folder{site_help}")
+    s.add_argument("--state", required=not site_config_available,
+                   help=f"the site's state folder: fitted encoders; the report goes to its explanations/{site_help}")
+    if site_config_available:
+        s.add_argument("--site-config", help="the site's site.yaml: data_dir and state_dir are read from it")
+    s.add_argument("--patients", help="comma-separated patient ids (default: the highest predicted risks)")
+    s.add_argument("--n-patients", type=int,
+                   help="how many patients when --patients is not given (default: the run's explain.patients)")
+    s.add_argument("--out", help="report folder (default: STATE/explanations/<run>_round_<N>/)")
+    s.set_defaults(fn=cmd_explain)
     return p
 
 

@@ -86,6 +86,12 @@ class FederationConfig:
 
 
 @dataclass
+class ExplainConfig:
+    final_round: bool = False  # after the last round's evaluation each site writes an explanation report locally
+    patients: int = 10  # stays explained one by one (the highest predicted risks)
+
+
+@dataclass
 class RunConfig:
     task: str = "event_mortality"
     data: DataConfig = field(default_factory=DataConfig)
@@ -94,6 +100,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     device: str = "auto"
     precision: str = "fp32"
     seed: int = 0
@@ -206,6 +213,12 @@ def _check(cfg: RunConfig) -> None:
     need(cfg.federation.mode in ("simulation", "deployment"), "federation.mode", "simulation or deployment")
     need(cfg.federation.cpus_per_site > 0, "federation.cpus_per_site", "must be > 0")
     need(cfg.federation.gpus_per_site >= 0, "federation.gpus_per_site", "must be >= 0")
+    need(cfg.explain.patients >= 1, "explain.patients", f"must be >= 1, got {cfg.explain.patients}")
+    if cfg.explain.final_round:
+        from shared.explain.registry import explainable_tasks
+
+        need(cfg.task in explainable_tasks(), "explain.final_round",
+             f"no site explainer for task {cfg.task!r} yet (available: {', '.join(explainable_tasks())})")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(
         cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
