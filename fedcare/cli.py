@@ -116,6 +116,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from fedcare.audit_run import audit_path
+    from server.report import write_run_report
+
+    run_dir = Path(args.run_dir)
+    audits = None
+    if not (run_dir / "audit.json").is_file() and run_dir.is_dir():
+        try:
+            audits = [{**asdict(a), "path": str(a.path)} for a in audit_path(run_dir)]
+        except InputError as err:  # no ledgers: the report says so
+            console.print(f"[yellow]no privacy audit: {err}[/yellow]")
+    out = write_run_report(run_dir, Path(args.out) if args.out else None, audits)
+    console.print(f"wrote {out}")
+    return 0
+
+
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -166,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many patients when --patients is not given (default: the run's explain.patients)")
     s.add_argument("--out", help="report folder (default: STATE/explanations/<run>_round_<N>/)")
     s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("report", help="write a self-contained HTML report of a run (opens offline)")
+    s.add_argument("run_dir", help="a run folder (runs/<id>)")
+    s.add_argument("--out", help="HTML path (default RUN_DIR/report.html; figures go to a folder beside it)")
+    s.set_defaults(fn=cmd_report)
     return p
 
 

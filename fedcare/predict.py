@@ -1,4 +1,6 @@
-"""`fedcare predict`: per-patient probabilities for new data from a saved global checkpoint.
+"""`fedcare predict`: per-patient probabilities for new data from a saved global checkpoint, and a
+0/1 `predicted_label` at the checkpoint's decision threshold when it has one (`decision_threshold`,
+the num-examples-weighted mean of the sites' Youden-optimal validation thresholds).
 
 Runs at a site: the data and the predictions never leave it."""
 
@@ -44,6 +46,9 @@ def predict_to_csv(checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Pat
             outs.append(task.forward(model, batch).float())
     logits = torch.cat(outs).numpy() if outs else np.zeros(0)
     frame = pd.DataFrame({task.id_column: ids, "probability": 1.0 / (1.0 + np.exp(-logits))})
+    threshold = ckpt.get("decision_threshold")
+    if threshold is not None:  # chosen on the sites' validation data and stored with the model
+        frame["predicted_label"] = (frame["probability"] >= float(threshold)).astype(int)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     frame.to_csv(tmp, index=False)

@@ -12,11 +12,14 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from server.checkpoints import checkpoint_path, save_checkpoint
+from server.evaluation import POOLING_NOTE, decision_threshold, pooled_calibration, pooled_metrics
 from server.history import RunHistory, write_json_atomic
 from server.strategy import make_strategy
-from shared.config import config_from_json
+from shared.config import RunConfig, config_from_json
 from shared.errors import InputError
 from shared.tasks.registry import build_task
+
+THRESHOLD_RULE = "num-examples-weighted mean of the sites' Youden-optimal validation thresholds"
 
 
 def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +36,13 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
     meta = {"config": cfg.to_dict(), "task": cfg.task, "model": cfg.model.name, "run_id": str(rc["run-id"])}
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        save_checkpoint(checkpoint_path(run_dir, server_round), arrays.to_torch_state_dict(), {**meta, "round": server_round})
+        # Flower calls this after the round's evaluation: the sites' validation thresholds of this
+        # very model are known, and their weighted mean is stored with it (`fedcare predict` uses it).
+        threshold = decision_threshold(history.evaluations(server_round))
+        save_checkpoint(
+            checkpoint_path(run_dir, server_round), arrays.to_torch_state_dict(),
+            {**meta, "round": server_round, "decision_threshold": threshold, "decision_threshold_rule": THRESHOLD_RULE},
+        )
         return None
 
     started = time.time()
@@ -47,23 +56,38 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
         evaluate_fn=checkpoint,
     )
     history.save()
+    summary = run_summary(
+        history, cfg, str(rc["run-id"]), run_dir, wall_time_s=time.time() - started, has_weights=len(result.arrays.keys()) > 0
+    )
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def run_summary(
+    history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path, wall_time_s: float, has_weights: bool = True
+) -> dict[str, Any]:
+    """summary.json: plan, final weighted and pooled metrics of the last round's model (see
+    server.evaluation.POOLING_NOTE), calibration, decision threshold, per-site outcome, notes."""
     trained_rounds = [r for r, sites in history.rounds.items() if any(s.get("status") == "trained" for s in sites.values())]
     last = cfg.train.rounds
-    summary = {
-        "run_id": str(rc["run-id"]),
+    final = history.evaluations(last)
+    return {
+        "run_id": run_id,
         "task": cfg.task,
         "rounds_planned": cfg.train.rounds,
         "rounds_with_training": len(trained_rounds),
-        "wall_time_s": round(time.time() - started, 1),
+        "wall_time_s": round(wall_time_s, 1),
         "final_checkpoint": str(checkpoint_path(run_dir, last).relative_to(run_dir)),
-        "primary_metric": task.primary_metric,
+        "primary_metric": history.primary_metric,
         "final_weighted": {m: history.weighted(last, m) for m in history.weighted_metrics()},
+        "final_pooled": pooled_metrics(final),
+        "final_calibration": pooled_calibration(final),
+        "pooling_note": POOLING_NOTE,
+        "decision_threshold": decision_threshold(final),
         "sites": {site: _site_summary(history, site) for site in cfg.data.sites},
         "events": history.events,
-        "complete": bool(trained_rounds) and len(result.arrays.keys()) > 0,
+        "complete": bool(trained_rounds) and has_weights,
     }
-    write_json_atomic(run_dir / "summary.json", summary)
-    return summary
 
 
 def _site_summary(history: RunHistory, site: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from server.evaluation import is_calibration_key, weighted_mean
+
 
 @dataclass
 class RunHistory:
@@ -45,18 +47,21 @@ class RunHistory:
         self.events.append(text)
         self.console.print(f"[yellow]! {text}[/yellow]")
 
+    def evaluations(self, server_round: int) -> dict[str, dict[str, float]]:
+        """site -> the evaluation scalars it sent for this round's global model."""
+        return {site: rec["evaluate"] for site, rec in self.rounds.get(server_round, {}).items() if "evaluate" in rec}
+
     def weighted(self, server_round: int, metric: str) -> float | None:
-        num = den = 0.0
-        for rec in self.rounds.get(server_round, {}).values():
-            ev = rec.get("evaluate", {})
-            if metric in ev and math.isfinite(ev[metric]):
-                num += ev[metric] * ev.get("num-examples", 0)
-                den += ev.get("num-examples", 0)
-        return num / den if den else None
+        return weighted_mean(self.evaluations(server_round), metric)
 
     def weighted_metrics(self) -> list[str]:
+        """Metrics whose num-examples-weighted mean over sites means something (no CI bounds, no
+        calibration bins: those are combined in server.evaluation)."""
         names = {m for sites in self.rounds.values() for rec in sites.values() for m in rec.get("evaluate", {})}
-        return sorted(names - {"num-examples"} - {m for m in names if m.endswith(("_ci_low", "_ci_high"))})
+        return sorted(
+            m for m in names
+            if m != "num-examples" and not m.endswith(("_ci_low", "_ci_high")) and not is_calibration_key(m)
+        )
 
     def print_round(self, server_round: int, total_rounds: int) -> None:
         table = Table(title=f"round {server_round}/{total_rounds}", title_justify="left")

@@ -69,6 +69,32 @@ def reliability_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) 
     }
 
 
+CALIBRATION_BINS = 10
+MIN_CALIBRATION_BIN_COUNT = 10  # smaller bins are not reported (one bin could be one patient)
+
+
+def calibration_bins(
+    y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = CALIBRATION_BINS, min_count: int = MIN_CALIBRATION_BIN_COUNT
+) -> dict[str, float]:
+    """A reliability curve as scalars a site may send: for every equal-width bin i (bin i holds
+    predictions in [i/n_bins, (i+1)/n_bins)) with at least `min_count` patients,
+    calib_bin_<i>_observed (event rate), calib_bin_<i>_predicted (mean prediction) and
+    calib_bin_<i>_count. Bins with fewer patients are left out (k-anonymity style: a bin of one
+    patient would reveal that patient's outcome and prediction)."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_prob = np.asarray(y_prob, dtype=float)
+    bins = _bin_index(y_prob, n_bins)
+    counts = np.bincount(bins, minlength=n_bins)
+    sum_true = np.bincount(bins, weights=y_true, minlength=n_bins)
+    sum_prob = np.bincount(bins, weights=y_prob, minlength=n_bins)
+    out: dict[str, float] = {}
+    for i in np.flatnonzero(counts >= max(1, min_count)):
+        out[f"calib_bin_{i}_observed"] = float(sum_true[i] / counts[i])
+        out[f"calib_bin_{i}_predicted"] = float(sum_prob[i] / counts[i])
+        out[f"calib_bin_{i}_count"] = float(counts[i])
+    return out
+
+
 def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> float:
     """ECE = sum over non-empty bins of (n_bin / n) * |observed rate - mean prediction|."""
     curve = reliability_curve(y_true, y_prob, n_bins)

@@ -22,6 +22,7 @@ _MODEL_MODULES = (
     "shared.models.set_transformer",
     "shared.models.sleep_heads",
     "shared.models.multimodal",
+    "shared.models.tabular_mlp",
 )
 
 

@@ -244,10 +244,12 @@ class MultimodalTask(Task):
         return loss_fn(out, target.float())
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-        from shared.metrics import binary_report, survival_report
+        from shared.metrics import binary_report, calibration_bins, survival_report
 
         if self.kind == "survival":
             report = survival_report(targets[:, 0], targets[:, 1], outputs, n_boot=200, seed=self.cfg.seed)
             return {k: v for k, v in report.items() if k in SURVIVAL_METRICS}
-        report = binary_report(targets, expit(outputs), n_boot=200, seed=self.cfg.seed)
-        return {k: v for k, v in report.items() if k in BINARY_METRICS}
+        probs = expit(outputs)
+        report = binary_report(targets, probs, n_boot=200, seed=self.cfg.seed)
+        # reliability-curve bins holding >= 10 patients (smaller ones are never sent)
+        return {k: v for k, v in report.items() if k in BINARY_METRICS} | calibration_bins(targets, probs)

@@ -224,3 +224,33 @@ def test_survival_report() -> None:
     assert report["c_index_ci_low"] < report["c_index"] < report["c_index_ci_high"]
     assert report["n"] == 150 and report["n_events"] == event.sum()
     assert set(m.survival_report(time, np.zeros(150), risk, n_boot=10)) == {"n", "n_events"}
+
+
+def test_calibration_bins_suppress_small_bins_and_match_reliability_curve() -> None:
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(0.0, 0.1, 40), rng.uniform(0.5, 0.6, 25), [0.95] * 3])  # bin 9: 3 patients
+    y = (rng.random(p.size) < p).astype(int)
+    bins = m.calibration_bins(y, p)
+    assert set(bins) == {f"calib_bin_{i}_{part}" for i in (0, 5) for part in ("observed", "predicted", "count")}
+    curve = m.reliability_curve(y, p)
+    assert bins["calib_bin_0_count"] == 40 and bins["calib_bin_5_count"] == 25
+    assert bins["calib_bin_0_observed"] == pytest.approx(curve["observed"][0])
+    assert bins["calib_bin_5_predicted"] == pytest.approx(p[40:65].mean())
+    assert set(m.calibration_bins(y, p, min_count=1)) >= {"calib_bin_9_count"}
+    assert m.calibration_bins(y[:5], p[:5]) == {}  # a cohort of 5 sends no bin at all
+
+
+def test_calibration_bin_keys_are_whitelisted() -> None:
+    from shared.privacy.whitelist import ALLOWED_METRICS
+
+    p = (np.arange(1000) + 0.5) / 1000  # 100 patients in each of the 10 bins
+    bins = m.calibration_bins((p > 0.5).astype(int), p)
+    assert len(bins) == 30 and set(bins) <= ALLOWED_METRICS
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_c_index_matches_scikit_survival(seed: int) -> None:
+    sksurv_metrics = pytest.importorskip("sksurv.metrics")
+    time, event, risk = _survival_sample(80, seed)
+    reference = sksurv_metrics.concordance_index_censored(event.astype(bool), time, risk)[0]
+    assert m.c_index(time, event, risk) == pytest.approx(reference, abs=1e-6)

@@ -185,7 +185,9 @@ def test_metrics_are_whitelisted_aggregates(tmp_path: Path) -> None:
     y = rng.integers(0, 2, 200).astype(float)
     logits = y + rng.normal(0, 1, 200)
     binary = build_task(_cfg(tmp_path)).metrics(y, logits)
-    assert set(binary) <= BINARY_METRICS and {"auroc", "auprc", "brier", "ece"} <= set(binary)
+    assert set(binary) <= ALLOWED_METRICS and {"auroc", "auprc", "brier", "ece"} <= set(binary)
+    assert {k for k in binary if not k.startswith("calib_bin_")} <= BINARY_METRICS
+    assert sum(v for k, v in binary.items() if k.endswith("_count")) <= 200  # bins of >= 10 patients only
     assert binary["auroc"] == pytest.approx(roc_auc_score(y, logits))
     time, event = rng.uniform(1, 100, 200), rng.integers(0, 2, 200)
     survival = build_task(_cfg(tmp_path, train={"loss": "coxph"})).metrics(np.stack([time, event], 1), -time)
