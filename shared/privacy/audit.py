@@ -270,7 +270,7 @@ def security_log_problems(path: Path, public_key: Ed25519PublicKey | None, expec
     except (OSError, UnicodeDecodeError) as error:
         return [f"security log unreadable ({error})"]
     signer = (public_key, public_key_fingerprint(public_key)) if public_key is not None else None
-    problems = []
+    problems, expected_seq = [], 1
     for number, line in enumerate(lines, start=1):
         found = []
         try:
@@ -287,8 +287,9 @@ def security_log_problems(path: Path, public_key: Ed25519PublicKey | None, expec
                     found.append("hash chain broken (a line was changed, deleted or reordered)")
                 if entry["version"] != SECURITY_LOG_VERSION:
                     found.append(f"unsupported version {entry['version']!r}")
-                if entry["seq"] != number:
-                    found.append(f"sequence number {entry['seq']!r}, expected {number} (a line was deleted or added)")
+                if entry["seq"] != expected_seq:
+                    found.append(f"sequence number {entry['seq']!r}, expected {expected_seq} (a line was deleted or added)")
+                expected_seq = entry["seq"] + 1 if isinstance(entry["seq"], int) else expected_seq + 1
                 if entry["site"] != expected_site:
                     found.append(f"entry of site {entry['site']!r}, expected {expected_site!r}")
                 if signer is not None:
