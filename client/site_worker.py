@@ -26,6 +26,8 @@ from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
+from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
+from shared.privacy.site_policy import SitePolicy, config_violations, load_site_policy, noise_violation, run_hash
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
@@ -46,6 +48,7 @@ class SiteSettings:
     signing_key: Path | None = None  # None = a key kept in state_dir/keys (created on first use)
     device: str | None = None  # the hospital's setting wins over the run config's
     precision: str | None = None
+    policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
     source: str = "<site settings>"
 
 
@@ -74,9 +77,13 @@ class SiteWorker:
         )
         self.precision = settings.precision or cfg.precision
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, self._signing_key())
+        key = self._signing_key()
+        self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, key)
+        self.security_log = SecurityLog(settings.state_dir / SECURITY_LOG_FILE, settings.site, key)
+        self.run_hash = run_hash(cfg)
         self._data: SiteData | None = None
         self._plan: NoisePlan | None = None
+        self._approval_logged = False
 
     # -- set-up ---------------------------------------------------------------------------
     def _signing_key(self) -> Any:
@@ -95,10 +102,49 @@ class SiteWorker:
         return self._data
 
     @property
+    def policy(self) -> SitePolicy | None:
+        """The site policy in force, re-read for every message (an operator may revoke an approval)."""
+        return load_site_policy(self.settings.policy) if self.settings.policy is not None else None
+
+    @property
     def lifetime_epsilon(self) -> float:
-        if self.settings.lifetime_epsilon is not None:
-            return self.settings.lifetime_epsilon
-        return self.cfg.site_target_epsilon(self.settings.site)
+        base = self.settings.lifetime_epsilon
+        if base is None:
+            base = self.cfg.site_target_epsilon(self.settings.site)
+        policy = self.policy
+        return base if policy is None else min(base, policy.privacy.max_lifetime_epsilon)
+
+    # -- the site policy ------------------------------------------------------------------
+    def policy_refusal(self) -> str | None:
+        """Why the site policy refuses this run (None: approved, or no policy configured).
+
+        Refused: a run hash not under approved_runs, a config that weakens the privacy floor or breaks
+        a limit, or a planned noise multiplier below the floor. The first approval is logged."""
+        policy = self.policy
+        if policy is None:
+            return None
+        problems = config_violations(policy, self.cfg, self.settings.site)
+        if self.run_hash not in policy.approved_hashes():
+            problems.insert(0, f"run {self.run_hash[:16]} not approved")
+        if not problems:
+            try:
+                violation = noise_violation(policy, self.plan().noise_multiplier)
+            except BudgetTooSmall:
+                violation = None  # the budget check refuses it as budget_exhausted
+            problems += [violation] if violation else []
+        if problems:
+            return ("site policy refuses: " + "; ".join(problems))[:200]
+        if not self._approval_logged:
+            self.security_log.append({"kind": "policy_approved", "run_id": self.run_id, "run_hash": self.run_hash,
+                                      "policy": str(self.settings.policy)})
+            self._approval_logged = True
+        return None
+
+    def refuse(self, phase: str, server_round: int | None, reason: str) -> RoundOutcome:
+        """Log the refusal and return the reply's outcome: {"refused": 1}, no arrays."""
+        self.security_log.append({"kind": "refused", "run_id": self.run_id, "run_hash": self.run_hash, "phase": phase,
+                                  "round": server_round, "reason": reason})
+        return RoundOutcome("refused", reason, metrics={"refused": 1})
 
     def _prior(self) -> list[Mechanism]:
         """Mechanisms of earlier runs on this ledger (the lifetime history)."""

@@ -134,6 +134,73 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_client_approve(args: argparse.Namespace) -> int:
+    """Show the operator what the run will do at this site; record its hash in the policy if they agree."""
+    from shared.config import load_config
+    from shared.privacy.security_log import log_security_event
+    from shared.privacy.site_policy import (
+        SitePolicy,
+        approve_run,
+        config_violations,
+        load_site_policy,
+        run_hash,
+        save_site_policy,
+    )
+    from shared.privacy.whitelist import ALLOWED_METRICS
+    from shared.tasks.registry import build_task
+
+    policy_path = Path(args.policy)
+    if policy_path.exists():
+        policy = load_site_policy(policy_path)
+    else:
+        console.print(f"[cyan]{policy_path} does not exist: starting from the strict default policy[/cyan]")
+        policy = SitePolicy(source=str(policy_path))
+    cfg = load_config(args.config)
+    site = args.site or policy.site or cfg.data.sites[0]
+    model = build_task(cfg).build_model()
+    parameters = sum(p.numel() for p in model.parameters())
+    digest = run_hash(cfg)
+    p = cfg.privacy
+    console.print(f"[bold]run to approve[/bold] ({args.config}) for site {site}")
+    console.print(f"  task:          {cfg.task}")
+    console.print(f"  model:         {cfg.model.name}, {parameters:,} parameters")
+    console.print(f"  rounds:        {cfg.train.rounds} x {cfg.train.local_epochs} local epoch(s), batch {cfg.train.batch_size}")
+    console.print(f"  strategy:      {cfg.strategy.name}")
+    console.print(
+        f"  privacy:       DP-SGD {'on' if p.enabled else 'OFF'}, epsilon {cfg.site_target_epsilon(site):g} "
+        f"at delta {p.delta:g}, clip norm {p.max_grad_norm:g}, accountant {p.accountant}"
+    )
+    console.print(f"  leaves site:   the model's {len(model.state_dict())} weight arrays after each round, and the scalars")
+    console.print(f"                 {', '.join(sorted(m for m in ALLOWED_METRICS if '_ci_' not in m))} (+ confidence bounds)")
+    console.print(f"  run hash:      {digest}")
+    problems = config_violations(policy, cfg, site)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]  breaks the site policy: {problem}[/red]")
+        console.print("[red]not approved[/red]")
+        return 1
+    if not args.yes and input("approve this run? [y/N] ").strip().lower() not in ("y", "yes"):
+        console.print("not approved")
+        return 1
+    record = approve_run(policy, cfg, digest, parameters)
+    save_site_policy(policy, policy_path)
+    if args.state_dir:
+        log_security_event(Path(args.state_dir), {"kind": "approval", "site": site, **record})
+    console.print(f"approved: {digest} recorded in {policy_path}")
+    return 0
+
+
+def cmd_client_policy(args: argparse.Namespace) -> int:
+    import yaml
+
+    from shared.privacy.site_policy import load_site_policy
+
+    policy = load_site_policy(Path(args.policy))
+    console.print(f"[bold]site policy in force[/bold] ({args.policy})")
+    console.print(yaml.safe_dump(policy.to_dict(), sort_keys=False), end="")
+    return 0
+
+
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -189,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="a run folder (runs/<id>)")
     s.add_argument("--out", help="HTML path (default RUN_DIR/report.html; figures go to a folder beside it)")
     s.set_defaults(fn=cmd_report)
+
+    client = sub.add_parser("client", help="a hospital's commands: approve runs, show the site policy")
+    client_sub = client.add_subparsers(dest="client_command", required=True)
+    s = client_sub.add_parser("approve", help="show what a run will do at this site and record its hash as approved")
+    s.add_argument("--policy", required=True, help="the site policy YAML (created with strict defaults if absent)")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the coordinator sent")
+    s.add_argument("--site", help="this site's name (default: the policy's site, else the config's first site)")
+    s.add_argument("--state-dir", help="the site's state folder: also log the approval in its security log")
+    s.add_argument("--yes", action="store_true", help="approve without asking")
+    s.set_defaults(fn=cmd_client_approve)
+    s = client_sub.add_parser("policy", help="print the site policy in force")
+    s.add_argument("--policy", required=True)
+    s.set_defaults(fn=cmd_client_policy)
     return p
 
 

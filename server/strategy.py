@@ -83,8 +83,11 @@ class SiteTracking:
                 site = self.node_sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
                 self.history.record_failure(server_round, site, "evaluate", msg.error.reason)
                 continue
-            site, _, _ = _site_of(msg)
+            site, status, reason = _site_of(msg)
             self.node_sites[msg.metadata.src_node_id] = site
+            if status == "refused":
+                self.history.note(f"round {server_round}: {site} refused to evaluate ({reason})")
+                continue
             self.history.record_evaluate(server_round, site, dict(msg.content["metrics"]))
             usable.append(msg)
         self.history.print_round(server_round, self.total_rounds)

@@ -99,6 +99,7 @@ class FederationConfig:
     gpus_per_site: float = 0.0
     round_timeout_s: float = 3600.0
     site_state_root: str | None = None  # persistent per-site state (lifetime ledgers); None = inside the run dir
+    site_policies: dict[str, str] = field(default_factory=dict)  # simulation: site -> its site policy YAML
 
 
 @dataclass
@@ -236,6 +237,12 @@ def _check(cfg: RunConfig) -> None:
 
         need(cfg.task in explainable_tasks(), "explain.final_round",
              f"no site explainer for task {cfg.task!r} yet (available: {', '.join(explainable_tasks())})")
+    for site, policy in cfg.federation.site_policies.items():
+        need(site in cfg.data.sites, f"federation.site_policies.{site}", "not one of data.sites")
+        need(
+            cfg.federation.mode != "simulation" or Path(policy).is_file(),
+            f"federation.site_policies.{site}", f"policy file {policy!r} not found",
+        )
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(
         cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
