@@ -7,6 +7,7 @@ towards the server; data, encoders, embeddings and the ledger stay in `state_dir
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 EXPLANATIONS_DIR = "explanations"
+UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
 
 
 @dataclass
@@ -50,6 +52,7 @@ class SiteSettings:
     precision: str | None = None
     policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
     source: str = "<site settings>"
+    delta: float | None = None  # the largest delta the site accepts; a run asking more is refused
 
 
 @dataclass
@@ -66,6 +69,16 @@ class NoisePlan:
     sample_rate: float
     steps_per_round: int
     composed_target: float  # epsilon the lifetime history may reach at the end of this run
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class SiteWorker:
@@ -203,8 +216,45 @@ class SiteWorker:
         """Distinct per run seed, site and round: sites must not share one noise stream."""
         return self.cfg.seed * 1_000_003 + zlib.crc32(self.settings.site.encode()) % 100_000 * 1000 + server_round
 
+    # -- a round asked again (the center resumed, a reply was lost) ------------------------
+    def _ledger_entry(self, server_round: int) -> dict[str, Any] | None:
+        return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id and e["round"] == server_round), None)
+
+    def _update_path(self) -> Path:
+        return self.settings.state_dir / UPDATES_DIR / f"{self.run_id}.pt"
+
+    def _save_update(self, server_round: int, global_digest: str, outcome: RoundOutcome) -> None:
+        path = self._update_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
+                    "metrics": outcome.metrics}, tmp)
+        os.replace(tmp, path)
+
+    def _repeat_round(self, server_round: int, entry: dict[str, Any], global_digest: str) -> RoundOutcome:
+        """The ledger already holds this (run, round): never train or spend budget twice. Send the
+        same update again (re-sending a released DP result costs no privacy) when the global model
+        is the one it was trained from; otherwise refuse."""
+        if entry["status"] != "trained":
+            reason = str((entry.get("extra") or {}).get("reason", "round already answered"))
+            metrics = {"epsilon": self.ledger.spent_epsilon(), "delta": self.cfg.privacy.delta}
+            if entry["status"] == "budget_exhausted":
+                metrics["budget_exhausted"] = 1
+            return RoundOutcome(entry["status"], reason, metrics=metrics)
+        path = self._update_path()
+        saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if saved is None or saved["round"] != server_round or saved["global_sha256"] != global_digest:
+            return RoundOutcome("refused", f"round {server_round} of this run was already trained here from another global model")
+        return RoundOutcome("trained", arrays=saved["state_dict"], metrics=saved["metrics"])
+
     def train_round(self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundOutcome:
         p, t = self.cfg.privacy, self.cfg.train
+        global_digest = state_digest(global_state)
+        done_before = self._ledger_entry(server_round)
+        if done_before is not None:
+            return self._repeat_round(server_round, done_before, global_digest)
+        if self.settings.delta is not None and p.delta > self.settings.delta:
+            return RoundOutcome("refused", f"the run's delta {p.delta:g} is above this site's delta {self.settings.delta:g}")
         if self.data.n_train == 0:
             return RoundOutcome("refused", "no training data at this site")
         try:
@@ -228,6 +278,17 @@ class SiteWorker:
         result = train_model(model, self.data.train, self.task.loss, settings)
         done = Mechanism(plan.noise_multiplier, plan.sample_rate, result.steps)
         eps = epsilon_opacus(history + [done], p.delta, p.accountant)
+        outcome = RoundOutcome(
+            "trained",
+            arrays={k: v.cpu() for k, v in model.state_dict().items()},
+            metrics={
+                "num-examples": result.num_examples, "train_loss": result.mean_loss, "epsilon": eps,
+                "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
+                "steps": result.steps,
+            },
+        )
+        # update first, ledger second: a ledger entry always has its update to send again
+        self._save_update(server_round, global_digest, outcome)
         self.ledger.append(
             run_id=self.run_id, round=server_round, status="trained", mechanism=done, delta=p.delta,
             max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=eps,
@@ -238,16 +299,7 @@ class SiteWorker:
                 "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode,
             },
         )
-        state = {k: v.cpu() for k, v in model.state_dict().items()}
-        return RoundOutcome(
-            "trained",
-            arrays=state,
-            metrics={
-                "num-examples": result.num_examples, "train_loss": result.mean_loss, "epsilon": eps,
-                "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
-                "steps": result.steps,
-            },
-        )
+        return outcome
 
     def predict(self, model: torch.nn.Module, dataset: Any) -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, outputs and mean loss of `model` over `dataset`, at the site."""

@@ -26,6 +26,19 @@ class RunHistory:
     site_level_dp: dict[int, dict[str, Any]] = field(default_factory=dict)  # round -> central DP accounting
     console: Console = field(default_factory=lambda: Console(highlight=False))
 
+    @classmethod
+    def resume(cls, run_dir: Path, sites: list[str], primary_metric: str, last_round: int) -> RunHistory:
+        """The history of an interrupted run up to its last complete round (the last global
+        checkpoint); rounds after it are dropped because they run again."""
+        history = cls(run_dir, sites, primary_metric)
+        path = run_dir / "metrics.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            history.rounds = {int(r): v for r, v in saved.get("rounds", {}).items() if int(r) <= last_round}
+            history.events = [e for e in saved.get("events", []) if _event_round(e) is None or _event_round(e) <= last_round]
+        history.note(f"resumed after round {last_round} (its global checkpoint); later rounds run again")
+        return history
+
     def site_record(self, server_round: int, site: str) -> dict[str, Any]:
         return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": "no reply"})
 
@@ -102,6 +115,11 @@ class RunHistory:
 
     def save(self) -> None:
         write_json_atomic(self.run_dir / "metrics.json", self.to_dict())
+
+
+def _event_round(text: str) -> int | None:
+    head = text.split(":", 1)[0]
+    return int(head[6:]) if head.startswith("round ") and head[6:].isdigit() else None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -97,7 +97,8 @@ class FederationConfig:
     mode: str = "simulation"
     cpus_per_site: float = 1.0
     gpus_per_site: float = 0.0
-    round_timeout_s: float = 3600.0
+    round_timeout_s: float = 3600.0  # how long a round phase waits for replies (a dead site is detected within ~60 s anyway)
+    wait_for_sites_s: float = 300.0  # deployment: how long the first round waits for every site to connect
     site_state_root: str | None = None  # persistent per-site state (lifetime ledgers); None = inside the run dir
     site_policies: dict[str, str] = field(default_factory=dict)  # simulation: site -> its site policy YAML
 
@@ -243,6 +244,8 @@ def _check(cfg: RunConfig) -> None:
             cfg.federation.mode != "simulation" or Path(policy).is_file(),
             f"federation.site_policies.{site}", f"policy file {policy!r} not found",
         )
+    need(cfg.federation.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0")
+    need(cfg.federation.wait_for_sites_s >= 0, "federation.wait_for_sites_s", "must be >= 0")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(
         cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
