@@ -1,7 +1,10 @@
 """Clinical event transformer (seed 002): ICU event sequence + static features -> mortality logit.
 
 Per event [one-hot type | text embedding | scaled time] -> Linear(d_model) + sinusoidal positions
--> transformer encoder with padding mask -> multi-head attention pooling -> concat statics -> MLP.
+-> transformer encoder with padding mask (0 layers allowed) -> multi-head attention pooling and a
+parameter-free max pooling -> concat statics -> MLP, plus a linear read-out of [max-pooled events |
+statics] added to the MLP's logit. Under DP-SGD the linear read-out learns the static risk and the
+"recent X was charted" terms from the first steps, where the MLP alone lags (DESIGN-NOTES.md).
 Seed sizes: d_model 256, 4 layers, 8 heads, ff 512, 4 pooling heads.
 """
 
