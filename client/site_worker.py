@@ -8,7 +8,9 @@ towards the server; data, encoders, embeddings and the ledger stay in `state_dir
 from __future__ import annotations
 
 import json
+import logging
 import os
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +22,19 @@ from torch.utils.data import DataLoader
 
 from shared.config import RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
+from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
+from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
+from shared.privacy.site_policy import SitePolicy, config_violations, load_site_policy, noise_violation, run_hash
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
 from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per_epoch, train_model
 
 LEDGER_FILE = "privacy_ledger.jsonl"
+EXPLANATIONS_DIR = "explanations"
 
 
 @dataclass
@@ -42,6 +48,7 @@ class SiteSettings:
     signing_key: Path | None = None  # None = a key kept in state_dir/keys (created on first use)
     device: str | None = None  # the hospital's setting wins over the run config's
     precision: str | None = None
+    policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
     source: str = "<site settings>"
 
 
@@ -70,9 +77,13 @@ class SiteWorker:
         )
         self.precision = settings.precision or cfg.precision
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, self._signing_key())
+        key = self._signing_key()
+        self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, key)
+        self.security_log = SecurityLog(settings.state_dir / SECURITY_LOG_FILE, settings.site, key)
+        self.run_hash = run_hash(cfg)
         self._data: SiteData | None = None
         self._plan: NoisePlan | None = None
+        self._approval_logged = False
 
     # -- set-up ---------------------------------------------------------------------------
     def _signing_key(self) -> Any:
@@ -91,10 +102,49 @@ class SiteWorker:
         return self._data
 
     @property
+    def policy(self) -> SitePolicy | None:
+        """The site policy in force, re-read for every message (an operator may revoke an approval)."""
+        return load_site_policy(self.settings.policy) if self.settings.policy is not None else None
+
+    @property
     def lifetime_epsilon(self) -> float:
-        if self.settings.lifetime_epsilon is not None:
-            return self.settings.lifetime_epsilon
-        return self.cfg.site_target_epsilon(self.settings.site)
+        base = self.settings.lifetime_epsilon
+        if base is None:
+            base = self.cfg.site_target_epsilon(self.settings.site)
+        policy = self.policy
+        return base if policy is None else min(base, policy.privacy.max_lifetime_epsilon)
+
+    # -- the site policy ------------------------------------------------------------------
+    def policy_refusal(self) -> str | None:
+        """Why the site policy refuses this run (None: approved, or no policy configured).
+
+        Refused: a run hash not under approved_runs, a config that weakens the privacy floor or breaks
+        a limit, or a planned noise multiplier below the floor. The first approval is logged."""
+        policy = self.policy
+        if policy is None:
+            return None
+        problems = config_violations(policy, self.cfg, self.settings.site)
+        if self.run_hash not in policy.approved_hashes():
+            problems.insert(0, f"run {self.run_hash[:16]} not approved")
+        if not problems:
+            try:
+                violation = noise_violation(policy, self.plan().noise_multiplier)
+            except BudgetTooSmall:
+                violation = None  # the budget check refuses it as budget_exhausted
+            problems += [violation] if violation else []
+        if problems:
+            return ("site policy refuses: " + "; ".join(problems))[:200]
+        if not self._approval_logged:
+            self.security_log.append({"kind": "policy_approved", "run_id": self.run_id, "run_hash": self.run_hash,
+                                      "policy": str(self.settings.policy)})
+            self._approval_logged = True
+        return None
+
+    def refuse(self, phase: str, server_round: int | None, reason: str) -> RoundOutcome:
+        """Log the refusal and return the reply's outcome: {"refused": 1}, no arrays."""
+        self.security_log.append({"kind": "refused", "run_id": self.run_id, "run_hash": self.run_hash, "phase": phase,
+                                  "round": server_round, "reason": reason})
+        return RoundOutcome("refused", reason, metrics={"refused": 1})
 
     def _prior(self) -> list[Mechanism]:
         """Mechanisms of earlier runs on this ledger (the lifetime history)."""
@@ -212,6 +262,33 @@ class SiteWorker:
         n = sum(len(t) for t in targets)
         return torch.cat(targets).numpy(), torch.cat(outs).numpy(), loss_sum / max(1, n)
 
-    def evaluate(self, global_state: dict[str, torch.Tensor]) -> dict[str, float]:
-        y, out, loss = self.predict(self._load_global(global_state), self.data.val)
-        return {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
+    def evaluate(self, global_state: dict[str, torch.Tensor], server_round: int | None = None) -> dict[str, float]:
+        """Whitelisted validation scalars. After the final round, with `explain.final_round`, the site
+        also writes an explanation report into state_dir/explanations/ (nothing of it is returned)."""
+        model = self._load_global(global_state)
+        y, out, loss = self.predict(model, self.data.val)
+        metrics = {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
+        if self.cfg.explain.final_round and server_round == self.cfg.train.rounds:
+            self.explain(model, f"{self.run_id}_round_{server_round:03d}")
+        return metrics
+
+    def explain(self, model: torch.nn.Module, name: str) -> Path | None:
+        """Write an explanation report of `model` on this site's data under state_dir/explanations/<name>/.
+
+        An explanation failure must not cost the site its evaluation reply: it is logged and written
+        to <name>/explanation_error.txt instead. Returns the report folder (None on failure)."""
+        from shared.explain.registry import ExplainOptions, explain_site
+
+        out_dir = self.settings.state_dir / EXPLANATIONS_DIR / name
+        try:
+            explain_site(
+                self.task, model, self.settings.data_dir, self.settings.state_dir, out_dir,
+                ExplainOptions(n_patients=self.cfg.explain.patients, device=str(self.device), seed=self.cfg.seed),
+                source=f"run {self.run_id}, global model after round {name.rsplit('_', 1)[-1]}",
+            )
+        except Exception:  # any failure stays at the site, in its log
+            message = traceback.format_exc()
+            logging.getLogger(__name__).error("site %s: explanation failed:\n%s", self.settings.site, message)
+            write_atomically(out_dir / "explanation_error.txt", message.encode(), 0o600)
+            return None
+        return out_dir

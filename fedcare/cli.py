@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -84,6 +85,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedcare.explain import explain_checkpoint
+
+    data_dir, state_dir = args.data, args.state
+    if getattr(args, "site_config", None):
+        from client.site_config import load_site_config
+
+        settings = load_site_config(Path(args.site_config))
+        data_dir, state_dir = data_dir or settings.data_dir, state_dir or settings.state_dir
+    if not data_dir or not state_dir:
+        raise InputError("<command line>", "--data/--state", "give the site's data and state folders (or --site-config)")
+    patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
+    labels = {"cohort": "cohort importance (patients)", "patients": "explaining patients"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        files = explain_checkpoint(Path(args.checkpoint), Path(data_dir), Path(state_dir), patients,
+                                   Path(args.out) if args.out else None, args.n_patients, progress)
+    console.print(f"wrote the site's explanation report to {files.folder} ({files.html.name}, {files.markdown.name}, "
+                  f"{files.json.name}, {len(files.figures)} figures); it stays at this site")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -99,6 +131,73 @@ def cmd_report(args: argparse.Namespace) -> int:
             console.print(f"[yellow]no privacy audit: {err}[/yellow]")
     out = write_run_report(run_dir, Path(args.out) if args.out else None, audits)
     console.print(f"wrote {out}")
+    return 0
+
+
+def cmd_client_approve(args: argparse.Namespace) -> int:
+    """Show the operator what the run will do at this site; record its hash in the policy if they agree."""
+    from shared.config import load_config
+    from shared.privacy.security_log import log_security_event
+    from shared.privacy.site_policy import (
+        SitePolicy,
+        approve_run,
+        config_violations,
+        load_site_policy,
+        run_hash,
+        save_site_policy,
+    )
+    from shared.privacy.whitelist import ALLOWED_METRICS
+    from shared.tasks.registry import build_task
+
+    policy_path = Path(args.policy)
+    if policy_path.exists():
+        policy = load_site_policy(policy_path)
+    else:
+        console.print(f"[cyan]{policy_path} does not exist: starting from the strict default policy[/cyan]")
+        policy = SitePolicy(source=str(policy_path))
+    cfg = load_config(args.config)
+    site = args.site or policy.site or cfg.data.sites[0]
+    model = build_task(cfg).build_model()
+    parameters = sum(p.numel() for p in model.parameters())
+    digest = run_hash(cfg)
+    p = cfg.privacy
+    console.print(f"[bold]run to approve[/bold] ({args.config}) for site {site}")
+    console.print(f"  task:          {cfg.task}")
+    console.print(f"  model:         {cfg.model.name}, {parameters:,} parameters")
+    console.print(f"  rounds:        {cfg.train.rounds} x {cfg.train.local_epochs} local epoch(s), batch {cfg.train.batch_size}")
+    console.print(f"  strategy:      {cfg.strategy.name}")
+    console.print(
+        f"  privacy:       DP-SGD {'on' if p.enabled else 'OFF'}, epsilon {cfg.site_target_epsilon(site):g} "
+        f"at delta {p.delta:g}, clip norm {p.max_grad_norm:g}, accountant {p.accountant}"
+    )
+    console.print(f"  leaves site:   the model's {len(model.state_dict())} weight arrays after each round, and the scalars")
+    console.print(f"                 {', '.join(sorted(m for m in ALLOWED_METRICS if '_ci_' not in m))} (+ confidence bounds)")
+    console.print(f"  run hash:      {digest}")
+    problems = config_violations(policy, cfg, site)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]  breaks the site policy: {problem}[/red]")
+        console.print("[red]not approved[/red]")
+        return 1
+    if not args.yes and input("approve this run? [y/N] ").strip().lower() not in ("y", "yes"):
+        console.print("not approved")
+        return 1
+    record = approve_run(policy, cfg, digest, parameters)
+    save_site_policy(policy, policy_path)
+    if args.state_dir:
+        log_security_event(Path(args.state_dir), {"kind": "approval", "site": site, **record})
+    console.print(f"approved: {digest} recorded in {policy_path}")
+    return 0
+
+
+def cmd_client_policy(args: argparse.Namespace) -> int:
+    import yaml
+
+    from shared.privacy.site_policy import load_site_policy
+
+    policy = load_site_policy(Path(args.policy))
+    console.print(f"[bold]site policy in force[/bold] ({args.policy})")
+    console.print(yaml.safe_dump(policy.to_dict(), sort_keys=False), end="")
     return 0
 
 
@@ -138,10 +237,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="predictions.csv")
     s.set_defaults(fn=cmd_predict)
 
+    s = sub.add_parser("explain", help="explain a checkpoint on a site's data; the report stays at the site")
+    s.add_argument("--checkpoint", required=True)
+    site_config_available = importlib.util.find_spec("client.site_config") is not None
+    site_help = " (or from --site-config)" if site_config_available else ""
+    s.add_argument("--data", required=not site_config_available, help=f"the site's data folder{site_help}")
+    s.add_argument("--state", required=not site_config_available,
+                   help=f"the site's state folder: fitted encoders; the report goes to its explanations/{site_help}")
+    if site_config_available:
+        s.add_argument("--site-config", help="the site's site.yaml: data_dir and state_dir are read from it")
+    s.add_argument("--patients", help="comma-separated patient ids (default: the highest predicted risks)")
+    s.add_argument("--n-patients", type=int,
+                   help="how many patients when --patients is not given (default: the run's explain.patients)")
+    s.add_argument("--out", help="report folder (default: STATE/explanations/<run>_round_<N>/)")
+    s.set_defaults(fn=cmd_explain)
+
     s = sub.add_parser("report", help="write a self-contained HTML report of a run (opens offline)")
     s.add_argument("run_dir", help="a run folder (runs/<id>)")
     s.add_argument("--out", help="HTML path (default RUN_DIR/report.html; figures go to a folder beside it)")
     s.set_defaults(fn=cmd_report)
+
+    client = sub.add_parser("client", help="a hospital's commands: approve runs, show the site policy")
+    client_sub = client.add_subparsers(dest="client_command", required=True)
+    s = client_sub.add_parser("approve", help="show what a run will do at this site and record its hash as approved")
+    s.add_argument("--policy", required=True, help="the site policy YAML (created with strict defaults if absent)")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the coordinator sent")
+    s.add_argument("--site", help="this site's name (default: the policy's site, else the config's first site)")
+    s.add_argument("--state-dir", help="the site's state folder: also log the approval in its security log")
+    s.add_argument("--yes", action="store_true", help="approve without asking")
+    s.set_defaults(fn=cmd_client_approve)
+    s = client_sub.add_parser("policy", help="print the site policy in force")
+    s.add_argument("--policy", required=True)
+    s.set_defaults(fn=cmd_client_policy)
     return p
 
 

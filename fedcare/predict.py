@@ -6,8 +6,10 @@ Runs at a site: the data and the predictions never leave it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,3 +54,29 @@ def predict_to_csv(checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Pat
     frame.to_csv(tmp, index=False)
     os.replace(tmp, out)
     return len(frame)
+
+
+def predict_patient_json(checkpoint: Path, json_path: Path, encoder_dir: Path | None = None) -> dict[str, Any]:
+    """`fedcare predict --patient FILE.json`: one new patient's AKI probability and RETAIN explanation
+    (see shared.tasks.retain_aki.predict_patient) from a retain_aki checkpoint and a site's encoder."""
+    from shared.data.visit_features import VisitEncoder
+    from shared.tasks.retain_aki import ENCODER_FILE, predict_patient
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
+    if cfg.task != "retain_aki":
+        raise InputError(checkpoint, "task", f"--patient needs a retain_aki checkpoint, this one is {cfg.task!r}")
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise InputError(json_path, None, "patient file not found")
+    try:
+        records = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(json_path, f"line {err.lineno}", f"not valid JSON ({err.msg})") from None
+    encoder_dir = encoder_dir or default_encoder_dir(checkpoint)
+    if encoder_dir is None:
+        raise InputError(checkpoint, "encoder", "no site encoder next to the checkpoint; pass --encoder SITE_STATE_DIR")
+    model = build_task(cfg).build_model()
+    model.load_state_dict(ckpt["state_dict"])
+    encoder = VisitEncoder.load(Path(encoder_dir) / ENCODER_FILE)
+    return predict_patient(model, records, encoder, max_visits=cfg.data.max_events, source=json_path)

@@ -17,6 +17,7 @@ from server.history import RunHistory, write_json_atomic
 from server.strategy import make_strategy
 from shared.config import RunConfig, config_from_json
 from shared.errors import InputError
+from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.tasks.registry import build_task
 
 THRESHOLD_RULE = "num-examples-weighted mean of the sites' Youden-optimal validation thresholds"
@@ -85,9 +86,31 @@ def run_summary(
         "pooling_note": POOLING_NOTE,
         "decision_threshold": decision_threshold(final),
         "sites": {site: _site_summary(history, site) for site in cfg.data.sites},
+        "site_level_dp": _site_level_dp_summary(history),
         "events": history.events,
         "complete": bool(trained_rounds) and has_weights,
     }
+
+
+def _site_level_dp_summary(history: RunHistory) -> dict[str, Any] | None:
+    """The center's site-level (client-level) DP: epsilon after the last aggregated round, and per round."""
+    if not history.site_level_dp:
+        return None
+    last = history.site_level_dp[max(history.site_level_dp)]
+    return {
+        "epsilon": last["epsilon"], "epsilon_independent": last["epsilon_independent"], "delta": last["delta"],
+        "accountant": last["accountant"], "mode": last["mode"], "noise_multiplier": last["noise_multiplier"],
+        "per_round": {str(r): rec["epsilon"] for r, rec in sorted(history.site_level_dp.items())},
+    }
+
+
+def _site_level_epsilon(history: RunHistory, rounds_trained: list[int]) -> float:
+    """Site-level epsilon of one site: the center's release mechanisms of the rounds it contributed to."""
+    records = [history.site_level_dp[r] for r in rounds_trained if r in history.site_level_dp]
+    if not records:
+        return 0.0
+    mechanisms = [Mechanism(**m) for rec in records for m in rec["mechanisms"]]
+    return epsilon_opacus(mechanisms, records[-1]["delta"], records[-1]["accountant"])
 
 
 def _site_summary(history: RunHistory, site: str) -> dict[str, Any]:
@@ -110,4 +133,6 @@ def _site_summary(history: RunHistory, site: str) -> dict[str, Any]:
          if "train" in history.rounds[r].get(site, {})),
         None,
     )
-    return {"rounds_trained": trained, "first_stop": stopped, "final_metrics": last_eval, "epsilon": last_eps}
+    site_level = _site_level_epsilon(history, trained) if history.site_level_dp else None
+    return {"rounds_trained": trained, "first_stop": stopped, "final_metrics": last_eval, "epsilon": last_eps,
+            "site_level_epsilon": site_level}

@@ -23,6 +23,7 @@ class RunHistory:
     primary_metric: str = "auroc"
     rounds: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # round -> site -> record
     events: list[str] = field(default_factory=list)  # human-readable notes (drops, refusals)
+    site_level_dp: dict[int, dict[str, Any]] = field(default_factory=dict)  # round -> central DP accounting
     console: Console = field(default_factory=lambda: Console(highlight=False))
 
     def site_record(self, server_round: int, site: str) -> dict[str, Any]:
@@ -42,6 +43,9 @@ class RunHistory:
         if phase == "train":
             rec.update(status="failed", reason=reason)
         self.note(f"round {server_round}: {site} {phase} failed: {reason}")
+
+    def record_site_level_dp(self, server_round: int, record: dict[str, Any]) -> None:
+        self.site_level_dp[server_round] = record
 
     def note(self, text: str) -> None:
         self.events.append(text)
@@ -77,6 +81,11 @@ class RunHistory:
             )
         table.add_row("weighted", "", "", _fmt(self.weighted(server_round, pm)),
                       _fmt(self.weighted(server_round, "val_loss")), "", "", style="bold")
+        dp = self.site_level_dp.get(server_round)
+        if dp is not None:
+            table.caption = (f"site-level DP: epsilon (cum.) {_fmt(dp['epsilon'], 2)}, delta {dp['delta']:g}, "
+                             f"eff. noise mult. {_fmt(dp['effective_noise_multiplier'])}")
+            table.caption_justify = "left"
         self.console.print(table)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +97,7 @@ class RunHistory:
                 for r in sorted(self.rounds)
             },
             "events": self.events,
+            "site_level_dp": {str(r): v for r, v in sorted(self.site_level_dp.items())},
         }
 
     def save(self) -> None:

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from server.history import RunHistory
+from server.site_level_dp import SiteLevelDPAccounting
 from shared.config import RunConfig
 
 
@@ -82,13 +83,19 @@ class SiteTracking:
                 site = self.node_sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
                 self.history.record_failure(server_round, site, "evaluate", msg.error.reason)
                 continue
-            site, _, _ = _site_of(msg)
+            site, status, reason = _site_of(msg)
             self.node_sites[msg.metadata.src_node_id] = site
+            if status == "refused":
+                self.history.note(f"round {server_round}: {site} refused to evaluate ({reason})")
+                continue
             self.history.record_evaluate(server_round, site, dict(msg.content["metrics"]))
             usable.append(msg)
         self.history.print_round(server_round, self.total_rounds)
         self.history.save()
-        return super().aggregate_evaluate(server_round, usable) if usable else None  # type: ignore[misc]
+        # Sites may report different keys (a calibration bin is sent only with >= 10 patients), which
+        # Flower's aggregation refuses; the history's size-weighted means are the run's numbers anyway.
+        weighted = {m: self.history.weighted(server_round, m) for m in self.history.weighted_metrics()}
+        return MetricRecord({m: v for m, v in weighted.items() if v is not None}) if usable else None
 
 
 _BASES: dict[str, type] = {
@@ -103,13 +110,37 @@ _BASES: dict[str, type] = {
 
 
 def make_strategy(cfg: RunConfig, history: RunHistory) -> fl.Strategy:
+    """The configured strategy with site tracking in front; with site-level DP, Flower's server-side DP
+    wrapper sits between the tracking (which keeps replies without weights out) and the strategy."""
     base = _BASES[cfg.strategy.name]
-    cls = type(f"Tracked{base.__name__}", (SiteTracking, base), {})
     n = cfg.strategy.min_sites
     kwargs: dict[str, Any] = dict(
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n
     )
     kwargs.update(cfg.strategy.params)
-    strategy = cls(**kwargs)
+    dp = cfg.privacy.site_level_dp
+    if not dp.enabled:
+        strategy = type(f"Tracked{base.__name__}", (SiteTracking, base), {})(**kwargs)
+    else:
+        strategy = _site_level_dp_strategy(cfg, base(**kwargs))
+        strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode)
     strategy._init_tracking(history, cfg.train.rounds)
     return strategy
+
+
+def _site_level_dp_strategy(cfg: RunConfig, inner: fl.Strategy) -> Any:
+    dp, sites = cfg.privacy.site_level_dp, len(cfg.data.sites)
+    if dp.mode == "fixed":
+        wrapper: type = fl.DifferentialPrivacyServerSideFixedClipping
+        args: dict[str, Any] = dict(
+            noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm, num_sampled_clients=sites
+        )
+    else:
+        wrapper = fl.DifferentialPrivacyServerSideAdaptiveClipping
+        args = dict(
+            noise_multiplier=dp.noise_multiplier, num_sampled_clients=sites, initial_clipping_norm=dp.clipping_norm,
+            target_clipped_quantile=dp.target_clipped_quantile, clip_norm_lr=dp.clip_norm_lr,
+            clipped_count_stddev=dp.clipped_count_stddev,
+        )
+    cls = type(f"Tracked{wrapper.__name__}", (SiteTracking, SiteLevelDPAccounting, wrapper), {})
+    return cls(inner, **args)
