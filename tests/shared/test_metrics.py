@@ -254,3 +254,35 @@ def test_c_index_matches_scikit_survival(seed: int) -> None:
     time, event, risk = _survival_sample(80, seed)
     reference = sksurv_metrics.concordance_index_censored(event.astype(bool), time, risk)[0]
     assert m.c_index(time, event, risk) == pytest.approx(reference, abs=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["auroc", "auprc", "brier"])
+def test_vectorised_bootstrap_equals_one_call_per_resample(metric: str) -> None:
+    fn = getattr(m, metric)
+    y, p = _binary_sample(60, seed=4)  # tied scores; small n, so some resamples could be single-class
+    vectorised = m.bootstrap_ci(fn, y, p, n_boot=300, seed=7)
+    looped = m.bootstrap_ci(lambda *a: fn(*a), y, p, n_boot=300, seed=7)  # a wrapper is not vectorised
+    assert vectorised == pytest.approx(looped, abs=1e-12)
+
+
+def test_row_wise_metrics_agree_with_sklearn_on_every_resample() -> None:
+    y, p = _binary_sample(40, seed=5)
+    rows = np.random.default_rng(0).integers(0, 40, size=(200, 40))
+    auroc_rows, auprc_rows = m._auroc_rows(y[rows], p[rows]), m._auprc_rows(y[rows], p[rows])
+    single = [np.unique(y[r]).size < 2 for r in rows]
+    for r, one_class, a, ap in zip(rows, single, auroc_rows, auprc_rows):
+        if one_class:
+            assert np.isnan(a) and np.isnan(ap)
+        else:
+            assert a == pytest.approx(skm.roc_auc_score(y[r], p[r]), abs=1e-12)
+            assert ap == pytest.approx(skm.average_precision_score(y[r], p[r]), abs=1e-12)
+    np.testing.assert_allclose(m._brier_rows(y[rows], p[rows]), [skm.brier_score_loss(y[r], p[r]) for r in rows], atol=1e-12)
+    one_class = m._auroc_rows(np.ones((1, 5), dtype=int), np.arange(5.0)[None])
+    assert np.isnan(one_class).all() and np.isnan(m._auprc_rows(np.zeros((1, 5), dtype=int), np.arange(5.0)[None])).all()
+
+
+def test_vectorised_bootstrap_works_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    y, p = _binary_sample(50, seed=6)
+    whole = m.bootstrap_ci(m.auroc, y, p, n_boot=101, seed=1)
+    monkeypatch.setattr(m, "_BLOCK_CELLS", 50 * 7)  # blocks of 7 resamples, the last one shorter
+    assert m.bootstrap_ci(m.auroc, y, p, n_boot=101, seed=1) == whole
