@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -201,6 +203,89 @@ def cmd_client_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from fedcare.certs import parse_hosts, parse_sites, write_deployment_keys
+
+    report = write_deployment_keys(Path(args.out), parse_hosts(args.server_host), parse_sites(args.sites))
+    for path in report.written:
+        console.print(f"  wrote {path}")
+    if report.kept:
+        console.print(f"  kept {len(report.kept)} existing key files")
+    console.print(f"key material in {args.out}: give each hospital its sites/<site>/ folder; keep center/ca.key offline")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import json
+
+    from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
+    from fedcare.simulation import new_run_id
+    from shared.config import load_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        for name in ("config.yaml", RUN_FILE):
+            if not (run_dir / name).is_file():
+                raise InputError(run_dir / name, None, "missing: not a fedcare deployment run folder")
+        cfg = load_config(run_dir / "config.yaml")
+        run_id = str(json.loads((run_dir / RUN_FILE).read_text())["run_id"])
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
+            console.print(f"run {run_id} is already complete ({summary_path})")
+            return 0
+    else:
+        cfg = load_config(args.config)
+        if args.rounds:
+            cfg.train.rounds = args.rounds
+        run_id = new_run_id()
+        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
+    cfg.federation.mode = "deployment"
+    if not args.insecure and not Path(args.certs).is_dir():
+        raise InputError(args.certs, "--certs", "folder not found (create it with `fedcare certs`, or use --insecure)")
+    host, port = parse_address(args.address)
+    opts = CenterOptions(cfg=cfg, run_dir=run_dir, run_id=run_id, resume=bool(args.resume),
+                         certs=None if args.insecure else Path(args.certs), insecure=args.insecure, host=host, port=port)
+    _stop_on_sigterm()
+    try:
+        summary = run_center(opts, console)
+    except RuntimeError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        return 1
+    _print_summary(summary)
+    console.print(f"\nrun folder: {run_dir}")
+    return 0 if summary.get("complete") else 1
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from fedcare.hospital import run_hospital
+
+    if not args.site_config:
+        raise InputError("<command line>", "--site-config", "give the hospital's site.yaml (or use `client approve|policy`)")
+    _stop_on_sigterm()
+    return run_hospital(Path(args.site_config), args.runtime_port, args.max_restarts, console)
+
+
+def _stop_on_sigterm() -> None:
+    """`docker stop` sends SIGTERM: stop our Flower processes as for Ctrl-C."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    fw = summary["final_weighted"]
+    shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
+    parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
+    console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
+    for site, info in summary["sites"].items():
+        missed = ", ".join(f"{r} ({s})" for r, s in info.get("rounds_missed", {}).items())
+        console.print(f"  {site}: trained rounds {info['rounds_trained']}" + (f"; missed {missed}" if missed else ""))
+    for text in summary["events"]:
+        console.print(f"  note: {text}")
+
+
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -230,6 +315,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="also write a PNG of cumulative epsilon per round")
     s.set_defaults(fn=cmd_audit)
 
+    s = sub.add_parser("certs", help="deployment key material: CA, SuperLink certificate, per-hospital keys")
+    s.add_argument("--out", required=True, help="folder for center/ and sites/<site>/ (existing files are kept)")
+    s.add_argument("--server-host", default="localhost", help="comma-separated host names of the SuperLink (127.0.0.1 is added)")
+    s.add_argument("--sites", required=True, help="comma-separated hospital names, e.g. hospital_a,hospital_b")
+    s.set_defaults(fn=cmd_certs)
+
+    s = sub.add_parser("server", help="coordinating center: SuperLink + one federated run (deployment)")
+    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--certs", default="certs", help="the `fedcare certs --out` folder (default: certs)")
+    s.add_argument("--insecure", action="store_true", help="development only: no TLS, no SuperNode authentication")
+    s.add_argument("--address", default="127.0.0.1:9092", help="HOST:PORT the SuperLink listens on (default 127.0.0.1:9092)")
+    s.add_argument("--run-dir", help="run folder (default: <output_dir>/<run-id>)")
+    s.add_argument("--rounds", type=int, help="override train.rounds")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last global checkpoint")
+    s.set_defaults(fn=cmd_server)
+
+    client = s = sub.add_parser(
+        "client", help="one hospital: start its SuperNode (--site-config), or `client approve|policy` for its policy"
+    )
+    s.add_argument("--site-config", help="the hospital's site.yaml (starts the site's SuperNode)")
+    s.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's app API (default 9094)")
+    s.add_argument("--max-restarts", type=int, help="give up after the SuperNode exited this many times (default: never)")
+    s.set_defaults(fn=cmd_client)
+
     s = sub.add_parser("predict", help="per-patient probabilities for new data from a checkpoint")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--data", required=True, help="a site folder in the task's documented format")
@@ -257,8 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="HTML path (default RUN_DIR/report.html; figures go to a folder beside it)")
     s.set_defaults(fn=cmd_report)
 
-    client = sub.add_parser("client", help="a hospital's commands: approve runs, show the site policy")
-    client_sub = client.add_subparsers(dest="client_command", required=True)
+    client_sub = client.add_subparsers(dest="client_command", required=False)
     s = client_sub.add_parser("approve", help="show what a run will do at this site and record its hash as approved")
     s.add_argument("--policy", required=True, help="the site policy YAML (created with strict defaults if absent)")
     s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the coordinator sent")

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 from server.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from server.evaluation import POOLING_NOTE, decision_threshold, pooled_calibration, pooled_metrics
-from server.history import RunHistory, write_json_atomic
+from server.history import NOT_ASKED, RunHistory, write_json_atomic
 from server.strategy import make_strategy
 from shared.config import RunConfig, config_from_json
 from shared.errors import InputError
@@ -61,7 +61,8 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
         )
         return None
 
-    _wait_for_sites(grid, cfg, history)
+    if start_round < cfg.train.rounds:
+        _wait_for_sites(grid, cfg, history)
     started = time.time()
     strategy.start(
         grid=grid,
@@ -153,7 +154,7 @@ def _wait_for_sites(grid: Grid, cfg: RunConfig, history: RunHistory) -> None:
 
 
 def _site_summary(history: RunHistory, site: str, last_round: int) -> dict[str, Any]:
-    status = {r: history.rounds.get(r, {}).get(site, {}).get("status", "not connected") for r in range(1, last_round + 1)}
+    status = {r: history.rounds.get(r, {}).get(site, {}).get("status", NOT_ASKED) for r in range(1, last_round + 1)}
     trained = [r for r, s in status.items() if s == "trained"]
     stopped = next(
         (

@@ -15,6 +15,8 @@ from rich.table import Table
 
 from server.evaluation import is_calibration_key, weighted_mean
 
+NOT_ASKED = "not asked"  # not sent a training request this round (not connected, or out of budget)
+
 
 @dataclass
 class RunHistory:
@@ -40,7 +42,7 @@ class RunHistory:
         return history
 
     def site_record(self, server_round: int, site: str) -> dict[str, Any]:
-        return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": "no reply"})
+        return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": NOT_ASKED})
 
     def record_train(self, server_round: int, site: str, status: str, reason: str, metrics: dict[str, Any]) -> None:
         rec = self.site_record(server_round, site)
@@ -86,7 +88,7 @@ class RunHistory:
         for col in ("site", "status", "train loss", f"val {pm}", "val loss", "epsilon (cum.)", "n val"):
             table.add_column(col, justify="left" if col in ("site", "status") else "right")
         for site in self.sites:
-            rec = self.rounds.get(server_round, {}).get(site, {"status": "no reply"})
+            rec = self.rounds.get(server_round, {}).get(site, {"status": NOT_ASKED})
             tr, ev = rec.get("train", {}), rec.get("evaluate", {})
             table.add_row(
                 site, rec.get("status", "-"), _fmt(tr.get("train_loss")), _fmt(ev.get(pm)),
