@@ -85,8 +85,8 @@ def communication(data: dict) -> str:
 
 def dp_overhead(data: dict) -> str:
     rows = [
-        [r["model"], r["batch"], r["precision"], r["mode"], _num(r["step_ms"], 1), _num(r["samples_per_s"], 0),
-         _num(r["peak_mb"], 0), f"{r['dp_over_non_dp']:.2f}x" if "dp_over_non_dp" in r else ""]
+        [r["model"], r["batch"], r["precision"], r["mode"], _num(r.get("step_ms"), 1), _num(r.get("samples_per_s"), 0),
+         _num(r.get("peak_mb"), 0), f"{r['dp_over_non_dp']:.2f}x" if "dp_over_non_dp" in r else r.get("error", "")[:60]]
         for r in data["rows"]
     ]
     table = _md(["model", "batch", "precision", "mode", "step (ms)", "samples/s", "peak MB", "DP / non-DP"], rows)

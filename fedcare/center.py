@@ -8,7 +8,7 @@ processes by PID on exit, error or Ctrl-C. `--resume RUN_DIR` submits the same r
 `resume = true`: the ServerApp continues from the last global checkpoint.
 
 The SuperLink serves its Fleet, Control and Runtime APIs on one port; only /v1/fleet/ may be
-reachable from the hospitals (see docs/deploying.md).
+reachable from the hospitals (see README "Deploying across hospitals").
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def run_center(opts: CenterOptions, console: Console) -> dict[str, Any]:
         console.print(f"SuperLink on {opts.host}:{opts.port}, {mode}; logs in {center.logs}")
         if opts.host not in ("127.0.0.1", "localhost", "::1"):
             console.print("[yellow]! the SuperLink's Control and Runtime APIs share this port: expose only /v1/fleet/ "
-                          "to the hospitals (docs/deploying.md)[/yellow]")
+                          "to the hospitals (README: Deploying across hospitals)[/yellow]")
         run = center.submit_run()  # the ServerApp waits for the hospitals: register them meanwhile
         center.register_sites(keys)
         for site in missing:

@@ -1,6 +1,6 @@
 """A hospital's site policy: which runs may use its data and the privacy floor no run may weaken.
 
-The policy is a YAML file the hospital owns (see docs/hospitals.md). A run is approved when its
+The policy is a YAML file the hospital owns (see README "For hospitals: what runs on your data"). A run is approved when its
 *run hash* is listed under `approved_runs`. The run hash identifies what will execute at the site:
 
     SHA-256 of the canonical JSON {"config": <resolved run config>, "code": {<repo path>: <SHA-256 of file>}}
@@ -162,7 +162,8 @@ def load_site_policy(path: Path) -> SitePolicy:
 
 def save_site_policy(policy: SitePolicy, path: Path) -> None:
     """Write the policy (atomically: a reader sees the old or the new file, never half of one)."""
-    text = "# fedcare site policy (see docs/hospitals.md)\n" + yaml.safe_dump(policy.to_dict(), sort_keys=False)
+    header = "# fedcare site policy (see README: For hospitals: what runs on your data)\n"
+    text = header + yaml.safe_dump(policy.to_dict(), sort_keys=False)
     write_atomically(Path(path), text.encode("utf-8"))
 
 
