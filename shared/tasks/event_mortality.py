@@ -73,6 +73,9 @@ class EventMortalityTask(Task):
         }
         return tensors, info
 
+    def check_site(self, site_dir: Path, site: str) -> None:
+        load_event_site(site_dir, site)
+
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         tensors, info = self.encode(site_dir, site, state_dir, fit=True)
         train_idx, val_idx = info.pop("split")
