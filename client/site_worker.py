@@ -148,8 +148,12 @@ class SiteWorker:
         if problems:
             return ("site policy refuses: " + "; ".join(problems))[:200]
         if not self._approval_logged:
-            self.security_log.append({"kind": "policy_approved", "run_id": self.run_id, "run_hash": self.run_hash,
-                                      "policy": str(self.settings.policy)})
+            # once per run and site on disk: simulation may serve one site from several worker processes
+            logged = any(e.get("kind") == "policy_approved" and e.get("run_id") == self.run_id
+                         and e.get("run_hash") == self.run_hash for e in self.security_log.events())
+            if not logged:
+                self.security_log.append({"kind": "policy_approved", "run_id": self.run_id, "run_hash": self.run_hash,
+                                          "policy": str(self.settings.policy)})
             self._approval_logged = True
         return None
 
