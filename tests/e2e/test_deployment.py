@@ -24,6 +24,7 @@ def clean_run(tmp_path_factory):
     dep = Deployment(tmp_path_factory.mktemp("deploy"), rounds=2, round_timeout_s=90.0, extra_sites=("site_d",))
     try:
         server = dep.start_server()
+        dep.wait_until_registered()
         for site in dep.sites:
             dep.start_client(site)
         unregistered = dep.start_client("site_d", None, None, "--max-restarts", "0")
