@@ -189,7 +189,9 @@ class Center:
         """Print each finished round (and each note) as the ServerApp saves metrics.json."""
         cfg, metrics = self.opts.cfg, self.opts.run_dir / "metrics.json"
         history = RunHistory(self.opts.run_dir, list(cfg.data.sites), console=self.console)
-        seen_mtime, printed, notes = 0.0, _rounds_in(metrics), 0
+        before = _saved_history(metrics)  # a resumed run: rounds and notes already shown last time
+        printed, noted = {int(r) for r in before.get("rounds", {})}, set(before.get("events", []))
+        seen_mtime = metrics.stat().st_mtime if metrics.is_file() else 0.0
         superlink = self.processes[0]
         while run.alive():
             time.sleep(1.0)
@@ -198,14 +200,12 @@ class Center:
             if not metrics.is_file() or metrics.stat().st_mtime == seen_mtime:
                 continue
             seen_mtime = metrics.stat().st_mtime
-            try:
-                saved = json.loads(metrics.read_text())
-            except json.JSONDecodeError:
-                continue
+            saved = _saved_history(metrics)
             history.rounds = {int(r): v for r, v in saved.get("rounds", {}).items()}
-            for text in saved.get("events", [])[notes:]:
-                self.console.print(f"[yellow]! {text}[/yellow]")
-            notes = len(saved.get("events", []))
+            for text in saved.get("events", []):
+                if text not in noted:
+                    self.console.print(f"[yellow]! {text}[/yellow]")
+                    noted.add(text)
             for r in sorted(set(history.rounds) - printed):
                 history.print_round(r, cfg.train.rounds)
                 printed.add(r)
@@ -216,13 +216,11 @@ class Center:
         shutil.rmtree(self.flwr_home, ignore_errors=True)
 
 
-def _rounds_in(metrics: Path) -> set[int]:
-    if not metrics.is_file():
-        return set()
+def _saved_history(metrics: Path) -> dict[str, Any]:
     try:
-        return {int(r) for r in json.loads(metrics.read_text()).get("rounds", {})}
-    except (json.JSONDecodeError, ValueError):
-        return set()
+        return json.loads(metrics.read_text()) if metrics.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        return {}  # caught between writes: the next poll reads it
 
 
 def prepare_run_dir(opts: CenterOptions) -> None:
