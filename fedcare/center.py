@@ -1,11 +1,11 @@
 """`fedcare server`: the coordinating center of a real deployment.
 
-Starts its own `flower-superlink` (TLS + SuperNode authentication unless --insecure; private
-FLWR_HOME; in-memory state), registers the hospitals' SuperNode public keys, submits the run with
-`flwr run <project> --run-config <file>` (the resolved config travels as `fedcare-config` JSON),
-prints each round as the ServerApp writes runs/<run-id>/metrics.json, and stops its own
-processes by PID on exit, error or Ctrl-C. `--resume RUN_DIR` submits the same run id again with
-`resume = true`: the ServerApp continues from the last global checkpoint.
+Starts its own `flower-superlink` (TLS + SuperNode authentication unless --insecure; a private
+FLWR_HOME in runs/<run-id>/.flower; in-memory state), registers the hospitals' SuperNode public
+keys, submits the run with `flwr run <project> --run-config <file>` (the resolved config travels
+as `fedcare-config` JSON), prints each round as the ServerApp writes runs/<run-id>/metrics.json,
+and stops its own processes by PID on exit, error or Ctrl-C. `--resume RUN_DIR` submits the same
+run id again with `resume = true`: the ServerApp continues from the last global checkpoint.
 
 The SuperLink serves its Fleet, Control and Runtime APIs on one port; only /v1/fleet/ may be
 reachable from the hospitals (see docs/deploying.md).
@@ -17,7 +17,6 @@ import json
 import shutil
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -102,7 +101,11 @@ class Center:
 
     def __init__(self, opts: CenterOptions, console: Console) -> None:
         self.opts, self.console = opts, console
-        self.flwr_home = Path(tempfile.mkdtemp(prefix="fedcare-flower-"))
+        # Flower's own state for this deployment only (config, app bundles); removed on exit and
+        # replaced on resume, so a crash leaves it inside the run folder and nowhere else
+        self.flwr_home = opts.run_dir / ".flower"
+        shutil.rmtree(self.flwr_home, ignore_errors=True)
+        self.flwr_home.mkdir(parents=True)
         self.env = flower_env(self.flwr_home)
         self.logs = opts.run_dir / "logs"
         self.processes: list[FlowerProcess] = []
