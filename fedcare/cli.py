@@ -220,6 +220,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
     from fedcare.simulation import new_run_id
+    from server.checkpoints import latest_checkpoint
     from shared.config import load_config
 
     if args.resume:
@@ -227,6 +228,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         for name in ("config.yaml", RUN_FILE):
             if not (run_dir / name).is_file():
                 raise InputError(run_dir / name, None, "missing: not a fedcare deployment run folder")
+        if latest_checkpoint(run_dir) is None:
+            raise InputError(run_dir, "checkpoints", "nothing to resume: no global checkpoint yet (start the run again)")
         cfg = load_config(run_dir / "config.yaml")
         run_id = str(json.loads((run_dir / RUN_FILE).read_text())["run_id"])
         summary_path = run_dir / "summary.json"
