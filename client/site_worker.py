@@ -15,19 +15,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
+from shared.config import RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
-from torch.utils.data import DataLoader
-
-from shared.config import RunConfig
+from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
 from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per_epoch, train_model
 
 LEDGER_FILE = "privacy_ledger.jsonl"
+# Test seam, never for real runs: tests that compare aggregation paths (secure aggregation vs plain FedAvg)
+# set it with monkeypatch.setenv before the simulation starts (Flower's Ray workers inherit the environment;
+# a monkeypatched attribute would not reach them). The ledger marks every round trained so.
+TEST_ONLY_NO_DP_NOISE_ENV = "FEDCARE_TEST_ONLY_NO_DP_NOISE"
 
 
 @dataclass
@@ -72,6 +77,7 @@ class SiteWorker:
         self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, self._signing_key())
         self._data: SiteData | None = None
         self._plan: NoisePlan | None = None
+        self.secagg: SecAggParameters | None = derive_secagg_parameters(cfg) if cfg.secure_aggregation.enabled else None
 
     # -- set-up ---------------------------------------------------------------------------
     def _signing_key(self) -> Any:
@@ -148,25 +154,39 @@ class SiteWorker:
             metrics={"budget_exhausted": 1, "epsilon": self.ledger.spent_epsilon(), "delta": p.delta},
         )
 
-    def train_round(self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundOutcome:
-        p, t = self.cfg.privacy, self.cfg.train
+    def _trained_history(self) -> list[Mechanism]:
+        return [Mechanism(**e["mechanism"]) for e in self.ledger.entries() if e["status"] == "trained"]
+
+    def round_refusal(self, server_round: int) -> RoundOutcome | None:
+        """What to send instead of weights when this round cannot be trained (recorded in the ledger when it
+        is the budget); None when the round fits."""
+        p = self.cfg.privacy
         if self.data.n_train == 0:
             return RoundOutcome("refused", "no training data at this site")
         try:
             plan = self.plan()
         except BudgetTooSmall as err:
             return self._refuse_for_budget(server_round, str(err))
-        history = [Mechanism(**e["mechanism"]) for e in self.ledger.entries() if e["status"] == "trained"]
         this_round = Mechanism(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
-        ok, eps_after = fits_budget(history, this_round, p.delta, plan.composed_target, p.accountant)
+        ok, eps_after = fits_budget(self._trained_history(), this_round, p.delta, plan.composed_target, p.accountant)
         if not ok:
             return self._refuse_for_budget(
                 server_round, f"round would reach epsilon {eps_after:.3f} > budget {plan.composed_target:.3f}"
             )
+        return None
+
+    def train_round(self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundOutcome:
+        p, t = self.cfg.privacy, self.cfg.train
+        refusal = self.round_refusal(server_round)
+        if refusal is not None:
+            return refusal
+        plan, history = self.plan(), self._trained_history()
+        noise_off = os.environ.get(TEST_ONLY_NO_DP_NOISE_ENV) == "1"
         model = self._load_global(global_state)
         settings = TrainSettings(
             epochs=t.local_epochs, expected_batch_size=t.batch_size, max_physical_batch_size=t.max_physical_batch_size,
-            lr=t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer, noise_multiplier=plan.noise_multiplier,
+            lr=t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer,
+            noise_multiplier=None if noise_off else plan.noise_multiplier,
             max_grad_norm=p.max_grad_norm, grad_sample_mode=p.grad_sample_mode, device=str(self.device),
             precision=self.precision, proximal_mu=proximal_mu, seed=self.cfg.seed * 1000 + server_round,
         )
@@ -181,6 +201,7 @@ class SiteWorker:
                 "expected_batch_size": t.batch_size, "max_physical_batch_size": t.max_physical_batch_size or 0,
                 "num_examples": result.num_examples, "precision": self.precision,
                 "planned_epsilon": plan.composed_target,
+                **({"test_only_no_dp_noise": True} if noise_off else {}),
             },
         )
         state = {k: v.cpu() for k, v in model.state_dict().items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
 from server.checkpoints import checkpoint_path, save_checkpoint
@@ -20,7 +20,7 @@ from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.tasks.registry import build_task
 
 
-def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
+def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = None) -> dict[str, Any]:
     cfg = config_from_json(str(rc["fedcare-config"]))
     run_dir = Path(str(rc["run-dir"]))
     torch.manual_seed(cfg.seed)
@@ -38,15 +38,27 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
         return None
 
     started = time.time()
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.train.rounds,
-        timeout=cfg.federation.round_timeout_s,
-        train_config=ConfigRecord({}),
-        evaluate_config=ConfigRecord({}),
-        evaluate_fn=checkpoint,
-    )
+    if cfg.secure_aggregation.enabled:
+        from server.secure_aggregation import run_secure_federation
+
+        if context is None:
+            raise RuntimeError("secure aggregation runs through Flower's legacy workflow, which needs the ServerApp context")
+        secure = run_secure_federation(grid, context, cfg, model, strategy, history, checkpoint)
+        has_final_model = bool(secure.aggregated_rounds)
+        secure_summary = {**secure.params.__dict__, "quantization_step": secure.params.quantization_step,
+                          "rounds_aggregated": sorted(secure.aggregated_rounds)}
+    else:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.train.rounds,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=ConfigRecord({}),
+            evaluate_config=ConfigRecord({}),
+            evaluate_fn=checkpoint,
+        )
+        has_final_model = len(result.arrays.keys()) > 0
+        secure_summary = None
     history.save()
     trained_rounds = [r for r, sites in history.rounds.items() if any(s.get("status") == "trained" for s in sites.values())]
     last = cfg.train.rounds
@@ -61,8 +73,9 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
         "final_weighted": {m: history.weighted(last, m) for m in history.weighted_metrics()},
         "sites": {site: _site_summary(history, site) for site in cfg.data.sites},
         "site_level_dp": _site_level_dp_summary(history),
+        "secure_aggregation": secure_summary,
         "events": history.events,
-        "complete": bool(trained_rounds) and len(result.arrays.keys()) > 0,
+        "complete": bool(trained_rounds) and has_final_model,
     }
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
