@@ -94,15 +94,15 @@ def membership_audit(member_losses: np.ndarray, non_member_losses: np.ndarray, e
 
 
 def membership_table(audit: MembershipAudit) -> str:
-    eps = "-" if audit.epsilon is None else f"{audit.epsilon:.3f} (delta {audit.delta:g})"
-    bound = "-" if audit.auc_bound is None else f"{audit.auc_bound:.3f}"
-    verdict = ""
-    if audit.auc_bound is not None:
-        verdict = "  EXCEEDS the DP bound" if audit.auc > audit.auc_bound else "  within the DP bound"
-    return "\n".join([
-        "membership inference (loss threshold): training split = members, validation split = non-members",
-        f"  members {audit.members}, non-members {audit.non_members}; mean loss {audit.member_loss_mean:.4f} vs "
-        f"{audit.non_member_loss_mean:.4f}",
-        f"  attack AUC {audit.auc:.3f}, advantage {audit.advantage:.3f}",
-        f"  site epsilon {eps}; largest AUC it allows {bound}{verdict}",
-    ])
+    lines = [
+        "membership inference by loss threshold",
+        f"  members (training split) {audit.members}, non-members (validation split) {audit.non_members}",
+        f"  mean loss {audit.member_loss_mean:.4f} vs {audit.non_member_loss_mean:.4f}; "
+        f"attack AUC {audit.auc:.3f}, advantage {audit.advantage:.3f}",
+    ]
+    if audit.epsilon is None:
+        lines.append("  no privacy ledger at this site: no epsilon to compare with")
+    elif audit.auc_bound is not None:
+        verdict = "EXCEEDS it: the recorded epsilon is wrong" if audit.auc > audit.auc_bound else "within it"
+        lines.append(f"  site epsilon {audit.epsilon:.3f} at delta {audit.delta:g} allows AUC <= {audit.auc_bound:.3f}: {verdict}")
+    return "\n".join(lines)

@@ -42,7 +42,7 @@ def test_mia_audit_reports_auc_beside_the_sites_epsilon(tmp_path, capsys):
     assert report["epsilon"] == 1.1 and report["delta"] == 1e-5  # the ledger entry of the checkpoint's round
     assert report["auc_bound"] > report["auc"]  # an untrained model leaks nothing beyond chance
     printed = capsys.readouterr().out
-    assert "attack AUC" in printed and "site epsilon 1.100" in printed
+    assert "attack AUC" in printed and "site epsilon 1.100 at delta 1e-05 allows AUC <=" in printed
 
 
 def test_mia_needs_its_three_inputs(capsys):

@@ -60,7 +60,10 @@ def weighted_mean(pids: list[int]) -> list[np.ndarray]:
 
 
 # -- sites ------------------------------------------------------------------------------------------
-def build_client_app(state_root: str, guarded_groups: set[int], failing_pids: set[int]) -> ClientApp:
+def build_client_app(state_root: str, guarded_groups: set[int], failing_pids: set[int],
+                     declining_pids: frozenset[int] = frozenset()) -> ClientApp:
+    """`failing_pids` fail while training (after sharing their keys); `declining_pids` refuse at setup."""
+
     def pid_of(context: Context) -> int:
         return int(context.node_config["partition-id"])
 
@@ -71,6 +74,9 @@ def build_client_app(state_root: str, guarded_groups: set[int], failing_pids: se
         from shared.privacy.secagg_guard import secagg_guard
 
         pid = pid_of(context)
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        if pid in declining_pids and configs is not None and configs.get(Key.STAGE) == Stage.SETUP:
+            raise RuntimeError(f"site {pid} declines the round at setup")
         if pid // 3 not in guarded_groups:
             return secaggplus_mod(msg, context, call_next)
         return secagg_guard(msg, context, lambda m, c: secaggplus_mod(m, c, call_next),

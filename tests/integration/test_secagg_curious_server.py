@@ -5,6 +5,7 @@ Flower's stock `secaggplus_mod` rebuilds the victim's update exactly. A dropout 
 
 import numpy as np
 import pytest
+from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.simulation import run_simulation
 
 from server.secure_aggregation import SecAggPlusWithEarlyDropouts
@@ -17,8 +18,9 @@ ATTACKS = [
     ("outside_neighbours", ["outside_neighbours", "active_and_dropped"]),  # probe, then retry
     ("below_threshold", ["below_threshold", "below_threshold_padded"]),
 ]
-GUARDED = {0, 1, 2, 6, 7}
+GUARDED = {0, 1, 2, 6, 7, 8, 9}
 DROPOUT_PID = 20  # group 6: partition 20 fails while training, after sharing its keys
+DECLINING = frozenset({26, 29})  # groups 8 and 9: the third site declines at setup (e.g. no budget)
 
 
 def _curious(name, attempts):
@@ -34,12 +36,13 @@ def results(tmp_path_factory):
     state_root = tmp_path_factory.mktemp("secagg_sites")
     scenarios = [(f"guarded_{name}", g, _curious(f"guarded_{name}", a)) for g, (name, a) in enumerate(ATTACKS)]
     scenarios += [(f"stock_{name}", g + 3, _curious(f"stock_{name}", a)) for g, (name, a) in enumerate(ATTACKS)]
-    scenarios += [("dropout", 6, _honest), ("honest", 7, _honest)]
+    scenarios += [("dropout", 6, _honest), ("honest", 7, _honest), ("early_dropout", 8, _honest),
+                  ("early_dropout_stock_workflow", 9, lambda nodes: SecAggPlusWorkflow(**h.PARAMS.workflow_kwargs()))]
     h.RESULTS.clear()
     run_simulation(
         server_app=h.build_server_app(scenarios),
-        client_app=h.build_client_app(str(state_root), GUARDED, {DROPOUT_PID}),
-        num_supernodes=24,
+        client_app=h.build_client_app(str(state_root), GUARDED, {DROPOUT_PID}, DECLINING),
+        num_supernodes=30,
         backend_config={"client_resources": {"num_cpus": 1},
                         "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}},
     )
@@ -101,3 +104,12 @@ def test_an_honest_round_aggregates_all_three(results):
     res, _ = results
     for got, want in zip(res["honest"]["aggregate"], h.weighted_mean([21, 22, 23])):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_site_declining_at_setup_leaves_the_round_instead_of_failing_it(results):
+    res, _ = results
+    for got, want in zip(res["early_dropout"]["aggregate"], h.weighted_mean([24, 25])):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # Flower 1.41's own workflow keeps the declined node as "dropped", asks the others for shares of it
+    # they never received, and loses the round
+    assert res["early_dropout_stock_workflow"].get("aggregate") is None
