@@ -104,5 +104,6 @@ def membership_table(audit: MembershipAudit) -> str:
         lines.append("  no privacy ledger at this site: no epsilon to compare with")
     elif audit.auc_bound is not None:
         verdict = "EXCEEDS it: the recorded epsilon is wrong" if audit.auc > audit.auc_bound else "within it"
-        lines.append(f"  site epsilon {audit.epsilon:.3f} at delta {audit.delta:g} allows AUC <= {audit.auc_bound:.3f}: {verdict}")
+        lines.append(f"  site epsilon {audit.epsilon:.3f} at delta {audit.delta:g} allows AUC <= {audit.auc_bound:.3f}: "
+                     f"{verdict}")
     return "\n".join(lines)
