@@ -216,7 +216,8 @@ def multimodal_ig(
     omics_base = omics_base.to(omics.device)
     return integrated_gradients(
         multimodal_score(model, output),
-        (omics, text), (omics_base.float(), torch.zeros(1, text.shape[1], device=text.device)), (present,), n_steps, max_steps=max_steps,
+        (omics, text), (omics_base.float(), torch.zeros(1, text.shape[1], device=text.device)), (present,), n_steps,
+        max_steps=max_steps,
     )
 
 
