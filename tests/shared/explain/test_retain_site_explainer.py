@@ -106,7 +106,7 @@ def test_ig_completeness_within_the_reported_delta(report):
         assert len(patient["layer_ig_per_visit"]) == len(patient["alpha"])
         assert abs(sum(patient["layer_ig_per_visit"]) - change) < abs(patient["layer_ig_convergence_delta"]) + 1e-4
         # RETAIN's decomposition is exact: contributions + output bias = logit
-        assert abs(np.sum(patient["contributions"]) + float(model.out.bias[0]) - patient["logit"]) < 1e-4
+        assert abs(np.sum(patient["contributions"]) + float(model.out.bias.detach()[0]) - patient["logit"]) < 1e-4
         assert patient["ablation_effects"].keys() == set(FEATURES)
 
 
