@@ -129,6 +129,8 @@ class MultimodalTask(Task):
         self.primary_metric = "auroc" if self.kind == "binary" else "c_index"
         self.log1p = self._flag("log1p", False)
         self.missing_indicators = self._flag("missing_indicators", True)
+        if "omics_blocks" in cfg.model.params:
+            omics_blocks_of(cfg, self.features)  # a bad block stops the run at config time
         self._site_pos_weight: float | None = None  # from the site's training labels (weighted_bce)
         self._loss_module: nn.Module | None = None
 
