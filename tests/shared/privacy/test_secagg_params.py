@@ -111,3 +111,22 @@ def test_the_center_refuses_an_initial_model_beyond_the_bound_before_training():
     check_initial_weights(cfg, params, {"w": torch.full((2,), 0.5)})
     with pytest.raises(InputError, match="secure_aggregation.weight_bound"):
         check_initial_weights(cfg, params, {"w": torch.tensor([0.5, -1.5])})
+
+
+def test_the_default_event_model_aggregates_like_fedavg_within_1e_5():
+    """The shipped event model and config (weight_bound 16, 3 sites of the synthetic sizes): three
+    site updates around the initial weights go through Flower's quantise / sum / dequantise."""
+    from shared.config import load_config
+    from shared.tasks.registry import build_task
+
+    cfg = load_config("configs/event_mortality.yaml")
+    cfg.secure_aggregation.enabled, cfg.secure_aggregation.max_num_examples = True, max(cfg.data.synth_sizes)
+    params = derive_secagg_parameters(cfg)
+    torch.manual_seed(cfg.seed)
+    initial = [t.numpy().astype(np.float64) for t in build_task(cfg).build_model().state_dict().values()]
+    rng = np.random.default_rng(1)
+    updates = [[w + rng.normal(0, 0.05, size=w.shape) for w in initial] for _ in cfg.data.sites]
+    weights = [int(n * (1 - cfg.data.val_fraction)) for n in cfg.data.synth_sizes]
+    fedavg = [sum(u[i] * n for u, n in zip(updates, weights)) / sum(weights) for i in range(len(initial))]
+    worst = max(float(np.abs(got - want).max()) for got, want in zip(_secure_sum(params, updates, weights), fedavg))
+    assert worst < 1e-5
