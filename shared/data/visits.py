@@ -56,10 +56,12 @@ labels.csv row; their visits are dropped too). Loading for prediction (``require
 does not read labels.csv at all and keeps every patient.
 
 A new patient for ``fedcare predict --patient FILE.json`` (``visits_from_records``) is a JSON
-object ``{"patient_id": "P-1", "visits": [visit, ...]}`` (patient_id optional) or the bare list of
-visits; a visit is an object with ``timestamp`` (ISO-8601 text, required), any of the eight labs
-(a number >= 0, or null / left out when not measured) and optionally ``visit_id``. Other keys are
-rejected (a misspelt lab would otherwise be silently imputed).
+object ``{"patient_id": "P-1", "visits": [visit, ...]}`` (patient_id optional, default
+``new_patient``) or the bare list of visits, in any order; a visit is an object with ``timestamp``
+(ISO-8601 text, required), any of the eight labs (a finite number >= 0, or null / left out when not
+measured) and optionally ``visit_id`` (unique; default ``visit_<position in the list>``). Ids are
+non-empty text or integers. Other keys are rejected (a misspelt lab would otherwise be silently
+imputed), and so are NaN / Infinity, numbers given as text and an empty list of visits.
 
 How the RETAIN task uses it (shared/tasks/retain_aki.py): per patient, the most recent
 ``data.max_events`` visits, chronological, left-aligned and padded at the end; a missing lab value
@@ -256,12 +258,13 @@ def visits_from_records(records: object, source: str | Path = "<patient>") -> pd
         unknown = sorted(set(records) - {"patient_id", "visits"})
         if unknown or "visits" not in records:
             raise InputError(source, "visits", f"expected an object with keys patient_id, visits (got {sorted(records)})")
-        patient_id = str(records.get("patient_id", patient_id)).strip() or patient_id
+        if "patient_id" in records:
+            patient_id = _record_id(records["patient_id"], source, "patient_id")
         records = records["visits"]
     if not isinstance(records, list) or not records:
         raise InputError(source, "visits", "expected a non-empty list of visits")
     allowed = {"visit_id", "timestamp", *FEATURES}
-    rows = []
+    rows, seen_ids = [], set()
     for i, visit in enumerate(records):
         where = f"visits[{i}]"
         if not isinstance(visit, dict):
@@ -269,11 +272,16 @@ def visits_from_records(records: object, source: str | Path = "<patient>") -> pd
         unknown = sorted(set(visit) - allowed)
         if unknown:
             raise InputError(source, f"{where}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        stamp = pd.to_datetime(str(visit.get("timestamp", "")).strip(), format="ISO8601", errors="coerce", utc=True)
-        if "timestamp" not in visit or pd.isna(stamp):
-            raise InputError(source, f"{where}.timestamp", f"{visit.get('timestamp')!r} is not an ISO-8601 datetime")
-        row: dict[str, object] = {"patient_id": patient_id, "visit_id": str(visit.get("visit_id", f"visit_{i}"))}
-        row["timestamp"] = stamp.tz_localize(None)
+        raw_time = visit.get("timestamp")
+        text_time = raw_time.strip() if isinstance(raw_time, str) else None
+        stamp = pd.to_datetime(text_time, format="ISO8601", errors="coerce", utc=True)
+        if pd.isna(stamp):
+            raise InputError(source, f"{where}.timestamp", f"{raw_time!r} is not an ISO-8601 datetime text")
+        visit_id = _record_id(visit["visit_id"], source, f"{where}.visit_id") if "visit_id" in visit else f"visit_{i}"
+        if visit_id in seen_ids:
+            raise InputError(source, f"{where}.visit_id", f"{visit_id!r} is a duplicate visit_id")
+        seen_ids.add(visit_id)
+        row: dict[str, object] = {"patient_id": patient_id, "visit_id": visit_id, "timestamp": stamp.tz_localize(None)}
         for lab in FEATURES:
             value = visit.get(lab)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -284,6 +292,15 @@ def visits_from_records(records: object, source: str | Path = "<patient>") -> pd
     frame = pd.DataFrame(rows, columns=list(VISIT_COLUMNS))
     frame["timestamp"] = frame["timestamp"].astype("datetime64[ns]")
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _record_id(value: object, source: str | Path, where: str) -> str:
+    """An identifier given in JSON: non-empty text or an integer, returned as stripped text."""
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    text = value.strip() if isinstance(value, str) else str(value) if integer else ""
+    if not text:
+        raise InputError(source, where, f"{value!r} is not an identifier (non-empty text or an integer)")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
