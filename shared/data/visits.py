@@ -45,10 +45,11 @@ not numbers). Visits of a patient are ordered by timestamp (file order among equ
 a patient has at least one visit by construction.
 
 Loading rejects, with an ``InputError`` naming the file and column: a missing file or required
-column, a file that is not readable CSV, an empty patient_id or visit_id, a duplicate visit_id, an
-unparseable or missing timestamp, a lab value that is not a finite number >= 0, a label that is not
-0/1 (missing included), a patient listed twice in labels.csv, a site without visits and a site
-whose visits have no labelled patient.
+column, a file that is not readable CSV (a row with more or fewer fields than the header
+included), an empty patient_id or visit_id, a duplicate visit_id, an unparseable or missing
+timestamp, a lab value that is not a finite number >= 0 (``NaN``, ``inf`` and text included), a
+label that is not 0/1 (missing included), a patient listed twice in labels.csv, a site without
+visits and a site whose visits have no labelled patient.
 
 Loading drops and counts (``VisitSiteData.dropped``): ``labels_unknown_patient`` (a labels.csv
 row whose patient has no visit) and ``patients_without_label`` (a patient with visits but no
@@ -72,6 +73,7 @@ and standard deviation and clipped to +-5.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import string
@@ -179,8 +181,27 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise InputError(path, None, "file is empty (no header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, gzip.BadGzipFile, zlib.error, EOFError, OSError) as err:
         raise InputError(path, None, f"not a readable CSV file: {type(err).__name__}: {err}") from None
+    _check_row_lengths(path)
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _check_row_lengths(path: Path) -> None:
+    """Every non-blank row must have as many fields as the header: pandas would silently pad a short
+    row with missing values, and would take the first column of a file whose first row is one field
+    longer as its index, shifting every column."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            n_header = len(next(reader, []))
+            rows = (row for row in reader if row)
+            for i, row in enumerate(rows, start=1):
+                if len(row) != n_header:
+                    raise InputError(path, None, f"data row {i} (line {reader.line_num}) has {len(row)} fields, "
+                                                 f"the header has {n_header}")
+    except csv.Error as err:
+        raise InputError(path, None, f"not a readable CSV file: {err}") from None
 
 
 def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
