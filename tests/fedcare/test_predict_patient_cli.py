@@ -3,6 +3,7 @@ alpha and variable attention beta from a run's checkpoint, as tables or --json; 
 one line naming the file and the field."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,14 @@ PATIENT = {
     ],
 }  # fmt: skip
 THRESHOLD = 0.2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: on a busy 2-core machine threads only contend
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
