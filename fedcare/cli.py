@@ -100,9 +100,22 @@ def cmd_audit_membership(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fedcare.predict import predict_to_csv
+    from fedcare.predict import patient_tables, predict_patient_json, predict_to_csv
 
-    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), Path(args.encoder) if args.encoder else None)
+    encoder = Path(args.encoder) if args.encoder else None
+    if args.patient:
+        result = predict_patient_json(Path(args.checkpoint), Path(args.patient), encoder)
+        if args.json:
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            return 0
+        headline, attention, per_visit = patient_tables(result)
+        console.print(f"[bold]{headline}[/bold]")
+        console.print(attention)
+        console.print(per_visit)
+        return 0
+    if args.json:
+        raise InputError("<command line>", "--json", "only with --patient (--data writes a CSV to --out)")
+    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder)
     console.print(f"wrote {n} predictions to {args.out}")
     return 0
 
@@ -370,9 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="per-patient probabilities for new data from a checkpoint")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True, help="a site folder in the task's documented format")
+    new_data = s.add_mutually_exclusive_group(required=True)
+    new_data.add_argument("--data", help="a site folder in the task's documented format (predictions go to --out)")
+    new_data.add_argument("--patient", help="retain_aki: one new patient's visits as JSON; prints probability, alpha, beta")
     s.add_argument("--encoder", help="the site's fitted encoder (default: the first site's next to the checkpoint)")
-    s.add_argument("--out", default="predictions.csv")
+    s.add_argument("--out", default="predictions.csv", help="with --data: the CSV written (default predictions.csv)")
+    s.add_argument("--json", action="store_true", help="with --patient: print the result as JSON instead of tables")
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("explain", help="explain a checkpoint on a site's data; the report stays at the site")
