@@ -2,6 +2,8 @@
 
 The noise multiplier is planned once per run from the whole run's steps (DESIGN: the budget is met,
 not blown, at the last round), on top of the site's lifetime history (`prior`) from its ledger.
+Epsilon here is the larger of the Opacus and the independent (dp-accounting) value: whichever
+accountant an auditor uses, the site stays within its target.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
-from shared.privacy.accountant import Mechanism, epsilon_opacus
+from shared.privacy.accountant import Mechanism, epsilon_both
 
 # The search stops once epsilon is within this fraction below the target (the guarantee is 0.9 x target).
 _PLAN_RELATIVE_TOLERANCE = 0.005
@@ -25,7 +27,7 @@ def _epsilon_quietly(mechanisms: list[Mechanism], delta: float, accountant: str)
     # At large noise Opacus warns that the best RDP order is its largest one; the bound is still valid.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        epsilon = epsilon_opacus(mechanisms, delta, accountant)
+        epsilon = epsilon_both(mechanisms, delta, accountant)
     return math.inf if math.isnan(epsilon) else epsilon
 
 
@@ -83,5 +85,5 @@ def fits_budget(
     accountant: str = "rdp",
 ) -> tuple[bool, float]:
     """(whether composing `next_round` after `prior` keeps epsilon <= limit, the epsilon it would reach)."""
-    epsilon = epsilon_opacus(list(prior) + [next_round], delta, accountant)
+    epsilon = _epsilon_quietly(list(prior) + [next_round], delta, accountant)
     return epsilon <= limit_epsilon + 1e-9, epsilon
