@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ class DataConfig:
     text_model: str | None = None  # local HF model dir; None = hashed bag-of-words embedding
     text_dim: int = 64  # dimension of the hashed embedding (ignored with text_model)
     synth_sizes: list[int] | None = None  # stays per synthetic site; None = task default
+    # sleep tasks (PSG sites, format in shared/data/psg.py)
+    max_epochs: int = 20  # 30-s epochs kept per recording (20 = 10 min; a whole night is ~960)
+    lead_wake_epochs: int = 20  # wake epochs kept before the first sleep epoch
+    channel_slots: list[str] = field(default_factory=lambda: ["BAS1", "BAS2", "BAS3", "RESP", "EKG", "EMG"])
+    channel_map: dict[str, str] = field(default_factory=dict)  # EDF channel label -> slot, on top of the defaults
+    outcomes: list[str] = field(default_factory=lambda: ["cvd", "death"])  # diagnosis: time_<o>/event_<o> columns
+    synth_minutes: float | None = None  # length of a synthetic recording; None = task default
 
 
 @dataclass
@@ -185,6 +193,20 @@ def _check(cfg: RunConfig) -> None:
     need(0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
     need(cfg.data.max_events >= 1, "data.max_events", "must be >= 1")
     need(cfg.data.text_dim >= 4, "data.text_dim", "must be >= 4")
+    need(cfg.data.max_epochs >= 1, "data.max_epochs", "must be >= 1")
+    need(cfg.data.lead_wake_epochs >= 0, "data.lead_wake_epochs", "must be >= 0")
+    slots = cfg.data.channel_slots
+    need(len(slots) >= 1 and len(set(slots)) == len(slots), "data.channel_slots", "needs at least one slot, no repeats")
+    for slot in slots:
+        need(bool(re.fullmatch(r"(BAS|RESP|EKG|EMG)\d*", slot)), "data.channel_slots", f"{slot!r} is not BAS/RESP/EKG/EMG + optional number")
+    for label, slot in cfg.data.channel_map.items():
+        need(slot in slots, f"data.channel_map.{label}", f"slot {slot!r} is not one of data.channel_slots")
+    outcomes = cfg.data.outcomes
+    need(len(outcomes) >= 1 and len(set(outcomes)) == len(outcomes), "data.outcomes", "needs at least one outcome, no repeats")
+    for outcome in outcomes:
+        need(bool(re.fullmatch(r"[A-Za-z0-9_]+", outcome)), "data.outcomes", f"{outcome!r} must be letters, digits, _")
+    sm = cfg.data.synth_minutes
+    need(sm is None or sm > 0, "data.synth_minutes", "must be > 0")
     need(cfg.train.rounds >= 1, "train.rounds", "must be >= 1")
     need(cfg.train.local_epochs >= 1, "train.local_epochs", "must be >= 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")

@@ -9,6 +9,8 @@ from shared.tasks.base import Task
 
 _TASK_CLASSES = {
     "event_mortality": "shared.tasks.event_mortality:EventMortalityTask",
+    "sleep_staging": "shared.tasks.sleep:SleepStagingTask",
+    "sleep_diagnosis": "shared.tasks.sleep:SleepDiagnosisTask",
 }
 
 
