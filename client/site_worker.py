@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
+from shared.config import RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
-from torch.utils.data import DataLoader
-
-from shared.config import RunConfig
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
@@ -180,7 +180,7 @@ class SiteWorker:
             extra={
                 "expected_batch_size": t.batch_size, "max_physical_batch_size": t.max_physical_batch_size or 0,
                 "num_examples": result.num_examples, "precision": self.precision,
-                "planned_epsilon": plan.composed_target,
+                "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode,
             },
         )
         state = {k: v.cpu() for k, v in model.state_dict().items()}

@@ -24,7 +24,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_m
 ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # see shared/training/dp_trainer.py
 
 
 @dataclass
@@ -72,7 +72,7 @@ class PrivacyConfig:
     delta: float = 1.0e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"  # book-keeping DP (exact, one backward) where the model allows, else hooks
     max_noise_multiplier: float = 20.0  # a plan needing more noise than this counts as no budget
     site_targets: dict[str, float] = field(default_factory=dict)  # per-site override of target_epsilon
 

@@ -13,8 +13,8 @@ column                 required  content
 =====================  ========  =====================================================================
 stay_id                yes       integer, unique in the file
 intime, outtime        yes       ISO-8601 datetimes (``2150-03-01 14:05:00`` or ``2150-03-01T14:05``),
-                                 no missing values, outtime >= intime; a UTC offset is converted to
-                                 UTC and dropped
+                                 no missing values, outtime >= intime; with UTC offsets (in every
+                                 row of the column, or none) times are converted to UTC
 age                    yes       number of years, 0-120, no missing values
 gender                 yes       ``M`` / ``F``
 admission_type         yes       MIMIC-IV admissions.admission_type (e.g. ``EW EMER.``)
@@ -63,6 +63,7 @@ from __future__ import annotations
 import gzip
 import os
 import string
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ STAY_COLUMNS = ("subject_id", "intime", "outtime", "los_hours", "age", *STAY_CAT
 EVENT_COLUMNS = ("stay_id", "charttime", "event_type", "event_text", "value")
 DROP_REASONS = ("events_unknown_stay", "events_empty_text", "events_outside_stay")
 _DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_UTC_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:\.\d*)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"  # after a time, not a date
 
 
 @dataclass
@@ -126,19 +128,23 @@ class EventSiteData:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_event_site(site_dir: Path, site: str | None = None) -> EventSiteData:
+def load_event_site(site_dir: Path, site: str | None = None, require_label: bool = True) -> EventSiteData:
     """Load and validate one site folder (format in this module's docstring).
 
     `site` names the result (default: the folder name). Raises InputError on every rejected
-    input listed in the module docstring; drops and counts the rows listed there.
+    input listed in the module docstring; drops and counts the rows listed there. With
+    `require_label=False` (new stays to predict) the label column may be absent; its value is -1.
     """
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
         raise InputError(site_dir, None, "site folder does not exist")
     stays_path = find_site_table(site_dir, STAYS_FILE)
     events_path = find_site_table(site_dir, EVENTS_FILE)
-    stays = _parse_stays(_read_csv(stays_path), stays_path)
-    events, dropped = _parse_events(_read_csv(events_path), events_path, stays)
+    stays_table = read_csv_as_text(stays_path)
+    if not require_label and LABEL not in stays_table.columns:
+        stays_table[LABEL] = "-1"
+    stays = _parse_stays(stays_table, stays_path, allowed_labels=(0.0, 1.0) if require_label else (0.0, 1.0, -1.0))
+    events, dropped = _parse_events(read_csv_as_text(events_path), events_path, stays)
     return EventSiteData(site=site or site_dir.name, stays=stays, events=events, dropped=dropped)
 
 
@@ -154,13 +160,20 @@ def find_site_table(site_dir: Path, name: str) -> Path:
     return plain
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv_as_text(path: Path) -> pd.DataFrame:
+    """Every column as str, only empty fields missing; unreadable files raise InputError(path)."""
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], compression="infer")
+        with warnings.catch_warnings():
+            # a row with more fields than the header: pandas warns (index_col=False) and drops data
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_values=[""], index_col=False, compression="infer"
+            )
     except pd.errors.EmptyDataError:
         raise InputError(path, None, "file is empty (no header row)") from None
     except (
         pd.errors.ParserError,
+        pd.errors.ParserWarning,
         UnicodeDecodeError,
         gzip.BadGzipFile,
         zlib.error,
@@ -187,7 +200,13 @@ def _first_bad(path: Path, col: str, raw: pd.Series, bad: pd.Series, problem: st
 
 def _parse_datetime(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     raw = df[col].str.strip()
-    parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
+    has_offset = raw.str.contains(_UTC_OFFSET, na=False)
+    if has_offset.any() and not has_offset[raw.notna()].all():
+        raise _first_bad(path, col, df[col], ~has_offset, "has no UTC offset while other rows have one")
+    # with offsets: converted to UTC; pandas would shift offset-free values too if they were mixed in
+    parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=bool(has_offset.any()))
+    if has_offset.any():
+        parsed = parsed.dt.tz_localize(None)
     bad = parsed.isna()
     if bad.any():
         raise _first_bad(path, col, df[col], bad, "is not an ISO-8601 datetime")
@@ -212,7 +231,7 @@ def _parse_int(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     return num.astype(np.int64)
 
 
-def _parse_stays(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _parse_stays(df: pd.DataFrame, path: Path, allowed_labels: tuple[float, ...] = (0.0, 1.0)) -> pd.DataFrame:
     _require_columns(df, path, STAY_REQUIRED_COLUMNS)
     if df.empty:
         raise InputError(path, None, "no stays: the site has no rows in its stays file")
@@ -230,7 +249,7 @@ def _parse_stays(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     if out_of_range.any():
         raise _first_bad(path, "age", df["age"], out_of_range, "is outside 0-120 years")
     label = _parse_number(df, LABEL, path, allow_missing=False)
-    not_binary = ~label.isin([0.0, 1.0])
+    not_binary = ~label.isin(list(allowed_labels))
     if not_binary.any():
         raise _first_bad(path, LABEL, df[LABEL], not_binary, "is not a 0/1 label")
     subject_id = _parse_int(df, "subject_id", path) if "subject_id" in df.columns else stay_id
@@ -388,7 +407,7 @@ _DRUG_ALIASES: tuple[dict[str, str], ...] = (
     {"Furosemide": "Lasix", "Piperacillin-Tazobactam": "Zosyn", "Pantoprazole": "Protonix",
      "Lorazepam": "LORazepam", "Norepinephrine": "NORepinephrine"},
     {"Acetaminophen": "Acetaminophen IV", "Heparin": "Heparin Sodium", "Metoprolol Tartrate": "Lopressor",
-     "Fentanyl Citrate": "Fentanyl", "Vancomycin": "Vancomycin Oral Liquid"},
+     "Fentanyl Citrate": "Fentanyl", "Vancomycin": "Vancomycin HCl"},
 )  # fmt: skip
 
 # Neutral procedures (MIMIC-IV d_items labels of procedureevents).

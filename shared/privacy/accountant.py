@@ -62,7 +62,11 @@ def epsilon_independent(mechanisms: list[Mechanism], delta: float, accountant: s
     if not history:
         return 0.0
     import dp_accounting
+    from absl import logging as absl_logging
 
+    # dp-accounting warns (via absl) for every fractional RDP order < 2 it cannot evaluate at
+    # large sampling rates and then skips that order; the warning floods the console.
+    absl_logging.set_verbosity(absl_logging.ERROR)
     event = dp_accounting.ComposedDpEvent(
         [
             dp_accounting.SelfComposedDpEvent(

@@ -24,7 +24,7 @@ def test_dp_training_changes_weights_and_counts_logical_steps():
     before = [p.detach().clone() for p in model.parameters()]
     res = train_model(model, ds, loss, TrainSettings(epochs=2, expected_batch_size=30, noise_multiplier=1.0, seed=1))
     assert res.steps == 2 * steps_per_epoch(120, 30) == 8
-    assert res.sample_rate == pytest.approx(0.25)
+    assert res.sample_rate == pytest.approx(0.25)  # 1 / ceil(120 / 30)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert not any(k.startswith("_module") for k in model.state_dict())
 
