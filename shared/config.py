@@ -38,7 +38,7 @@ class DataConfig:
     text_dim: int = 64  # dimension of the hashed embedding (ignored with text_model)
     synth_sizes: list[int] | None = None  # stays per synthetic site; None = task default
     # sleep tasks (PSG sites, format in shared/data/psg.py)
-    max_epochs: int = 20  # 30-s epochs kept per recording (20 = 10 min; a whole night is ~960)
+    max_epochs: int = 10  # 30-s epochs kept per recording (10 = 5 min; a whole night is ~960)
     lead_wake_epochs: int = 20  # wake epochs kept before the first sleep epoch
     channel_slots: list[str] = field(default_factory=lambda: ["BAS1", "BAS2", "BAS3", "RESP", "EKG", "EMG"])
     channel_map: dict[str, str] = field(default_factory=dict)  # EDF channel label -> slot, on top of the defaults
@@ -198,7 +198,8 @@ def _check(cfg: RunConfig) -> None:
     slots = cfg.data.channel_slots
     need(len(slots) >= 1 and len(set(slots)) == len(slots), "data.channel_slots", "needs at least one slot, no repeats")
     for slot in slots:
-        need(bool(re.fullmatch(r"(BAS|RESP|EKG|EMG)\d*", slot)), "data.channel_slots", f"{slot!r} is not BAS/RESP/EKG/EMG + optional number")
+        ok = bool(re.fullmatch(r"(BAS|RESP|EKG|EMG)\d*", slot))
+        need(ok, "data.channel_slots", f"{slot!r} is not BAS/RESP/EKG/EMG + optional number")
     for label, slot in cfg.data.channel_map.items():
         need(slot in slots, f"data.channel_map.{label}", f"slot {slot!r} is not one of data.channel_slots")
     outcomes = cfg.data.outcomes

@@ -113,7 +113,7 @@ STAGE_NAMES = ("W", "N1", "N2", "N3", "R")
 UNSCORED = -100  # label of an unscored or padded epoch (the losses' ignore_index)
 MODALITIES = ("BAS", "RESP", "EKG", "EMG")
 DEFAULT_CHANNEL_SLOTS = ("BAS1", "BAS2", "BAS3", "RESP", "EKG", "EMG")
-DEFAULT_MAX_EPOCHS = 20
+DEFAULT_MAX_EPOCHS = 10
 DEFAULT_LEAD_WAKE_EPOCHS = 20
 RECORDINGS_FILE = "recordings.csv"
 CLIP_SD = 20.0
@@ -264,7 +264,8 @@ def _hypnogram_from_rows(rows: list[tuple[float, float, str, int]], path: Path, 
         # a missing duration (EDF+ -1 or 0) means one epoch
         count = duration / EPOCH_SECONDS if duration > 0 else 1.0
         if abs(first - round(first)) * EPOCH_SECONDS > GRID_TOLERANCE_S:
-            raise InputError(path, "annotation", f"stage {label!r} at {onset:g} s is not on the 30-s epoch grid starting at {t0:g} s")
+            problem = f"stage {label!r} at {onset:g} s is not on the 30-s epoch grid starting at {t0:g} s"
+            raise InputError(path, "annotation", problem)
         if abs(count - round(count)) * EPOCH_SECONDS > GRID_TOLERANCE_S or round(count) < 1:
             raise InputError(path, "annotation", f"stage {label!r} at {onset:g} s lasts {duration:g} s, not a multiple of 30 s")
         spans.append((round(first), round(count), label, code))
@@ -408,9 +409,9 @@ def load_psg_record(
             i, fs = chosen[slot], rates[chosen[slot]]
             first = int(round(window_s * fs))
             count = min(int(math.ceil(kept * EPOCH_SECONDS * fs)), lengths[i] - first)
-            x = _resample(reader.readSignal(i, start=first, n=count).astype(np.float64), fs, kept * EPOCH_SAMPLES)
-            x = _standardise(x)
-            if x is None:
+            raw = reader.readSignal(i, start=first, n=count).astype(np.float64)
+            x = None if np.ptp(raw) == 0 else _standardise(_resample(raw, fs, kept * EPOCH_SAMPLES))
+            if x is None:  # a flat (disconnected) channel
                 info["flat_channels"].append(labels[i])
                 continue
             signals[c, : kept * PATCHES_PER_EPOCH] = x.reshape(kept * PATCHES_PER_EPOCH, PATCH_SAMPLES)
@@ -536,7 +537,8 @@ def load_psg_site(
         times[:, k] = _numbers(df, f"time_{outcome}", path)
         events[:, k] = _numbers(df, f"event_{outcome}", path)
         if (times[:, k] < 0).any():
-            raise InputError(path, f"time_{outcome}", f"data row {int(np.flatnonzero(times[:, k] < 0)[0]) + 1}: must be >= 0 days")
+            row = int(np.flatnonzero(times[:, k] < 0)[0])
+            raise InputError(path, f"time_{outcome}", f"data row {row + 1}: must be >= 0 days")
         if (~np.isin(events[:, k], (0, 1))).any():
             row = int(np.flatnonzero(~np.isin(events[:, k], (0, 1)))[0])
             raise InputError(path, f"event_{outcome}", f"data row {row + 1}: must be 0 or 1")
@@ -592,8 +594,8 @@ def _site_counts(records: list[PSGRecord], channel_slots: tuple[str, ...] | list
 # Synthetic sites
 # ---------------------------------------------------------------------------------------------
 
-DEFAULT_SYNTH_SIZES = (120, 90, 60)
-DEFAULT_SYNTH_MINUTES = 10.0
+DEFAULT_SYNTH_SIZES = (200, 150, 100)
+DEFAULT_SYNTH_MINUTES = 5.0
 SYNTH_OUTCOMES = ("cvd", "death")
 # 30-s stage transitions (rows: from W, N1, N2, N3, R): N2 most common, N1 rare and short
 _TRANSITIONS = np.array(
@@ -715,9 +717,10 @@ def stage_sequence(rng: np.random.Generator, n_epochs: int, age: float, fragment
 
 def _envelope(per_stage: tuple[float, ...], stages: np.ndarray, fs: int) -> np.ndarray:
     """Per-sample amplitude: the stage's value, smoothed over 2 s at the epoch boundaries."""
-    x = np.repeat(np.asarray(per_stage)[stages], EPOCH_SECONDS * fs)
+    x = np.repeat(np.asarray(per_stage, dtype=float)[stages], EPOCH_SECONDS * fs)
     width = 2 * fs
-    return np.convolve(np.pad(x, width // 2, mode="edge"), np.ones(width) / width, mode="same")[width // 2 : width // 2 + len(x)]
+    sums = np.concatenate([[0.0], np.cumsum(np.pad(x, (width // 2, width - width // 2), mode="edge"))])
+    return (sums[width:] - sums[:-width])[: len(x)] / width  # moving average over `width` samples
 
 
 def _band_noise(rng: np.random.Generator, n: int, fs: int, low: float, high: float) -> np.ndarray:
@@ -829,8 +832,13 @@ def _stage_label(stage: int, scheme: str, rng: np.random.Generator) -> str:
     return f"Sleep stage {names[stage]}"
 
 
-def _write_edf(path: Path, start: datetime, labels: list[str], signals: list[np.ndarray], rates: list[int], dims: list[str]) -> None:
+def write_edf(
+    path: Path, start: datetime, labels: list[str], signals: list[np.ndarray], rates: list[int], dims: list[str] | None = None
+) -> None:
+    """An EDF+ file of `signals` (physical units, `dims`, default uV) at integer `rates` Hz."""
     import pyedflib
+
+    dims = dims or ["uV"] * len(signals)
 
     headers = []
     for label, x, fs, dim in zip(labels, signals, rates, dims):
@@ -848,7 +856,8 @@ def _write_edf(path: Path, start: datetime, labels: list[str], signals: list[np.
         writer.close()
 
 
-def _write_hypnogram(path: Path, start: datetime, annotations: list[tuple[float, float, str]]) -> None:
+def write_hypnogram(path: Path, start: datetime, annotations: list[tuple[float, float, str]]) -> None:
+    """An EDF+ annotation-only file of (onset s, duration s, label) annotations."""
     import pyedflib
 
     writer = pyedflib.EdfWriter(str(path), 0, file_type=pyedflib.FILETYPE_EDFPLUS)
@@ -860,7 +869,9 @@ def _write_hypnogram(path: Path, start: datetime, annotations: list[tuple[float,
         writer.close()
 
 
-def _synthesize_record(site_dir: Path, record_id: str, site: _SynthSite, n_epochs: int, rng: np.random.Generator, index: int) -> dict:
+def _synthesize_record(
+    site_dir: Path, record_id: str, site: _SynthSite, n_epochs: int, rng: np.random.Generator, index: int
+) -> dict:
     age = float(np.clip(rng.normal(site.age_mean, 12.0), 20, 90))
     male = bool(rng.random() < 0.5)
     fragmentation = float(rng.standard_normal())
@@ -869,7 +880,7 @@ def _synthesize_record(site_dir: Path, record_id: str, site: _SynthSite, n_epoch
 
     signals, rates, dims = [], [], []
     eeg_delta = None
-    for label, kind, fs in site.channels:
+    for _, kind, fs in site.channels:
         if kind.startswith("eeg"):
             x, delta = _eeg(rng, stages, fs, occipital=kind == "eeg_occipital")
             eeg_delta = delta if eeg_delta is None else eeg_delta
@@ -881,14 +892,15 @@ def _synthesize_record(site_dir: Path, record_id: str, site: _SynthSite, n_epoch
             x = _ecg(rng, stages, fs, offset=float(rng.normal(0, 5)))
         else:
             x = _resp(rng, stages, fs, offset=float(rng.normal(0, 1.5)))
-        x = x * float(rng.lognormal(0.0, 0.2)) + site.noise * (10.0 if kind in ("ecg", "resp") else 1.0) * rng.standard_normal(len(x))
+        noise = site.noise * (10.0 if kind in ("ecg", "resp") else 1.0)
+        x = x * float(rng.lognormal(0.0, 0.2)) + noise * rng.standard_normal(len(x))
         signals.append(x)
         rates.append(fs)
         dims.append("uV")
 
     start = datetime(2020, 1, 1, 22, 0, 0) + timedelta(days=index)
     psg_name, hyp_name = f"edf/{record_id}-PSG.edf", f"edf/{record_id}-Hypnogram.edf"
-    _write_edf(site_dir / psg_name, start, [c[0] for c in site.channels], signals, rates, dims)
+    write_edf(site_dir / psg_name, start, [c[0] for c in site.channels], signals, rates, dims)
 
     scored = stages[lead:]
     labels = [
@@ -903,12 +915,13 @@ def _synthesize_record(site_dir: Path, record_id: str, site: _SynthSite, n_epoch
             annotations.append((float(e * EPOCH_SECONDS), float(EPOCH_SECONDS), label))
     if site.merge_runs:  # Sleep-EDF hypnograms end with an unscored stretch past the signal
         annotations.append((float(len(labels) * EPOCH_SECONDS), 600.0, "Sleep stage ?"))
-    _write_hypnogram(site_dir / hyp_name, start + timedelta(seconds=site.hypnogram_delay_s), annotations)
+    write_hypnogram(site_dir / hyp_name, start + timedelta(seconds=site.hypnogram_delay_s), annotations)
 
     wake = float(np.mean(scored == 0))
     deep = float(np.mean(scored == 3))
     z_wake, z_deep = (wake - 0.2) / 0.25, (deep - 0.15) / 0.2
-    row = {"record_id": record_id, "psg_file": psg_name, "hypnogram_file": hyp_name, "age": round(age, 1), "sex": "M" if male else "F"}
+    row = {"record_id": record_id, "psg_file": psg_name, "hypnogram_file": hyp_name}
+    row |= {"age": round(age, 1), "sex": "M" if male else "F"}
     hazards = {
         "cvd": 0.03 * math.exp(0.06 * (age - 55) + 0.5 * male + 0.45 * z_wake - 0.35 * z_deep),
         "death": 0.025 * math.exp(0.08 * (age - 55) + 0.3 * male + 0.2 * z_wake - 0.45 * z_deep),

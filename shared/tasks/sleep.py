@@ -132,7 +132,8 @@ class _SleepTask(Task):
     def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg)
         if cfg.train.loss not in self.allowed_losses:
-            raise InputError(cfg.source, "train.loss", f"{cfg.train.loss!r} does not fit {self.name}; use one of {', '.join(self.allowed_losses)}")
+            allowed = ", ".join(self.allowed_losses)
+            raise InputError(cfg.source, "train.loss", f"{cfg.train.loss!r} does not fit {self.name}; use one of {allowed}")
         self.report_dir: Path | None = None  # set by prepare_site: where site-only reports go
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
@@ -369,6 +370,9 @@ class SleepDiagnosisTask(_SleepTask):
                 per_outcome[outcome] = None
         self._write_report(
             "sleep_diagnosis",
-            {**report, "recordings": int(times.shape[0]), "events": events.sum(0).astype(int).tolist(), "c_index_per_outcome": per_outcome},
+            {
+                **report, "recordings": int(times.shape[0]), "events": events.sum(0).astype(int).tolist(),
+                "c_index_per_outcome": per_outcome,
+            },
         )
         return report
