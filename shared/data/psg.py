@@ -74,9 +74,11 @@ clipped to +-20) and cut into 30-s epochs of 6 patches of 640 samples (5 s). A s
 channel, or whose channel is flat, is zeros with ``channel_valid`` False.
 
 Nights. The kept window starts ``data.lead_wake_epochs`` epochs (default 20 = 10 min) before the
-first sleep epoch (or at the first epoch) and holds at most ``data.max_epochs`` epochs (default 20
-= 10 min, sized for CPU runs; a full night is ~960): longer nights are cut (counted), shorter
-ones padded with ``epoch_valid`` False. One recording is one sample (the DP privacy unit).
+first sleep epoch (or at the first epoch) and holds at most ``data.max_epochs`` epochs (default 10
+= 5 min, sized for CPU runs; a full night is ~960, and memory grows with it: C x 3840 float32
+values per epoch): longer nights are cut (counted), shorter ones padded with ``epoch_valid``
+False. One recording is one sample, the DP privacy unit (a night is never split into several
+samples, which would weaken the per-recording guarantee).
 
 Loading rejects, with an ``InputError`` naming the file and field: a missing recordings.csv,
 column or file; a duplicate or empty record_id; an age outside 0-120; a sex other than M/F; a
