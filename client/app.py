@@ -2,7 +2,9 @@
 
 The run's resolved config travels in the run config (key `fedcare-config`); the site's own
 settings come from its node config (simulation: the partition id picks the site) and win.
-Every reply passes the outgoing-message guard, so only whitelisted content leaves the site.
+Every reply passes the outgoing-message guard, so only whitelisted content leaves the site; every
+message in and reply out is written to the site's security log; a run the site policy does not approve,
+or that weakens its privacy floor, gets a refusal ({"refused": 1} and the reason) instead of weights.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from shared.privacy.whitelist import outgoing_guard_mod
 
+from client.security_log_mod import make_security_log_mod
 from client.site_settings import site_settings_from_context
 from client.site_worker import RoundOutcome, SiteWorker
 from shared.config import config_from_json
+from shared.privacy.whitelist import outgoing_guard_mod
 
 _WORKERS: dict[tuple[str, str], SiteWorker] = {}  # one per (run, site) in this process: data loads once
 
@@ -45,12 +48,16 @@ def _reply(msg: Message, worker: SiteWorker, outcome: RoundOutcome) -> Message:
 
 def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientApp:
     """`bound_run_config` is set by `fedcare simulate` (the simulation API has no run config)."""
-    app = ClientApp(mods=[outgoing_guard_mod])
+    security_log_mod = make_security_log_mod(lambda context: _worker(context, bound_run_config).security_log)
+    app = ClientApp(mods=[security_log_mod, outgoing_guard_mod])  # the log sees the reply the guard let out
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         worker = _worker(context, bound_run_config)
         config = msg.content["config"]
+        refusal = worker.policy_refusal()
+        if refusal is not None:
+            return _reply(msg, worker, worker.refuse("train", int(config["server-round"]), refusal))
         global_state = msg.content["arrays"].to_torch_state_dict()
         outcome = worker.train_round(
             int(config["server-round"]), global_state, proximal_mu=float(config.get("proximal-mu", 0.0))
@@ -60,7 +67,12 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         worker = _worker(context, bound_run_config)
-        metrics = worker.evaluate(msg.content["arrays"].to_torch_state_dict())
+        server_round = msg.content["config"].get("server-round") if "config" in msg.content else None
+        refusal = worker.policy_refusal()
+        if refusal is not None:
+            return _reply(msg, worker, worker.refuse("evaluate", server_round, refusal))
+        global_state = msg.content["arrays"].to_torch_state_dict()
+        metrics = worker.evaluate(global_state, None if server_round is None else int(server_round))
         return _reply(msg, worker, RoundOutcome("evaluated", metrics=metrics))
 
     return app

@@ -22,4 +22,8 @@ def site_settings_from_context(context: Context, rc: dict[str, Any]) -> SiteSett
     site = cfg.data.sites[int(node["partition-id"])]
     run_dir = Path(str(rc["run-dir"]))
     state_root = Path(cfg.federation.site_state_root) if cfg.federation.site_state_root else run_dir / "sites"
-    return SiteSettings(site=site, data_dir=Path(cfg.data.root) / site, state_dir=state_root / site)
+    policy = cfg.federation.site_policies.get(site)
+    return SiteSettings(
+        site=site, data_dir=Path(cfg.data.root) / site, state_dir=state_root / site,
+        policy=Path(policy) if policy else None,
+    )

@@ -7,8 +7,12 @@ towards the server; data, encoders, embeddings and the ledger stay in `state_dir
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import traceback
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,15 +23,20 @@ from torch.utils.data import DataLoader
 
 from shared.config import RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
+from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
+from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
+from shared.privacy.site_policy import SitePolicy, config_violations, load_site_policy, noise_violation, run_hash
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
 from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per_epoch, train_model
 
 LEDGER_FILE = "privacy_ledger.jsonl"
+EXPLANATIONS_DIR = "explanations"
+UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
 
 
 @dataclass
@@ -41,7 +50,9 @@ class SiteSettings:
     signing_key: Path | None = None  # None = a key kept in state_dir/keys (created on first use)
     device: str | None = None  # the hospital's setting wins over the run config's
     precision: str | None = None
+    policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
     source: str = "<site settings>"
+    delta: float | None = None  # the largest delta the site accepts; a run asking more is refused
 
 
 @dataclass
@@ -60,6 +71,16 @@ class NoisePlan:
     composed_target: float  # epsilon the lifetime history may reach at the end of this run
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class SiteWorker:
     def __init__(self, cfg: RunConfig, settings: SiteSettings, run_id: str) -> None:
         self.cfg, self.settings, self.run_id = cfg, settings, run_id
@@ -69,9 +90,13 @@ class SiteWorker:
         )
         self.precision = settings.precision or cfg.precision
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, self._signing_key())
+        key = self._signing_key()
+        self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, key)
+        self.security_log = SecurityLog(settings.state_dir / SECURITY_LOG_FILE, settings.site, key)
+        self.run_hash = run_hash(cfg)
         self._data: SiteData | None = None
         self._plan: NoisePlan | None = None
+        self._approval_logged = False
 
     # -- set-up ---------------------------------------------------------------------------
     def _signing_key(self) -> Any:
@@ -90,10 +115,53 @@ class SiteWorker:
         return self._data
 
     @property
+    def policy(self) -> SitePolicy | None:
+        """The site policy in force, re-read for every message (an operator may revoke an approval)."""
+        return load_site_policy(self.settings.policy) if self.settings.policy is not None else None
+
+    @property
     def lifetime_epsilon(self) -> float:
-        if self.settings.lifetime_epsilon is not None:
-            return self.settings.lifetime_epsilon
-        return self.cfg.site_target_epsilon(self.settings.site)
+        base = self.settings.lifetime_epsilon
+        if base is None:
+            base = self.cfg.site_target_epsilon(self.settings.site)
+        policy = self.policy
+        return base if policy is None else min(base, policy.privacy.max_lifetime_epsilon)
+
+    # -- the site policy ------------------------------------------------------------------
+    def policy_refusal(self) -> str | None:
+        """Why the site policy refuses this run (None: approved, or no policy configured).
+
+        Refused: a run hash not under approved_runs, a config that weakens the privacy floor or breaks
+        a limit, or a planned noise multiplier below the floor. The first approval is logged."""
+        policy = self.policy
+        if policy is None:
+            return None
+        problems = config_violations(policy, self.cfg, self.settings.site)
+        if self.run_hash not in policy.approved_hashes():
+            problems.insert(0, f"run {self.run_hash[:16]} not approved")
+        if not problems:
+            try:
+                violation = noise_violation(policy, self.plan().noise_multiplier)
+            except BudgetTooSmall:
+                violation = None  # the budget check refuses it as budget_exhausted
+            problems += [violation] if violation else []
+        if problems:
+            return ("site policy refuses: " + "; ".join(problems))[:200]
+        if not self._approval_logged:
+            # once per run and site on disk: simulation may serve one site from several worker processes
+            logged = any(e.get("kind") == "policy_approved" and e.get("run_id") == self.run_id
+                         and e.get("run_hash") == self.run_hash for e in self.security_log.events())
+            if not logged:
+                self.security_log.append({"kind": "policy_approved", "run_id": self.run_id, "run_hash": self.run_hash,
+                                          "policy": str(self.settings.policy)})
+            self._approval_logged = True
+        return None
+
+    def refuse(self, phase: str, server_round: int | None, reason: str) -> RoundOutcome:
+        """Log the refusal and return the reply's outcome: {"refused": 1}, no arrays."""
+        self.security_log.append({"kind": "refused", "run_id": self.run_id, "run_hash": self.run_hash, "phase": phase,
+                                  "round": server_round, "reason": reason})
+        return RoundOutcome("refused", reason, metrics={"refused": 1})
 
     def _prior(self) -> list[Mechanism]:
         """Mechanisms of earlier runs on this ledger (the lifetime history)."""
@@ -148,8 +216,49 @@ class SiteWorker:
             metrics={"budget_exhausted": 1, "epsilon": self.ledger.spent_epsilon(), "delta": p.delta},
         )
 
+    def _round_seed(self, server_round: int) -> int:
+        """Distinct per run seed, site and round: sites must not share one noise stream."""
+        return self.cfg.seed * 1_000_003 + zlib.crc32(self.settings.site.encode()) % 100_000 * 1000 + server_round
+
+    # -- a round asked again (the center resumed, a reply was lost) ------------------------
+    def _ledger_entry(self, server_round: int) -> dict[str, Any] | None:
+        return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id and e["round"] == server_round), None)
+
+    def _update_path(self) -> Path:
+        return self.settings.state_dir / UPDATES_DIR / f"{self.run_id}.pt"
+
+    def _save_update(self, server_round: int, global_digest: str, outcome: RoundOutcome) -> None:
+        path = self._update_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
+                    "metrics": outcome.metrics}, tmp)
+        os.replace(tmp, path)
+
+    def _repeat_round(self, server_round: int, entry: dict[str, Any], global_digest: str) -> RoundOutcome:
+        """The ledger already holds this (run, round): never train or spend budget twice. Send the
+        same update again (re-sending a released DP result costs no privacy) when the global model
+        is the one it was trained from; otherwise refuse."""
+        if entry["status"] != "trained":
+            reason = str((entry.get("extra") or {}).get("reason", "round already answered"))
+            metrics = {"epsilon": self.ledger.spent_epsilon(), "delta": self.cfg.privacy.delta}
+            if entry["status"] == "budget_exhausted":
+                metrics["budget_exhausted"] = 1
+            return RoundOutcome(entry["status"], reason, metrics=metrics)
+        path = self._update_path()
+        saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if saved is None or saved["round"] != server_round or saved["global_sha256"] != global_digest:
+            return RoundOutcome("refused", f"round {server_round} of this run was already trained here from another global model")
+        return RoundOutcome("trained", arrays=saved["state_dict"], metrics=saved["metrics"])
+
     def train_round(self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundOutcome:
         p, t = self.cfg.privacy, self.cfg.train
+        global_digest = state_digest(global_state)
+        done_before = self._ledger_entry(server_round)
+        if done_before is not None:
+            return self._repeat_round(server_round, done_before, global_digest)
+        if self.settings.delta is not None and p.delta > self.settings.delta:
+            return RoundOutcome("refused", f"the run's delta {p.delta:g} is above this site's delta {self.settings.delta:g}")
         if self.data.n_train == 0:
             return RoundOutcome("refused", "no training data at this site")
         try:
@@ -168,11 +277,22 @@ class SiteWorker:
             epochs=t.local_epochs, expected_batch_size=t.batch_size, max_physical_batch_size=t.max_physical_batch_size,
             lr=t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer, noise_multiplier=plan.noise_multiplier,
             max_grad_norm=p.max_grad_norm, grad_sample_mode=p.grad_sample_mode, device=str(self.device),
-            precision=self.precision, proximal_mu=proximal_mu, seed=self.cfg.seed * 1000 + server_round,
+            precision=self.precision, proximal_mu=proximal_mu, seed=self._round_seed(server_round),
         )
         result = train_model(model, self.data.train, self.task.loss, settings)
         done = Mechanism(plan.noise_multiplier, plan.sample_rate, result.steps)
         eps = epsilon_opacus(history + [done], p.delta, p.accountant)
+        outcome = RoundOutcome(
+            "trained",
+            arrays={k: v.cpu() for k, v in model.state_dict().items()},
+            metrics={
+                "num-examples": result.num_examples, "train_loss": result.mean_loss, "epsilon": eps,
+                "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
+                "steps": result.steps,
+            },
+        )
+        # update first, ledger second: a ledger entry always has its update to send again
+        self._save_update(server_round, global_digest, outcome)
         self.ledger.append(
             run_id=self.run_id, round=server_round, status="trained", mechanism=done, delta=p.delta,
             max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=eps,
@@ -183,16 +303,7 @@ class SiteWorker:
                 "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode,
             },
         )
-        state = {k: v.cpu() for k, v in model.state_dict().items()}
-        return RoundOutcome(
-            "trained",
-            arrays=state,
-            metrics={
-                "num-examples": result.num_examples, "train_loss": result.mean_loss, "epsilon": eps,
-                "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
-                "steps": result.steps,
-            },
-        )
+        return outcome
 
     def predict(self, model: torch.nn.Module, dataset: Any) -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, outputs and mean loss of `model` over `dataset`, at the site."""
@@ -207,6 +318,33 @@ class SiteWorker:
         n = sum(len(t) for t in targets)
         return torch.cat(targets).numpy(), torch.cat(outs).numpy(), loss_sum / max(1, n)
 
-    def evaluate(self, global_state: dict[str, torch.Tensor]) -> dict[str, float]:
-        y, out, loss = self.predict(self._load_global(global_state), self.data.val)
-        return {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
+    def evaluate(self, global_state: dict[str, torch.Tensor], server_round: int | None = None) -> dict[str, float]:
+        """Whitelisted validation scalars. After the final round, with `explain.final_round`, the site
+        also writes an explanation report into state_dir/explanations/ (nothing of it is returned)."""
+        model = self._load_global(global_state)
+        y, out, loss = self.predict(model, self.data.val)
+        metrics = {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
+        if self.cfg.explain.final_round and server_round == self.cfg.train.rounds:
+            self.explain(model, f"{self.run_id}_round_{server_round:03d}")
+        return metrics
+
+    def explain(self, model: torch.nn.Module, name: str) -> Path | None:
+        """Write an explanation report of `model` on this site's data under state_dir/explanations/<name>/.
+
+        An explanation failure must not cost the site its evaluation reply: it is logged and written
+        to <name>/explanation_error.txt instead. Returns the report folder (None on failure)."""
+        from shared.explain.registry import ExplainOptions, explain_site
+
+        out_dir = self.settings.state_dir / EXPLANATIONS_DIR / name
+        try:
+            explain_site(
+                self.task, model, self.settings.data_dir, self.settings.state_dir, out_dir,
+                ExplainOptions(n_patients=self.cfg.explain.patients, device=str(self.device), seed=self.cfg.seed),
+                source=f"run {self.run_id}, global model after round {name.rsplit('_', 1)[-1]}",
+            )
+        except Exception:  # any failure stays at the site, in its log
+            message = traceback.format_exc()
+            logging.getLogger(__name__).error("site %s: explanation failed:\n%s", self.settings.site, message)
+            write_atomically(out_dir / "explanation_error.txt", message.encode(), 0o600)
+            return None
+        return out_dir

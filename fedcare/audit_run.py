@@ -1,13 +1,16 @@
-"""Finds a run's (or a site state folder's) ledgers and audits them with the independent accountant."""
+"""Finds a run's (or a site state folder's) ledgers and audits them with the independent accountant;
+each site's security log (security_log.jsonl), where present, is verified too (chain, sequence, signatures)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import yaml
-from shared.privacy.audit import LedgerAudit, audit_ledgers
 
 from shared.errors import InputError
+from shared.privacy.audit import LedgerAudit, audit_ledgers, security_log_problems
+from shared.privacy.keys import load_public_key
+from shared.privacy.security_log import SECURITY_LOG_FILE
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 
@@ -31,6 +34,8 @@ def find_ledgers(path: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str
     ledgers = {p.parent.name: p for p in sorted(sites_root.glob(f"*/{LEDGER_FILE}"))}
     if (path / LEDGER_FILE).is_file():
         ledgers[path.name] = path / LEDGER_FILE
+    for site, log in find_security_logs(path, sites_root).items():
+        ledgers.setdefault(site, log.parent / LEDGER_FILE)  # a site that never trained still has its log audited
     if not ledgers:
         raise InputError(path, LEDGER_FILE, "no privacy ledger found (expected sites/<site>/privacy_ledger.jsonl)")
     keys = {}
@@ -41,7 +46,26 @@ def find_ledgers(path: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str
     return ledgers, keys, targets
 
 
+def find_security_logs(path: Path, sites_root: Path) -> dict[str, Path]:
+    logs = {p.parent.name: p for p in sorted(Path(sites_root).glob(f"*/{SECURITY_LOG_FILE}"))}
+    if (Path(path) / SECURITY_LOG_FILE).is_file():
+        logs[Path(path).name] = Path(path) / SECURITY_LOG_FILE
+    return logs
+
+
 def audit_path(path: Path, public_keys: dict[str, Path] | None = None) -> list[LedgerAudit]:
     ledgers, keys, targets = find_ledgers(path)
     keys.update(public_keys or {})
-    return audit_ledgers(ledgers, keys, targets)
+    audits = audit_ledgers(ledgers, keys, targets)
+    for audit in audits:
+        log = ledgers[audit.site].parent / SECURITY_LOG_FILE
+        if not log.is_file():
+            continue
+        if not ledgers[audit.site].is_file():  # the site never trained (e.g. refused): only its log speaks
+            audit.status, audit.problems = "ok", []
+        public_key = load_public_key(keys[audit.site]) if audit.site in keys else None
+        problems = security_log_problems(log, public_key, audit.site)
+        if problems:
+            audit.problems += problems
+            audit.status = "tampered"
+    return audits

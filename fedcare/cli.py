@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -29,11 +32,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
-
     from fedcare.audit_run import audit_path
     from fedcare.simulation import simulate
     from shared.config import load_config
+    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     cfg = load_config(args.config)
     if args.rounds:
@@ -42,8 +44,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         cfg.output_dir = args.output
     run_dir, summary = simulate(cfg)
     fw = summary["final_weighted"]
-    console.print(f"\n[bold]final global model[/bold]: weighted validation AUROC {_f(fw.get('auroc'))}, "
-                  f"AUPRC {_f(fw.get('auprc'))}, Brier {_f(fw.get('brier'))}")
+    shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
+    parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
+    console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
     for text in summary["events"]:
         console.print(f"  note: {text}")
     audits = audit_path(run_dir)
@@ -56,9 +59,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
-
     from fedcare.audit_run import audit_path
+    from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     keys = {}
     for spec in args.public_key or []:
@@ -83,6 +85,205 @@ def cmd_predict(args: argparse.Namespace) -> int:
     n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), Path(args.encoder) if args.encoder else None)
     console.print(f"wrote {n} predictions to {args.out}")
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedcare.explain import explain_checkpoint
+
+    data_dir, state_dir = args.data, args.state
+    if getattr(args, "site_config", None):
+        from client.site_config import load_site_config
+
+        settings = load_site_config(Path(args.site_config))
+        data_dir, state_dir = data_dir or settings.data_dir, state_dir or settings.state_dir
+    if not data_dir or not state_dir:
+        raise InputError("<command line>", "--data/--state", "give the site's data and state folders (or --site-config)")
+    patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
+    labels = {"cohort": "cohort importance (patients)", "patients": "explaining patients"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        files = explain_checkpoint(Path(args.checkpoint), Path(data_dir), Path(state_dir), patients,
+                                   Path(args.out) if args.out else None, args.n_patients, progress)
+    console.print(f"wrote the site's explanation report to {files.folder} ({files.html.name}, {files.markdown.name}, "
+                  f"{files.json.name}, {len(files.figures)} figures); it stays at this site")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from fedcare.audit_run import audit_path
+    from server.report import write_run_report
+
+    run_dir = Path(args.run_dir)
+    audits = None
+    if not (run_dir / "audit.json").is_file() and run_dir.is_dir():
+        try:
+            audits = [{**asdict(a), "path": str(a.path)} for a in audit_path(run_dir)]
+        except InputError as err:  # no ledgers: the report says so
+            console.print(f"[yellow]no privacy audit: {err}[/yellow]")
+    out = write_run_report(run_dir, Path(args.out) if args.out else None, audits)
+    console.print(f"wrote {out}")
+    return 0
+
+
+def cmd_client_approve(args: argparse.Namespace) -> int:
+    """Show the operator what the run will do at this site; record its hash in the policy if they agree."""
+    from shared.config import load_config
+    from shared.privacy.security_log import log_security_event
+    from shared.privacy.site_policy import (
+        SitePolicy,
+        approve_run,
+        config_violations,
+        load_site_policy,
+        run_hash,
+        save_site_policy,
+    )
+    from shared.privacy.whitelist import ALLOWED_METRICS
+    from shared.tasks.registry import build_task
+
+    policy_path = Path(args.policy)
+    if policy_path.exists():
+        policy = load_site_policy(policy_path)
+    else:
+        console.print(f"[cyan]{policy_path} does not exist: starting from the strict default policy[/cyan]")
+        policy = SitePolicy(source=str(policy_path))
+    cfg = load_config(args.config)
+    site = args.site or policy.site or cfg.data.sites[0]
+    model = build_task(cfg).build_model()
+    parameters = sum(p.numel() for p in model.parameters())
+    digest = run_hash(cfg)
+    p = cfg.privacy
+    console.print(f"[bold]run to approve[/bold] ({args.config}) for site {site}")
+    console.print(f"  task:          {cfg.task}")
+    console.print(f"  model:         {cfg.model.name}, {parameters:,} parameters")
+    console.print(f"  rounds:        {cfg.train.rounds} x {cfg.train.local_epochs} local epoch(s), batch {cfg.train.batch_size}")
+    console.print(f"  strategy:      {cfg.strategy.name}")
+    console.print(
+        f"  privacy:       DP-SGD {'on' if p.enabled else 'OFF'}, epsilon {cfg.site_target_epsilon(site):g} "
+        f"at delta {p.delta:g}, clip norm {p.max_grad_norm:g}, accountant {p.accountant}"
+    )
+    console.print(f"  leaves site:   the model's {len(model.state_dict())} weight arrays after each round, and the scalars")
+    console.print(f"                 {', '.join(sorted(m for m in ALLOWED_METRICS if '_ci_' not in m))} (+ confidence bounds)")
+    console.print(f"  run hash:      {digest}")
+    problems = config_violations(policy, cfg, site)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]  breaks the site policy: {problem}[/red]")
+        console.print("[red]not approved[/red]")
+        return 1
+    if not args.yes and input("approve this run? [y/N] ").strip().lower() not in ("y", "yes"):
+        console.print("not approved")
+        return 1
+    record = approve_run(policy, cfg, digest, parameters)
+    save_site_policy(policy, policy_path)
+    if args.state_dir:
+        log_security_event(Path(args.state_dir), {"kind": "approval", "site": site, **record})
+    console.print(f"approved: {digest} recorded in {policy_path}")
+    return 0
+
+
+def cmd_client_policy(args: argparse.Namespace) -> int:
+    import yaml
+
+    from shared.privacy.site_policy import load_site_policy
+
+    policy = load_site_policy(Path(args.policy))
+    console.print(f"[bold]site policy in force[/bold] ({args.policy})")
+    console.print(yaml.safe_dump(policy.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from fedcare.certs import parse_hosts, parse_sites, write_deployment_keys
+
+    report = write_deployment_keys(Path(args.out), parse_hosts(args.server_host), parse_sites(args.sites))
+    for path in report.written:
+        console.print(f"  wrote {path}")
+    if report.kept:
+        console.print(f"  kept {len(report.kept)} existing key files")
+    console.print(f"key material in {args.out}: give each hospital its sites/<site>/ folder; keep center/ca.key offline")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import json
+
+    from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
+    from fedcare.simulation import new_run_id
+    from shared.config import load_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        for name in ("config.yaml", RUN_FILE):
+            if not (run_dir / name).is_file():
+                raise InputError(run_dir / name, None, "missing: not a fedcare deployment run folder")
+        cfg = load_config(run_dir / "config.yaml")
+        run_id = str(json.loads((run_dir / RUN_FILE).read_text())["run_id"])
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
+            console.print(f"run {run_id} is already complete ({summary_path})")
+            return 0
+    else:
+        cfg = load_config(args.config)
+        if args.rounds:
+            cfg.train.rounds = args.rounds
+        run_id = new_run_id()
+        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
+    cfg.federation.mode = "deployment"
+    if not args.insecure and not Path(args.certs).is_dir():
+        raise InputError(args.certs, "--certs", "folder not found (create it with `fedcare certs`, or use --insecure)")
+    host, port = parse_address(args.address)
+    opts = CenterOptions(cfg=cfg, run_dir=run_dir, run_id=run_id, resume=bool(args.resume),
+                         certs=None if args.insecure else Path(args.certs), insecure=args.insecure, host=host, port=port)
+    _stop_on_sigterm()
+    try:
+        summary = run_center(opts, console)
+    except RuntimeError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        return 1
+    _print_summary(summary)
+    console.print(f"\nrun folder: {run_dir}")
+    return 0 if summary.get("complete") else 1
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from fedcare.hospital import run_hospital
+
+    if not args.site_config:
+        raise InputError("<command line>", "--site-config", "give the hospital's site.yaml (or use `client approve|policy`)")
+    _stop_on_sigterm()
+    return run_hospital(Path(args.site_config), args.runtime_port, args.max_restarts, console)
+
+
+def _stop_on_sigterm() -> None:
+    """`docker stop` sends SIGTERM: stop our Flower processes as for Ctrl-C."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    fw = summary["final_weighted"]
+    shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
+    parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
+    console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
+    for site, info in summary["sites"].items():
+        missed = ", ".join(f"{r} ({s})" for r, s in info.get("rounds_missed", {}).items())
+        console.print(f"  {site}: trained rounds {info['rounds_trained']}" + (f"; missed {missed}" if missed else ""))
+    for text in summary["events"]:
+        console.print(f"  note: {text}")
 
 
 def _f(v: float | None) -> str:
@@ -114,12 +315,68 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="also write a PNG of cumulative epsilon per round")
     s.set_defaults(fn=cmd_audit)
 
+    s = sub.add_parser("certs", help="deployment key material: CA, SuperLink certificate, per-hospital keys")
+    s.add_argument("--out", required=True, help="folder for center/ and sites/<site>/ (existing files are kept)")
+    s.add_argument("--server-host", default="localhost", help="comma-separated host names of the SuperLink (127.0.0.1 is added)")
+    s.add_argument("--sites", required=True, help="comma-separated hospital names, e.g. hospital_a,hospital_b")
+    s.set_defaults(fn=cmd_certs)
+
+    s = sub.add_parser("server", help="coordinating center: SuperLink + one federated run (deployment)")
+    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--certs", default="certs", help="the `fedcare certs --out` folder (default: certs)")
+    s.add_argument("--insecure", action="store_true", help="development only: no TLS, no SuperNode authentication")
+    s.add_argument("--address", default="127.0.0.1:9092", help="HOST:PORT the SuperLink listens on (default 127.0.0.1:9092)")
+    s.add_argument("--run-dir", help="run folder (default: <output_dir>/<run-id>)")
+    s.add_argument("--rounds", type=int, help="override train.rounds")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last global checkpoint")
+    s.set_defaults(fn=cmd_server)
+
+    client = s = sub.add_parser(
+        "client", help="one hospital: start its SuperNode (--site-config), or `client approve|policy` for its policy"
+    )
+    s.add_argument("--site-config", help="the hospital's site.yaml (starts the site's SuperNode)")
+    s.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's app API (default 9094)")
+    s.add_argument("--max-restarts", type=int, help="give up after the SuperNode exited this many times (default: never)")
+    s.set_defaults(fn=cmd_client)
+
     s = sub.add_parser("predict", help="per-patient probabilities for new data from a checkpoint")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--data", required=True, help="a site folder in the task's documented format")
     s.add_argument("--encoder", help="the site's fitted encoder (default: the first site's next to the checkpoint)")
     s.add_argument("--out", default="predictions.csv")
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("explain", help="explain a checkpoint on a site's data; the report stays at the site")
+    s.add_argument("--checkpoint", required=True)
+    site_config_available = importlib.util.find_spec("client.site_config") is not None
+    site_help = " (or from --site-config)" if site_config_available else ""
+    s.add_argument("--data", required=not site_config_available, help=f"the site's data folder{site_help}")
+    s.add_argument("--state", required=not site_config_available,
+                   help=f"the site's state folder: fitted encoders; the report goes to its explanations/{site_help}")
+    if site_config_available:
+        s.add_argument("--site-config", help="the site's site.yaml: data_dir and state_dir are read from it")
+    s.add_argument("--patients", help="comma-separated patient ids (default: the highest predicted risks)")
+    s.add_argument("--n-patients", type=int,
+                   help="how many patients when --patients is not given (default: the run's explain.patients)")
+    s.add_argument("--out", help="report folder (default: STATE/explanations/<run>_round_<N>/)")
+    s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("report", help="write a self-contained HTML report of a run (opens offline)")
+    s.add_argument("run_dir", help="a run folder (runs/<id>)")
+    s.add_argument("--out", help="HTML path (default RUN_DIR/report.html; figures go to a folder beside it)")
+    s.set_defaults(fn=cmd_report)
+
+    client_sub = client.add_subparsers(dest="client_command", required=False)
+    s = client_sub.add_parser("approve", help="show what a run will do at this site and record its hash as approved")
+    s.add_argument("--policy", required=True, help="the site policy YAML (created with strict defaults if absent)")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the coordinator sent")
+    s.add_argument("--site", help="this site's name (default: the policy's site, else the config's first site)")
+    s.add_argument("--state-dir", help="the site's state folder: also log the approval in its security log")
+    s.add_argument("--yes", action="store_true", help="approve without asking")
+    s.set_defaults(fn=cmd_client_approve)
+    s = client_sub.add_parser("policy", help="print the site policy in force")
+    s.add_argument("--policy", required=True)
+    s.set_defaults(fn=cmd_client_policy)
     return p
 
 

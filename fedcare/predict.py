@@ -1,11 +1,15 @@
-"""`fedcare predict`: per-patient probabilities for new data from a saved global checkpoint.
+"""`fedcare predict`: per-patient probabilities for new data from a saved global checkpoint, and a
+0/1 `predicted_label` at the checkpoint's decision threshold when it has one (`decision_threshold`,
+the num-examples-weighted mean of the sites' Youden-optimal validation thresholds).
 
 Runs at a site: the data and the predictions never leave it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,8 +46,37 @@ def predict_to_csv(checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Pat
             outs.append(task.forward(model, batch).float())
     logits = torch.cat(outs).numpy() if outs else np.zeros(0)
     frame = pd.DataFrame({task.id_column: ids, "probability": 1.0 / (1.0 + np.exp(-logits))})
+    threshold = ckpt.get("decision_threshold")
+    if threshold is not None:  # chosen on the sites' validation data and stored with the model
+        frame["predicted_label"] = (frame["probability"] >= float(threshold)).astype(int)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     frame.to_csv(tmp, index=False)
     os.replace(tmp, out)
     return len(frame)
+
+
+def predict_patient_json(checkpoint: Path, json_path: Path, encoder_dir: Path | None = None) -> dict[str, Any]:
+    """`fedcare predict --patient FILE.json`: one new patient's AKI probability and RETAIN explanation
+    (see shared.tasks.retain_aki.predict_patient) from a retain_aki checkpoint and a site's encoder."""
+    from shared.data.visit_features import VisitEncoder
+    from shared.tasks.retain_aki import ENCODER_FILE, predict_patient
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
+    if cfg.task != "retain_aki":
+        raise InputError(checkpoint, "task", f"--patient needs a retain_aki checkpoint, this one is {cfg.task!r}")
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise InputError(json_path, None, "patient file not found")
+    try:
+        records = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(json_path, f"line {err.lineno}", f"not valid JSON ({err.msg})") from None
+    encoder_dir = encoder_dir or default_encoder_dir(checkpoint)
+    if encoder_dir is None:
+        raise InputError(checkpoint, "encoder", "no site encoder next to the checkpoint; pass --encoder SITE_STATE_DIR")
+    model = build_task(cfg).build_model()
+    model.load_state_dict(ckpt["state_dict"])
+    encoder = VisitEncoder.load(Path(encoder_dir) / ENCODER_FILE)
+    return predict_patient(model, records, encoder, max_visits=cfg.data.max_events, source=json_path)

@@ -34,6 +34,9 @@ def ensure_site_data(cfg: RunConfig, console: Console) -> None:
     if not present:
         console.print(f"[cyan]no site data under {root}: writing synthetic data for {len(cfg.data.sites)} sites[/cyan]")
         build_task(cfg).synthesize(root, list(cfg.data.sites), cfg.seed)
+    task = build_task(cfg)
+    for site in cfg.data.sites:  # bad data stops here, with one line, before any run folder exists
+        task.check_site(root / site, site)
 
 
 def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:

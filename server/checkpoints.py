@@ -37,5 +37,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("round_*.pt"))
-    return found[-1] if found else None
+    """The checkpoint of the highest round (every file there is complete: written by rename)."""
+    found = [p for p in (Path(run_dir) / "checkpoints").glob("round_*.pt") if p.stem[6:].isdigit()]
+    return max(found, key=lambda p: int(p.stem[6:])) if found else None

@@ -1,5 +1,10 @@
 """The coordinating center's side of a run: build the global model from the config, run the
-strategy, checkpoint every round, write the run's history and summary into runs/<run-id>/."""
+strategy, checkpoint every round, write the run's history and summary into runs/<run-id>/.
+
+A resumed run (run config `resume = true`, same run id and run folder) starts from the last
+global checkpoint: Flower's Strategy.start always counts rounds from 1, so it runs the remaining
+rounds and the strategy shifts every round number by the rounds already done.
+"""
 
 from __future__ import annotations
 
@@ -11,63 +16,146 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from server.checkpoints import checkpoint_path, save_checkpoint
-from server.history import RunHistory, write_json_atomic
+from server.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from server.evaluation import POOLING_NOTE, decision_threshold, pooled_calibration, pooled_metrics
+from server.history import NOT_ASKED, RunHistory, write_json_atomic
 from server.strategy import make_strategy
-from shared.config import config_from_json
+from shared.config import RunConfig, config_from_json
 from shared.errors import InputError
+from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.tasks.registry import build_task
+
+THRESHOLD_RULE = "num-examples-weighted mean of the sites' Youden-optimal validation thresholds"
 
 
 def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
     cfg = config_from_json(str(rc["fedcare-config"]))
-    run_dir = Path(str(rc["run-dir"]))
+    run_dir, run_id = Path(str(rc["run-dir"])), str(rc["run-id"])
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
     model = task.build_model()  # same layout at the center and at every site
-    history = RunHistory(run_dir, list(cfg.data.sites), task.primary_metric)
+    start_round = 0
+    if _truthy(rc.get("resume", False)):
+        start_round = _load_resume_point(model, run_dir, run_id)
+        history = RunHistory.resume(run_dir, list(cfg.data.sites), task.primary_metric, start_round)
+    else:
+        if latest_checkpoint(run_dir) is not None:
+            raise InputError(run_dir, "checkpoints", "the run folder already holds checkpoints; resume it or pick a new folder")
+        history = RunHistory(run_dir, list(cfg.data.sites), task.primary_metric)
     try:
-        strategy = make_strategy(cfg, history)
+        strategy = make_strategy(cfg, history, round_offset=start_round)
     except TypeError as err:
         raise InputError(cfg.source, "strategy.params", str(err)) from None
-    meta = {"config": cfg.to_dict(), "task": cfg.task, "model": cfg.model.name, "run_id": str(rc["run-id"])}
+    meta = {"config": cfg.to_dict(), "task": cfg.task, "model": cfg.model.name, "run_id": run_id}
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        save_checkpoint(checkpoint_path(run_dir, server_round), arrays.to_torch_state_dict(), {**meta, "round": server_round})
+        if server_round == 0 and start_round > 0:
+            return None  # the resumed-from checkpoint is already on disk
+        real_round = server_round + start_round
+        # Flower calls this after the round's evaluation: the sites' validation thresholds of this
+        # very model are known, and their weighted mean is stored with it (`fedcare predict` uses it).
+        threshold = decision_threshold(history.evaluations(real_round))
+        save_checkpoint(
+            checkpoint_path(run_dir, real_round), arrays.to_torch_state_dict(),
+            {**meta, "round": real_round, "decision_threshold": threshold, "decision_threshold_rule": THRESHOLD_RULE},
+        )
         return None
 
+    if start_round < cfg.train.rounds:
+        _wait_for_sites(grid, cfg, history)
     started = time.time()
-    result = strategy.start(
+    strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.train.rounds,
+        num_rounds=cfg.train.rounds - start_round,
         timeout=cfg.federation.round_timeout_s,
         train_config=ConfigRecord({}),
         evaluate_config=ConfigRecord({}),
         evaluate_fn=checkpoint,
     )
     history.save()
-    trained_rounds = [r for r, sites in history.rounds.items() if any(s.get("status") == "trained" for s in sites.values())]
-    last = cfg.train.rounds
-    summary = {
-        "run_id": str(rc["run-id"]),
-        "task": cfg.task,
-        "rounds_planned": cfg.train.rounds,
-        "rounds_with_training": len(trained_rounds),
-        "wall_time_s": round(time.time() - started, 1),
-        "final_checkpoint": str(checkpoint_path(run_dir, last).relative_to(run_dir)),
-        "primary_metric": task.primary_metric,
-        "final_weighted": {m: history.weighted(last, m) for m in history.weighted_metrics()},
-        "sites": {site: _site_summary(history, site) for site in cfg.data.sites},
-        "events": history.events,
-        "complete": bool(trained_rounds) and len(result.arrays.keys()) > 0,
-    }
+    summary = run_summary(history, cfg, run_id, run_dir, wall_time_s=time.time() - started)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
-def _site_summary(history: RunHistory, site: str) -> dict[str, Any]:
-    trained = [r for r in sorted(history.rounds) if history.rounds[r].get(site, {}).get("status") == "trained"]
+def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path, wall_time_s: float) -> dict[str, Any]:
+    """summary.json: plan, final weighted and pooled metrics of the last round's model (see
+    server.evaluation.POOLING_NOTE), calibration, decision threshold, per-site outcome, notes."""
+    trained_rounds = [r for r, sites in history.rounds.items() if any(s.get("status") == "trained" for s in sites.values())]
+    last = cfg.train.rounds
+    final = history.evaluations(last)
+    return {
+        "run_id": run_id,
+        "task": cfg.task,
+        "rounds_planned": cfg.train.rounds,
+        "rounds_with_training": len(trained_rounds),
+        "wall_time_s": round(wall_time_s, 1),
+        "final_checkpoint": str(checkpoint_path(run_dir, last).relative_to(run_dir)),
+        "primary_metric": history.primary_metric,
+        "final_weighted": {m: history.weighted(last, m) for m in history.weighted_metrics()},
+        "final_pooled": pooled_metrics(final),
+        "final_calibration": pooled_calibration(final),
+        "pooling_note": POOLING_NOTE,
+        "decision_threshold": decision_threshold(final),
+        "sites": {site: _site_summary(history, site, last) for site in cfg.data.sites},
+        "site_level_dp": _site_level_dp_summary(history),
+        "events": history.events,
+        "complete": bool(trained_rounds) and checkpoint_path(run_dir, last).is_file(),
+    }
+
+
+def _site_level_dp_summary(history: RunHistory) -> dict[str, Any] | None:
+    """The center's site-level (client-level) DP: epsilon after the last aggregated round, and per round."""
+    if not history.site_level_dp:
+        return None
+    last = history.site_level_dp[max(history.site_level_dp)]
+    return {
+        "epsilon": last["epsilon"], "epsilon_independent": last["epsilon_independent"], "delta": last["delta"],
+        "accountant": last["accountant"], "mode": last["mode"], "noise_multiplier": last["noise_multiplier"],
+        "per_round": {str(r): rec["epsilon"] for r, rec in sorted(history.site_level_dp.items())},
+    }
+
+
+def _site_level_epsilon(history: RunHistory, rounds_trained: list[int]) -> float:
+    """Site-level epsilon of one site: the center's release mechanisms of the rounds it contributed to."""
+    records = [history.site_level_dp[r] for r in rounds_trained if r in history.site_level_dp]
+    if not records:
+        return 0.0
+    mechanisms = [Mechanism(**m) for rec in records for m in rec["mechanisms"]]
+    return epsilon_opacus(mechanisms, records[-1]["delta"], records[-1]["accountant"])
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
+def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> int:
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise InputError(run_dir, "checkpoints", "nothing to resume: no global checkpoint in the run folder")
+    ckpt = load_checkpoint(path)
+    if ckpt.get("run_id") != run_id:
+        raise InputError(path, "run_id", f"checkpoint belongs to run {ckpt.get('run_id')!r}, not {run_id!r}")
+    model.load_state_dict(ckpt["state_dict"])
+    return int(ckpt["round"])
+
+
+def _wait_for_sites(grid: Grid, cfg: RunConfig, history: RunHistory) -> None:
+    """Deployment: give every configured site time to connect before round 1 (Flower starts a
+    round as soon as strategy.min_sites nodes are online)."""
+    expected = len(cfg.data.sites)
+    deadline = time.time() + cfg.federation.wait_for_sites_s
+    while (online := len(list(grid.get_node_ids()))) < expected and time.time() < deadline:
+        time.sleep(1.0)
+    if online < expected:
+        waited = cfg.federation.wait_for_sites_s
+        history.note(f"start: {online} of {expected} sites connected after {waited:.0f} s; starting anyway")
+
+
+def _site_summary(history: RunHistory, site: str, last_round: int) -> dict[str, Any]:
+    status = {r: history.rounds.get(r, {}).get(site, {}).get("status", NOT_ASKED) for r in range(1, last_round + 1)}
+    trained = [r for r, s in status.items() if s == "trained"]
     stopped = next(
         (
             {"round": r, "status": history.rounds[r][site]["status"], "reason": history.rounds[r][site].get("reason", "")}
@@ -86,4 +174,12 @@ def _site_summary(history: RunHistory, site: str) -> dict[str, Any]:
          if "train" in history.rounds[r].get(site, {})),
         None,
     )
-    return {"rounds_trained": trained, "first_stop": stopped, "final_metrics": last_eval, "epsilon": last_eps}
+    site_level = _site_level_epsilon(history, trained) if history.site_level_dp else None
+    return {
+        "rounds_trained": trained,
+        "rounds_missed": {str(r): s for r, s in status.items() if s != "trained"},
+        "first_stop": stopped,
+        "final_metrics": last_eval,
+        "epsilon": last_eps,
+        "site_level_epsilon": site_level,
+    }

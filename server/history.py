@@ -13,6 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from server.evaluation import is_calibration_key, weighted_mean
+
+NOT_ASKED = "not asked"  # not sent a training request this round (not connected, or out of budget)
+
 
 @dataclass
 class RunHistory:
@@ -21,10 +25,24 @@ class RunHistory:
     primary_metric: str = "auroc"
     rounds: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # round -> site -> record
     events: list[str] = field(default_factory=list)  # human-readable notes (drops, refusals)
+    site_level_dp: dict[int, dict[str, Any]] = field(default_factory=dict)  # round -> central DP accounting
     console: Console = field(default_factory=lambda: Console(highlight=False))
 
+    @classmethod
+    def resume(cls, run_dir: Path, sites: list[str], primary_metric: str, last_round: int) -> RunHistory:
+        """The history of an interrupted run up to its last complete round (the last global
+        checkpoint); rounds after it are dropped because they run again."""
+        history = cls(run_dir, sites, primary_metric)
+        path = run_dir / "metrics.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            history.rounds = {int(r): v for r, v in saved.get("rounds", {}).items() if int(r) <= last_round}
+            history.events = [e for e in saved.get("events", []) if _event_round(e) is None or _event_round(e) <= last_round]
+        history.note(f"resumed after round {last_round} (its global checkpoint); later rounds run again")
+        return history
+
     def site_record(self, server_round: int, site: str) -> dict[str, Any]:
-        return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": "no reply"})
+        return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": NOT_ASKED})
 
     def record_train(self, server_round: int, site: str, status: str, reason: str, metrics: dict[str, Any]) -> None:
         rec = self.site_record(server_round, site)
@@ -41,22 +59,28 @@ class RunHistory:
             rec.update(status="failed", reason=reason)
         self.note(f"round {server_round}: {site} {phase} failed: {reason}")
 
+    def record_site_level_dp(self, server_round: int, record: dict[str, Any]) -> None:
+        self.site_level_dp[server_round] = record
+
     def note(self, text: str) -> None:
         self.events.append(text)
         self.console.print(f"[yellow]! {text}[/yellow]")
 
+    def evaluations(self, server_round: int) -> dict[str, dict[str, float]]:
+        """site -> the evaluation scalars it sent for this round's global model."""
+        return {site: rec["evaluate"] for site, rec in self.rounds.get(server_round, {}).items() if "evaluate" in rec}
+
     def weighted(self, server_round: int, metric: str) -> float | None:
-        num = den = 0.0
-        for rec in self.rounds.get(server_round, {}).values():
-            ev = rec.get("evaluate", {})
-            if metric in ev and math.isfinite(ev[metric]):
-                num += ev[metric] * ev.get("num-examples", 0)
-                den += ev.get("num-examples", 0)
-        return num / den if den else None
+        return weighted_mean(self.evaluations(server_round), metric)
 
     def weighted_metrics(self) -> list[str]:
+        """Metrics whose num-examples-weighted mean over sites means something (no CI bounds, no
+        calibration bins: those are combined in server.evaluation)."""
         names = {m for sites in self.rounds.values() for rec in sites.values() for m in rec.get("evaluate", {})}
-        return sorted(names - {"num-examples"} - {m for m in names if m.endswith(("_ci_low", "_ci_high"))})
+        return sorted(
+            m for m in names
+            if m != "num-examples" and not m.endswith(("_ci_low", "_ci_high")) and not is_calibration_key(m)
+        )
 
     def print_round(self, server_round: int, total_rounds: int) -> None:
         table = Table(title=f"round {server_round}/{total_rounds}", title_justify="left")
@@ -64,7 +88,7 @@ class RunHistory:
         for col in ("site", "status", "train loss", f"val {pm}", "val loss", "epsilon (cum.)", "n val"):
             table.add_column(col, justify="left" if col in ("site", "status") else "right")
         for site in self.sites:
-            rec = self.rounds.get(server_round, {}).get(site, {"status": "no reply"})
+            rec = self.rounds.get(server_round, {}).get(site, {"status": NOT_ASKED})
             tr, ev = rec.get("train", {}), rec.get("evaluate", {})
             table.add_row(
                 site, rec.get("status", "-"), _fmt(tr.get("train_loss")), _fmt(ev.get(pm)),
@@ -72,6 +96,11 @@ class RunHistory:
             )
         table.add_row("weighted", "", "", _fmt(self.weighted(server_round, pm)),
                       _fmt(self.weighted(server_round, "val_loss")), "", "", style="bold")
+        dp = self.site_level_dp.get(server_round)
+        if dp is not None:
+            table.caption = (f"site-level DP: epsilon (cum.) {_fmt(dp['epsilon'], 2)}, delta {dp['delta']:g}, "
+                             f"eff. noise mult. {_fmt(dp['effective_noise_multiplier'])}")
+            table.caption_justify = "left"
         self.console.print(table)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,10 +112,16 @@ class RunHistory:
                 for r in sorted(self.rounds)
             },
             "events": self.events,
+            "site_level_dp": {str(r): v for r, v in sorted(self.site_level_dp.items())},
         }
 
     def save(self) -> None:
         write_json_atomic(self.run_dir / "metrics.json", self.to_dict())
+
+
+def _event_round(text: str) -> int | None:
+    head = text.split(":", 1)[0]
+    return int(head[6:]) if head.startswith("round ") and head[6:].isdigit() else None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -3,7 +3,8 @@
 `SiteTracking` is mixed in front of any Message-API strategy: it reads each reply's site name
 and status, records it in the run history, keeps sites that sent no weights (budget exhausted,
 refused, failed) out of the aggregation, stops asking a budget-exhausted site to train, and
-names sites that did not answer.
+names sites that did not answer. In deployment the site of a node is the name the center
+registered with the node's key; a reply claiming another site's name is dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from server.history import RunHistory
+from server.site_level_dp import SiteLevelDPAccounting
 from shared.config import RunConfig
 
 
@@ -28,67 +30,99 @@ class SiteTracking:
     history: RunHistory
     total_rounds: int
 
-    def _init_tracking(self, history: RunHistory, total_rounds: int) -> None:
-        self.history, self.total_rounds = history, total_rounds
+    def _init_tracking(self, history: RunHistory, total_rounds: int, round_offset: int = 0) -> None:
+        """`round_offset`: rounds already done before this start (a resumed run). Flower's
+        Strategy.start counts from 1; every round number that reaches the clients, the history
+        and the checkpoints is shifted by it."""
+        self.history, self.total_rounds, self.round_offset = history, total_rounds, round_offset
         self.exhausted_nodes: set[int] = set()
-        self.node_sites: dict[int, str] = {}
-        self._asked: dict[str, set[int]] = {"train": set(), "evaluate": set()}
+        self.node_sites: dict[int, str] = {}  # learned from replies
+        self.registered_names: dict[int, str] = {}  # deployment: the name the center registered with the node's key
+        self._sent: dict[str, dict[str, int]] = {"train": {}, "evaluate": {}}  # message id -> destination node
+
+    def _learn_registered_names(self, grid: Grid) -> None:
+        try:
+            nodes = list(grid.get_nodes())
+        except (AttributeError, NotImplementedError):
+            return
+        for node in nodes:
+            if getattr(node, "name", ""):
+                self.registered_names[node.node_id] = node.name
+                self.node_sites[node.node_id] = node.name
+
+    def _site_name(self, node: int) -> str:
+        return self.node_sites.get(node, f"node-{node}")
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        msgs = [m for m in super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        self._learn_registered_names(grid)
+        msgs = [m for m in super().configure_train(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
                 if m.metadata.dst_node_id not in self.exhausted_nodes]
-        self._asked["train"] = {m.metadata.dst_node_id for m in msgs}
+        self._sent["train"] = {m.object_id: m.metadata.dst_node_id for m in msgs}
         return msgs
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        msgs = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
-        self._asked["evaluate"] = {m.metadata.dst_node_id for m in msgs}
+        msgs = list(super().configure_evaluate(server_round + self.round_offset, arrays, config, grid))  # type: ignore[misc]
+        self._sent["evaluate"] = {m.object_id: m.metadata.dst_node_id for m in msgs}
         return msgs
 
-    def _note_missing(self, server_round: int, phase: str, replies: list[Message]) -> None:
-        answered = {m.metadata.src_node_id for m in replies}
-        for node in sorted(self._asked[phase] - answered):
-            site = self.node_sites.get(node, f"node-{node}")
-            self.history.record_failure(server_round, site, phase, "no reply (site offline or timed out)")
+    def _node_of(self, phase: str, msg: Message) -> int:
+        """The node a reply is about: error replies made by the SuperLink (node unavailable,
+        reply expired) come from the SuperLink itself, so look up the message they answer."""
+        return self._sent[phase].get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self._note_missing(server_round, "train", replies)
+    def _usable_replies(self, server_round: int, phase: str, replies: list[Message]) -> list[tuple[Message, str]]:
+        """Replies with content, each with its site name; failures and silent sites go to the history."""
+        answered = {self._node_of(phase, m) for m in replies}
+        for node in sorted(set(self._sent[phase].values()) - answered):
+            self.history.record_failure(server_round, self._site_name(node), phase, "no reply (site offline or timed out)")
         usable = []
         for msg in replies:
+            node = self._node_of(phase, msg)
             if msg.has_error():
-                site = self.node_sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
-                self.history.record_failure(server_round, site, "train", msg.error.reason)
+                self.history.record_failure(server_round, self._site_name(node), phase, msg.error.reason)
                 continue
-            site, status, reason = _site_of(msg)
-            self.node_sites[msg.metadata.src_node_id] = site
+            site, _, _ = _site_of(msg)
+            registered = self.registered_names.get(node)
+            if registered is not None and site != registered:
+                claim = f"reply names site {site!r}, but the node's key is registered as {registered!r}"
+                self.history.record_failure(server_round, registered, phase, claim)
+                continue
+            self.node_sites[node] = site
+            usable.append((msg, site))
+        return usable
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
+        usable = []
+        for msg, site in self._usable_replies(server_round, "train", list(replies)):
+            _, status, reason = _site_of(msg)
             metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
             self.history.record_train(server_round, site, status, reason, metrics)
             if status == "trained" and "arrays" in msg.content:
                 usable.append(msg)
             elif status == "budget_exhausted":
-                self.exhausted_nodes.add(msg.metadata.src_node_id)
+                self.exhausted_nodes.add(self._node_of("train", msg))
         if not usable:
             self.history.note(f"round {server_round}: no site trained; the global model is unchanged")
             return None, None
         return super().aggregate_train(server_round, usable)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        self._note_missing(server_round, "evaluate", replies)
+        server_round += self.round_offset
         usable = []
-        for msg in replies:
-            if msg.has_error():
-                site = self.node_sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
-                self.history.record_failure(server_round, site, "evaluate", msg.error.reason)
+        for msg, site in self._usable_replies(server_round, "evaluate", list(replies)):
+            _, status, reason = _site_of(msg)
+            if status == "refused":
+                self.history.note(f"round {server_round}: {site} refused to evaluate ({reason})")
                 continue
-            site, _, _ = _site_of(msg)
-            self.node_sites[msg.metadata.src_node_id] = site
             self.history.record_evaluate(server_round, site, dict(msg.content["metrics"]))
             usable.append(msg)
         self.history.print_round(server_round, self.total_rounds)
         self.history.save()
-        return super().aggregate_evaluate(server_round, usable) if usable else None  # type: ignore[misc]
+        # Sites may report different keys (a calibration bin is sent only with >= 10 patients), which
+        # Flower's aggregation refuses; the history's size-weighted means are the run's numbers anyway.
+        weighted = {m: self.history.weighted(server_round, m) for m in self.history.weighted_metrics()}
+        return MetricRecord({m: v for m, v in weighted.items() if v is not None}) if usable else None
 
 
 _BASES: dict[str, type] = {
@@ -102,14 +136,39 @@ _BASES: dict[str, type] = {
 }
 
 
-def make_strategy(cfg: RunConfig, history: RunHistory) -> fl.Strategy:
+def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) -> fl.Strategy:
+    """The configured strategy with site tracking in front; with site-level DP, Flower's server-side DP
+    wrapper sits between the tracking (which keeps replies without weights out) and the strategy.
+    `round_offset`: rounds already done (a resumed run)."""
     base = _BASES[cfg.strategy.name]
-    cls = type(f"Tracked{base.__name__}", (SiteTracking, base), {})
     n = cfg.strategy.min_sites
     kwargs: dict[str, Any] = dict(
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n
     )
     kwargs.update(cfg.strategy.params)
-    strategy = cls(**kwargs)
-    strategy._init_tracking(history, cfg.train.rounds)
+    dp = cfg.privacy.site_level_dp
+    if not dp.enabled:
+        strategy = type(f"Tracked{base.__name__}", (SiteTracking, base), {})(**kwargs)
+    else:
+        strategy = _site_level_dp_strategy(cfg, base(**kwargs))
+        strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode)
+    strategy._init_tracking(history, cfg.train.rounds, round_offset)
     return strategy
+
+
+def _site_level_dp_strategy(cfg: RunConfig, inner: fl.Strategy) -> Any:
+    dp, sites = cfg.privacy.site_level_dp, len(cfg.data.sites)
+    if dp.mode == "fixed":
+        wrapper: type = fl.DifferentialPrivacyServerSideFixedClipping
+        args: dict[str, Any] = dict(
+            noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm, num_sampled_clients=sites
+        )
+    else:
+        wrapper = fl.DifferentialPrivacyServerSideAdaptiveClipping
+        args = dict(
+            noise_multiplier=dp.noise_multiplier, num_sampled_clients=sites, initial_clipping_norm=dp.clipping_norm,
+            target_clipped_quantile=dp.target_clipped_quantile, clip_norm_lr=dp.clip_norm_lr,
+            clipped_count_stddev=dp.clipped_count_stddev,
+        )
+    cls = type(f"Tracked{wrapper.__name__}", (SiteTracking, SiteLevelDPAccounting, wrapper), {})
+    return cls(inner, **args)

@@ -25,6 +25,7 @@ ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # see shared/training/dp_trainer.py
+SITE_DP_MODES = ("fixed", "adaptive")
 
 
 @dataclass
@@ -66,6 +67,20 @@ class TrainConfig:
 
 
 @dataclass
+class SiteLevelDPConfig:
+    """Central (site-level) DP at the coordinating center: each site's update is clipped to an L2 norm
+    and Gaussian noise is added to the aggregate (Flower's server-side DP wrappers)."""
+
+    enabled: bool = False
+    noise_multiplier: float = 0.5  # noise std = noise_multiplier x clipping_norm / number of sites
+    clipping_norm: float = 1.0  # L2 bound of one site's update (adaptive: the initial bound)
+    mode: str = "fixed"  # fixed | adaptive (Andrew et al. 2021 quantile-tracking clip norm)
+    target_clipped_quantile: float = 0.5  # adaptive only
+    clip_norm_lr: float = 0.2  # adaptive only
+    clipped_count_stddev: float | None = None  # adaptive only; None = Flower's default (number of sites / 20)
+
+
+@dataclass
 class PrivacyConfig:
     enabled: bool = True
     target_epsilon: float = 8.0  # per site, for this run
@@ -75,6 +90,7 @@ class PrivacyConfig:
     grad_sample_mode: str = "auto"  # book-keeping DP (exact, one backward) where the model allows, else hooks
     max_noise_multiplier: float = 20.0  # a plan needing more noise than this counts as no budget
     site_targets: dict[str, float] = field(default_factory=dict)  # per-site override of target_epsilon
+    site_level_dp: SiteLevelDPConfig = field(default_factory=SiteLevelDPConfig)
 
 
 @dataclass
@@ -89,8 +105,16 @@ class FederationConfig:
     mode: str = "simulation"
     cpus_per_site: float = 1.0
     gpus_per_site: float = 0.0
-    round_timeout_s: float = 3600.0
+    round_timeout_s: float = 3600.0  # how long a round phase waits for replies (a dead site is detected within ~60 s anyway)
+    wait_for_sites_s: float = 300.0  # deployment: how long the first round waits for every site to connect
     site_state_root: str | None = None  # persistent per-site state (lifetime ledgers); None = inside the run dir
+    site_policies: dict[str, str] = field(default_factory=dict)  # simulation: site -> its site policy YAML
+
+
+@dataclass
+class ExplainConfig:
+    final_round: bool = False  # after the last round's evaluation each site writes an explanation report locally
+    patients: int = 10  # stays explained one by one (the highest predicted risks)
 
 
 @dataclass
@@ -102,6 +126,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     device: str = "auto"
     precision: str = "fp32"
     seed: int = 0
@@ -224,16 +249,49 @@ def _check(cfg: RunConfig) -> None:
     for site, eps in p.site_targets.items():
         need(site in cfg.data.sites, f"privacy.site_targets.{site}", "not one of data.sites")
         need(eps > 0, f"privacy.site_targets.{site}", f"must be > 0, got {eps}")
+    _check_site_level_dp(cfg, need)
     need(cfg.strategy.name in STRATEGIES, "strategy.name", f"unknown strategy; known: {', '.join(STRATEGIES)}")
     need(cfg.strategy.min_sites >= 1, "strategy.min_sites", "must be >= 1")
     need(cfg.federation.mode in ("simulation", "deployment"), "federation.mode", "simulation or deployment")
     need(cfg.federation.cpus_per_site > 0, "federation.cpus_per_site", "must be > 0")
     need(cfg.federation.gpus_per_site >= 0, "federation.gpus_per_site", "must be >= 0")
+    need(cfg.explain.patients >= 1, "explain.patients", f"must be >= 1, got {cfg.explain.patients}")
+    if cfg.explain.final_round:
+        from shared.explain.registry import explainable_tasks
+
+        need(cfg.task in explainable_tasks(), "explain.final_round",
+             f"no site explainer for task {cfg.task!r} yet (available: {', '.join(explainable_tasks())})")
+    for site, policy in cfg.federation.site_policies.items():
+        need(site in cfg.data.sites, f"federation.site_policies.{site}", "not one of data.sites")
+        need(
+            cfg.federation.mode != "simulation" or Path(policy).is_file(),
+            f"federation.site_policies.{site}", f"policy file {policy!r} not found",
+        )
+    need(cfg.federation.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0")
+    need(cfg.federation.wait_for_sites_s >= 0, "federation.wait_for_sites_s", "must be >= 0")
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(
         cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
         "device", "auto, cpu, cuda or cuda:N",
     )
+
+
+def _check_site_level_dp(cfg: RunConfig, need: Any) -> None:
+    d, where = cfg.privacy.site_level_dp, "privacy.site_level_dp"
+    if not d.enabled:
+        return
+    need(d.noise_multiplier > 0, f"{where}.noise_multiplier", f"must be > 0 (no noise, no DP), got {d.noise_multiplier}")
+    need(d.clipping_norm > 0, f"{where}.clipping_norm", f"must be > 0, got {d.clipping_norm}")
+    need(d.mode in SITE_DP_MODES, f"{where}.mode", f"one of {', '.join(SITE_DP_MODES)}")
+    need(0.0 <= d.target_clipped_quantile <= 1.0, f"{where}.target_clipped_quantile", "must be in [0, 1]")
+    need(d.clip_norm_lr > 0, f"{where}.clip_norm_lr", "must be > 0")
+    if d.mode == "adaptive":
+        stddev = d.clipped_count_stddev if d.clipped_count_stddev is not None else len(cfg.data.sites) / 20
+        need(
+            stddev > d.noise_multiplier / 2, f"{where}.clipped_count_stddev",
+            f"must exceed noise_multiplier / 2 = {d.noise_multiplier / 2:g} for adaptive clipping "
+            f"(got {stddev:g}{'' if d.clipped_count_stddev is not None else ', the default number of sites / 20'})",
+        )
 
 
 def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:

@@ -69,6 +69,32 @@ def reliability_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) 
     }
 
 
+CALIBRATION_BINS = 10
+MIN_CALIBRATION_BIN_COUNT = 10  # smaller bins are not reported (one bin could be one patient)
+
+
+def calibration_bins(
+    y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = CALIBRATION_BINS, min_count: int = MIN_CALIBRATION_BIN_COUNT
+) -> dict[str, float]:
+    """A reliability curve as scalars a site may send: for every equal-width bin i (bin i holds
+    predictions in [i/n_bins, (i+1)/n_bins)) with at least `min_count` patients,
+    calib_bin_<i>_observed (event rate), calib_bin_<i>_predicted (mean prediction) and
+    calib_bin_<i>_count. Bins with fewer patients are left out (k-anonymity style: a bin of one
+    patient would reveal that patient's outcome and prediction)."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_prob = np.asarray(y_prob, dtype=float)
+    bins = _bin_index(y_prob, n_bins)
+    counts = np.bincount(bins, minlength=n_bins)
+    sum_true = np.bincount(bins, weights=y_true, minlength=n_bins)
+    sum_prob = np.bincount(bins, weights=y_prob, minlength=n_bins)
+    out: dict[str, float] = {}
+    for i in np.flatnonzero(counts >= max(1, min_count)):
+        out[f"calib_bin_{i}_observed"] = float(sum_true[i] / counts[i])
+        out[f"calib_bin_{i}_predicted"] = float(sum_prob[i] / counts[i])
+        out[f"calib_bin_{i}_count"] = float(counts[i])
+    return out
+
+
 def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> float:
     """ECE = sum over non-empty bins of (n_bin / n) * |observed rate - mean prediction|."""
     curve = reliability_curve(y_true, y_prob, n_bins)
@@ -162,6 +188,48 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
 # ---------------------------------------------------------------- bootstrap
 
 
+def _auroc_rows(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """AUROC of every row (Mann-Whitney U with average ranks for ties: sklearn's value); NaN for a
+    row holding one class."""
+    from scipy.stats import rankdata
+
+    positive = y_true == 1
+    n_pos = positive.sum(axis=1)
+    n_neg = y_true.shape[1] - n_pos
+    rank_sum = np.where(positive, rankdata(y_score, axis=1), 0.0).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), values, np.nan)
+
+
+def _auprc_rows(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """Average precision of every row (sklearn's step-wise definition: each positive adds 1/P recall
+    at the precision of its score's tie group); NaN for a row holding one class."""
+    order = np.argsort(-y_score, axis=1, kind="stable")
+    scores = np.take_along_axis(y_score, order, axis=1)
+    labels = np.take_along_axis(y_true, order, axis=1).astype(float)
+    n = scores.shape[1]
+    precision = np.cumsum(labels, axis=1) / np.arange(1, n + 1)
+    group_end = np.ones(scores.shape, dtype=bool)
+    group_end[:, :-1] = scores[:, :-1] != scores[:, 1:]
+    end_index = np.where(group_end, np.arange(n), n)
+    end_index = np.minimum.accumulate(end_index[:, ::-1], axis=1)[:, ::-1]  # each position -> its group's last
+    n_pos = labels.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (labels * np.take_along_axis(precision, end_index, axis=1)).sum(axis=1) / n_pos
+    return np.where((n_pos > 0) & (n_pos < n), values, np.nan)
+
+
+def _brier_rows(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    return np.mean((y_prob.astype(float) - y_true) ** 2, axis=1)
+
+
+# Metrics whose bootstrap runs on whole blocks of resamples at once (same values as one call per
+# resample; NaN marks an undefined resample).
+_ROW_WISE: dict[Callable[..., float], Callable[..., np.ndarray]] = {}
+_BLOCK_CELLS = 2_000_000  # resample rows x n per block: bounds the memory of the row-wise path
+
+
 def bootstrap_ci(
     metric_fn: MetricFn,
     *arrays: np.ndarray,
@@ -175,23 +243,36 @@ def bootstrap_ci(
     `np.random.default_rng(seed)` draw, so a seed gives the same interval. Resamples on which the
     metric is undefined (ValueError or a non-finite value) are skipped; if none is left, low and
     high are NaN. The point estimate raises ValueError when the metric is undefined on all data.
+    AUROC, AUPRC and Brier are computed for blocks of resamples at once (vectorised); other
+    metrics once per resample.
     """
     arrays = tuple(np.asarray(a) for a in arrays)
     point = float(metric_fn(*arrays))
     n = arrays[0].shape[0]
     indices = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    values = []
-    for rows in indices:
-        try:
-            value = float(metric_fn(*(a[rows] for a in arrays)))
-        except ValueError:
-            continue
-        if np.isfinite(value):
-            values.append(value)
+    row_wise = _ROW_WISE.get(metric_fn)
+    if row_wise is not None:
+        block = max(1, _BLOCK_CELLS // max(1, n))
+        computed = np.concatenate(
+            [row_wise(*(a[indices[i : i + block]] for a in arrays)) for i in range(0, n_boot, block)]
+        ) if n_boot else np.zeros(0)
+        values = computed[np.isfinite(computed)].tolist()
+    else:
+        values = []
+        for rows in indices:
+            try:
+                value = float(metric_fn(*(a[rows] for a in arrays)))
+            except ValueError:
+                continue
+            if np.isfinite(value):
+                values.append(value)
     if not values:
         return point, float("nan"), float("nan")
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return point, float(low), float(high)
+
+
+_ROW_WISE.update({auroc: _auroc_rows, auprc: _auprc_rows, brier: _brier_rows})
 
 
 def _add_with_ci(

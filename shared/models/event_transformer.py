@@ -1,7 +1,10 @@
 """Clinical event transformer (seed 002): ICU event sequence + static features -> mortality logit.
 
 Per event [one-hot type | text embedding | scaled time] -> Linear(d_model) + sinusoidal positions
--> transformer encoder with padding mask -> multi-head attention pooling -> concat statics -> MLP.
+-> transformer encoder with padding mask (0 layers allowed) -> multi-head attention pooling and a
+parameter-free max pooling -> concat statics -> MLP, plus a linear read-out of [max-pooled events |
+statics] added to the MLP's logit. Under DP-SGD the linear read-out learns the static risk and the
+"recent X was charted" terms from the first steps, where the MLP alone lags (DESIGN-NOTES.md).
 Seed sizes: d_model 256, 4 layers, 8 heads, ff 512, 4 pooling heads.
 """
 
@@ -28,6 +31,12 @@ class EventTransformerConfig:
     pooling_heads: int = 4
     mlp_hidden: int = 128
     dropout: float = 0.1
+    # Also max-pool the encoded events (no parameters): "was there any X" is then one linear
+    # read-out, which DP-SGD finds far sooner than attention scores (see DESIGN-NOTES.md).
+    max_pooling: bool = True
+    # A linear read-out of [max-pooled events | statics] added to the MLP's logit (wide & deep):
+    # the static risk and "recent X" terms are then linear from the first step (DESIGN-NOTES.md).
+    linear_skip: bool = True
 
 
 class EventTransformer(nn.Module):
@@ -38,11 +47,12 @@ class EventTransformer(nn.Module):
         self.encoder = TransformerStack(cfg.d_model, cfg.heads, cfg.ff, cfg.layers, cfg.dropout)
         self.pooling = AttentionPooling(cfg.d_model, cfg.pooling_heads)
         self.head = nn.Sequential(
-            nn.Linear(cfg.pooling_heads * cfg.d_model + cfg.static_dim, cfg.mlp_hidden),
+            nn.Linear((cfg.pooling_heads + int(cfg.max_pooling)) * cfg.d_model + cfg.static_dim, cfg.mlp_hidden),
             nn.GELU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.mlp_hidden, 1),
         )
+        self.skip = nn.Linear(int(cfg.max_pooling) * cfg.d_model + cfg.static_dim, 1) if cfg.linear_skip else None
 
     def forward(
         self, events: torch.Tensor, valid: torch.Tensor, statics: torch.Tensor, return_attention: bool = False
@@ -52,7 +62,14 @@ class EventTransformer(nn.Module):
         x = x + sinusoidal_positions(x.shape[-2], x.shape[-1], x.device).to(x.dtype)
         x, layer_maps = self.encoder(x, valid, need_weights=return_attention)  # (B, L, D)
         pooled, pool_weights = self.pooling(x, valid)  # (B, H*D), (B, H, L)
-        logits = self.head(torch.cat([pooled, statics.to(pooled.dtype)], dim=-1)).squeeze(-1)  # (B,)
+        statics = statics.to(pooled.dtype)
+        maxed = pooled[..., :0]  # (B, 0) without max pooling
+        if self.cfg.max_pooling:
+            masked = x.masked_fill(~valid[..., None], float("-inf")).amax(dim=-2)  # (B, D)
+            maxed = torch.where(valid.any(-1, keepdim=True), masked, 0.0)
+        logits = self.head(torch.cat([pooled, maxed, statics], dim=-1)).squeeze(-1)  # (B,)
+        if self.skip is not None:
+            logits = logits + self.skip(torch.cat([maxed, statics], dim=-1)).squeeze(-1)  # (B,)
         if return_attention:
             return logits, {"pooling": pool_weights, "layers": layer_maps}
         return logits

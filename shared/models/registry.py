@@ -8,7 +8,9 @@ derives from its schema, and returns an nn.Module.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -22,6 +24,7 @@ _MODEL_MODULES = (
     "shared.models.set_transformer",
     "shared.models.sleep_heads",
     "shared.models.multimodal",
+    "shared.models.tabular_mlp",
 )
 
 
@@ -45,6 +48,14 @@ def _load_all() -> None:
 def model_names() -> list[str]:
     _load_all()
     return sorted(_BUILDERS)
+
+
+def model_source_file(name: str) -> Path:
+    """The file that defines the model registered as `name` (what a site approves)."""
+    _load_all()
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return Path(inspect.getsourcefile(_BUILDERS[name]) or "")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

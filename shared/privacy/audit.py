@@ -27,6 +27,7 @@ from shared.privacy.ledger import (
     read_ledger_lines,
     signed_payload,
 )
+from shared.privacy.security_log import SECURITY_LOG_FIELDS, SECURITY_LOG_VERSION
 
 AUDIT_STATUSES = ("ok", "budget_exhausted", "over_budget", "mismatch", "tampered", "unreadable")
 # Worst first: an audit's status is the worst kind of problem found in a readable ledger.
@@ -258,6 +259,44 @@ def audit_ledger(
         "budget_exhausted" if last_entry is not None and last_entry["status"] == BUDGET_EXHAUSTED else "ok"
     )
     return audit
+
+
+def security_log_problems(path: Path, public_key: Ed25519PublicKey | None, expected_site: str) -> list[str]:
+    """What breaks a site's security log, one "security log line N: ..." per problem: unparsable or
+    incomplete lines, the hash chain (a changed, deleted or reordered line), the sequence numbers, the
+    site, and the signatures when `public_key` is given. Deleting the newest lines cannot be seen."""
+    try:
+        lines = read_ledger_lines(path)
+    except (OSError, UnicodeDecodeError) as error:
+        return [f"security log unreadable ({error})"]
+    signer = (public_key, public_key_fingerprint(public_key)) if public_key is not None else None
+    problems, expected_seq = [], 1
+    for number, line in enumerate(lines, start=1):
+        found = []
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry, found = None, ["not valid JSON (corrupted or truncated)"]
+        if entry is not None:
+            missing = [name for name in SECURITY_LOG_FIELDS if not isinstance(entry, dict) or name not in entry]
+            if missing:
+                found.append(f"missing field(s) {', '.join(missing)}")
+            else:
+                expected_prev = line_hash(lines[number - 2]) if number > 1 else GENESIS_HASH
+                if entry["prev_hash"] != expected_prev:
+                    found.append("hash chain broken (a line was changed, deleted or reordered)")
+                if entry["version"] != SECURITY_LOG_VERSION:
+                    found.append(f"unsupported version {entry['version']!r}")
+                if entry["seq"] != expected_seq:
+                    found.append(f"sequence number {entry['seq']!r}, expected {expected_seq} (a line was deleted or added)")
+                expected_seq = entry["seq"] + 1 if isinstance(entry["seq"], int) else expected_seq + 1
+                if entry["site"] != expected_site:
+                    found.append(f"entry of site {entry['site']!r}, expected {expected_site!r}")
+                if signer is not None:
+                    signature_problem = _signature_problem(entry, *signer)
+                    found += [signature_problem] if signature_problem else []
+        problems += [f"security log line {number}: {problem}" for problem in found]
+    return problems
 
 
 def audit_ledgers(

@@ -14,6 +14,9 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 _METRICS_WITH_CI = ("auroc", "auprc", "brier", "accuracy", "macro_f1", "kappa", "c_index")
+# Reliability-curve bins (shared.metrics.calibration_bins): 10 equal-width bins, each sent only
+# when it holds at least 10 validation patients (the site suppresses smaller ones).
+_CALIBRATION_BIN_KEYS = {f"calib_bin_{i}_{part}" for i in range(10) for part in ("observed", "predicted", "count")}
 ALLOWED_METRICS: frozenset[str] = frozenset(
     {
         "num-examples",
@@ -38,6 +41,7 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
         "threshold",
     }
     | {f"{metric}_ci_{bound}" for metric in _METRICS_WITH_CI for bound in ("low", "high")}
+    | _CALIBRATION_BIN_KEYS
 )
 ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason"})
 MAX_SITE_TEXT_LENGTH = 200

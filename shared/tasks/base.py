@@ -62,6 +62,15 @@ class Task(ABC):
     @abstractmethod
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData: ...
 
+    def check_site(self, site_dir: Path, site: str) -> None:
+        """Validate a site folder (raises InputError). `fedcare simulate` calls it for every site
+        before the federation starts, so bad data stops the command with one line instead of
+        failing inside a simulated hospital. Default: the full preparation in a scratch folder."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            self.prepare_site(site_dir, site, Path(scratch))
+
     @abstractmethod
     def forward(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Model outputs for a batch (logits / risks)."""

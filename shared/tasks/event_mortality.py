@@ -73,6 +73,9 @@ class EventMortalityTask(Task):
         }
         return tensors, info
 
+    def check_site(self, site_dir: Path, site: str) -> None:
+        load_event_site(site_dir, site)
+
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         tensors, info = self.encode(site_dir, site, state_dir, fit=True)
         train_idx, val_idx = info.pop("split")
@@ -106,8 +109,9 @@ class EventMortalityTask(Task):
         return nn.functional.binary_cross_entropy_with_logits(logits, batch[-1].float())
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-        from shared.metrics import binary_report
+        from shared.metrics import binary_report, calibration_bins
 
         probs = 1.0 / (1.0 + np.exp(-outputs))
         report = binary_report(targets, probs, n_boot=200, seed=self.cfg.seed)
-        return {k: v for k, v in report.items() if k in REPORTED_METRICS}
+        # reliability-curve bins holding >= 10 patients (smaller ones are never sent)
+        return {k: v for k, v in report.items() if k in REPORTED_METRICS} | calibration_bins(targets, probs)

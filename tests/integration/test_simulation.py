@@ -156,7 +156,9 @@ def test_predict_from_checkpoint_matches_in_memory_model(run, tmp_path):
     site_dir = run_dir.parent.parent / "data" / "site_a"
     n = predict_to_csv(ckpt_path, site_dir, out, run_dir / "sites" / "site_a")
     frame = pd.read_csv(out)
-    assert n == len(frame) == 160 and list(frame.columns) == ["stay_id", "probability"]
+    assert n == len(frame) == 160 and list(frame.columns) == ["stay_id", "probability", "predicted_label"]
+    threshold = load_checkpoint(ckpt_path)["decision_threshold"]
+    np.testing.assert_array_equal(frame["predicted_label"], (frame["probability"] >= threshold).astype(int))
     task = build_task(cfg)
     model = task.build_model()
     model.load_state_dict(load_checkpoint(ckpt_path)["state_dict"])
@@ -166,3 +168,22 @@ def test_predict_from_checkpoint_matches_in_memory_model(run, tmp_path):
         probs = torch.sigmoid(task.forward(model, dataset.tensors)).numpy()
     np.testing.assert_allclose(frame["probability"].to_numpy(), probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(frame["stay_id"].to_numpy(), ids)
+
+
+def test_summary_pools_site_metrics_and_checkpoint_keeps_threshold(run):
+    _, run_dir, summary, _ = run
+    final = json.loads((run_dir / "metrics.json").read_text())["rounds"]["2"]
+    evaluated = {site: rec["evaluate"] for site, rec in final.items() if "evaluate" in rec}
+    n = {site: ev["num-examples"] for site, ev in evaluated.items()}
+    expected = sum(ev["threshold"] * n[site] for site, ev in evaluated.items()) / sum(n.values())
+    assert summary["decision_threshold"] == pytest.approx(expected)
+    assert load_checkpoint(run_dir / "checkpoints" / "round_002.pt")["decision_threshold"] == pytest.approx(expected)
+    assert load_checkpoint(run_dir / "checkpoints" / "round_000.pt")["decision_threshold"] is None  # not evaluated
+    auroc = summary["final_pooled"]["auroc"]
+    assert auroc["weighted_mean"] == pytest.approx(summary["final_weighted"]["auroc"])
+    assert auroc["site_ci_min"] == min(ev["auroc_ci_low"] for ev in evaluated.values())
+    assert auroc["random_effects"]["ci_low"] <= auroc["random_effects"]["estimate"] <= auroc["random_effects"]["ci_high"]
+    assert not any(k.startswith("calib_bin_") for k in summary["final_weighted"])
+    for ev in evaluated.values():  # every reported calibration bin holds at least 10 patients
+        assert all(v >= 10 for k, v in ev.items() if k.startswith("calib_bin_") and k.endswith("_count"))
+    assert sum(b["count"] for b in summary["final_calibration"]) <= sum(n.values())

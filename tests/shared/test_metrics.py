@@ -224,3 +224,65 @@ def test_survival_report() -> None:
     assert report["c_index_ci_low"] < report["c_index"] < report["c_index_ci_high"]
     assert report["n"] == 150 and report["n_events"] == event.sum()
     assert set(m.survival_report(time, np.zeros(150), risk, n_boot=10)) == {"n", "n_events"}
+
+
+def test_calibration_bins_suppress_small_bins_and_match_reliability_curve() -> None:
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(0.0, 0.1, 40), rng.uniform(0.5, 0.6, 25), [0.95] * 3])  # bin 9: 3 patients
+    y = (rng.random(p.size) < p).astype(int)
+    bins = m.calibration_bins(y, p)
+    assert set(bins) == {f"calib_bin_{i}_{part}" for i in (0, 5) for part in ("observed", "predicted", "count")}
+    curve = m.reliability_curve(y, p)
+    assert bins["calib_bin_0_count"] == 40 and bins["calib_bin_5_count"] == 25
+    assert bins["calib_bin_0_observed"] == pytest.approx(curve["observed"][0])
+    assert bins["calib_bin_5_predicted"] == pytest.approx(p[40:65].mean())
+    assert set(m.calibration_bins(y, p, min_count=1)) >= {"calib_bin_9_count"}
+    assert m.calibration_bins(y[:5], p[:5]) == {}  # a cohort of 5 sends no bin at all
+
+
+def test_calibration_bin_keys_are_whitelisted() -> None:
+    from shared.privacy.whitelist import ALLOWED_METRICS
+
+    p = (np.arange(1000) + 0.5) / 1000  # 100 patients in each of the 10 bins
+    bins = m.calibration_bins((p > 0.5).astype(int), p)
+    assert len(bins) == 30 and set(bins) <= ALLOWED_METRICS
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_c_index_matches_scikit_survival(seed: int) -> None:
+    sksurv_metrics = pytest.importorskip("sksurv.metrics")
+    time, event, risk = _survival_sample(80, seed)
+    reference = sksurv_metrics.concordance_index_censored(event.astype(bool), time, risk)[0]
+    assert m.c_index(time, event, risk) == pytest.approx(reference, abs=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["auroc", "auprc", "brier"])
+def test_vectorised_bootstrap_equals_one_call_per_resample(metric: str) -> None:
+    fn = getattr(m, metric)
+    y, p = _binary_sample(60, seed=4)  # tied scores; small n, so some resamples could be single-class
+    vectorised = m.bootstrap_ci(fn, y, p, n_boot=300, seed=7)
+    looped = m.bootstrap_ci(lambda *a: fn(*a), y, p, n_boot=300, seed=7)  # a wrapper is not vectorised
+    assert vectorised == pytest.approx(looped, abs=1e-12)
+
+
+def test_row_wise_metrics_agree_with_sklearn_on_every_resample() -> None:
+    y, p = _binary_sample(40, seed=5)
+    rows = np.random.default_rng(0).integers(0, 40, size=(200, 40))
+    auroc_rows, auprc_rows = m._auroc_rows(y[rows], p[rows]), m._auprc_rows(y[rows], p[rows])
+    single = [np.unique(y[r]).size < 2 for r in rows]
+    for r, one_class, a, ap in zip(rows, single, auroc_rows, auprc_rows):
+        if one_class:
+            assert np.isnan(a) and np.isnan(ap)
+        else:
+            assert a == pytest.approx(skm.roc_auc_score(y[r], p[r]), abs=1e-12)
+            assert ap == pytest.approx(skm.average_precision_score(y[r], p[r]), abs=1e-12)
+    np.testing.assert_allclose(m._brier_rows(y[rows], p[rows]), [skm.brier_score_loss(y[r], p[r]) for r in rows], atol=1e-12)
+    one_class = m._auroc_rows(np.ones((1, 5), dtype=int), np.arange(5.0)[None])
+    assert np.isnan(one_class).all() and np.isnan(m._auprc_rows(np.zeros((1, 5), dtype=int), np.arange(5.0)[None])).all()
+
+
+def test_vectorised_bootstrap_works_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    y, p = _binary_sample(50, seed=6)
+    whole = m.bootstrap_ci(m.auroc, y, p, n_boot=101, seed=1)
+    monkeypatch.setattr(m, "_BLOCK_CELLS", 50 * 7)  # blocks of 7 resamples, the last one shorter
+    assert m.bootstrap_ci(m.auroc, y, p, n_boot=101, seed=1) == whole

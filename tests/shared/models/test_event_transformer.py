@@ -66,3 +66,20 @@ def test_opacus_validates_and_every_parameter_gets_per_sample_grads():
     for name, p in gsm.named_parameters():
         assert p.grad_sample is not None, name
         assert p.grad_sample.shape[0] == 8, name
+
+
+def test_linear_skip_reads_max_pooled_events_and_statics():
+    model = _model().eval()
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.zero_()
+    events, valid, statics = _batch()
+    assert model.skip.in_features == 16 + 5
+    logits = model(events, valid, statics)
+    assert logits.shape == (6,)
+    events2 = events.clone()
+    events2[1, 1:] = 50.0  # padding: neither pooling nor the skip sees it
+    torch.testing.assert_close(model(events2, valid, statics), logits)
+    statics2 = statics.clone()
+    statics2[:, 0] += 1.0  # with the MLP's output zeroed, the logit moves by exactly the skip weight
+    torch.testing.assert_close(model(events, valid, statics2) - logits, model.skip.weight[0, 16].expand(6))

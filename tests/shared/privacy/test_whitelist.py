@@ -70,7 +70,9 @@ def test_whitelist_names() -> None:
         "budget_exhausted",
     } <= ALLOWED_METRICS
     assert "ece_ci_low" not in ALLOWED_METRICS and "predictions" not in ALLOWED_METRICS
-    assert len(ALLOWED_METRICS) == 20 + 14
+    assert {"calib_bin_0_observed", "calib_bin_9_predicted", "calib_bin_4_count"} <= ALLOWED_METRICS
+    assert "calib_bin_10_count" not in ALLOWED_METRICS  # 10 bins, fixed
+    assert len(ALLOWED_METRICS) == 20 + 14 + 30
 
 
 def test_normal_reply_passes() -> None:

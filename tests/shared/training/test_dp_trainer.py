@@ -4,7 +4,7 @@ from torch.utils.data import TensorDataset
 
 from shared.errors import InputError
 from shared.training.devices import resolve_device
-from shared.training.dp_trainer import TrainSettings, steps_per_epoch, train_model
+from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per_epoch, train_model
 
 
 def _setup(n=120):
@@ -27,6 +27,14 @@ def test_dp_training_changes_weights_and_counts_logical_steps():
     assert res.sample_rate == pytest.approx(0.25)  # 1 / ceil(120 / 30)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert not any(k.startswith("_module") for k in model.state_dict())
+
+
+def test_accounted_rate_and_steps_are_what_opacus_runs_when_the_batch_does_not_divide_n():
+    model, ds, loss = _setup(n=130)
+    res = train_model(model, ds, loss, TrainSettings(epochs=2, expected_batch_size=30, noise_multiplier=1.0, seed=1))
+    assert steps_per_epoch(130, 30) == 5 and res.steps == 10  # Opacus draws ceil(130 / 30) batches per epoch
+    assert res.sample_rate == pytest.approx(1 / 5)
+    assert steps_per_epoch(20, 30) == 1 and sample_rate_for(20, 30) == 1.0
 
 
 def test_batch_memory_manager_keeps_logical_steps():

@@ -1,0 +1,1 @@
+"""Performance and utility benchmarks (scripts; each prints a table and writes JSON into results/)."""

@@ -1,0 +1,150 @@
+"""Markdown tables from the benchmark results, for the README's "Performance" section.
+
+Reads benchmarks/results/*.json (fed_vs_pooled, scaling, communication, dp_overhead; a full run's
+file is preferred over its `_quick` variant) and prints Markdown, or writes it with --out.
+
+    python benchmarks/make_readme_table.py [--results benchmarks/results] [--out perf.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _eps(value: Any) -> str:
+    value = float(value)
+    return "∞" if math.isinf(value) else f"{value:g}"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _kib(n_bytes: float) -> str:
+    return f"{n_bytes / 1024:,.1f}"
+
+
+def fed_vs_pooled(data: dict) -> str:
+    epsilons = sorted({float(r["epsilon"]) for r in data["rows"]})
+    by_workload: dict[str, dict[float, dict]] = {}
+    for r in data["rows"]:
+        by_workload.setdefault(r["workload"], {})[float(r["epsilon"])] = r
+    rows = []
+    for name, per_eps in by_workload.items():
+        first = next(iter(per_eps.values()))
+        cells = [f"{_num(per_eps[e]['federated'])} ({_num(per_eps[e]['ratio'], 2)})" if e in per_eps else "-" for e in epsilons]
+        rows.append([name, first["data"], first["metric"], _num(first["pooled"]), *cells])
+    header = ["workload", "data", "metric", "pooled, non-DP", *(f"federated ε={_eps(e)} (ratio)" for e in epsilons)]
+    seeds = len(data.get("seeds", [])) or 1
+    note = (f"Federated DP (FedAvg of per-site DP-SGD, δ=1e-5, ε per site over the run) vs pooled non-DP training, "
+            f"same epochs; metric on the union of the sites' validation splits; mean over {seeds} seed(s).")
+    return _md(header, rows) + "\n\n" + note
+
+
+def scaling(data: dict) -> str:
+    rows = data["rows"]
+    base = rows[0]["round_cpu_s"]
+    table = _md(
+        ["sites", "stays/site", "round wall (s)", "round CPU (s)", "train CPU (s)", "evaluate CPU (s)", "CPU growth",
+         "peak RSS (MB)", "Python heap peak (MB)"],
+        [[r["sites"], r["stays_per_site"], _num(r["round_s"], 2), _num(r["round_cpu_s"], 2), _num(r["train_cpu_s"], 2),
+          _num(r["evaluate_cpu_s"], 2), f"{r['round_cpu_s'] / base:.2f}x", _num(r["peak_rss_mb"], 0),
+          _num(r["tracemalloc_peak_mb"], 1)] for r in rows],
+    )
+    return table + f"\n\n{data['total_stays']} synthetic ICU stays in all; {data.get('note', '')}"
+
+
+def communication(data: dict) -> str:
+    sizes = _md(
+        ["model", "parameters", "4 × params (KiB)", "train request (KiB)", "train reply (KiB)", "reply / raw",
+         "evaluate reply (B)", "float16 reply (KiB)"],
+        [[r["model"], f"{r['parameters']:,}", _kib(r["raw_fp32_bytes"]), _kib(r["fp32"]["request"]),
+          _kib(r["fp32"]["train_reply"]), _num(r["train_reply_over_raw"], 3), f"{r['fp32']['evaluate_reply']:,}",
+          _kib(r["fp16"]["train_reply"])] for r in data["sizes"]],
+    )
+    utility = _md(
+        ["workload", "metric", "ε", "float32", "float16", "difference"],
+        [[r["workload"], r["metric"], _eps(r["epsilon"]), _num(r["float32"], 4), _num(r["float16"], 4),
+          f"{r['difference']:+.4f}"] for r in data.get("float16_utility", [])],
+    )
+    return sizes + "\n\nBytes per message as Flower 1.41 serializes it (no transport framing).\n\n" + utility
+
+
+def dp_overhead(data: dict) -> str:
+    rows = [
+        [r["model"], r["batch"], r["precision"], r["mode"], _num(r.get("step_ms"), 1), _num(r.get("samples_per_s"), 0),
+         _num(r.get("peak_mb"), 0), f"{r['dp_over_non_dp']:.2f}x" if "dp_over_non_dp" in r else r.get("error", "")[:60]]
+        for r in data["rows"]
+    ]
+    table = _md(["model", "batch", "precision", "mode", "step (ms)", "samples/s", "peak MB", "DP / non-DP"], rows)
+    return table + f"\n\nDevice: {data.get('device')} ({data.get('device_name')}), {data.get('threads')} thread(s)."
+
+
+FORMATTERS: dict[str, Callable[[dict], str]] = {
+    "fed_vs_pooled": fed_vs_pooled,
+    "scaling": scaling,
+    "communication": communication,
+    "dp_overhead": dp_overhead,
+}
+TITLES = {
+    "fed_vs_pooled": "Utility: federated DP vs pooled non-DP",
+    "scaling": "Scaling with the number of sites",
+    "communication": "Communication per site and round",
+    "dp_overhead": "DP-SGD step cost",
+}
+
+
+def result_files(results: Path) -> dict[str, list[Path]]:
+    """benchmark -> its result files, full runs before quick ones."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(results.glob("*.json")):
+        name = next((b for b in FORMATTERS if path.stem == b or path.stem.startswith(b + "_")), None)
+        if name:
+            found.setdefault(name, []).append(path)
+    for paths in found.values():
+        paths.sort(key=lambda p: p.stem.endswith("_quick"))
+    return found
+
+
+def build_markdown(results: Path) -> str:
+    parts = []
+    for name, paths in result_files(results).items():
+        if name == "dp_overhead":
+            chosen = paths  # one file per device: show each
+        else:
+            chosen = paths[:1]
+        for path in chosen:
+            data = json.loads(path.read_text())
+            quick = " (`--quick`)" if data.get("quick") else ""
+            parts.append(f"### {TITLES[name]}{quick}\n\nFrom `benchmarks/results/{path.name}`.\n\n{FORMATTERS[name](data)}")
+    return "\n\n".join(parts) + "\n" if parts else "No benchmark results found.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--out", default=None, help="write the Markdown here instead of printing it")
+    args = parser.parse_args(argv)
+    text = build_markdown(Path(args.results))
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""`fedcare client`: one hospital's SuperNode, kept running.
+
+Validates the site.yaml first (paths, keys, address: one-line errors), then runs
+`flower-supernode` with the site's TLS root certificate, SuperNode authentication key and node
+config `site-config=<site.yaml>` (the ClientApp reads the site's settings from it), and starts
+it again whenever it exits: the SuperLink restarted (the node's old id is unknown to it), the
+network dropped, or the SuperLink still counts a crashed earlier instance of this node as
+online (activation is refused until its heartbeat expires, about a minute).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from client.site_config import SiteDeployment, load_site_deployment
+from fedcare.flower_processes import FlowerProcess, flower_env, flower_executable
+from shared.training.devices import resolve_device
+
+FIRST_RETRY_S, MAX_RETRY_S = 2.0, 30.0
+
+
+def supernode_argv(site: SiteDeployment, site_yaml: Path, runtime_port: int) -> list[str]:
+    argv = [flower_executable("flower-supernode"), "--superlink", site.superlink,
+            "--node-config", f'site-config="{site_yaml.resolve()}"', "--port", str(runtime_port),
+            "--isolation", "subprocess"]
+    if site.insecure:
+        return argv + ["--insecure"]
+    return argv + ["--root-certificates", str(site.root_certificates), "--auth-supernode-private-key", str(site.auth_key)]
+
+
+def run_hospital(site_yaml: Path, runtime_port: int, max_restarts: int | None, console: Console) -> int:
+    """Blocks until stopped (Ctrl-C / SIGTERM: returns 0) or, with `max_restarts`, until the
+    SuperNode has exited that many times more (returns 1)."""
+    site = load_site_deployment(site_yaml)
+    settings = site.settings
+    if settings.device is not None:
+        resolve_device(settings.device, settings.source, "device")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    env = flower_env(settings.state_dir / "flower")  # FAB cache of this site
+    argv = supernode_argv(site, site_yaml, runtime_port)
+    mode = "[red]INSECURE (no TLS)[/red]" if site.insecure else "TLS, SuperNode key " + site.auth_key.name  # type: ignore[union-attr]
+    console.print(f"[bold]fedcare client[/bold] site={settings.site} superlink={site.superlink} {mode} "
+                  f"data={settings.data_dir} state={settings.state_dir}")
+    restarts, delay = 0, FIRST_RETRY_S
+    while True:
+        started = time.time()
+        node = FlowerProcess("supernode", argv, env, None)  # output goes to this console / the container log
+        try:
+            code = node.proc.wait()
+        finally:
+            node.stop()
+        if time.time() - started > 30:
+            delay = FIRST_RETRY_S  # it had been connected: a fresh failure, not a refusal repeating
+        restarts += 1
+        if max_restarts is not None and restarts > max_restarts:
+            console.print(f"[red]SuperNode of {settings.site} exited (code {code}); not restarting "
+                          f"(--max-restarts {max_restarts})[/red]")
+            return 1
+        console.print(f"[yellow]SuperNode of {settings.site} exited (code {code}); connecting again in {delay:.0f} s[/yellow]")
+        time.sleep(delay)
+        delay = min(2 * delay, MAX_RETRY_S)

@@ -1,0 +1,123 @@
+"""PNG figures for site reports: heatmaps with named axes and importance bar charts.
+
+Figures are built on matplotlib's Agg canvas directly (no pyplot state, safe in worker threads
+and on machines without a display). Every builder returns the Figure, so its tick labels can be
+checked before `save_png` writes it atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from shared.privacy.atomic_write import write_atomically
+
+MAX_LABEL_CHARS = 48
+
+
+def shorten(text: str, limit: int = MAX_LABEL_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def event_label(event_type: str, text: str, hours_before_end: float, value: float | None = None) -> str:
+    """'lab: Lactate 6.1 (-3.0 h)': type, text (and value), hours before the stay's last event."""
+    shown = shorten(text) if value is None or not np.isfinite(value) else f"{shorten(text)} {value:g}"
+    return f"{event_type}: {shown} (-{hours_before_end:.1f} h)"
+
+
+def duration_label(seconds: float) -> str:
+    """Elapsed time as '2h05' / '30s' (PSG time axis)."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}"
+    return f"{minutes}m{secs:02d}" if minutes else f"{secs}s"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _heatmap(
+    values: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str, xlabel: str, ylabel: str,
+    colorbar_label: str, diverging: bool, max_col_ticks: int = 40,
+) -> Figure:
+    rows, cols = values.shape
+    label_width = 0.065 * max((len(label) for label in row_labels), default=4)  # inches at font size 8
+    fig = _figure(min(label_width + 3.0 + 0.4 * min(cols, max_col_ticks), 22.0), min(2.0 + 0.28 * rows, 30.0))
+    ax = fig.add_subplot(1, 1, 1)
+    if diverging:
+        bound = float(np.abs(values).max()) or 1.0
+        image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    else:
+        image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, interpolation="nearest")
+    ax.set_yticks(range(rows), list(row_labels), fontsize=8)
+    step = max(1, int(np.ceil(cols / max_col_ticks)))
+    ticks = list(range(0, cols, step))
+    slanted = cols > 8
+    ax.set_xticks(ticks, [col_labels[i] for i in ticks], fontsize=8, rotation=45 if slanted else 0,
+                  ha="right" if slanted else "center")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=colorbar_label, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def event_heads_figure(weights: np.ndarray, event_labels: Sequence[str], title: str) -> Figure:
+    """Pooling attention, events x heads: weights (n_events, n_heads)."""
+    heads = [f"head {h + 1}" for h in range(weights.shape[1])]
+    return _heatmap(weights, event_labels, heads, title, "attention-pooling head", "event (type: text, hours before end)",
+                    "attention weight", diverging=False)
+
+
+def retain_figure(contributions: np.ndarray, visit_labels: Sequence[str], feature_names: Sequence[str], title: str) -> Figure:
+    """RETAIN contributions, visits x labs: contributions (n_visits, n_features), logit units."""
+    return _heatmap(contributions, visit_labels, feature_names, title, "lab", "visit",
+                    "contribution to the logit", diverging=True)
+
+
+def psg_figure(weights: np.ndarray, channel_names: Sequence[str], time_labels: Sequence[str], title: str,
+               colorbar_label: str = "channel attention", diverging: bool = False) -> Figure:
+    """A PSG map, channels x time: weights (n_channels, n_epochs)."""
+    return _heatmap(weights, channel_names, time_labels, title, "time since recording start", "channel",
+                    colorbar_label, diverging=diverging)
+
+
+def importance_figure(names: Sequence[str], values: Sequence[float], title: str, xlabel: str, top: int = 20) -> Figure:
+    """Horizontal bars, largest |value| at the top; positive values red, negative blue."""
+    arr = np.asarray(values, float)
+    order = np.argsort(-np.abs(arr), kind="stable")[:top][::-1]
+    shown_names = [shorten(names[i]) for i in order]
+    fig = _figure(4.5 + 0.065 * max((len(n) for n in shown_names), default=4), 1.2 + 0.32 * len(order))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh(range(len(order)), arr[order], color=["#b2182b" if v > 0 else "#2166ac" for v in arr[order]])
+    ax.set_yticks(range(len(order)), shown_names, fontsize=8)
+    ax.axvline(0.0, color="black", linewidth=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def axis_labels(fig: Figure) -> tuple[list[str], list[str]]:
+    """(x tick labels, y tick labels) of the figure's first axes."""
+    ax = fig.axes[0]
+    return [t.get_text() for t in ax.get_xticklabels()], [t.get_text() for t in ax.get_yticklabels()]
+
+
+def save_png(fig: Figure, path: Path, mode: int = 0o644) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_atomically(Path(path), buffer.getvalue(), mode)
+    return Path(path)

@@ -1,0 +1,187 @@
+"""The site's explanation report: Markdown + HTML (figures linked by relative path) + JSON numbers.
+
+Written under the site's own folder (state_dir/explanations/<run-or-checkpoint>/), every file
+atomically; nothing here is sent anywhere. Layout of a report folder:
+    report.md, report.html   cohort importance, per-patient "why" lists, figures
+    explanations.json        the raw numbers (attributions, ablation effects, attention, deltas)
+    figures/*.png
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from shared.explain.plots import save_png
+from shared.privacy.atomic_write import write_atomically
+
+FIGURES_DIR = "figures"
+FILE_MODE = 0o600  # per-patient content: readable by the site's service account only
+
+
+@dataclass
+class PatientExplanation:
+    patient_id: str
+    output: float  # the model's output for this patient (e.g. predicted probability)
+    reasons: list[str]  # "why", most important first, in clinical terms
+    figures: list[str] = field(default_factory=list)  # keys of SiteExplanation.figures
+    numbers: dict[str, Any] = field(default_factory=dict)  # raw numbers for the JSON
+
+
+@dataclass
+class SiteExplanation:
+    task: str
+    model: str
+    source: str  # the checkpoint / run the model came from
+    output_name: str  # what PatientExplanation.output is ("predicted probability of in-hospital death")
+    methods: list[str]  # how each number was computed, baselines included
+    cohort: dict[str, dict[str, float]]  # method -> {group: mean |attribution|}
+    cohort_size: int
+    patients: list[PatientExplanation]
+    figures: dict[str, Figure] = field(default_factory=dict)  # file stem -> figure
+    figure_titles: dict[str, str] = field(default_factory=dict)
+    cohort_figures: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)  # site-level raw numbers
+
+
+@dataclass
+class ReportFiles:
+    folder: Path
+    markdown: Path
+    html: Path
+    json: Path
+    figures: list[Path]
+
+
+def figure_stem(text: str) -> str:
+    """A safe file stem from an id or a title."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "figure"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _markdown(exp: SiteExplanation) -> str:
+    lines = [
+        f"# Site explanation report: {exp.task}",
+        "",
+        f"Model `{exp.model}` from `{exp.source}`. Computed at this site; nothing in this folder leaves it.",
+        "",
+        "## Methods",
+        *[f"- {m}" for m in exp.methods],
+        "",
+        f"## Cohort importance ({exp.cohort_size} patients)",
+        "",
+    ]
+    for method, values in exp.cohort.items():
+        lines += [f"### {method}", "", "| group | mean abs. value |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in values.items()]
+        lines.append("")
+    for key in exp.cohort_figures:
+        lines += [f"![{exp.figure_titles.get(key, key)}]({FIGURES_DIR}/{key}.png)", ""]
+    lines += ["## Patients", ""]
+    for p in exp.patients:
+        lines += [f"### Patient {p.patient_id}", "", f"{exp.output_name}: **{p.output:.3f}**", "", "Why:"]
+        lines += [f"{i + 1}. {reason}" for i, reason in enumerate(p.reasons)]
+        lines.append("")
+        for key in p.figures:
+            lines += [f"![{exp.figure_titles.get(key, key)}]({FIGURES_DIR}/{key}.png)", ""]
+    return "\n".join(lines)
+
+
+def _html(exp: SiteExplanation) -> str:
+    e = html.escape
+
+    def img(key: str) -> str:
+        return f'<figure><img src="{FIGURES_DIR}/{e(key)}.png" alt="{e(exp.figure_titles.get(key, key))}"></figure>'
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>Site explanation report: {e(exp.task)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}</style>",
+        "</head><body>",
+        f"<h1>Site explanation report: {e(exp.task)}</h1>",
+        f"<p>Model <code>{e(exp.model)}</code> from <code>{e(exp.source)}</code>. "
+        "Computed at this site; nothing in this folder leaves it.</p>",
+        "<h2>Methods</h2><ul>",
+        *[f"<li>{e(m)}</li>" for m in exp.methods],
+        "</ul>",
+        f"<h2>Cohort importance ({exp.cohort_size} patients)</h2>",
+    ]
+    for method, values in exp.cohort.items():
+        parts.append(f"<h3>{e(method)}</h3><table><tr><th>group</th><th>mean abs. value</th></tr>")
+        parts += [f"<tr><td>{e(name)}</td><td>{value:.4f}</td></tr>" for name, value in values.items()]
+        parts.append("</table>")
+    parts += [img(key) for key in exp.cohort_figures]
+    parts.append("<h2>Patients</h2>")
+    for p in exp.patients:
+        parts += [
+            f"<h3>Patient {e(p.patient_id)}</h3>",
+            f"<p>{e(exp.output_name)}: <b>{p.output:.3f}</b></p>",
+            "<p>Why:</p><ol>",
+            *[f"<li>{e(reason)}</li>" for reason in p.reasons],
+            "</ol>",
+            *[img(key) for key in p.figures],
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _json(exp: SiteExplanation) -> dict[str, Any]:
+    return _jsonable(
+        {
+            "task": exp.task,
+            "model": exp.model,
+            "source": exp.source,
+            "output_name": exp.output_name,
+            "methods": exp.methods,
+            "cohort_size": exp.cohort_size,
+            "cohort": exp.cohort,
+            "site": exp.numbers,
+            "patients": [
+                {"patient_id": p.patient_id, "output": p.output, "reasons": p.reasons,
+                 "figures": [f"{FIGURES_DIR}/{k}.png" for k in p.figures], **p.numbers}
+                for p in exp.patients
+            ],
+            "cohort_figures": [f"{FIGURES_DIR}/{k}.png" for k in exp.cohort_figures],
+        }
+    )
+
+
+def write_site_report(out_dir: Path, exp: SiteExplanation) -> ReportFiles:
+    """Write the figures, report.md, report.html and explanations.json into `out_dir`."""
+    out_dir = Path(out_dir)
+    referenced = set(exp.cohort_figures) | {k for p in exp.patients for k in p.figures}
+    missing = referenced - set(exp.figures)
+    if missing:
+        raise ValueError(f"figures referenced but not built: {sorted(missing)}")
+    written = [save_png(exp.figures[key], out_dir / FIGURES_DIR / f"{key}.png", FILE_MODE) for key in sorted(referenced)]
+    md, page, numbers = out_dir / "report.md", out_dir / "report.html", out_dir / "explanations.json"
+    write_atomically(md, _markdown(exp).encode(), FILE_MODE)
+    write_atomically(page, _html(exp).encode(), FILE_MODE)
+    write_atomically(numbers, json.dumps(_json(exp), indent=1).encode(), FILE_MODE)
+    return ReportFiles(out_dir, md, page, numbers, written)

@@ -1,0 +1,250 @@
+"""A hospital's site policy: which runs may use its data and the privacy floor no run may weaken.
+
+The policy is a YAML file the hospital owns (see README "For hospitals: what runs on your data"). A run is approved when its
+*run hash* is listed under `approved_runs`. The run hash identifies what will execute at the site:
+
+    SHA-256 of the canonical JSON {"config": <resolved run config>, "code": {<repo path>: <SHA-256 of file>}}
+
+- "config" is `RunConfig.to_dict()` without the fields that only say where things are kept
+  (HASH_EXCLUDED_CONFIG_FIELDS: output folder, data root, site state root, site policies), so the
+  same run approved from the coordinator's YAML matches the run the server sends.
+- "code" covers every source file the site runs for this run (`code_files`): the model's file and
+  the task's file (looked up in the registries), and all of client/, shared/training/, shared/privacy/,
+  shared/losses/, shared/data/, plus shared/models/attention.py and registry.py, shared/tasks/base.py
+  and registry.py, shared/config.py and shared/metrics.py. Changing any of them changes the hash.
+
+Independently of approval, every run must respect the privacy floor, the round limit and the
+allowed tasks, models and strategies (`config_violations`, `noise_violation`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.config import STRATEGIES, RunConfig
+from shared.errors import InputError
+from shared.privacy.atomic_write import write_atomically
+from shared.privacy.ledger import canonical_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HASH_EXCLUDED_CONFIG_FIELDS = ("output_dir", "data.root", "federation.site_state_root", "federation.site_policies")
+SITE_CODE_GLOBS = (
+    "client/*.py",
+    "shared/training/*.py",
+    "shared/privacy/*.py",
+    "shared/losses/*.py",
+    "shared/data/*.py",
+    "shared/models/attention.py",
+    "shared/models/registry.py",
+    "shared/tasks/base.py",
+    "shared/tasks/registry.py",
+    "shared/config.py",
+    "shared/metrics.py",
+)
+_TOP_KEYS = ("site", "allowed_tasks", "allowed_models", "allowed_strategies", "max_rounds", "privacy", "approved_runs")
+_HEX = set("0123456789abcdef")
+
+
+@dataclass
+class PrivacyFloor:
+    """Strict defaults: DP always on, at most epsilon 8 per run and 16 over the site's lifetime."""
+
+    max_epsilon_per_run: float = 8.0
+    max_lifetime_epsilon: float = 16.0
+    min_noise_multiplier: float = 0.5
+    max_clip_norm: float = 1.0
+    max_delta: float = 1.0e-5
+
+
+@dataclass
+class SitePolicy:
+    source: str
+    site: str | None = None  # when set, the policy only applies to this site
+    allowed_tasks: list[str] | None = None  # None = any task (approval still pins the exact run)
+    allowed_models: list[str] | None = None
+    allowed_strategies: list[str] = field(default_factory=lambda: ["fedavg", "fedprox"])
+    max_rounds: int = 20
+    privacy: PrivacyFloor = field(default_factory=PrivacyFloor)
+    approved_runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def approved_hashes(self) -> set[str]:
+        return {str(run["hash"]) for run in self.approved_runs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "allowed_tasks": self.allowed_tasks,
+            "allowed_models": self.allowed_models,
+            "allowed_strategies": self.allowed_strategies,
+            "max_rounds": self.max_rounds,
+            "privacy": dict(self.privacy.__dict__),
+            "approved_runs": self.approved_runs,
+        }
+
+
+# -- loading ---------------------------------------------------------------------------------
+def _names(raw: Any, source: str, where: str) -> list[str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise InputError(source, where, "must be a list of names")
+    return list(raw)
+
+
+def _positive(raw: Any, source: str, where: str, integer: bool = False) -> float:
+    ok_type = isinstance(raw, int) if integer else isinstance(raw, (int, float))
+    if isinstance(raw, bool) or not ok_type or not math.isfinite(raw) or raw <= 0:
+        raise InputError(source, where, f"must be a positive {'integer' if integer else 'number'}, got {raw!r}")
+    return raw
+
+
+def policy_from_dict(raw: Any, source: str) -> SitePolicy:
+    """Validate a parsed policy; every problem raises InputError(source, field, problem)."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise InputError(source, None, "a site policy must be a mapping")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise InputError(source, str(key), f"unknown field; known: {', '.join(_TOP_KEYS)}")
+    policy = SitePolicy(source=source)
+    if raw.get("site") is not None:
+        if not isinstance(raw["site"], str):
+            raise InputError(source, "site", "must be a site name")
+        policy.site = raw["site"]
+    policy.allowed_tasks = _names(raw.get("allowed_tasks"), source, "allowed_tasks")
+    policy.allowed_models = _names(raw.get("allowed_models"), source, "allowed_models")
+    if "allowed_strategies" in raw:
+        strategies = _names(raw["allowed_strategies"], source, "allowed_strategies") or []
+        for name in strategies:
+            if name not in STRATEGIES:
+                raise InputError(source, "allowed_strategies", f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+        policy.allowed_strategies = strategies
+    if "max_rounds" in raw:
+        policy.max_rounds = int(_positive(raw["max_rounds"], source, "max_rounds", integer=True))
+    privacy = raw.get("privacy") or {}
+    if not isinstance(privacy, dict):
+        raise InputError(source, "privacy", "must be a mapping")
+    for key, value in privacy.items():
+        if key not in PrivacyFloor.__dataclass_fields__:
+            raise InputError(source, f"privacy.{key}", f"unknown field; known: {', '.join(PrivacyFloor.__dataclass_fields__)}")
+        setattr(policy.privacy, key, float(_positive(value, source, f"privacy.{key}")))
+    if policy.privacy.max_delta >= 1:
+        raise InputError(source, "privacy.max_delta", "must be < 1")
+    runs = raw.get("approved_runs") or []
+    if not isinstance(runs, list):
+        raise InputError(source, "approved_runs", "must be a list")
+    for index, run in enumerate(runs):
+        digest = run.get("hash") if isinstance(run, dict) else None
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+            raise InputError(source, f"approved_runs[{index}].hash", "must be a 64-character lower-case SHA-256 hex")
+        policy.approved_runs.append(dict(run))
+    return policy
+
+
+def load_site_policy(path: Path) -> SitePolicy:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "site policy file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise InputError(path, f"line {mark.line + 1}" if mark else None, "not valid YAML") from None
+    return policy_from_dict(raw, str(path))
+
+
+def save_site_policy(policy: SitePolicy, path: Path) -> None:
+    """Write the policy (atomically: a reader sees the old or the new file, never half of one)."""
+    header = "# fedcare site policy (see README: For hospitals: what runs on your data)\n"
+    text = header + yaml.safe_dump(policy.to_dict(), sort_keys=False)
+    write_atomically(Path(path), text.encode("utf-8"))
+
+
+# -- the run hash ----------------------------------------------------------------------------
+def hashed_config(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as hashed: without the fields that only say where things are kept."""
+    out = cfg.to_dict()
+    for dotted in HASH_EXCLUDED_CONFIG_FIELDS:
+        *parents, leaf = dotted.split(".")
+        section = out
+        for name in parents:
+            section = section.get(name, {})
+        section.pop(leaf, None)
+    return out
+
+
+def code_files(cfg: RunConfig) -> list[Path]:
+    """Every source file the site runs for `cfg` (see the module docstring)."""
+    from shared.models.registry import model_source_file
+    from shared.tasks.registry import task_source_file
+
+    files = {model_source_file(cfg.model.name).resolve(), task_source_file(cfg.task).resolve()}
+    for pattern in SITE_CODE_GLOBS:
+        files.update(p.resolve() for p in REPO_ROOT.glob(pattern))
+    return sorted(files)
+
+
+def _display_path(path: Path) -> str:
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.as_posix()
+
+
+def run_hash(cfg: RunConfig) -> str:
+    """SHA-256 over the hashed config and the SHA-256 of every code file (see the module docstring)."""
+    code = {_display_path(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in code_files(cfg)}
+    return hashlib.sha256(canonical_json({"config": hashed_config(cfg), "code": code}).encode()).hexdigest()
+
+
+# -- checks ----------------------------------------------------------------------------------
+def config_violations(policy: SitePolicy, cfg: RunConfig, site: str) -> list[str]:
+    """How `cfg` breaks the policy's floor, limits or allow-lists (empty when it does not)."""
+    floor, p = policy.privacy, cfg.privacy
+    problems = []
+    if policy.site is not None and policy.site != site:
+        problems.append(f"the policy is for site {policy.site!r}, not {site!r}")
+    if not p.enabled:
+        problems.append("differential privacy is switched off")
+    if cfg.site_target_epsilon(site) > floor.max_epsilon_per_run:
+        problems.append(f"epsilon {cfg.site_target_epsilon(site):g} > site maximum {floor.max_epsilon_per_run:g}")
+    if p.delta > floor.max_delta:
+        problems.append(f"delta {p.delta:g} > site maximum {floor.max_delta:g}")
+    if p.max_grad_norm > floor.max_clip_norm:
+        problems.append(f"clip norm {p.max_grad_norm:g} > site maximum {floor.max_clip_norm:g}")
+    if cfg.train.rounds > policy.max_rounds:
+        problems.append(f"{cfg.train.rounds} rounds > site maximum {policy.max_rounds}")
+    if cfg.strategy.name not in policy.allowed_strategies:
+        problems.append(f"strategy {cfg.strategy.name!r} not allowed")
+    if policy.allowed_tasks is not None and cfg.task not in policy.allowed_tasks:
+        problems.append(f"task {cfg.task!r} not allowed")
+    if policy.allowed_models is not None and cfg.model.name not in policy.allowed_models:
+        problems.append(f"model {cfg.model.name!r} not allowed")
+    return problems
+
+
+def noise_violation(policy: SitePolicy, noise_multiplier: float) -> str | None:
+    """The planned noise is below the floor (the run's budget is so large DP is all but off)."""
+    if noise_multiplier < policy.privacy.min_noise_multiplier:
+        return f"planned noise multiplier {noise_multiplier:.3g} < site minimum {policy.privacy.min_noise_multiplier:g}"
+    return None
+
+
+def approve_run(policy: SitePolicy, cfg: RunConfig, digest: str, parameters: int) -> dict[str, Any]:
+    """Record `digest` as approved (with what it is, for the reader of the policy); return the record."""
+    record = {
+        "hash": digest,
+        "task": cfg.task,
+        "model": cfg.model.name,
+        "parameters": parameters,
+        "rounds": cfg.train.rounds,
+        "target_epsilon": cfg.privacy.target_epsilon,
+        "approved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": cfg.source,
+    }
+    policy.approved_runs = [r for r in policy.approved_runs if r["hash"] != digest] + [record]
+    return record

@@ -1,0 +1,76 @@
+"""A round asked again (the center resumed, a reply was lost): the site re-sends the update it
+already logged, never trains or logs a (run, round) twice, and refuses a different global model."""
+
+import json
+
+import pytest
+import torch
+
+from client.site_worker import SiteSettings, SiteWorker, state_digest
+from shared.config import config_from_dict
+from shared.privacy.ledger import SiteLedger
+from shared.tasks.registry import build_task
+
+TINY = {
+    "task": "event_mortality",
+    "data": {"sites": ["site_a"], "synth_sizes": [120], "max_events": 16, "text_dim": 16},
+    "model": {"name": "event_transformer", "d_model": 16, "layers": 1, "heads": 2, "ff": 32, "pooling_heads": 2,
+              "mlp_hidden": 16},
+    "train": {"rounds": 3, "local_epochs": 1, "batch_size": 32},
+    "privacy": {"target_epsilon": 4.0},
+}
+
+
+@pytest.fixture(scope="module")
+def worker_and_first_round(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    raw = json.loads(json.dumps(TINY))
+    raw["data"]["root"] = str(root / "data")
+    cfg = config_from_dict(raw, "tiny.yaml")
+    build_task(cfg).synthesize(root / "data", ["site_a"], 0)
+    settings = SiteSettings(site="site_a", data_dir=root / "data" / "site_a", state_dir=root / "state", delta=1e-5)
+    worker = SiteWorker(cfg, settings, "run-1")
+    global_state = worker.task.build_model().state_dict()
+    first = worker.train_round(1, global_state)
+    return worker, global_state, first, cfg, settings
+
+
+def test_first_round_trains_and_logs_once(worker_and_first_round):
+    worker, _, first, _, _ = worker_and_first_round
+    assert first.status == "trained" and first.arrays is not None
+    assert [(e["run_id"], e["round"]) for e in worker.ledger.entries()] == [("run-1", 1)]
+
+
+def test_same_round_same_global_model_resends_the_logged_update(worker_and_first_round):
+    worker, global_state, first, cfg, settings = worker_and_first_round
+    fresh = SiteWorker(cfg, settings, "run-1")  # a new ClientApp process after a restart
+    again = fresh.train_round(1, {k: v.clone() for k, v in global_state.items()})
+    assert again.status == "trained"
+    assert all(torch.equal(again.arrays[k], first.arrays[k]) for k in first.arrays)
+    assert again.metrics == pytest.approx(first.metrics)
+    assert len(SiteLedger(settings.state_dir / "privacy_ledger.jsonl", "site_a").entries()) == 1
+
+
+def test_same_round_other_global_model_is_refused_without_a_ledger_entry(worker_and_first_round):
+    worker, global_state, _, _, settings = worker_and_first_round
+    other = {k: v + 0.5 if v.is_floating_point() else v for k, v in global_state.items()}
+    assert state_digest(other) != state_digest(global_state)
+    outcome = worker.train_round(1, other)
+    assert outcome.status == "refused" and outcome.arrays is None
+    assert "already trained" in outcome.reason
+    assert len(worker.ledger.entries()) == 1
+
+
+def test_a_run_asking_a_looser_delta_than_the_site_allows_is_refused(worker_and_first_round):
+    worker, global_state, _, cfg, settings = worker_and_first_round
+    strict = SiteSettings(**{**settings.__dict__, "delta": 1e-7, "state_dir": settings.state_dir.parent / "strict"})
+    outcome = SiteWorker(cfg, strict, "run-1").train_round(1, global_state)
+    assert outcome.status == "refused" and "delta" in outcome.reason and outcome.arrays is None
+
+
+def test_state_digest_sees_names_dtypes_and_values():
+    a = {"w": torch.zeros(3), "b": torch.ones(2, dtype=torch.bfloat16)}
+    assert state_digest(a) == state_digest({k: v.clone() for k, v in a.items()})
+    assert state_digest(a) != state_digest({"w": torch.zeros(3, dtype=torch.float64), "b": a["b"]})
+    assert state_digest(a) != state_digest({"v": a["w"], "b": a["b"]})
+    assert state_digest(a) != state_digest({"w": torch.tensor([0.0, 0.0, 1e-7]), "b": a["b"]})

@@ -1,0 +1,188 @@
+"""The center's federation loop against an in-process grid: a run interrupted in round 3 resumes
+from its round 2 checkpoint with the right round numbers and ends where an uninterrupted run
+ends; SuperLink-made error replies and silent nodes are named by their registered site; a
+reply claiming another site's name is dropped."""
+
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint
+from server.federation import run_federation
+from server.history import RunHistory
+from shared.config import config_from_dict
+from shared.errors import InputError
+
+SITES = {11: "site_a", 12: "site_b", 13: "site_c"}
+CFG = {
+    "task": "event_mortality",
+    "data": {"sites": list(SITES.values()), "max_events": 8, "text_dim": 8},
+    "model": {"name": "event_transformer", "d_model": 8, "layers": 1, "heads": 2, "ff": 8, "pooling_heads": 1,
+              "mlp_hidden": 8},
+    "train": {"rounds": 4},
+    "strategy": {"name": "fedavg", "min_sites": 2},
+    "federation": {"mode": "deployment", "wait_for_sites_s": 0.0},
+}
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch):
+    """What a ServerApp process has set when the strategy builds its messages."""
+    for name, value in (("_run_id", 5), ("_node_id", 1), ("_task_id", 3)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class Crash(Exception):
+    """The center dies."""
+
+
+class SiteGrid(Grid):
+    """Hospitals in-process: training adds 1.0 to every float array; `behaviour` may make a site
+    silent, fail (as the SuperLink reports it), lie about its name, or crash the center."""
+
+    def __init__(self, behaviour=None, names=SITES):
+        self.behaviour = behaviour or (lambda phase, rnd, site: "ok")
+        self.names = names
+        self.asked: list[tuple[str, int, str]] = []
+
+    def set_run(self, run):
+        pass
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return list(SITES)
+
+    def get_nodes(self):
+        return [NodeInfo(node_id=n, name=self.names.get(n, "")) for n in SITES]
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id
+            node, phase = msg.metadata.dst_node_id, msg.metadata.message_type
+            rnd = int(msg.content["config"]["server-round"])
+            site = SITES[node]
+            self.asked.append((phase, rnd, site))
+            what = self.behaviour(phase, rnd, site)
+            if what == "crash":
+                raise Crash
+            if what == "silent":
+                continue
+            if what == "unavailable":
+                reply = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = 1  # made by the SuperLink, not by the node
+                replies.append(reply)
+                continue
+            name = "site_a" if what == "impostor" else site
+            content = RecordDict({"metrics": MetricRecord({"num-examples": 10, "train_loss": 0.5, "val_loss": 0.5}),
+                                  "site": ConfigRecord({"name": name, "status": "trained" if phase == "train" else "evaluated",
+                                                        "reason": ""})})
+            if phase == "train":
+                state = msg.content["arrays"].to_torch_state_dict()
+                content["arrays"] = ArrayRecord({k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()})
+            replies.append(Message(content, reply_to=msg))
+        return replies
+
+
+def _rc(tmp_path, resume=False, rounds=4):
+    raw = json.loads(json.dumps(CFG))
+    raw["train"]["rounds"] = rounds
+    cfg = config_from_dict(raw, "center.yaml")
+    return {"fedcare-config": cfg.to_json(), "run-dir": str(tmp_path / "run"), "run-id": "run-7", "resume": resume}
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
+    with pytest.raises(Crash):
+        run_federation(SiteGrid(lambda phase, rnd, site: "crash" if (phase, rnd, site) == ("evaluate", 3, "site_b") else "ok"),
+                       _rc(tmp_path))
+    run_dir = tmp_path / "run"
+    assert latest_checkpoint(run_dir) == checkpoint_path(run_dir, 2)
+    assert set(json.loads((run_dir / "metrics.json").read_text())["rounds"]) == {"1", "2"}
+
+    grid = SiteGrid()
+    summary = run_federation(grid, _rc(tmp_path, resume=True))
+    assert {(phase, rnd) for phase, rnd, _ in grid.asked} == {("train", 3), ("evaluate", 3), ("train", 4), ("evaluate", 4)}
+    assert summary["complete"] and summary["rounds_planned"] == 4
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"round_{r:03d}.pt" for r in range(5)]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["rounds"]) == {"1", "2", "3", "4"}
+    assert sum("resumed after round 2" in e for e in metrics["events"]) == 1
+
+    uninterrupted = tmp_path / "plain"
+    run_federation(SiteGrid(), {**_rc(tmp_path), "run-dir": str(uninterrupted)})
+    resumed_final = load_checkpoint(checkpoint_path(run_dir, 4))
+    plain_final = load_checkpoint(checkpoint_path(uninterrupted, 4))
+    assert resumed_final["round"] == 4 and resumed_final["run_id"] == "run-7"
+    for key, value in plain_final["state_dict"].items():
+        assert torch.equal(resumed_final["state_dict"][key], value), key
+
+
+def test_resume_refuses_another_runs_checkpoints_and_a_fresh_start_refuses_to_overwrite(tmp_path):
+    run_federation(SiteGrid(), _rc(tmp_path, rounds=1))
+    with pytest.raises(InputError, match="already holds checkpoints"):
+        run_federation(SiteGrid(), _rc(tmp_path, rounds=1))
+    with pytest.raises(InputError, match="belongs to run 'run-7', not 'other'"):
+        run_federation(SiteGrid(), {**_rc(tmp_path, resume=True), "run-id": "other"})
+    with pytest.raises(InputError, match="nothing to resume"):
+        run_federation(SiteGrid(), {**_rc(tmp_path, resume=True), "run-dir": str(tmp_path / "empty")})
+
+
+def test_failed_silent_and_lying_sites_are_named_by_their_registered_site(tmp_path):
+    def behaviour(phase, rnd, site):
+        if site == "site_c" and phase == "train" and rnd == 1:
+            return "unavailable"
+        if site == "site_c" and phase == "evaluate" and rnd == 1:
+            return "silent"
+        if site == "site_b" and rnd == 2:
+            return "impostor"
+        return "ok"
+
+    summary = run_federation(SiteGrid(behaviour), _rc(tmp_path, rounds=2))
+    events = summary["events"]
+    assert "round 1: site_c train failed: Error: Node Unavailable" in events
+    assert "round 1: site_c evaluate failed: no reply (site offline or timed out)" in events
+    assert any(e.startswith("round 2: site_b train failed: reply names site 'site_a'") for e in events)
+    assert summary["sites"]["site_c"]["rounds_trained"] == [2]
+    assert summary["sites"]["site_c"]["rounds_missed"] == {"1": "failed"}
+    assert summary["sites"]["site_b"]["rounds_trained"] == [1]
+    assert summary["sites"]["site_a"]["rounds_trained"] == [1, 2]  # the lie did not count for site_a
+    assert "node-" not in " ".join(events)
+
+
+def test_history_resume_drops_rounds_after_the_checkpoint(tmp_path):
+    history = RunHistory(tmp_path, ["a"])
+    for r in (1, 2, 3):
+        history.record_train(r, "a", "trained", "", {"train_loss": 1.0})
+    history.note("round 3: a did something")
+    history.note("start: 1 of 1 sites connected")
+    history.save()
+    resumed = RunHistory.resume(tmp_path, ["a"], "auroc", 2)
+    assert set(resumed.rounds) == {1, 2}
+    assert resumed.events == ["start: 1 of 1 sites connected",
+                              "resumed after round 2 (its global checkpoint); later rounds run again"]
+
+
+def test_latest_checkpoint_orders_rounds_numerically(tmp_path):
+    for r in (9, 10, 100):
+        path = checkpoint_path(tmp_path, r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (tmp_path / "checkpoints" / "round_1000.pt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path).name == "round_1000.pt"
