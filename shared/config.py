@@ -26,6 +26,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # see shared/training/dp_trainer.py
 SITE_DP_MODES = ("fixed", "adaptive")
+TRAIN_PHASE, PRETRAIN_PHASE = "train", "pretrain"  # `phase` in a round's train/evaluate message config
+PRETRAINABLE_TASKS = ("sleep_staging", "sleep_diagnosis")  # tasks with a contrastive pretraining phase
 
 
 @dataclass
@@ -64,6 +66,21 @@ class TrainConfig:
     optimizer: str = "adamw"
     loss: str = "bce"
     loss_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainConfig:
+    """An optional first federated phase: contrastive pretraining of the task's encoder (sleep tasks:
+    InfoNCE between modalities of the same recording). Its rounds come first (global rounds
+    1..rounds), the fine-tuning rounds follow; the fine-tuning phase starts from the pretrained
+    encoder. Both phases run under one noise plan and one ledger: the run's epsilon covers both."""
+
+    enabled: bool = False
+    rounds: int = 2
+    local_epochs: int = 1
+    lr: float | None = None  # None = train.lr
+    temperature: float = 0.07
+    projection_dim: int | None = None  # None = the encoder's d_model
 
 
 @dataclass
@@ -123,6 +140,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -142,6 +160,15 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    @property
+    def pretrain_rounds(self) -> int:
+        """Rounds of the pretraining phase (0 when it is off): fine-tuning round r is global round pretrain_rounds + r."""
+        return self.pretrain.rounds if self.pretrain.enabled else 0
+
+    @property
+    def total_rounds(self) -> int:
+        return self.pretrain_rounds + self.train.rounds
 
     def site_target_epsilon(self, site: str) -> float:
         return float(self.privacy.site_targets.get(site, self.privacy.target_epsilon))
@@ -240,6 +267,14 @@ def _check(cfg: RunConfig) -> None:
     need(mpb is None or mpb >= 1, "train.max_physical_batch_size", "must be >= 1")
     need(cfg.train.lr > 0, "train.lr", "must be > 0")
     need(cfg.train.optimizer in OPTIMIZERS, "train.optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    pre = cfg.pretrain
+    need(pre.rounds >= 1, "pretrain.rounds", "must be >= 1")
+    need(pre.local_epochs >= 1, "pretrain.local_epochs", "must be >= 1")
+    need(pre.lr is None or pre.lr > 0, "pretrain.lr", "must be > 0")
+    need(pre.temperature > 0, "pretrain.temperature", f"must be > 0, got {pre.temperature}")
+    need(pre.projection_dim is None or pre.projection_dim >= 1, "pretrain.projection_dim", "must be >= 1")
+    need(not pre.enabled or cfg.task in PRETRAINABLE_TASKS, "pretrain.enabled",
+         f"no pretraining phase for task {cfg.task!r} (available: {', '.join(PRETRAINABLE_TASKS)})")
     p = cfg.privacy
     need(p.target_epsilon > 0, "privacy.target_epsilon", f"must be > 0, got {p.target_epsilon}")
     need(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")

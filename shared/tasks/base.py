@@ -84,3 +84,20 @@ class Task(ABC):
 
     def targets(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         return batch[-1]
+
+    # -- the optional pretraining phase (config `pretrain:`; shared.config.PRETRAINABLE_TASKS) ------
+    def build_pretrain_model(self) -> nn.Module:
+        """The model trained in the pretraining phase; its `encoder` is the task model's `encoder`."""
+        raise NotImplementedError(f"task {self.name} has no pretraining phase")
+
+    def pretrain_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Self-supervised loss of a batch of the site's training dataset (labels unused); a mean of
+        per-sample terms, each depending on its own sample only (sample-level DP)."""
+        raise NotImplementedError(f"task {self.name} has no pretraining phase")
+
+    @staticmethod
+    def load_pretrained_encoder(model: nn.Module, pretrained_state: dict[str, torch.Tensor]) -> int:
+        """Copy the pretrained `encoder.*` weights into `model.encoder`; returns how many tensors."""
+        encoder = {k.removeprefix("encoder."): v for k, v in pretrained_state.items() if k.startswith("encoder.")}
+        model.encoder.load_state_dict(encoder)  # strict: the same encoder layout
+        return len(encoder)

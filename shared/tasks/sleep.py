@@ -41,14 +41,18 @@ from torch.utils.data import TensorDataset
 
 from shared.data.psg import (
     DEFAULT_SYNTH_MINUTES,
+    PATCHES_PER_EPOCH,
     STAGE_NAMES,
     UNSCORED,
     PSGSite,
     load_psg_site,
+    slot_modality,
     synthesize_psg_sites,
 )
 from shared.errors import InputError
+from shared.losses.contrastive import within_sample_info_nce
 from shared.metrics import accuracy, bootstrap_ci, c_index, cohen_kappa, confusion, macro_f1, per_class_f1
+from shared.models.sleep_heads import SLEEP_MODALITIES
 from shared.privacy.atomic_write import write_atomically
 from shared.tasks.base import SiteData, Task
 
@@ -162,6 +166,28 @@ class _SleepTask(Task):
             stratify = None
         d = self.cfg.data
         return train_test_split(idx, test_size=d.val_fraction, random_state=d.split_seed, stratify=stratify)
+
+    def channel_modality(self) -> torch.Tensor:
+        """(C,) long: index in SLEEP_MODALITIES of each channel slot's modality."""
+        return torch.tensor([SLEEP_MODALITIES.index(slot_modality(s)) for s in self.cfg.data.channel_slots])
+
+    def build_pretrain_model(self) -> nn.Module:
+        """The contrastive pretrainer on the same encoder (config `model:`), projection `pretrain.projection_dim`."""
+        from shared.models.registry import build_model
+
+        params = dict(self.cfg.model.params)
+        if self.cfg.pretrain.projection_dim is not None:
+            params["projection_dim"] = self.cfg.pretrain.projection_dim
+        return build_model("set_transformer_contrastive", **params)
+
+    def pretrain_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """InfoNCE between the modalities (BAS, RESP, EKG, EMG) of each 30-s epoch, the recording's
+        other epochs as negatives (temperature `pretrain.temperature`, default 0.07)."""
+        x, channel_valid, epoch_valid = batch[0], batch[1].bool(), batch[2].bool()
+        modality = self.channel_modality().to(x.device)
+        z = model.epoch_embeddings(x, channel_valid, epoch_valid, modality, PATCHES_PER_EPOCH)  # (B, M, N, D)
+        present = model.modality_present(channel_valid, modality)  # (B, M)
+        return within_sample_info_nce(z.float(), present, epoch_valid, model.modalities, self.cfg.pretrain.temperature)
 
     def _write_report(self, name: str, report: dict, png: bytes | None = None) -> None:
         if self.report_dir is None:

@@ -16,7 +16,6 @@ from shared.errors import InputError
 from shared.privacy.whitelist import ALLOWED_METRICS
 from shared.tasks.registry import build_task
 from shared.tasks.sleep import SleepDiagnosisTask, SleepStagingTask
-from tests.shared.tasks.federated_dp import run_federation
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TINY_MODEL = {
@@ -139,3 +138,29 @@ def test_diagnosis_site_loss_metrics_and_prediction(sleep_root: Path, tmp_path: 
     ids, dataset = task.prediction_inputs(sleep_root / "a", None)
     frame = task.prediction_frame(ids, dataset, task.forward(model.eval(), dataset.tensors).detach().numpy())
     assert list(frame.columns) == ["record_id", "risk_cvd", "risk_death"] and len(frame) == 8
+
+
+def test_pretraining_config_model_and_per_recording_loss(sleep_root: Path, tmp_path: Path) -> None:
+    raw = _config("sleep_staging", sleep_root)
+    raw["pretrain"] = {"enabled": True, "rounds": 3, "projection_dim": 8}
+    cfg = config_from_dict(raw)
+    assert (cfg.pretrain_rounds, cfg.total_rounds, cfg.pretrain.temperature) == (3, 4, 0.07)
+    task = build_task(cfg)
+    assert task.channel_modality().tolist() == [0, 0, 3, 2]  # BAS1, BAS3, EMG, EKG
+    data = task.prepare_site(sleep_root / "b", "b", tmp_path / "state")  # site b: no EMG
+    model = task.build_pretrain_model()
+    x, channel_valid, epoch_valid = data.train.tensors[:3]
+    z = model.epoch_embeddings(x, channel_valid, epoch_valid, task.channel_modality())
+    assert z.shape == (4, 4, 4, 8) and z[:, 3].abs().sum() == 0  # (B, M, N, D); EMG absent: zeros
+    one = task.pretrain_loss(model, [t[:1] for t in data.train.tensors])
+    both = task.pretrain_loss(model, [t[:2] for t in data.train.tensors])
+    other = task.pretrain_loss(model, [t[1:2] for t in data.train.tensors])
+    assert torch.allclose(both, (one + other) / 2, atol=1e-5)  # a mean of per-recording terms
+    staging = task.build_model()
+    assert task.load_pretrained_encoder(staging, model.state_dict()) == len(staging.encoder.state_dict())
+    assert torch.equal(staging.encoder.token_proj.weight, model.encoder.token_proj.weight)
+    for bad, field in (({"enabled": True, "rounds": 0}, "pretrain.rounds"), ({"temperature": 0.0}, "pretrain.temperature")):
+        with pytest.raises(InputError, match=field):
+            config_from_dict({**raw, "pretrain": bad}, "run.yaml")
+    with pytest.raises(InputError, match="pretrain.enabled: no pretraining phase for task 'event_mortality'"):
+        config_from_dict({"task": "event_mortality", "pretrain": {"enabled": True}}, "run.yaml")
