@@ -238,3 +238,60 @@ def test_real_sleep_edf_annotation_file() -> None:
     assert hypnogram.onset_s == 0.0 and hypnogram.start == datetime(2001, 1, 1, 23, 59, 30)
     assert np.bincount(hypnogram.stages, minlength=5).tolist() == [151, 109, 430, 23, 141]
     assert hypnogram.stages[:2].tolist() == [0, 0] and not hypnogram.unscored_counts()
+
+
+def _site_copy(source: Path, dest: Path) -> pd.DataFrame:
+    """recordings.csv of `source` with absolute file paths, written into the new folder `dest`."""
+    dest.mkdir()
+    frame = pd.read_csv(source / "recordings.csv")
+    for col in ("psg_file", "hypnogram_file"):
+        frame[col] = [str(source / p) for p in frame[col]]
+    return frame
+
+
+def _one_line_error(site: Path, **kwargs: object) -> str:
+    with pytest.raises(InputError) as caught:
+        load_psg_site(site, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_bad_site_inputs_are_one_line_errors_naming_file_and_field(synthetic_sites: list[Path], tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    frame = _site_copy(synthetic_sites[0], site)
+    csv = site / "recordings.csv"
+    missing = _one_line_error(site)
+    assert missing == f"{csv}: missing file"
+
+    frame.loc[1, "hypnogram_file"] = str(tmp_path / "nowhere-Hypnogram.edf")
+    frame.to_csv(csv, index=False)
+    assert _one_line_error(site) == f"{tmp_path / 'nowhere-Hypnogram.edf'}: hypnogram_file: file not found"
+
+    frame.loc[1, "hypnogram_file"] = ""
+    frame.to_csv(csv, index=False)
+    assert _one_line_error(site) == f"{csv}: hypnogram_file: data row 2: empty"
+
+    frame.drop(columns=["hypnogram_file"]).to_csv(csv, index=False)
+    assert _one_line_error(site).startswith(f"{csv}: hypnogram_file: missing required column (columns found: record_id, ")
+    frame.drop(columns=["record_id"]).to_csv(csv, index=False)
+    assert _one_line_error(site).startswith(f"{csv}: record_id: missing required column")
+    frame.drop(columns=["age"]).to_csv(csv, index=False)
+    assert _one_line_error(site).startswith(f"{csv}: age: missing required column")
+
+    frame = _site_copy(synthetic_sites[0], tmp_path / "site2")
+    corrupt_hyp = tmp_path / "corrupt-Hypnogram.edf"
+    corrupt_hyp.write_bytes(b"0       not an EDF header at all")
+    frame.loc[0, "hypnogram_file"] = str(corrupt_hyp)
+    frame.to_csv(tmp_path / "site2" / "recordings.csv", index=False)
+    assert _one_line_error(tmp_path / "site2").startswith(f"{corrupt_hyp}: hypnogram_file: not a readable EDF+ annotation file")
+
+    frame = _site_copy(synthetic_sites[0], tmp_path / "site3")
+    corrupt_psg = tmp_path / "corrupt-PSG.edf"
+    corrupt_psg.write_bytes(Path(frame.loc[2, "psg_file"]).read_bytes()[:1000])  # truncated mid-header
+    frame.loc[2, "psg_file"] = str(corrupt_psg)
+    frame.to_csv(tmp_path / "site3" / "recordings.csv", index=False)
+    assert _one_line_error(tmp_path / "site3").startswith(f"{corrupt_psg}: psg_file: not a readable EDF/EDF+ file")
+    frame.loc[2, "psg_file"] = str(tmp_path / "gone.edf")
+    frame.to_csv(tmp_path / "site3" / "recordings.csv", index=False)
+    assert _one_line_error(tmp_path / "site3") == f"{tmp_path / 'gone.edf'}: psg_file: file not found"
