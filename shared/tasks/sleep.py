@@ -152,11 +152,23 @@ class _SleepTask(Task):
                     shutil.rmtree(out_dir / site)
                 path.rename(out_dir / site)
 
-    def load(self, site_dir: Path, outcomes: Sequence[str] = (), require_hypnogram: bool = True) -> PSGSite:
+    def load(
+        self, site_dir: Path, outcomes: Sequence[str] = (), require_hypnogram: bool = True, max_epochs: int | None = None
+    ) -> PSGSite:
         d = self.cfg.data
         return load_psg_site(
-            site_dir, d.channel_slots, d.channel_map, d.max_epochs, d.lead_wake_epochs, outcomes, require_hypnogram
+            site_dir, d.channel_slots, d.channel_map, max_epochs or d.max_epochs, d.lead_wake_epochs, outcomes,
+            require_hypnogram,
         )
+
+    def training_outcomes(self) -> tuple[str, ...]:
+        """The outcome column pairs training needs (none for staging)."""
+        return ()
+
+    def check_site(self, site_dir: Path, site: str) -> None:
+        """Every check of the loader (recordings.csv, each EDF and hypnogram opened and validated in
+        full), reading and resampling only one epoch of signal per recording."""
+        self.load(site_dir, outcomes=self.training_outcomes(), max_epochs=1)
 
     def split(self, n: int, stratify: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         idx = np.arange(n)
@@ -328,6 +340,9 @@ class SleepDiagnosisTask(_SleepTask):
     @property
     def outcomes(self) -> tuple[str, ...]:
         return tuple(self.cfg.data.outcomes)
+
+    def training_outcomes(self) -> tuple[str, ...]:
+        return self.outcomes
 
     def input_dims(self) -> dict[str, int]:
         return {"n_outcomes": len(self.outcomes), "n_demographics": 2}
