@@ -196,10 +196,11 @@ class _SleepTask(Task):
         """InfoNCE between the modalities (BAS, RESP, EKG, EMG) of each 30-s epoch, the recording's
         other epochs as negatives (temperature `pretrain.temperature`, default 0.07)."""
         x, channel_valid, epoch_valid = batch[0], batch[1].bool(), batch[2].bool()
+        net = getattr(model, "_module", model)  # Opacus' GradSampleModule: its hooks sit on the inner layers
         modality = self.channel_modality().to(x.device)
-        z = model.epoch_embeddings(x, channel_valid, epoch_valid, modality, PATCHES_PER_EPOCH)  # (B, M, N, D)
-        present = model.modality_present(channel_valid, modality)  # (B, M)
-        return within_sample_info_nce(z.float(), present, epoch_valid, model.modalities, self.cfg.pretrain.temperature)
+        z = net.epoch_embeddings(x, channel_valid, epoch_valid, modality, PATCHES_PER_EPOCH)  # (B, M, N, D)
+        present = net.modality_present(channel_valid, modality)  # (B, M)
+        return within_sample_info_nce(z.float(), present, epoch_valid, net.modalities, self.cfg.pretrain.temperature)
 
     def _write_report(self, name: str, report: dict, png: bytes | None = None) -> None:
         if self.report_dir is None:

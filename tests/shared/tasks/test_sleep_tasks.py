@@ -156,6 +156,12 @@ def test_pretraining_config_model_and_per_recording_loss(sleep_root: Path, tmp_p
     both = task.pretrain_loss(model, [t[:2] for t in data.train.tensors])
     other = task.pretrain_loss(model, [t[1:2] for t in data.train.tensors])
     assert torch.allclose(both, (one + other) / 2, atol=1e-5)  # a mean of per-recording terms
+    from shared.training.dp_trainer import TrainSettings, train_model
+
+    for mode in ("hooks", "bookkeeping"):  # through Opacus' wrapper and through the book-keeping engine
+        settings = TrainSettings(epochs=1, expected_batch_size=2, noise_multiplier=1.0, grad_sample_mode=mode, seed=0)
+        result = train_model(task.build_pretrain_model(), data.train, task.pretrain_loss, settings)
+        assert result.grad_sample_mode == mode and result.steps == 2 and np.isfinite(result.mean_loss)
     staging = task.build_model()
     assert task.load_pretrained_encoder(staging, model.state_dict()) == len(staging.encoder.state_dict())
     assert torch.equal(staging.encoder.token_proj.weight, model.encoder.token_proj.weight)
