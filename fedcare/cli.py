@@ -167,6 +167,8 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     console.print(f"  task:          {cfg.task}")
     console.print(f"  model:         {cfg.model.name}, {parameters:,} parameters")
     console.print(f"  rounds:        {cfg.train.rounds} x {cfg.train.local_epochs} local epoch(s), batch {cfg.train.batch_size}")
+    if cfg.pretrain.enabled:
+        console.print(f"  pretraining:   {cfg.pretrain.rounds} x {cfg.pretrain.local_epochs} local epoch(s) first (same budget)")
     console.print(f"  strategy:      {cfg.strategy.name}")
     console.print(
         f"  privacy:       DP-SGD {'on' if p.enabled else 'OFF'}, epsilon {cfg.site_target_epsilon(site):g} "
