@@ -18,12 +18,15 @@ console = Console(highlight=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.config import RunConfig, config_from_dict
-    from shared.tasks.registry import build_task
+    from shared.config import TASKS, RunConfig, config_from_dict
+    from shared.tasks.registry import build_task, task_class
 
     task = {"events": "event_mortality"}.get(args.task, args.task)
-    cfg: RunConfig = config_from_dict({"task": task, "data": {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}},
-                                      "<command line>")
+    loss = task_class(task).default_loss if task in TASKS else "bce"  # an unknown task fails in config_from_dict
+    cfg: RunConfig = config_from_dict(
+        {"task": task, "data": {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}, "train": {"loss": loss}},
+        "<command line>",
+    )
     if args.sizes:
         cfg.data.synth_sizes = [int(s) for s in args.sizes.split(",")]
     build_task(cfg).synthesize(Path(args.out), list(cfg.data.sites), args.seed)

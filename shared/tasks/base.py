@@ -42,6 +42,7 @@ class Task(ABC):
     kind: str  # "binary" | "multiclass" | "survival"
     primary_metric: str = "auroc"  # shown per round and weighted across sites ("kappa", "c_index", ...)
     id_column: str = "id"  # identifier column of `fedcare predict` output
+    default_loss: str = "bce"  # a train.loss the task accepts (what `fedcare synth` configures)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

@@ -218,6 +218,7 @@ class SleepStagingTask(_SleepTask):
     kind = "multiclass"
     primary_metric = "kappa"
     allowed_losses = STAGING_LOSSES
+    default_loss = "weighted_ce"
 
     def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg)
@@ -331,6 +332,7 @@ class SleepDiagnosisTask(_SleepTask):
     kind = "survival"
     primary_metric = "c_index"
     allowed_losses = DIAGNOSIS_LOSSES
+    default_loss = "coxph"
 
     def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg)

@@ -170,3 +170,14 @@ def test_pretraining_config_model_and_per_recording_loss(sleep_root: Path, tmp_p
             config_from_dict({**raw, "pretrain": bad}, "run.yaml")
     with pytest.raises(InputError, match="pretrain.enabled: no pretraining phase for task 'event_mortality'"):
         config_from_dict({"task": "event_mortality", "pretrain": {"enabled": True}}, "run.yaml")
+
+
+def test_fedcare_synth_writes_psg_sites(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from fedcare.cli import main
+
+    assert main(["synth", "--task", "sleep_staging", "--sites", "2", "--sizes", "2,1", "--out", str(tmp_path)]) == 0
+    for site, n in (("hospital_a", 2), ("hospital_b", 1)):
+        frame = pd.read_csv(tmp_path / site / "recordings.csv")
+        assert len(frame) == n and (tmp_path / site / frame["psg_file"][0]).read_bytes()[:8] == b"0       "
