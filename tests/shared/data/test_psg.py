@@ -295,3 +295,21 @@ def test_bad_site_inputs_are_one_line_errors_naming_file_and_field(synthetic_sit
     frame.loc[2, "psg_file"] = str(tmp_path / "gone.edf")
     frame.to_csv(tmp_path / "site3" / "recordings.csv", index=False)
     assert _one_line_error(tmp_path / "site3") == f"{tmp_path / 'gone.edf'}: psg_file: file not found"
+
+
+def test_real_hypnogram_with_a_synthetic_signal_loads_as_a_record(tmp_path: Path) -> None:
+    path = _annotation_file()
+    if path is None:
+        pytest.skip("shared/data/edf-sample/test_edfann.edf is not beside this checkout")
+    hypnogram = read_hypnogram(path)
+    seconds = 30 * len(hypnogram.stages)
+    psg = tmp_path / "SN001-PSG.edf"
+    write_edf(psg, hypnogram.start, ["EEG C4-M1"], [_sine(1.5, 10, seconds)], [10])  # 10 Hz -> resampled to 128 Hz
+    record = load_psg_record(psg, path, SLOTS, max_epochs=8, lead_wake_epochs=3)
+    first_sleep = int(np.flatnonzero((hypnogram.stages >= 1) & (hypnogram.stages <= 4))[0])
+    start = first_sleep - 3
+    assert record.stages.tolist() == hypnogram.stages[start : start + 8].tolist()
+    assert record.stages[:3].tolist() == [0, 0, 0] and record.stages[3] != 0  # three wake epochs lead in
+    assert record.epoch_onset_s[0] == 30.0 * start and record.epoch_valid.all()
+    assert record.channel_valid.tolist() == [True, False, False, False, False, False]
+    assert record.info["epochs_cut"] == len(hypnogram.stages) - start - 8
