@@ -27,6 +27,7 @@ from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
+from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
 from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
 from shared.privacy.site_policy import SitePolicy, config_violations, load_site_policy, noise_violation, run_hash
 from shared.tasks.base import SiteData, Task
@@ -37,6 +38,10 @@ from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per
 LEDGER_FILE = "privacy_ledger.jsonl"
 EXPLANATIONS_DIR = "explanations"
 UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
+# Test seam, never for real runs: tests that compare aggregation paths (secure aggregation vs plain FedAvg)
+# set it with monkeypatch.setenv before the simulation starts (Flower's Ray workers inherit the environment;
+# a monkeypatched attribute would not reach them). The ledger marks every round trained so.
+TEST_ONLY_NO_DP_NOISE_ENV = "FEDCARE_TEST_ONLY_NO_DP_NOISE"
 
 
 @dataclass
@@ -98,6 +103,7 @@ class SiteWorker:
         self._data: SiteData | None = None
         self._plan: NoisePlan | None = None
         self._approval_logged = False
+        self.secagg: SecAggParameters | None = derive_secagg_parameters(cfg) if cfg.secure_aggregation.enabled else None
 
     # -- set-up ---------------------------------------------------------------------------
     def _signing_key(self) -> Any:
@@ -255,20 +261,17 @@ class SiteWorker:
             return RoundOutcome("refused", f"round {server_round} of this run was already trained here from another global model")
         return RoundOutcome("trained", arrays=saved["state_dict"], metrics=saved["metrics"])
 
-    def train_round(
-        self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0, phase: str = TRAIN_PHASE
-    ) -> RoundOutcome:
-        """One round of DP-SGD; `server_round` is the global round (pretraining rounds first). In the
-        pretraining phase the contrastive model trains on the task's self-supervised loss, under the
-        same noise plan and ledger."""
-        p, t = self.cfg.privacy, self.cfg.train
+    def _trained_history(self) -> list[Mechanism]:
+        return [Mechanism(**e["mechanism"]) for e in self.ledger.entries() if e["status"] == "trained"]
+
+    def round_refusal(self, server_round: int, phase: str = TRAIN_PHASE) -> RoundOutcome | None:
+        """What to send instead of weights when this round cannot be trained (recorded in the ledger when it
+        is the budget); None when the round fits or was already answered (train_round repeats it)."""
+        p = self.cfg.privacy
+        if self._ledger_entry(server_round) is not None:
+            return None
         if phase not in (TRAIN_PHASE, PRETRAIN_PHASE) or (phase == PRETRAIN_PHASE and not self.cfg.pretrain.enabled):
             return RoundOutcome("refused", f"phase {phase!r} is not part of this run")
-        pretrain = phase == PRETRAIN_PHASE
-        global_digest = state_digest(global_state)
-        done_before = self._ledger_entry(server_round)
-        if done_before is not None:
-            return self._repeat_round(server_round, done_before, global_digest)
         if self.settings.delta is not None and p.delta > self.settings.delta:
             return RoundOutcome("refused", f"the run's delta {p.delta:g} is above this site's delta {self.settings.delta:g}")
         if self.data.n_train == 0:
@@ -277,20 +280,38 @@ class SiteWorker:
             plan = self.plan()
         except BudgetTooSmall as err:
             return self._refuse_for_budget(server_round, str(err))
-        history = [Mechanism(**e["mechanism"]) for e in self.ledger.entries() if e["status"] == "trained"]
-        round_steps = plan.pretrain_steps_per_round if pretrain else plan.steps_per_round
+        round_steps = plan.pretrain_steps_per_round if phase == PRETRAIN_PHASE else plan.steps_per_round
         this_round = Mechanism(plan.noise_multiplier, plan.sample_rate, round_steps)
-        ok, eps_after = fits_budget(history, this_round, p.delta, plan.composed_target, p.accountant)
+        ok, eps_after = fits_budget(self._trained_history(), this_round, p.delta, plan.composed_target, p.accountant)
         if not ok:
             return self._refuse_for_budget(
                 server_round, f"round would reach epsilon {eps_after:.3f} > budget {plan.composed_target:.3f}"
             )
+        return None
+
+    def train_round(
+        self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0, phase: str = TRAIN_PHASE
+    ) -> RoundOutcome:
+        """One round of DP-SGD; `server_round` is the global round (pretraining rounds first). In the
+        pretraining phase the contrastive model trains on the task's self-supervised loss, under the
+        same noise plan and ledger."""
+        p, t = self.cfg.privacy, self.cfg.train
+        global_digest = state_digest(global_state)
+        done_before = self._ledger_entry(server_round)
+        if done_before is not None:
+            return self._repeat_round(server_round, done_before, global_digest)
+        refusal = self.round_refusal(server_round, phase)
+        if refusal is not None:
+            return refusal
+        pretrain = phase == PRETRAIN_PHASE
+        plan, history = self.plan(), self._trained_history()
+        noise_off = os.environ.get(TEST_ONLY_NO_DP_NOISE_ENV) == "1"
         model = self._load_global(global_state, phase)
         settings = TrainSettings(
             epochs=self.cfg.pretrain.local_epochs if pretrain else t.local_epochs, expected_batch_size=t.batch_size,
             max_physical_batch_size=t.max_physical_batch_size,
             lr=(self.cfg.pretrain.lr or t.lr) if pretrain else t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer,
-            noise_multiplier=plan.noise_multiplier,
+            noise_multiplier=None if noise_off else plan.noise_multiplier,
             max_grad_norm=p.max_grad_norm, grad_sample_mode=p.grad_sample_mode, device=str(self.device),
             precision=self.precision, proximal_mu=proximal_mu, seed=self._round_seed(server_round),
         )
@@ -316,6 +337,7 @@ class SiteWorker:
                 "expected_batch_size": t.batch_size, "max_physical_batch_size": t.max_physical_batch_size or 0,
                 "num_examples": result.num_examples, "precision": self.precision,
                 "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode, "phase": phase,
+                **({"test_only_no_dp_noise": True} if noise_off else {}),
             },
         )
         return outcome

@@ -1,16 +1,24 @@
 """Finds a run's (or a site state folder's) ledgers and audits them with the independent accountant;
-each site's security log (security_log.jsonl), where present, is verified too (chain, sequence, signatures)."""
+each site's security log (security_log.jsonl), where present, is verified too (chain, sequence, signatures);
+runs the empirical membership-inference audit of a checkpoint at a site."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from shared.errors import InputError
 from shared.privacy.audit import LedgerAudit, audit_ledgers, security_log_problems
 from shared.privacy.keys import load_public_key
+from shared.privacy.ledger import SiteLedger
 from shared.privacy.security_log import SECURITY_LOG_FILE
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from shared.privacy.mia import MembershipAudit
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 
@@ -69,3 +77,41 @@ def audit_path(path: Path, public_keys: dict[str, Path] | None = None) -> list[L
             audit.problems += problems
             audit.status = "tampered"
     return audits
+
+
+def membership_audit_at_site(checkpoint: Path, data_dir: Path, state_dir: Path) -> MembershipAudit:
+    """Loss-threshold membership inference against a global checkpoint, at one site: its training split
+    are the members, its validation split the non-members; epsilon from the site's ledger for that run."""
+    from server.checkpoints import load_checkpoint
+    from shared.config import config_from_dict
+    from shared.privacy.mia import membership_audit, per_example_losses
+    from shared.tasks.registry import build_task
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
+    task = build_task(cfg)
+    model = task.build_model()
+    model.load_state_dict(ckpt["state_dict"])
+    data_dir, state_dir = Path(data_dir), Path(state_dir)
+    if not data_dir.is_dir():
+        raise InputError(data_dir, None, "no such site data folder")
+    site_data = task.prepare_site(data_dir, data_dir.name, state_dir)  # the same split as in training (config seed)
+
+    def losses(dataset: object) -> np.ndarray:
+        return per_example_losses(model, dataset, task.kind, task.forward, task.targets, task.loss)
+
+    epsilon, delta = _ledger_epsilon(state_dir / LEDGER_FILE, data_dir.name, str(ckpt.get("run_id", "")), int(ckpt["round"]))
+    return membership_audit(losses(site_data.train), losses(site_data.val), epsilon, delta)
+
+
+def _ledger_epsilon(path: Path, site: str, run_id: str, last_round: int) -> tuple[float | None, float | None]:
+    """The site's cumulative epsilon after its last trained round of `run_id` up to `last_round` (else its
+    latest trained entry); (None, None) without a ledger."""
+    if not path.is_file():
+        return None, None
+    trained = [e for e in SiteLedger(path, site).entries() if e.get("status") == "trained"]
+    in_run = [e for e in trained if e.get("run_id") == run_id and int(e.get("round", 0)) <= last_round]
+    chosen = (in_run or trained or [None])[-1]
+    if chosen is None:
+        return 0.0, None
+    return float(chosen["cumulative_epsilon"]), float(chosen["delta"])

@@ -1,11 +1,11 @@
 """`fedcare server`: the coordinating center of a real deployment.
 
-Starts its own `flower-superlink` (TLS + SuperNode authentication unless --insecure; private
-FLWR_HOME; in-memory state), registers the hospitals' SuperNode public keys, submits the run with
-`flwr run <project> --run-config <file>` (the resolved config travels as `fedcare-config` JSON),
-prints each round as the ServerApp writes runs/<run-id>/metrics.json, and stops its own
-processes by PID on exit, error or Ctrl-C. `--resume RUN_DIR` submits the same run id again with
-`resume = true`: the ServerApp continues from the last global checkpoint.
+Starts its own `flower-superlink` (TLS + SuperNode authentication unless --insecure; a private
+FLWR_HOME in runs/<run-id>/.flower; in-memory state), registers the hospitals' SuperNode public
+keys, submits the run with `flwr run <project> --run-config <file>` (the resolved config travels
+as `fedcare-config` JSON), prints each round as the ServerApp writes runs/<run-id>/metrics.json,
+and stops its own processes by PID on exit, error or Ctrl-C. `--resume RUN_DIR` submits the same
+run id again with `resume = true`: the ServerApp continues from the last global checkpoint.
 
 The SuperLink serves its Fleet, Control and Runtime APIs on one port; only /v1/fleet/ may be
 reachable from the hospitals (see README "Deploying across hospitals").
@@ -17,7 +17,6 @@ import json
 import shutil
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -102,7 +101,11 @@ class Center:
 
     def __init__(self, opts: CenterOptions, console: Console) -> None:
         self.opts, self.console = opts, console
-        self.flwr_home = Path(tempfile.mkdtemp(prefix="fedcare-flower-"))
+        # Flower's own state for this deployment only (config, app bundles); removed on exit and
+        # replaced on resume, so a crash leaves it inside the run folder and nowhere else
+        self.flwr_home = opts.run_dir / ".flower"
+        shutil.rmtree(self.flwr_home, ignore_errors=True)
+        self.flwr_home.mkdir(parents=True)
         self.env = flower_env(self.flwr_home)
         self.logs = opts.run_dir / "logs"
         self.processes: list[FlowerProcess] = []
@@ -189,7 +192,9 @@ class Center:
         """Print each finished round (and each note) as the ServerApp saves metrics.json."""
         cfg, metrics = self.opts.cfg, self.opts.run_dir / "metrics.json"
         history = RunHistory(self.opts.run_dir, list(cfg.data.sites), console=self.console)
-        seen_mtime, printed, notes = 0.0, _rounds_in(metrics), 0
+        before = _saved_history(metrics)  # a resumed run: rounds and notes already shown last time
+        printed, noted = {int(r) for r in before.get("rounds", {})}, set(before.get("events", []))
+        seen_mtime = metrics.stat().st_mtime if metrics.is_file() else 0.0
         superlink = self.processes[0]
         while run.alive():
             time.sleep(1.0)
@@ -198,14 +203,12 @@ class Center:
             if not metrics.is_file() or metrics.stat().st_mtime == seen_mtime:
                 continue
             seen_mtime = metrics.stat().st_mtime
-            try:
-                saved = json.loads(metrics.read_text())
-            except json.JSONDecodeError:
-                continue
+            saved = _saved_history(metrics)
             history.rounds = {int(r): v for r, v in saved.get("rounds", {}).items()}
-            for text in saved.get("events", [])[notes:]:
-                self.console.print(f"[yellow]! {text}[/yellow]")
-            notes = len(saved.get("events", []))
+            for text in saved.get("events", []):
+                if text not in noted:
+                    self.console.print(f"[yellow]! {text}[/yellow]")
+                    noted.add(text)
             for r in sorted(set(history.rounds) - printed):
                 history.print_round(r, cfg.train.rounds)
                 printed.add(r)
@@ -216,13 +219,11 @@ class Center:
         shutil.rmtree(self.flwr_home, ignore_errors=True)
 
 
-def _rounds_in(metrics: Path) -> set[int]:
-    if not metrics.is_file():
-        return set()
+def _saved_history(metrics: Path) -> dict[str, Any]:
     try:
-        return {int(r) for r in json.loads(metrics.read_text()).get("rounds", {})}
-    except (json.JSONDecodeError, ValueError):
-        return set()
+        return json.loads(metrics.read_text()) if metrics.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        return {}  # caught between writes: the next poll reads it
 
 
 def prepare_run_dir(opts: CenterOptions) -> None:

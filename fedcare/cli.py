@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import signal
 import sys
 from pathlib import Path
@@ -62,6 +63,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.mia:
+        return cmd_audit_membership(args)
+    if not args.path:
+        raise InputError("<command line>", "path", "give a run folder or a site state folder (or --mia ...)")
     from fedcare.audit_run import audit_path
     from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
@@ -82,10 +87,38 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from fedcare.predict import predict_to_csv
+def cmd_audit_membership(args: argparse.Namespace) -> int:
+    from fedcare.audit_run import membership_audit_at_site
+    from shared.privacy.atomic_write import write_atomically
+    from shared.privacy.mia import membership_table
 
-    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), Path(args.encoder) if args.encoder else None)
+    for flag in ("checkpoint", "data", "state"):
+        if not getattr(args, flag):
+            raise InputError("<command line>", f"--{flag}", "required with --mia")
+    audit = membership_audit_at_site(Path(args.checkpoint), Path(args.data), Path(args.state))
+    console.print(membership_table(audit))
+    if args.json:
+        write_atomically(Path(args.json), json.dumps(audit.to_dict(), indent=1).encode())
+    return 1 if audit.auc_bound is not None and audit.auc > audit.auc_bound else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fedcare.predict import patient_tables, predict_patient_json, predict_to_csv
+
+    encoder = Path(args.encoder) if args.encoder else None
+    if args.patient:
+        result = predict_patient_json(Path(args.checkpoint), Path(args.patient), encoder)
+        if args.json:
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            return 0
+        headline, attention, per_visit = patient_tables(result)
+        console.print(f"[bold]{headline}[/bold]")
+        console.print(attention)
+        console.print(per_visit)
+        return 0
+    if args.json:
+        raise InputError("<command line>", "--json", "only with --patient (--data writes a CSV to --out)")
+    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder)
     console.print(f"wrote {n} predictions to {args.out}")
     return 0
 
@@ -221,10 +254,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    import json
 
     from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
     from fedcare.simulation import new_run_id
+    from server.checkpoints import latest_checkpoint
     from shared.config import load_config
 
     if args.resume:
@@ -232,7 +265,12 @@ def cmd_server(args: argparse.Namespace) -> int:
         for name in ("config.yaml", RUN_FILE):
             if not (run_dir / name).is_file():
                 raise InputError(run_dir / name, None, "missing: not a fedcare deployment run folder")
+        if latest_checkpoint(run_dir) is None:
+            raise InputError(run_dir, "checkpoints", "nothing to resume: no global checkpoint yet (start the run again)")
         cfg = load_config(run_dir / "config.yaml")
+        if cfg.secure_aggregation.enabled:  # Flower's legacy SecAgg+ workflow numbers its rounds from 1
+            raise InputError(run_dir / "config.yaml", "secure_aggregation.enabled",
+                             "a run with secure aggregation cannot be resumed")
         run_id = str(json.loads((run_dir / RUN_FILE).read_text())["run_id"])
         summary_path = run_dir / "summary.json"
         if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
@@ -313,8 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="override output_dir (default runs/)")
     s.set_defaults(fn=cmd_simulate)
 
-    s = sub.add_parser("audit", help="verify ledgers and recompute epsilon independently")
-    s.add_argument("path", help="a run folder (runs/<id>) or a site's state folder")
+    s = sub.add_parser("audit", help="verify ledgers and recompute epsilon independently; --mia: membership inference")
+    s.add_argument("path", nargs="?", help="a run folder (runs/<id>) or a site's state folder")
+    s.add_argument("--mia", action="store_true", help="loss-threshold membership inference at a site, beside its epsilon")
+    s.add_argument("--checkpoint", help="with --mia: a global checkpoint (runs/<id>/checkpoints/round_N.pt)")
+    s.add_argument("--data", help="with --mia: the site's data folder")
+    s.add_argument("--state", help="with --mia: the site's state folder (encoder, ledger)")
     s.add_argument("--public-key", action="append", metavar="SITE=PEM", help="a site's public key (repeatable)")
     s.add_argument("--json", help="also write the audit as JSON here")
     s.add_argument("--plot", help="also write a PNG of cumulative epsilon per round")
@@ -346,9 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="per-patient probabilities for new data from a checkpoint")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True, help="a site folder in the task's documented format")
+    new_data = s.add_mutually_exclusive_group(required=True)
+    new_data.add_argument("--data", help="a site folder in the task's documented format (predictions go to --out)")
+    new_data.add_argument("--patient", help="retain_aki: one new patient's visits as JSON; prints probability, alpha, beta")
     s.add_argument("--encoder", help="the site's fitted encoder (default: the first site's next to the checkpoint)")
-    s.add_argument("--out", default="predictions.csv")
+    s.add_argument("--out", default="predictions.csv", help="with --data: the CSV written (default predictions.csv)")
+    s.add_argument("--json", action="store_true", help="with --patient: print the result as JSON instead of tables")
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("explain", help="explain a checkpoint on a site's data; the report stays at the site")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.table import Table
 
 from server.checkpoints import load_checkpoint
 from shared.config import config_from_dict
@@ -70,13 +71,50 @@ def predict_patient_json(checkpoint: Path, json_path: Path, encoder_dir: Path | 
     if not json_path.is_file():
         raise InputError(json_path, None, "patient file not found")
     try:
-        records = json.loads(json_path.read_text())
+        records = json.loads(json_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise InputError(json_path, f"line {err.lineno}", f"not valid JSON ({err.msg})") from None
+        raise InputError(json_path, f"line {err.lineno}", f"not valid JSON ({err.msg}, column {err.colno})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(json_path, None, f"not UTF-8 text, so not a JSON file (byte {err.start})") from None
     encoder_dir = encoder_dir or default_encoder_dir(checkpoint)
     if encoder_dir is None:
         raise InputError(checkpoint, "encoder", "no site encoder next to the checkpoint; pass --encoder SITE_STATE_DIR")
     model = build_task(cfg).build_model()
     model.load_state_dict(ckpt["state_dict"])
     encoder = VisitEncoder.load(Path(encoder_dir) / ENCODER_FILE)
-    return predict_patient(model, records, encoder, max_visits=cfg.data.max_events, source=json_path)
+    result = predict_patient(model, records, encoder, max_visits=cfg.data.max_events, source=json_path)
+    threshold = ckpt.get("decision_threshold")
+    if threshold is not None:
+        result["decision_threshold"] = float(threshold)
+        result["predicted_label"] = int(result["probability"] >= float(threshold))
+    return result
+
+
+def patient_tables(result: dict[str, Any], top_labs: int = 3) -> tuple[str, Table, Table]:
+    """The readable form of `predict_patient_json`'s result (the full numbers are its JSON): a
+    headline, a table of the visits used (oldest first) with the visit attention alpha and the
+    variable attention beta (one value per embedding dimension), and a table of what each visit
+    adds to the logit with its `top_labs` largest lab contributions."""
+    dropped = f", {result['dropped_visits']} older dropped" if result["dropped_visits"] else ""
+    headline = (f"patient {result['patient_id']}: AKI probability {result['probability']:.3f} "
+                f"(logit {result['logit']:+.3f}; {result['n_visits']} visits used{dropped})")
+    if "predicted_label" in result:
+        headline += f"; predicted label {result['predicted_label']} at threshold {result['decision_threshold']:.3f}"
+    attention = Table(title="visit attention alpha, variable attention beta (per embedding dimension)")
+    attention.add_column("visit", justify="right")
+    attention.add_column("visit_id")
+    attention.add_column("timestamp", no_wrap=True)
+    attention.add_column("alpha", justify="right")
+    attention.add_column("beta")
+    for t, (visit_id, stamp, alpha, beta) in enumerate(zip(result["visit_ids"], result["timestamps"], result["alpha"],
+                                                           result["beta"])):
+        attention.add_row(str(t + 1), visit_id, stamp.replace("T", " ")[:16], f"{alpha:.3f}", " ".join(f"{b:+.2f}" for b in beta))
+    contributions = np.asarray(result["contributions"], dtype=float)  # (n_visits, n_features)
+    per_visit = Table(title=f"contributions to the logit (bias {result['bias']:+.3f} + all visits' totals = logit)")
+    per_visit.add_column("visit", justify="right")
+    per_visit.add_column("total", justify="right")
+    per_visit.add_column("largest lab contributions")
+    for t, row in enumerate(contributions):
+        largest = np.argsort(-np.abs(row), kind="stable")[:top_labs]
+        per_visit.add_row(str(t + 1), f"{row.sum():+.3f}", ", ".join(f"{result['features'][j]} {row[j]:+.3f}" for j in largest))
+    return headline, attention, per_visit

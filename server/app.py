@@ -16,7 +16,7 @@ def build_server_app(bound_run_config: dict[str, Any] | None = None) -> ServerAp
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, bound_run_config or dict(context.run_config))
+        run_federation(grid, bound_run_config or dict(context.run_config), context)
 
     return app
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
 from server.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -28,7 +28,7 @@ from shared.tasks.registry import build_task
 THRESHOLD_RULE = "num-examples-weighted mean of the sites' Youden-optimal validation thresholds"
 
 
-def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
+def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = None) -> dict[str, Any]:
     cfg = config_from_json(str(rc["fedcare-config"]))
     run_dir, run_id = Path(str(rc["run-dir"])), str(rc["run-id"])
     torch.manual_seed(cfg.seed)
@@ -37,6 +37,8 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
     start_round = 0
     resuming = _truthy(rc.get("resume", False))
     if resuming:
+        if cfg.secure_aggregation.enabled:  # the legacy SecAgg+ workflow numbers its rounds from 1
+            raise InputError(run_dir, "secure_aggregation.enabled", "a run with secure aggregation cannot be resumed")
         start_round = _load_resume_point(model, run_dir, run_id)
         history = RunHistory.resume(run_dir, list(cfg.data.sites), task.primary_metric, start_round)
     else:
@@ -69,17 +71,27 @@ def run_federation(grid: Grid, rc: dict[str, Any]) -> dict[str, Any]:
         return None
 
     started = time.time()
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.total_rounds - start_round,
-        timeout=cfg.federation.round_timeout_s,
-        train_config=ConfigRecord({"phase": TRAIN_PHASE}),
-        evaluate_config=ConfigRecord({"phase": TRAIN_PHASE}),
-        evaluate_fn=checkpoint,
-    )
+    secure_summary = None
+    if cfg.secure_aggregation.enabled:
+        from server.secure_aggregation import run_secure_federation
+
+        if context is None:
+            raise RuntimeError("secure aggregation runs through Flower's legacy workflow, which needs the ServerApp context")
+        secure = run_secure_federation(grid, context, cfg, model, strategy, history, checkpoint)
+        secure_summary = {**secure.params.__dict__, "quantization_step": secure.params.quantization_step,
+                          "rounds_aggregated": sorted(secure.aggregated_rounds)}
+    else:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.total_rounds - start_round,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=ConfigRecord({"phase": TRAIN_PHASE}),
+            evaluate_config=ConfigRecord({"phase": TRAIN_PHASE}),
+            evaluate_fn=checkpoint,
+        )
     history.save()
-    summary = run_summary(history, cfg, run_id, run_dir, wall_time_s=time.time() - started)
+    summary = run_summary(history, cfg, run_id, run_dir, wall_time_s=time.time() - started, secure_summary=secure_summary)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
@@ -113,7 +125,8 @@ def pretrain_checkpoint_path(run_dir: Path) -> Path:
     return run_dir / "pretrain" / "model.pt"
 
 
-def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path, wall_time_s: float) -> dict[str, Any]:
+def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path, wall_time_s: float,
+                secure_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json: plan, final weighted and pooled metrics of the last round's model (see
     server.evaluation.POOLING_NOTE), calibration, decision threshold, per-site outcome, notes."""
     trained_rounds = [r for r, sites in history.rounds.items() if any(s.get("status") == "trained" for s in sites.values())]
@@ -135,6 +148,7 @@ def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path,
         "decision_threshold": decision_threshold(final),
         "sites": {site: _site_summary(history, site, last) for site in cfg.data.sites},
         "site_level_dp": _site_level_dp_summary(history),
+        "secure_aggregation": secure_summary,
         "events": history.events,
         "complete": bool(trained_rounds) and checkpoint_path(run_dir, last).is_file(),
     }

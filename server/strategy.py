@@ -9,6 +9,7 @@ registered with the node's key; a reply claiming another site's name is dropped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,11 +31,14 @@ class SiteTracking:
     history: RunHistory
     total_rounds: int
 
-    def _init_tracking(self, history: RunHistory, total_rounds: int, round_offset: int = 0) -> None:
+    def _init_tracking(self, history: RunHistory, total_rounds: int, round_offset: int = 0,
+                       wait_for_nodes_s: float = 3600.0) -> None:
         """`round_offset`: rounds already done before this start (a resumed run). Flower's
         Strategy.start counts from 1; every round number that reaches the clients, the history
-        and the checkpoints is shifted by it."""
+        and the checkpoints is shifted by it. `wait_for_nodes_s`: how long a round waits for
+        enough connected sites before it is skipped (Flower itself would wait forever)."""
         self.history, self.total_rounds, self.round_offset = history, total_rounds, round_offset
+        self.wait_for_nodes_s = wait_for_nodes_s
         self.exhausted_nodes: set[int] = set()
         self.node_sites: dict[int, str] = {}  # learned from replies
         self.registered_names: dict[int, str] = {}  # deployment: the name the center registered with the node's key
@@ -53,14 +57,37 @@ class SiteTracking:
     def _site_name(self, node: int) -> str:
         return self.node_sites.get(node, f"node-{node}")
 
+    def _min_nodes(self, phase_key: str) -> int:
+        # a site-level DP wrapper keeps the node minimums on the strategy it wraps
+        inner = getattr(self, "strategy", self)
+        return max(getattr(inner, "min_available_nodes", 1), getattr(inner, phase_key, 1))
+
+    def _enough_nodes(self, grid: Grid, server_round: int, phase: str, needed: int) -> bool:
+        deadline = time.time() + self.wait_for_nodes_s
+        while (online := len(list(grid.get_node_ids()))) < needed:
+            if time.time() > deadline:
+                self.history.note(f"round {server_round}: {phase} skipped: {online} sites connected, {needed} needed")
+                return False
+            time.sleep(1.0)
+        return True
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._learn_registered_names(grid)
+        self._sent["train"] = {}
+        needed = self._min_nodes("min_train_nodes")
+        if not self._enough_nodes(grid, server_round + self.round_offset, "training", needed):
+            return []
         msgs = [m for m in super().configure_train(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
                 if m.metadata.dst_node_id not in self.exhausted_nodes]
         self._sent["train"] = {m.object_id: m.metadata.dst_node_id for m in msgs}
         return msgs
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._learn_registered_names(grid)
+        self._sent["evaluate"] = {}
+        needed = self._min_nodes("min_evaluate_nodes")
+        if not self._enough_nodes(grid, server_round + self.round_offset, "evaluation", needed):
+            return []
         msgs = list(super().configure_evaluate(server_round + self.round_offset, arrays, config, grid))  # type: ignore[misc]
         self._sent["evaluate"] = {m.object_id: m.metadata.dst_node_id for m in msgs}
         return msgs
@@ -152,7 +179,7 @@ def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) ->
     else:
         strategy = _site_level_dp_strategy(cfg, base(**kwargs))
         strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode)
-    strategy._init_tracking(history, cfg.total_rounds, round_offset)
+    strategy._init_tracking(history, cfg.total_rounds, round_offset, cfg.federation.round_timeout_s)
     return strategy
 
 

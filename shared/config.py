@@ -135,6 +135,26 @@ class ExplainConfig:
 
 
 @dataclass
+class SecureAggregationConfig:
+    """SecAgg+ (Flower's legacy workflow): the center only ever sees the sum of the sites' masked updates.
+
+    clipping_range, max_weight and quantization_range are derived from weight_bound, max_num_examples and
+    the number of sites so that nothing is clipped and no sum wraps modulus_range (shared.privacy.secagg_params);
+    set explicitly, they are checked against the same conditions."""
+
+    enabled: bool = False
+    num_shares: int | None = None  # shares each site's secrets are split into; None = number of sites
+    reconstruction_threshold: int | None = None  # shares needed to rebuild a secret; None = a majority of num_shares
+    weight_bound: float = 16.0  # largest |value| of any model parameter a site may send; checked at center and sites
+    max_num_examples: int | None = None  # largest training set of any site (its update's weight); required
+    modulus_range: int = 2**32
+    clipping_range: float | None = None  # None = weight_bound
+    max_weight: float | None = None  # None = max_num_examples
+    quantization_range: int | None = None  # None = the largest with sites x quantization_range < modulus_range
+    timeout_s: float | None = None  # per protocol stage; None = federation.round_timeout_s
+
+
+@dataclass
 class RunConfig:
     task: str = "event_mortality"
     data: DataConfig = field(default_factory=DataConfig)
@@ -145,6 +165,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     device: str = "auto"
     precision: str = "fp32"
     seed: int = 0
@@ -304,6 +325,12 @@ def _check(cfg: RunConfig) -> None:
         )
     need(cfg.federation.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0")
     need(cfg.federation.wait_for_sites_s >= 0, "federation.wait_for_sites_s", "must be >= 0")
+    need(not (cfg.pretrain.enabled and cfg.secure_aggregation.enabled), "pretrain.enabled",
+         "the pretraining phase runs without secure aggregation; switch one of them off")
+    if cfg.secure_aggregation.enabled:
+        from shared.privacy.secagg_params import derive_secagg_parameters
+
+        derive_secagg_parameters(cfg)  # raises InputError naming the field that cannot be met
     need(cfg.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(
         cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),

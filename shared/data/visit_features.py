@@ -66,10 +66,14 @@ class VisitEncoder:
             raise InputError(path, "features", f"encoder labs {encoder.features} differ from the schema's {list(FEATURES)}")
         return encoder
 
+    def imputed(self, visits: pd.DataFrame) -> np.ndarray:
+        """(n_visits, n_features) float64 raw lab values as the model sees them before scaling:
+        carried forward within each patient, else the site's training median."""
+        return _carry_forward(visits).fillna(pd.Series(self.median, index=list(FEATURES))).to_numpy(np.float64)
+
     def transform(self, visits: pd.DataFrame) -> np.ndarray:
         """(n_visits, n_features) float32, in the frame's row order."""
-        filled = _carry_forward(visits).fillna(pd.Series(self.median, index=list(FEATURES)))
-        z = (_transform(filled.to_numpy(np.float64)) - np.asarray(self.mean)) / np.asarray(self.std)
+        z = (_transform(self.imputed(visits)) - np.asarray(self.mean)) / np.asarray(self.std)
         return np.clip(z, -Z_CLIP, Z_CLIP).astype(np.float32)
 
 
@@ -82,22 +86,42 @@ class VisitTensors:
     dropped_visits: int  # visits left out by the cap, all patients together
 
 
+@dataclass
+class VisitSlots:
+    """Where each visit of a frame goes in the (patients, visits) tensors."""
+
+    row: np.ndarray  # (n_visits,) patient row of each visit
+    slot: np.ndarray  # (n_visits,) time step; negative = older than the cap, left out
+    steps: int  # T of the tensors
+    dropped: np.ndarray  # (n_patients,) visits left out per patient
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.slot >= 0
+
+
+def visit_slots(visits: pd.DataFrame, patients: pd.Index, max_visits: int) -> VisitSlots:
+    """The most recent `max_visits` visits of each patient -> slots 0.. in time order (left-aligned).
+    `visits` holds only `patients`' visits, sorted by patient then time."""
+    row_of = pd.Index(patients).get_indexer(visits["patient_id"])
+    count = np.bincount(row_of, minlength=len(patients))  # visits per patient
+    position = visits.groupby("patient_id", sort=False).cumcount().to_numpy()  # 0 = oldest
+    dropped = np.maximum(count - max_visits, 0)
+    steps = max(1, int(min(max_visits, count.max(initial=0))))
+    return VisitSlots(row_of, position - dropped[row_of], steps, dropped)
+
+
 def encode_visits(visits: pd.DataFrame, patients: pd.Index, encoder: VisitEncoder, max_visits: int) -> VisitTensors:
     """Tensors for `patients` (in that order) from a visits frame sorted by patient then time."""
     visits = visits[visits["patient_id"].isin(patients)]
     features = encoder.transform(visits)
-    row_of = pd.Index(patients).get_indexer(visits["patient_id"])  # patient row of each visit
-    count = np.bincount(row_of, minlength=len(patients))  # visits per patient
-    position = visits.groupby("patient_id", sort=False).cumcount().to_numpy()  # 0 = oldest
-    dropped = np.maximum(count - max_visits, 0)
-    slot = position - dropped[row_of]  # most recent max_visits visits -> slots 0..max_visits-1
-    keep = slot >= 0
-    steps = max(1, int(min(max_visits, count.max(initial=0))))
-    x = np.zeros((len(patients), steps, len(FEATURES)), np.float32)
-    valid = np.zeros((len(patients), steps), bool)
-    x[row_of[keep], slot[keep]] = features[keep]
-    valid[row_of[keep], slot[keep]] = True
-    return VisitTensors(x, valid, np.asarray(patients, dtype=str), int((dropped > 0).sum()), int(dropped.sum()))
+    at = visit_slots(visits, patients, max_visits)
+    keep = at.keep
+    x = np.zeros((len(patients), at.steps, len(FEATURES)), np.float32)
+    valid = np.zeros((len(patients), at.steps), bool)
+    x[at.row[keep], at.slot[keep]] = features[keep]
+    valid[at.row[keep], at.slot[keep]] = True
+    return VisitTensors(x, valid, np.asarray(patients, dtype=str), int((at.dropped > 0).sum()), int(at.dropped.sum()))
 
 
 def _carry_forward(visits: pd.DataFrame) -> pd.DataFrame:

@@ -45,10 +45,11 @@ not numbers). Visits of a patient are ordered by timestamp (file order among equ
 a patient has at least one visit by construction.
 
 Loading rejects, with an ``InputError`` naming the file and column: a missing file or required
-column, a file that is not readable CSV, an empty patient_id or visit_id, a duplicate visit_id, an
-unparseable or missing timestamp, a lab value that is not a finite number >= 0, a label that is not
-0/1 (missing included), a patient listed twice in labels.csv, a site without visits and a site
-whose visits have no labelled patient.
+column, a file that is not readable CSV (a row with more or fewer fields than the header
+included), an empty patient_id or visit_id, a duplicate visit_id, an unparseable or missing
+timestamp, a lab value that is not a finite number >= 0 (``NaN``, ``inf`` and text included), a
+label that is not 0/1 (missing included), a patient listed twice in labels.csv, a site without
+visits and a site whose visits have no labelled patient.
 
 Loading drops and counts (``VisitSiteData.dropped``): ``labels_unknown_patient`` (a labels.csv
 row whose patient has no visit) and ``patients_without_label`` (a patient with visits but no
@@ -56,10 +57,12 @@ labels.csv row; their visits are dropped too). Loading for prediction (``require
 does not read labels.csv at all and keeps every patient.
 
 A new patient for ``fedcare predict --patient FILE.json`` (``visits_from_records``) is a JSON
-object ``{"patient_id": "P-1", "visits": [visit, ...]}`` (patient_id optional) or the bare list of
-visits; a visit is an object with ``timestamp`` (ISO-8601 text, required), any of the eight labs
-(a number >= 0, or null / left out when not measured) and optionally ``visit_id``. Other keys are
-rejected (a misspelt lab would otherwise be silently imputed).
+object ``{"patient_id": "P-1", "visits": [visit, ...]}`` (patient_id optional, default
+``new_patient``) or the bare list of visits, in any order; a visit is an object with ``timestamp``
+(ISO-8601 text, required), any of the eight labs (a finite number >= 0, or null / left out when not
+measured) and optionally ``visit_id`` (unique; default ``visit_<position in the list>``). Ids are
+non-empty text or integers. Other keys are rejected (a misspelt lab would otherwise be silently
+imputed), and so are NaN / Infinity, numbers given as text and an empty list of visits.
 
 How the RETAIN task uses it (shared/tasks/retain_aki.py): per patient, the most recent
 ``data.max_events`` visits, chronological, left-aligned and padded at the end; a missing lab value
@@ -70,6 +73,7 @@ and standard deviation and clipped to +-5.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import string
@@ -177,8 +181,27 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise InputError(path, None, "file is empty (no header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, gzip.BadGzipFile, zlib.error, EOFError, OSError) as err:
         raise InputError(path, None, f"not a readable CSV file: {type(err).__name__}: {err}") from None
+    _check_row_lengths(path)
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _check_row_lengths(path: Path) -> None:
+    """Every non-blank row must have as many fields as the header: pandas would silently pad a short
+    row with missing values, and would take the first column of a file whose first row is one field
+    longer as its index, shifting every column."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            n_header = len(next(reader, []))
+            rows = (row for row in reader if row)
+            for i, row in enumerate(rows, start=1):
+                if len(row) != n_header:
+                    raise InputError(path, None, f"data row {i} (line {reader.line_num}) has {len(row)} fields, "
+                                                 f"the header has {n_header}")
+    except csv.Error as err:
+        raise InputError(path, None, f"not a readable CSV file: {err}") from None
 
 
 def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
@@ -256,12 +279,13 @@ def visits_from_records(records: object, source: str | Path = "<patient>") -> pd
         unknown = sorted(set(records) - {"patient_id", "visits"})
         if unknown or "visits" not in records:
             raise InputError(source, "visits", f"expected an object with keys patient_id, visits (got {sorted(records)})")
-        patient_id = str(records.get("patient_id", patient_id)).strip() or patient_id
+        if "patient_id" in records:
+            patient_id = _record_id(records["patient_id"], source, "patient_id")
         records = records["visits"]
     if not isinstance(records, list) or not records:
         raise InputError(source, "visits", "expected a non-empty list of visits")
     allowed = {"visit_id", "timestamp", *FEATURES}
-    rows = []
+    rows, seen_ids = [], set()
     for i, visit in enumerate(records):
         where = f"visits[{i}]"
         if not isinstance(visit, dict):
@@ -269,11 +293,16 @@ def visits_from_records(records: object, source: str | Path = "<patient>") -> pd
         unknown = sorted(set(visit) - allowed)
         if unknown:
             raise InputError(source, f"{where}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        stamp = pd.to_datetime(str(visit.get("timestamp", "")).strip(), format="ISO8601", errors="coerce", utc=True)
-        if "timestamp" not in visit or pd.isna(stamp):
-            raise InputError(source, f"{where}.timestamp", f"{visit.get('timestamp')!r} is not an ISO-8601 datetime")
-        row: dict[str, object] = {"patient_id": patient_id, "visit_id": str(visit.get("visit_id", f"visit_{i}"))}
-        row["timestamp"] = stamp.tz_localize(None)
+        raw_time = visit.get("timestamp")
+        text_time = raw_time.strip() if isinstance(raw_time, str) else None
+        stamp = pd.to_datetime(text_time, format="ISO8601", errors="coerce", utc=True)
+        if pd.isna(stamp):
+            raise InputError(source, f"{where}.timestamp", f"{raw_time!r} is not an ISO-8601 datetime text")
+        visit_id = _record_id(visit["visit_id"], source, f"{where}.visit_id") if "visit_id" in visit else f"visit_{i}"
+        if visit_id in seen_ids:
+            raise InputError(source, f"{where}.visit_id", f"{visit_id!r} is a duplicate visit_id")
+        seen_ids.add(visit_id)
+        row: dict[str, object] = {"patient_id": patient_id, "visit_id": visit_id, "timestamp": stamp.tz_localize(None)}
         for lab in FEATURES:
             value = visit.get(lab)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -284,6 +313,15 @@ def visits_from_records(records: object, source: str | Path = "<patient>") -> pd
     frame = pd.DataFrame(rows, columns=list(VISIT_COLUMNS))
     frame["timestamp"] = frame["timestamp"].astype("datetime64[ns]")
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _record_id(value: object, source: str | Path, where: str) -> str:
+    """An identifier given in JSON: non-empty text or an integer, returned as stripped text."""
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    text = value.strip() if isinstance(value, str) else str(value) if integer else ""
+    if not text:
+        raise InputError(source, where, f"{value!r} is not an identifier (non-empty text or an integer)")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def retain_ablation(
 
 def multimodal_ablation(
     model: nn.Module, omics: torch.Tensor, text: torch.Tensor, present: torch.Tensor,
-    omics_blocks: dict[str, slice] | None = None, omics_reference: torch.Tensor | None = None, output: int = 0,
+    omics_blocks: dict[str, slice | Sequence[int]] | None = None, omics_reference: torch.Tensor | None = None, output: int = 0,
 ) -> GroupAblation:
     """Groups: each omics block (values -> `omics_reference`), "omics" (the modality's presence
     flag off) and "text" (the text presence flag off)."""

@@ -38,6 +38,7 @@ class RetainAttention:
     beta: torch.Tensor  # (B, T, E) variable attention per visit (tanh gate on the embedding)
     contributions: torch.Tensor  # (B, T, F) logit contribution of each lab at each visit (RETAIN eq. 5)
     logits: torch.Tensor  # (B,) or (B, K)
+    lab_weights: torch.Tensor  # (B, T, F) alpha_t * w_out . (beta_t * W_emb[:, k]): logit per unit of lab k at visit t
 
 
 @torch.no_grad()
@@ -46,7 +47,8 @@ def retain_attention(model: nn.Module, x: torch.Tensor, valid: torch.Tensor, out
     valid = valid.bool()
     x = torch.where(valid[..., None], x.float(), 0.0)
     logits, alpha, beta = model.forward_with_attention(x, valid)
-    return RetainAttention(alpha, beta, model.variable_contributions(x, valid, output), logits)
+    weights = model.lab_weights(x, valid, output)
+    return RetainAttention(alpha, beta, weights * x, logits, weights)
 
 
 @dataclass

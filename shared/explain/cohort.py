@@ -7,7 +7,7 @@ stay at the site like every other explanation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,21 @@ def cohort_rows(n: int, size: int, seed: int) -> np.ndarray:
     if n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def cohort_batches(
+    cohort: np.ndarray, batch_size: int, progress: Callable[[str, int, int], None] | None = None,
+) -> Iterator[torch.Tensor]:
+    """The cohort rows in batches (long tensors); reports ("cohort", done, total) after each."""
+    for start in range(0, len(cohort), batch_size):
+        yield torch.as_tensor(cohort[start : start + batch_size])
+        if progress:
+            progress("cohort", min(start + batch_size, len(cohort)), len(cohort))
+
+
+def stacked(parts: Sequence[torch.Tensor], n_groups: int) -> torch.Tensor:
+    """Per-batch (b, G) group values -> (N, G); (0, G) when the cohort is empty."""
+    return torch.cat([p.detach().cpu() for p in parts]) if parts else torch.zeros(0, n_groups)
 
 
 def select_patients(ids: np.ndarray, scores: np.ndarray, requested: Sequence[str] | None, n: int, source: Path) -> np.ndarray:

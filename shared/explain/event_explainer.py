@@ -22,13 +22,13 @@ from shared.data.event_schema import STATIC_CATEGORICAL
 from shared.data.events import load_event_site
 from shared.explain.ablation import GroupAblation, event_transformer_ablation
 from shared.explain.attention import event_transformer_attention
-from shared.explain.cohort import cohort_importance, cohort_rows, event_ig_groups, select_patients
+from shared.explain.cohort import cohort_batches, cohort_importance, cohort_rows, event_ig_groups, select_patients, stacked
 from shared.explain.event_layout import static_groups, static_mean, static_reference
 from shared.explain.integrated_gradients import event_transformer_ig
 from shared.explain.layer_attribution import event_transformer_layer_ig
-from shared.explain.plots import event_heads_figure, event_label, importance_figure, shorten
+from shared.explain.plots import cohort_figures, event_heads_figure, event_label, shorten
 from shared.explain.registry import ExplainOptions, ProgressHook
-from shared.explain.report import PatientExplanation, SiteExplanation, figure_stem
+from shared.explain.report import PatientExplanation, SiteExplanation, direction, figure_stem, probability_without
 from shared.tasks.base import Task
 
 OUTPUT_NAME = "predicted probability of in-hospital death"
@@ -86,10 +86,6 @@ def describe_events(stays: pd.DataFrame, events: pd.DataFrame, max_events: int) 
     return out
 
 
-def _risk_word(value: float) -> str:
-    return "raised" if value > 0 else "lowered"
-
-
 def static_phrase(column: str, stay: pd.Series) -> str:
     label = STATIC_LABELS.get(column, column.replace("_", " "))
     raw = stay.get(column, "unknown")
@@ -103,7 +99,7 @@ def static_phrase(column: str, stay: pd.Series) -> str:
 
 
 def ablation_phrase(group: str, probability: float, effect: float) -> str:
-    without = float(1.0 / (1.0 + np.exp(-(np.log(probability / (1 - probability)) - effect))))
+    without = probability_without(probability, effect)
     if group.endswith(" events"):
         what = f"without its {group}"
     elif group.startswith("event "):
@@ -140,28 +136,22 @@ def explain_event_site(
     # cohort importance
     cohort = cohort_rows(len(ids), options.cohort_size, options.seed)
     ig_groups, ablation_effects, names = [], [], []
-    for start in range(0, len(cohort), options.batch_size):
-        rows = torch.as_tensor(cohort[start : start + options.batch_size], device=device)
+    for rows in cohort_batches(cohort, options.batch_size, progress):
+        rows = rows.to(device)
         ev, va, st = events[rows], valid[rows], statics[rows]
         ig = event_transformer_ig(model, ev, va, st, ig_base, options.cohort_ig_steps, 8 * options.batch_size,
                                   options.cohort_ig_max_steps)
         groups, names = event_ig_groups(ig.attributions[0], ig.attributions[1], ev)
-        ig_groups.append(groups.cpu())
-        ablation_effects.append(event_transformer_ablation(model, ev, va, st, ablation_ref).effects.cpu())
-        if progress:
-            progress("cohort", min(start + options.batch_size, len(cohort)), len(cohort))
+        ig_groups.append(groups)
+        ablation_effects.append(event_transformer_ablation(model, ev, va, st, ablation_ref).effects)
     cohort_values = {
-        IG_METHOD: cohort_importance(torch.cat(ig_groups) if ig_groups else np.zeros((0, len(names))), names),
-        ABLATION_METHOD: cohort_importance(torch.cat(ablation_effects) if ablation_effects else np.zeros((0, len(names))), names),
+        IG_METHOD: cohort_importance(stacked(ig_groups, len(names)), names),
+        ABLATION_METHOD: cohort_importance(stacked(ablation_effects, len(names)), names),
     }
-    figures = {
-        "cohort_integrated_gradients": importance_figure(list(cohort_values[IG_METHOD]), list(cohort_values[IG_METHOD].values()),
-                                                         "Cohort importance: integrated gradients", "mean |attribution| (logit)"),
-        "cohort_ablation": importance_figure(list(cohort_values[ABLATION_METHOD]), list(cohort_values[ABLATION_METHOD].values()),
-                                             "Cohort importance: feature ablation", "mean |change of the logit|"),
-    }
-    titles = {"cohort_integrated_gradients": "Cohort importance: integrated gradients",
-              "cohort_ablation": "Cohort importance: feature ablation"}
+    figures, titles = cohort_figures(cohort_values, {
+        IG_METHOD: ("cohort_integrated_gradients", "Cohort importance: integrated gradients", "mean |attribution| (logit)"),
+        ABLATION_METHOD: ("cohort_ablation", "Cohort importance: feature ablation", "mean |change of the logit|"),
+    })
 
     patients = []
     for done, row in enumerate(chosen, start=1):
@@ -205,9 +195,9 @@ def _explain_stay(
         value = described.values[row, p]
         shown = shorten(described.texts[row, p], 80) + ("" if np.isnan(value) else f" = {value:g}")
         reasons.append(f"{described.types[row, p]}: {shown}, {described.hours[row, p]:.1f} h before the last recorded event, "
-                       f"{_risk_word(per_event[p])} the predicted risk (IG {per_event[p]:+.3f})")
+                       f"{direction(per_event[p])} the predicted risk (IG {per_event[p]:+.3f})")
     for col in sorted(per_static, key=lambda c: -abs(per_static[c]))[:2]:
-        reasons.append(f"{static_phrase(col, stay)} {_risk_word(per_static[col])} the predicted risk "
+        reasons.append(f"{static_phrase(col, stay)} {direction(per_static[col])} the predicted risk "
                        f"(IG {per_static[col]:+.3f}, against the site average)")
     if not bool(ig.converged()[0]):
         reasons.append(f"Note: integrated gradients did not converge in {int(ig.n_steps[0])} steps (delta "
@@ -215,7 +205,7 @@ def _explain_stay(
     effects = ablation.as_dict(0)
     for group in sorted(effects, key=lambda g: -abs(effects[g]))[:2]:
         if abs(effects[group]) > 0:
-            reasons.append(ablation_phrase(group, float(np.clip(probability, 1e-6, 1 - 1e-6)), effects[group]))
+            reasons.append(ablation_phrase(group, probability, effects[group]))
 
     pooling = attention.pooling[0].cpu().numpy()  # (H, L)
     shown_positions = np.sort(sorted(positions, key=lambda p: -pooling[:, p].mean())[: options.heatmap_items])

@@ -197,6 +197,7 @@ def retain_ig(
     keep = valid.bool()[..., None]
     x = torch.where(keep, x.float(), 0.0)  # padding (possibly NaN) never enters the model: 0 in x and baseline
     base = torch.zeros(1, 1, x.shape[-1]) if reference is None else reference.reshape(1, 1, -1).float()
+    base = base.to(x.device)
     base = torch.where(keep, base, 0.0)
     return integrated_gradients(retain_score(model, output), (x,), (base,), (valid.bool(),), n_steps, max_steps=max_steps)
 
@@ -212,9 +213,11 @@ def multimodal_ig(
     omics = torch.where(present[:, :1], omics.float(), 0.0)  # a missing modality never enters: 0 in input and baseline
     text = torch.where(present[:, 1:], text.float(), 0.0)
     omics_base = torch.zeros(1, omics.shape[1]) if omics_reference is None else omics_reference.reshape(1, -1)
+    omics_base = omics_base.to(omics.device)
     return integrated_gradients(
         multimodal_score(model, output),
-        (omics, text), (omics_base.float(), torch.zeros(1, text.shape[1])), (present,), n_steps, max_steps=max_steps,
+        (omics, text), (omics_base.float(), torch.zeros(1, text.shape[1], device=text.device)), (present,), n_steps,
+        max_steps=max_steps,
     )
 
 

@@ -12,6 +12,7 @@ up to the reported convergence delta.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,13 @@ import torch
 from captum.attr import LayerIntegratedGradients
 from torch import nn
 
-from shared.explain.integrated_gradients import ForwardFn, event_transformer_score, retain_score, sleep_score
+from shared.explain.integrated_gradients import (
+    ForwardFn,
+    event_transformer_score,
+    multimodal_score,
+    retain_score,
+    sleep_score,
+)
 
 
 @dataclass
@@ -50,23 +57,30 @@ def input_projection(model: nn.Module) -> nn.Module:
 
 def layer_integrated_gradients(
     forward_fn: ForwardFn,
-    layer: nn.Module,
+    layer: nn.Module | list[nn.Module],
     inputs: Sequence[torch.Tensor],
     baselines: Sequence[torch.Tensor],
     additional_forward_args: Sequence[object] = (),
     n_steps: int = 64,
     internal_batch_size: int | None = None,
 ) -> LayerIGResult:
+    """Captum LayerIntegratedGradients. With a list of layers (outputs of one shape) they are
+    attributed together (one delta) and their attributions stacked on dim 1: (B, n_layers, ...)."""
     inputs = tuple(x.detach().float() for x in inputs)
     baselines = tuple(b.detach().to(x.device, x.dtype).expand_as(x) for b, x in zip(baselines, inputs))
-    attributions, delta = LayerIntegratedGradients(forward_fn, layer).attribute(
-        inputs if len(inputs) > 1 else inputs[0],
-        baselines=baselines if len(baselines) > 1 else baselines[0],
-        additional_forward_args=tuple(additional_forward_args) or None,
-        n_steps=n_steps,
-        internal_batch_size=internal_batch_size,
-        return_convergence_delta=True,
-    )
+    with warnings.catch_warnings():
+        # Captum warns on every list of layers; ours are parallel branches, neither feeds the other
+        warnings.filterwarnings("ignore", message="Multiple layers provided")
+        attributions, delta = LayerIntegratedGradients(forward_fn, layer).attribute(
+            inputs if len(inputs) > 1 else inputs[0],
+            baselines=baselines if len(baselines) > 1 else baselines[0],
+            additional_forward_args=tuple(additional_forward_args) or None,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
+    if isinstance(layer, list):
+        attributions = torch.stack(list(attributions), dim=1)
     return LayerIGResult(attributions.detach(), delta.detach())
 
 
@@ -90,9 +104,34 @@ def retain_layer_ig(
     keep = valid.bool()[..., None]
     x = torch.where(keep, x.float(), 0.0)
     base = torch.zeros(1, 1, x.shape[-1]) if reference is None else reference.reshape(1, 1, -1).float()
+    base = base.to(x.device)
     base = torch.where(keep, base, 0.0)
     layer = input_projection(model)
     return layer_integrated_gradients(retain_score(model, output), layer, (x,), (base,), (valid.bool(),), n_steps)
+
+
+def multimodal_projections(model: nn.Module) -> list[nn.Module]:
+    """The first Linear of the omics and of the text branch (MODALITIES order)."""
+    return [model.omics_encoder[0], model.text_encoder[0]]
+
+
+def multimodal_layer_ig(
+    model: nn.Module, omics: torch.Tensor, text: torch.Tensor, present: torch.Tensor,
+    omics_reference: torch.Tensor | None = None, n_steps: int = 64, output: int = 0,
+) -> LayerIGResult:
+    """Attributions to both input projections (B, 2, hidden) in (omics, text) order; per_item()
+    -> (B, 2) per modality. Baseline as `multimodal_ig` (omics at the reference, text 0); a missing
+    modality enters as 0 in input and baseline alike, so it gets exactly 0."""
+    model.eval()
+    present = present.bool()
+    omics = torch.where(present[:, :1], omics.float(), 0.0)
+    text = torch.where(present[:, 1:], text.float(), 0.0)
+    omics_base = torch.zeros(1, omics.shape[1]) if omics_reference is None else omics_reference.reshape(1, -1).float()
+    omics_base = omics_base.to(omics.device)
+    return layer_integrated_gradients(
+        multimodal_score(model, output), multimodal_projections(model), (omics, text),
+        (omics_base, torch.zeros(1, text.shape[1], device=text.device)), (present,), n_steps,
+    )
 
 
 def sleep_layer_ig(

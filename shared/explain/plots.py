@@ -87,6 +87,33 @@ def retain_figure(contributions: np.ndarray, visit_labels: Sequence[str], featur
                     "contribution to the logit", diverging=True)
 
 
+def retain_attention_figure(
+    alpha: np.ndarray, lab_weights: np.ndarray, visit_labels: Sequence[str], feature_names: Sequence[str], title: str,
+) -> Figure:
+    """RETAIN's attention for one patient: visits x labs heatmap of alpha_t * w_out . (beta_t * W_emb[:, k])
+    (logit per +1 sd of the lab at that visit; first axes) beside the visit attention alpha (n_visits,)."""
+    rows, cols = lab_weights.shape
+    label_width = 0.065 * max((len(label) for label in visit_labels), default=4)
+    fig = _figure(min(label_width + 5.5 + 0.45 * cols, 22.0), min(2.2 + 0.3 * rows, 30.0))
+    grid = fig.add_gridspec(1, 2, width_ratios=[max(cols, 1), 2.5])
+    ax = fig.add_subplot(grid[0, 0])
+    bound = float(np.abs(lab_weights).max()) or 1.0
+    image = ax.imshow(lab_weights, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    ax.set_yticks(range(rows), list(visit_labels), fontsize=8)
+    ax.set_xticks(range(cols), list(feature_names), fontsize=8, rotation=45, ha="right")
+    ax.set_xlabel("lab")
+    ax.set_ylabel("visit")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="logit per +1 sd", fraction=0.04)
+    bars = fig.add_subplot(grid[0, 1], sharey=ax)
+    bars.barh(range(rows), alpha, color="#4d4d4d")
+    bars.set_xlim(0.0, 1.0)
+    bars.set_xlabel("visit attention alpha")
+    bars.tick_params(axis="y", labelleft=False)
+    fig.tight_layout()
+    return fig
+
+
 def psg_figure(weights: np.ndarray, channel_names: Sequence[str], time_labels: Sequence[str], title: str,
                colorbar_label: str = "channel attention", diverging: bool = False) -> Figure:
     """A PSG map, channels x time: weights (n_channels, n_epochs)."""
@@ -108,6 +135,19 @@ def importance_figure(names: Sequence[str], values: Sequence[float], title: str,
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def cohort_figures(
+    cohort: dict[str, dict[str, float]], labels: dict[str, tuple[str, str, str]]
+) -> tuple[dict[str, Figure], dict[str, str]]:
+    """Importance bars per cohort method. labels: method -> (figure key, title, x label).
+    Returns (figures, titles) keyed by figure key, in `labels` order."""
+    figures, titles = {}, {}
+    for method, (key, title, xlabel) in labels.items():
+        values = cohort[method]
+        figures[key] = importance_figure(list(values), list(values.values()), title, xlabel)
+        titles[key] = title
+    return figures, titles
 
 
 def axis_labels(fig: Figure) -> tuple[list[str], list[str]]:

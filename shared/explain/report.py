@@ -60,6 +60,17 @@ class ReportFiles:
     figures: list[Path]
 
 
+def direction(value: float) -> str:
+    """How a signed effect moved the model's output."""
+    return "raised" if value > 0 else "lowered"
+
+
+def probability_without(probability: float, logit_effect: float) -> float:
+    """The predicted probability once a group whose effect on the logit is `logit_effect` is removed."""
+    p = float(np.clip(probability, 1e-6, 1 - 1e-6))
+    return float(1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) - logit_effect))))
+
+
 def figure_stem(text: str) -> str:
     """A safe file stem from an id or a title."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "figure"

@@ -78,16 +78,20 @@ class Retain(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(x, valid)[0]
 
+    def lab_weights(self, x: torch.Tensor, valid: torch.Tensor, output: int = 0) -> torch.Tensor:
+        """alpha_t * w_out . (beta_t * W_emb[:, k]), (B, T, F): what the attention makes of one unit
+        of feature k at visit t (logit per unit of x_tk); 0 on padding."""
+        _, alpha, beta = self._attention(x, valid)
+        w_out = self.out.weight[output]  # (E,)
+        per_unit = (beta * w_out) @ self.embed.weight  # (B, T, F): w_out . (beta_t * W_emb[:, k])
+        return alpha[..., None] * per_unit  # (B, T, F)
+
     def variable_contributions(self, x: torch.Tensor, valid: torch.Tensor, output: int = 0) -> torch.Tensor:
         """omega(y, x_tk) = alpha_t * w_out . (beta_t * W_emb[:, k]) * x_tk, (B, T, F).
 
         In eval mode the contributions plus the output bias sum to the logit of `output`.
         """
-        _, alpha, beta = self._attention(x, valid)
-        x = torch.where(valid[..., None], x, 0.0)
-        w_out = self.out.weight[output]  # (E,)
-        per_unit = (beta * w_out) @ self.embed.weight  # (B, T, F): w_out . (beta_t * W_emb[:, k])
-        return alpha[..., None] * per_unit * x  # (B, T, F)
+        return self.lab_weights(x, valid, output) * torch.where(valid[..., None], x, 0.0)  # (B, T, F)
 
 
 @register_model("retain")

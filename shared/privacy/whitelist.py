@@ -6,7 +6,9 @@ it on every reply and sends an error reply instead of anything it refuses.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from logging import ERROR
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
@@ -46,6 +48,11 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
 ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason"})
 MAX_SITE_TEXT_LENGTH = 200
 ARRAYS_RECORD, METRICS_RECORD, SITE_RECORD = "arrays", "metrics", "site"
+# A SecAgg+ stage reply (Flower's legacy format): protocol values, and at the collect stage the fit
+# result whose parameters Flower's mod has emptied (the update leaves only masked, in the protocol values).
+SECAGG_RECORD = "secaggplus_configs"
+SECAGG_REPLY_KEYS: frozenset[str] = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
+SECAGG_SITE_KEYS: frozenset[str] = frozenset({f"site.{key}" for key in ALLOWED_SITE_KEYS})
 
 
 class OutgoingMessageRefused(Exception):
@@ -64,7 +71,7 @@ def _check_arrays(record: ArrayRecord, expected_keys: set[str] | None) -> None:
         )
 
 
-def _check_metrics(record: MetricRecord) -> None:
+def _check_metrics(record: Mapping[str, Any]) -> None:
     for key, value in record.items():
         if key not in ALLOWED_METRICS:
             raise OutgoingMessageRefused(f"record {METRICS_RECORD!r}: metric {key!r} is not whitelisted")
@@ -75,7 +82,7 @@ def _check_metrics(record: MetricRecord) -> None:
             )
 
 
-def _check_site(record: ConfigRecord) -> None:
+def _check_site(record: Mapping[str, Any]) -> None:
     for key, value in record.items():
         if key not in ALLOWED_SITE_KEYS:
             raise OutgoingMessageRefused(f"record {SITE_RECORD!r}: key {key!r} is not whitelisted")
@@ -108,6 +115,30 @@ def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) ->
         check(record)
 
 
+def check_outgoing_secagg(content: RecordDict) -> None:
+    """Raise OutgoingMessageRefused unless `content` is a SecAgg+ stage reply holding only protocol values,
+    an empty fit-result parameter record, the example count, a status, and whitelisted metrics/site texts."""
+    for name, record in content.items():
+        if name == SECAGG_RECORD and isinstance(record, ConfigRecord):
+            unexpected = sorted(set(record.keys()) - SECAGG_REPLY_KEYS)
+            if unexpected:
+                raise OutgoingMessageRefused(f"record {name!r}: keys {unexpected} are not SecAgg+ reply values")
+        elif name == "fitres.parameters" and isinstance(record, ArrayRecord):
+            if len(record):
+                raise OutgoingMessageRefused("a SecAgg+ reply carries model arrays in clear")
+        elif name == "fitres.num_examples" and isinstance(record, MetricRecord):
+            if set(record.keys()) != {"num_examples"}:
+                raise OutgoingMessageRefused(f"record {name!r} may hold num_examples only")
+        elif name == "fitres.status" and isinstance(record, ConfigRecord):
+            if not set(record.keys()) <= {"code", "message"}:
+                raise OutgoingMessageRefused(f"record {name!r} may hold code and message only")
+        elif name == "fitres.metrics" and isinstance(record, ConfigRecord):
+            _check_metrics({k: v for k, v in record.items() if k not in SECAGG_SITE_KEYS})
+            _check_site({k.removeprefix("site."): v for k, v in record.items() if k in SECAGG_SITE_KEYS})
+        else:
+            raise OutgoingMessageRefused(f"record {name!r} ({type(record).__name__}) is not part of a SecAgg+ reply")
+
+
 def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower client mod: pass the message on, then let the reply out only if it passes the whitelist.
 
@@ -120,7 +151,10 @@ def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCalla
     if reply.has_error():
         return reply
     try:
-        check_outgoing(reply.content, expected_keys)
+        if SECAGG_RECORD in reply.content:
+            check_outgoing_secagg(reply.content)
+        else:
+            check_outgoing(reply.content, expected_keys)
     except OutgoingMessageRefused as refusal:
         reason = f"outgoing_guard_mod refused the reply: {refusal}"
         log(ERROR, reason)

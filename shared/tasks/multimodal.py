@@ -7,6 +7,10 @@ which the model builder reads and this task ignores):
   the model from the config alone, so the panel travels with the run and omics_dim is
   `len(features) * (2 if missing_indicators else 1)` everywhere (shared/data/omics.py).
 - `log1p` (default false): log1p before standardisation (counts); `missing_indicators` (default true).
+- `omics_blocks` (optional, explanations only): {block name: [pinned features]}, e.g. a pathway or
+  an assay; site explanations ablate and rank each block (a feature's value and its missing-value
+  indicator go together). Pinned features in no block form "other panel features". Default: one
+  block per pinned feature.
 - `label_type`: "binary" or "survival". Default: "survival" when `train.loss` is coxph, else
   "binary". Binary runs train with `train.loss` bce, weighted_bce or focal (`train.loss_params`
   go to the loss; weighted_bce without a pos_weight uses the site's training n_negative/n_positive)
@@ -89,6 +93,32 @@ def pinned_features(cfg: RunConfig) -> list[str]:
     return list(features)
 
 
+OTHER_BLOCK = "other panel features"
+
+
+def omics_blocks_of(cfg: RunConfig, features: list[str]) -> dict[str, list[str]]:
+    """model.omics_blocks checked against the pinned panel (see the module docstring)."""
+    blocks = cfg.model.params.get("omics_blocks")
+    if blocks is None:
+        return {feature: [feature] for feature in features}
+    if not isinstance(blocks, dict) or not blocks:
+        raise InputError(cfg.source, "model.omics_blocks", "expected a mapping: block name -> list of pinned features")
+    pinned = set(features)
+    for name, members in blocks.items():
+        where = f"model.omics_blocks.{name}"
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise InputError(cfg.source, where, "expected a non-empty list of pinned feature names")
+        unknown = [m for m in members if m not in pinned]
+        if unknown:
+            raise InputError(cfg.source, where, f"not in model.features: {', '.join(unknown[:5])}")
+    out = {str(name): list(members) for name, members in blocks.items()}
+    covered = {m for members in out.values() for m in members}
+    rest = [f for f in features if f not in covered]
+    if rest:
+        out[OTHER_BLOCK] = rest
+    return out
+
+
 class MultimodalTask(Task):
     name = "multimodal"
     id_column = "patient_id"
@@ -99,6 +129,8 @@ class MultimodalTask(Task):
         self.primary_metric = "auroc" if self.kind == "binary" else "c_index"
         self.log1p = self._flag("log1p", False)
         self.missing_indicators = self._flag("missing_indicators", True)
+        if "omics_blocks" in cfg.model.params:
+            omics_blocks_of(cfg, self.features)  # a bad block stops the run at config time
         self._site_pos_weight: float | None = None  # from the site's training labels (weighted_bce)
         self._loss_module: nn.Module | None = None
 
@@ -106,6 +138,10 @@ class MultimodalTask(Task):
     @property
     def features(self) -> list[str]:
         return pinned_features(self.cfg)
+
+    @property
+    def omics_blocks(self) -> dict[str, list[str]]:
+        return omics_blocks_of(self.cfg, self.features)
 
     def _flag(self, key: str, default: bool) -> bool:
         value = self.cfg.model.params.get(key, default)

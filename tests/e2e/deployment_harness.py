@@ -4,6 +4,7 @@ output to a log file). Every process is stopped by PID when the test ends, pass 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -33,6 +34,12 @@ TINY = {
     "strategy": {"name": "fedavg", "min_sites": 2},
     "federation": {"mode": "deployment", "round_timeout_s": 60.0, "wait_for_sites_s": 120.0},
 }
+
+
+def _die_with_pytest() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
+    so a killed test run leaves no deployment behind (`fedcare server/client` stop theirs on SIGTERM)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -100,7 +107,8 @@ class Deployment:
                    COLUMNS="120")
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen([sys.executable, "-m", "fedcare", *args], cwd=self.root, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_pytest)
         log.close()
         self.procs.append((name, proc))
         return proc
@@ -111,6 +119,10 @@ class Deployment:
         else:
             args = ["--config", str(self.config_path), "--run-dir", str(self.run_dir), *extra]
         return self._start("server", "server", *args, "--certs", str(self.certs.root), "--address", f"127.0.0.1:{self.port}")
+
+    def wait_until_registered(self, timeout_s: float = 180) -> None:
+        """The center's order: SuperLink up, hospitals' keys registered, run submitted."""
+        self.wait_for("the center to register the hospitals", lambda: "run submitted" in self.log("server"), timeout_s)
 
     def start_client(self, site: str, site_yaml: Path | None = None, name: str | None = None,
                      *extra: str) -> subprocess.Popen[bytes]:

@@ -4,11 +4,13 @@ the center never registered and an impostor with a wrong key for site_a are refu
 
 import json
 import re
+import signal
 
 import pytest
 import torch
 
 from fedcare.audit_run import audit_path
+from fedcare.flower_processes import is_running
 from server.checkpoints import load_checkpoint
 from shared.privacy.keys import load_public_key, public_key_fingerprint
 from shared.tasks.registry import build_task
@@ -22,6 +24,7 @@ def clean_run(tmp_path_factory):
     dep = Deployment(tmp_path_factory.mktemp("deploy"), rounds=2, round_timeout_s=90.0, extra_sites=("site_d",))
     try:
         server = dep.start_server()
+        dep.wait_until_registered()
         for site in dep.sites:
             dep.start_client(site)
         unregistered = dep.start_client("site_d", None, None, "--max-restarts", "0")
@@ -96,3 +99,18 @@ def test_unregistered_and_wrong_key_supernodes_are_refused(clean_run):
 def test_server_stops_its_own_processes(clean_run):
     _, _, _, center_left = clean_run
     assert center_left == []
+
+
+def test_sigterm_stops_the_server_and_everything_it_started(tmp_path):
+    dep = Deployment(tmp_path, rounds=1, round_timeout_s=30.0)
+    try:
+        server = dep.start_server()
+        dep.wait_for("the run to be submitted", lambda: "run submitted" in dep.log("server"), timeout_s=120)
+        started = [pid for pid in dep.ours() if _is_center_process(pid, dep.port)]
+        assert len(started) >= 3  # fedcare server, flower-superlink, its superexec, flwr run
+        server.send_signal(signal.SIGTERM)  # what `docker stop` sends; Ctrl-C takes the same path
+        assert server.wait(timeout=60) == 130
+        assert [pid for pid in started if is_running(pid)] == []
+        assert "interrupted" in dep.log("server")
+    finally:
+        dep.stop_all()

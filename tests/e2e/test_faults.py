@@ -27,6 +27,7 @@ def faulty_run(tmp_path_factory):
     facts = {}
     try:
         server = dep.start_server()
+        dep.wait_until_registered()
         clients = {site: dep.start_client(site) for site in dep.sites}
         dep.wait_for("site_c to receive round 1's training request",
                      lambda: "Receiving: train message" in dep.log("site_c"), timeout_s=240)

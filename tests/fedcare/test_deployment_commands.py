@@ -84,6 +84,10 @@ def test_bad_address(text):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["server", "--resume", str(tmp_path)]) == 2
     assert f"{tmp_path}/config.yaml: missing: not a fedcare deployment run folder" in capsys.readouterr().out
+    (tmp_path / "config.yaml").write_text("task: event_mortality\n")
+    (tmp_path / "run.json").write_text('{"run_id": "r", "starts": []}')
+    assert main(["server", "--resume", str(tmp_path)]) == 2
+    assert "checkpoints: nothing to resume" in capsys.readouterr().out
     config = Path(__file__).resolve().parents[2] / "configs" / "event_mortality.yaml"
     assert main(["server", "--config", str(config), "--certs", str(tmp_path / "none")]) == 2
     assert "--certs: folder not found" in capsys.readouterr().out

@@ -45,9 +45,10 @@ class SiteGrid(Grid):
     """Hospitals in-process: training adds 1.0 to every float array; `behaviour` may make a site
     silent, fail (as the SuperLink reports it), lie about its name, or crash the center."""
 
-    def __init__(self, behaviour=None, names=SITES):
+    def __init__(self, behaviour=None, names=SITES, online=tuple(SITES)):
         self.behaviour = behaviour or (lambda phase, rnd, site: "ok")
         self.names = names
+        self.online = list(online)
         self.asked: list[tuple[str, int, str]] = []
 
     def set_run(self, run):
@@ -61,10 +62,10 @@ class SiteGrid(Grid):
         raise NotImplementedError
 
     def get_node_ids(self):
-        return list(SITES)
+        return list(self.online)
 
     def get_nodes(self):
-        return [NodeInfo(node_id=n, name=self.names.get(n, "")) for n in SITES]
+        return [NodeInfo(node_id=n, name=self.names.get(n, "")) for n in self.online]
 
     def push_messages(self, messages):
         raise NotImplementedError
@@ -164,6 +165,19 @@ def test_failed_silent_and_lying_sites_are_named_by_their_registered_site(tmp_pa
     assert summary["sites"]["site_b"]["rounds_trained"] == [1]
     assert summary["sites"]["site_a"]["rounds_trained"] == [1, 2]  # the lie did not count for site_a
     assert "node-" not in " ".join(events)
+
+
+def test_rounds_without_enough_connected_sites_are_skipped_not_waited_for_forever(tmp_path):
+    rc = _rc(tmp_path, rounds=2)
+    raw = json.loads(rc["fedcare-config"])
+    raw["federation"]["round_timeout_s"] = 0.5
+    rc["fedcare-config"] = json.dumps(raw)
+    grid = SiteGrid(online=[11])  # one site online, min_sites 2
+    summary = run_federation(grid, rc)
+    assert grid.asked == [] and not summary["complete"]
+    assert "round 1: training skipped: 1 sites connected, 2 needed" in summary["events"]
+    assert "round 2: evaluation skipped: 1 sites connected, 2 needed" in summary["events"]
+    assert summary["sites"]["site_a"]["rounds_missed"] == {"1": "not asked", "2": "not asked"}
 
 
 def test_history_resume_drops_rounds_after_the_checkpoint(tmp_path):

@@ -130,6 +130,10 @@ def test_missing_label_column(tmp_path: Path) -> None:
         (f"p9,v9,2150-01-01,abc,{LABS.split(',', 1)[1]}", "creatinine", "not a finite number"),
         (f"p9,v9,2150-01-01,{LABS.rsplit(',', 1)[0]},inf", "urine_output", "not a finite number"),
         (f"p9,v9,2150-01-01,{LABS.rsplit(',', 1)[0]},-0.5", "urine_output", "negative"),
+        (f"p9,v9,2150-01-01,NaN,{LABS.split(',', 1)[1]}", "creatinine", "not a finite number"),
+        (f"p9,v9,2150-01-01,1.0,NA,{LABS.split(',', 2)[2]}", "bun", "not a finite number"),
+        (f"p9,v9,2150-01-01,1.0,15,90,4.1,139 mmol/L,{LABS.split(',', 5)[5]}", "sodium", "not a finite number"),
+        (f"p9,v9,1e9,{LABS}", "timestamp", "ISO-8601"),
         (f"p9,v9,yesterday,{LABS}", "timestamp", "ISO-8601"),
         (f"p9,v9,,{LABS}", "timestamp", "ISO-8601"),
         (f"p9,v1,2150-01-01,{LABS}", "visit_id", "duplicate"),
@@ -153,6 +157,52 @@ def test_empty_site_and_site_without_labelled_patients(tmp_path: Path) -> None:
     assert err.source.endswith("visits.csv") and "no visits" in err.problem
     err = _error(tmp_path, _good_visits(), ["ghost,1"])
     assert err.source.endswith("labels.csv") and "no patient" in err.problem
+    err = _error(tmp_path, _good_visits(), [])  # labels.csv: header only
+    assert err.source.endswith("labels.csv") and "no patient" in err.problem
+
+
+def test_empty_missing_or_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="site folder does not exist"):
+        load_visit_site(tmp_path / "nowhere")
+    site = _site(tmp_path, _good_visits(), ["p1,1", "p2,0"])
+    (site / "visits.csv").write_text("")
+    err = _error(tmp_path, [], ["p1,1"], header="")
+    assert err.source.endswith("visits.csv") and "file is empty" in err.problem
+    (site / "visits.csv").write_bytes(f"{HEADER}\np\xe9,v1,2150-01-01,{LABS}\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not a readable CSV file: UnicodeDecodeError"):
+        load_visit_site(site)
+    (site / "visits.csv").unlink()
+    (site / "visits.csv.gz").write_bytes(gzip.compress(f"{HEADER}\np1,v1,2150-01-01,{LABS}\n".encode())[:-12])
+    with pytest.raises(InputError) as info:
+        load_visit_site(site)
+    assert info.value.source.endswith("visits.csv.gz") and "not a readable CSV file" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        ([f"p1,v1,2150-01-01,{LABS},extra", f"p1,v2,2150-01-02,{LABS}"], "data row 1 (line 2) has 12 fields"),  # pandas: an index
+        ([f"p1,v1,2150-01-01,{LABS}", "", "p1,v2,2150-01-02,1.0"], "data row 2 (line 4) has 4 fields"),  # pandas: padded
+        ([f"p1,v1,2150-01-01,{LABS}", f"p1,v2,2150-01-02,{LABS},1,2"], "Expected 11 fields in line 3, saw 13"),
+    ],
+)
+def test_rows_with_the_wrong_number_of_fields(tmp_path: Path, rows: list[str], problem: str) -> None:
+    err = _error(tmp_path, rows, ["p1,1"])
+    assert err.source.endswith("visits.csv") and err.field is None and problem in err.problem
+
+
+def test_unsorted_visits_are_ordered_by_time_and_ties_keep_file_order(tmp_path: Path) -> None:
+    rows = [
+        f"p1,late,2150-01-09,{LABS}",
+        f"p2,b1,2150-02-01 12:00,{LABS}",
+        f"p1,tie_first,2150-01-05T06:00,{LABS}",
+        f"p1,early,2150-01-01,{LABS}",
+        f"p1,tie_second,2150-01-05 06:00:00,{LABS}",
+        f"p2,b0,2150-02-01 11:59,{LABS}",
+    ]
+    data = load_visit_site(_site(tmp_path, rows, ["p1,0", "p2,1"]))
+    assert data.visits["visit_id"].tolist() == ["early", "tie_first", "tie_second", "late", "b0", "b1"]
+    assert data.visits.groupby("patient_id")["timestamp"].apply(lambda t: t.is_monotonic_increasing).all()
 
 
 # ---------------------------------------------------------------- a new patient as JSON records

@@ -37,12 +37,17 @@ def test_retain_explainer(tmp_path):
     exp = explain_retain_dataset(model, ids, TensorDataset(x, valid, torch.zeros(6)), LABS,
                                  ExplainOptions(**{**OPTIONS.__dict__, "patients": ["p0", "p3"], "top_items": 4}))
     assert [p.patient_id for p in exp.patients] == ["p0", "p3"]
-    assert len(exp.patients[0].reasons) == 4  # every lab, largest |contribution| first
+    lab_reasons = [r for r in exp.patients[0].reasons if "RETAIN contribution" in r]
+    assert len(lab_reasons) == 4 and [r.split(" ")[0] for r in lab_reasons] != LABS  # every lab, largest |contribution| first
+    totals = np.abs(np.asarray(exp.patients[0].numbers["contributions"]).sum(0))
+    assert [r.split(" ")[0] for r in lab_reasons] == [LABS[k] for k in np.argsort(-totals, kind="stable")]
+    assert exp.patients[0].reasons[4].startswith("the model attended most to the visit ")
     assert any(r.startswith("creatinine rose in the last 4 visits, ") for r in exp.patients[0].reasons)
     p3 = exp.patients[1]
     assert np.asarray(p3.numbers["contributions"]).shape == (2, 4)  # only the 2 real visits
     fig = exp.figures[p3.figures[0]]
     assert axis_labels(fig) == (LABS, ["visit -1", "last visit"])
+    assert axis_labels(exp.figures[p3.figures[1]]) == (LABS, ["visit -1", "last visit"])  # the attention figure
     assert set(exp.cohort) and all(set(v) == set(LABS) for v in exp.cohort.values())
     files = write_site_report(tmp_path, exp)
     assert json.loads(files.json.read_text())["patients"][0]["features"] == LABS
@@ -58,12 +63,13 @@ def test_multimodal_explainer():
                                      omics_blocks={"expression": slice(0, 4), "clinical": slice(4, 6)})
     no_text, no_omics = exp.patients
     assert "no clinical note for this patient" in no_text.reasons[1]
-    assert "no omics profile" in no_omics.reasons[0] and len(no_omics.reasons) == 2  # no omics features named
-    assert any(r.split(" ")[0] in names for r in no_text.reasons[2:])
+    assert "no omics profile" in no_omics.reasons[0] and not any(r.split(" ")[0] in names for r in no_omics.reasons)
+    blocks = [r for r in no_text.reasons if r.startswith("omics block ")]
+    assert len(blocks) == 2 and all(r.split(" ")[2] in ("expression", "clinical") for r in blocks)
     assert set(exp.cohort["feature ablation: omics blocks and modalities removed (mean |change of the output|)"]) == {
         "expression", "clinical", "omics", "text"}
     y_labels = axis_labels(exp.figures[no_text.figures[0]])[1]
-    assert set(y_labels) <= set(names) | {"text embedding"}
+    assert set(y_labels) == {"expression", "clinical", "text embedding"}
 
 
 def test_sleep_explainers_staging_and_diagnosis():

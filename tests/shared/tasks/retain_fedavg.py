@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--seeds", default="0", help="comma-separated data/training seeds")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # tiny model on a shared machine: more threads were up to 40x slower under load
     weighted = []
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = load_config(args.config)

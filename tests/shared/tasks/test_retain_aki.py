@@ -1,5 +1,6 @@
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,14 @@ from tests.shared.tasks.retain_fedavg import run_fedavg
 
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
 TINY_MODEL = {"name": "retain", "emb_dim": 8, "alpha_hidden": 8, "beta_hidden": 8, "dropout": 0.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: on a busy 2-core machine a second thread made the DP test ~5x slower
+    yield
+    torch.set_num_threads(threads)
 
 
 def _cfg(**sections: object) -> RunConfig:

@@ -1,0 +1,190 @@
+"""The center's side of a run with secure aggregation (SecAgg+), through Flower's legacy workflow.
+
+Flower 1.41's SecAgg+ exists only for the legacy API: a legacy `flwr.server.strategy` strategy in a
+`LegacyContext`, run by `DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`. The center then only
+ever holds each site's *masked* integer vector and the unmasked weighted sum; `SecureFedAvg` receives
+the aggregate (every result carries the same one), casts it back to the model's dtypes and returns it.
+Around that, the run keeps the same outputs as the Message-API path: per-round history (train status
+from the protocol replies, evaluation through the tracked Message-API strategy and plain evaluate
+messages), one checkpoint per round, the summary and the sites' ledgers.
+
+A site without budget declines at the setup stage (an error reply naming its status): it is not in the
+round's masking graph, so the sum holds only real updates and the threshold counts only real ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.common import FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.server import ServerConfig
+from flwr.server.client_manager import ClientManager, SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.serverapp import Grid
+
+import shared.privacy.secagg_masks  # noqa: F401  (full-strength masks; checks the Flower version)
+from server.history import RunHistory
+from server.strategy import SiteTracking
+from shared.config import RunConfig
+from shared.errors import InputError
+from shared.privacy.secagg_guard import parse_site_decline
+from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
+
+SITE_NAME_KEY, SITE_STATUS_KEY, SITE_REASON_KEY = "site.name", "site.status", "site.reason"
+FIT_METRICS_RECORD = "fitres.metrics"
+Checkpoint = Callable[[int, ArrayRecord], Any]
+
+
+class SecureFedAvg(LegacyFedAvg):
+    """Legacy FedAvg for the SecAgg+ workflow: skips sites without budget, takes the securely summed
+    aggregate as it is (cast to the model's dtypes) and checkpoints through the central-evaluation hook."""
+
+    def __init__(self, *, tracker: SiteTracking, dtypes: list[np.dtype], params: SecAggParameters, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tracker, self.dtypes, self.params = tracker, dtypes, params
+        self.aggregated_rounds: set[int] = set()
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list:
+        chosen = super().configure_fit(server_round, parameters, client_manager)
+        return [(proxy, ins) for proxy, ins in chosen if proxy.node_id not in self.tracker.exhausted_nodes]
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
+        if not results:
+            return None, {}
+        aggregate = parameters_to_ndarrays(results[0][1].parameters)  # the workflow put the sum in every result
+        cast_back = [np.asarray(a).astype(dtype, copy=False) for a, dtype in zip(aggregate, self.dtypes)]
+        self.aggregated_rounds.add(server_round)
+        return ndarrays_to_parameters(cast_back), {}
+
+
+class SecAggPlusWithEarlyDropouts(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, except that a site that declines or drops out before it has sent its key
+    shares leaves the round instead of failing it. Flower 1.41 keeps such a node in the sampled set, so
+    the unmask stage asks every other site for shares of it that they never received (each fails with a
+    KeyError) and then cannot rebuild its key: one site without budget would stop every round."""
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        completed = super().setup_stage(grid, context, state)
+        return self._forget_nodes_without_shares(state) if state.nid_to_neighbours else completed
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        super().share_keys_stage(grid, context, state)
+        return self._forget_nodes_without_shares(state)
+
+    def _forget_nodes_without_shares(self, state: WorkflowState) -> bool:
+        state.sampled_node_ids = set(state.active_node_ids)
+        return len(state.sampled_node_ids) >= 2 and self._check_threshold(state)
+
+
+class ProtocolReplyTracker:
+    """Wraps the grid the SecAgg+ workflow talks through and records, per round and site, what each
+    protocol reply says: trained (masked update sent, with its whitelisted metrics), declined (no budget)
+    or failed (error or no reply, with the stage). It sees masked integers only, like the workflow."""
+
+    def __init__(self, grid: Grid, tracker: SiteTracking, history: RunHistory) -> None:
+        self._grid, self.tracker, self.history = grid, tracker, history
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for msg in messages:
+            configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+            stage = str(configs.get(Key.STAGE, "")) if configs is not None else ""
+            self._record(int(msg.metadata.group_id), stage, msg.metadata.dst_node_id, replies)
+        return replies
+
+    def _site(self, node: int) -> str:
+        return self.tracker.node_sites.get(node, f"node-{node}")
+
+    def _record(self, server_round: int, stage: str, node: int, replies: list[Message]) -> None:
+        reply = next((r for r in replies if r.metadata.src_node_id == node), None)
+        if reply is None:
+            self.history.record_failure(server_round, self._site(node), "train", f"no reply at the SecAgg+ {stage} stage")
+        elif reply.has_error():
+            declined = parse_site_decline(reply.error.reason)
+            if declined is not None:
+                site, status, reason = declined
+                self.tracker.node_sites[node] = site
+                self.history.record_train(server_round, site, status, reason, {})
+                if status == "budget_exhausted":
+                    self.tracker.exhausted_nodes.add(node)
+            else:
+                self.history.record_failure(server_round, self._site(node), "train",
+                                            f"SecAgg+ {stage} stage: {reply.error.reason}")
+        elif stage == Stage.COLLECT_MASKED_VECTORS and FIT_METRICS_RECORD in reply.content.config_records:
+            metrics = dict(reply.content.config_records[FIT_METRICS_RECORD])
+            site = str(metrics.pop(SITE_NAME_KEY, self._site(node)))
+            status, reason = str(metrics.pop(SITE_STATUS_KEY, "trained")), str(metrics.pop(SITE_REASON_KEY, ""))
+            self.tracker.node_sites[node] = site
+            self.history.record_train(server_round, site, status, reason,
+                                      {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
+def _arrays(keys: list[str], ndarrays: list[np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in zip(keys, ndarrays)})
+
+
+def _evaluate_workflow(tracker: SiteTracking, keys: list[str], timeout: float | None) -> Callable[[Grid, Context], None]:
+    """Federated evaluation as in the Message-API path: plain evaluate messages with the global arrays."""
+
+    def evaluate(grid: Grid, context: Context) -> None:
+        server_round = int(cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]))
+        arrays = _arrays(keys, context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays())
+        messages = list(tracker.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
+        tracker.aggregate_evaluate(server_round, replies)
+
+    return evaluate
+
+
+def check_initial_weights(cfg: RunConfig, params: SecAggParameters, state: dict[str, torch.Tensor]) -> None:
+    peak = max((float(t.abs().max()) for t in state.values() if t.numel()), default=0.0)
+    if peak > params.weight_bound:
+        raise InputError(cfg.source, "secure_aggregation.weight_bound",
+                         f"the initial model already has |weight| {peak:.4g} > {params.weight_bound:g}; raise the bound")
+
+
+def run_secure_federation(grid: Grid, context: Context, cfg: RunConfig, model: torch.nn.Module, tracker: SiteTracking,
+                          history: RunHistory, checkpoint: Checkpoint) -> SecureFedAvg:
+    """Run all rounds with SecAgg+; returns the legacy strategy (its `aggregated_rounds` say which rounds aggregated)."""
+    params = derive_secagg_parameters(cfg)
+    state = model.state_dict()
+    check_initial_weights(cfg, params, state)
+    keys = list(state)
+    mu = float(cfg.strategy.params.get("proximal_mu", 0.0))
+    n = cfg.strategy.min_sites
+    strategy = SecureFedAvg(
+        tracker=tracker, dtypes=[t.numpy().dtype for t in state.values()], params=params,
+        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_evaluate_clients=n, min_available_clients=n,
+        initial_parameters=ndarrays_to_parameters([t.numpy() for t in state.values()]),
+        on_fit_config_fn=lambda server_round: {"server-round": server_round, "proximal-mu": mu},
+        evaluate_fn=lambda server_round, ndarrays, _: checkpoint(server_round, _arrays(keys, ndarrays)),
+    )
+    timeout = cfg.secure_aggregation.timeout_s or cfg.federation.round_timeout_s
+    secagg = SecAggPlusWithEarlyDropouts(**params.workflow_kwargs(), timeout=timeout)
+
+    def fit_round(fit_grid: Grid, legacy: Context) -> None:
+        secagg(ProtocolReplyTracker(fit_grid, tracker, history), legacy)
+        server_round = int(cast(int, legacy.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]))
+        if server_round not in strategy.aggregated_rounds:
+            history.note(f"round {server_round}: secure aggregation did not complete; the global model is unchanged")
+
+    legacy_context = LegacyContext(context, config=ServerConfig(num_rounds=cfg.train.rounds, round_timeout=timeout),
+                                   strategy=strategy, client_manager=SimpleClientManager())
+    DefaultWorkflow(fit_workflow=fit_round, evaluate_workflow=_evaluate_workflow(tracker, keys, timeout))(grid, legacy_context)
+    return strategy
