@@ -25,7 +25,7 @@ from flwr.common.constant import ErrorCode
 from client.security_log_mod import make_security_log_mod
 from client.site_settings import site_settings_from_context
 from client.site_worker import RoundOutcome, SiteWorker
-from shared.config import config_from_json
+from shared.config import TRAIN_PHASE, config_from_json
 from shared.privacy.whitelist import check_outgoing, outgoing_guard_mod
 
 _WORKERS: dict[tuple[str, str], SiteWorker] = {}  # one per (run, site) in this process: data loads once
@@ -149,7 +149,8 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
             return _reply(msg, worker, worker.refuse("train", int(config["server-round"]), refusal))
         global_state = msg.content["arrays"].to_torch_state_dict()
         outcome = worker.train_round(
-            int(config["server-round"]), global_state, proximal_mu=float(config.get("proximal-mu", 0.0))
+            int(config["server-round"]), global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
+            phase=str(config.get("phase", TRAIN_PHASE)),
         )
         return _reply(msg, worker, outcome)
 
@@ -161,7 +162,8 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
         if refusal is not None:
             return _reply(msg, worker, worker.refuse("evaluate", server_round, refusal))
         global_state = msg.content["arrays"].to_torch_state_dict()
-        metrics = worker.evaluate(global_state, None if server_round is None else int(server_round))
+        phase = str(msg.content["config"].get("phase", TRAIN_PHASE)) if "config" in msg.content else TRAIN_PHASE
+        metrics = worker.evaluate(global_state, None if server_round is None else int(server_round), phase)
         return _reply(msg, worker, RoundOutcome("evaluated", metrics=metrics))
 
     return app

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from shared.config import RunConfig
+from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
@@ -74,6 +74,7 @@ class NoisePlan:
     sample_rate: float
     steps_per_round: int
     composed_target: float  # epsilon the lifetime history may reach at the end of this run
+    pretrain_steps_per_round: int = 0  # steps of a pretraining-phase round (config `pretrain:`)
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -189,14 +190,17 @@ class SiteWorker:
         n, t, p = self.data.n_train, self.cfg.train, self.cfg.privacy
         q = sample_rate_for(n, t.batch_size)
         steps_round = t.local_epochs * steps_per_epoch(n, t.batch_size)
+        # both phases share the sample rate and the noise: one mechanism over all the run's steps
+        pretrain_round = self.cfg.pretrain.local_epochs * steps_per_epoch(n, t.batch_size) if self.cfg.pretrain.enabled else 0
+        run_steps = steps_round * t.rounds + pretrain_round * self.cfg.pretrain_rounds
         prior = self._prior()
         spent = epsilon_opacus(prior, p.delta, p.accountant)
         composed_target = min(self.lifetime_epsilon, spent + self.cfg.site_target_epsilon(self.settings.site))
         nm = plan_noise_multiplier(
-            composed_target, p.delta, q, steps_round * t.rounds, prior=prior,
+            composed_target, p.delta, q, run_steps, prior=prior,
             accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
         )  # raises BudgetTooSmall
-        self._plan = NoisePlan(nm, q, steps_round, composed_target)
+        self._plan = NoisePlan(nm, q, steps_round, composed_target, pretrain_round)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._plan.__dict__))
@@ -204,8 +208,8 @@ class SiteWorker:
         return self._plan
 
     # -- rounds ---------------------------------------------------------------------------
-    def _load_global(self, global_state: dict[str, torch.Tensor]) -> torch.nn.Module:
-        model = self.task.build_model()
+    def _load_global(self, global_state: dict[str, torch.Tensor], phase: str = TRAIN_PHASE) -> torch.nn.Module:
+        model = self.task.build_pretrain_model() if phase == PRETRAIN_PHASE else self.task.build_model()
         model.load_state_dict(global_state)
         return model
 
@@ -260,12 +264,14 @@ class SiteWorker:
     def _trained_history(self) -> list[Mechanism]:
         return [Mechanism(**e["mechanism"]) for e in self.ledger.entries() if e["status"] == "trained"]
 
-    def round_refusal(self, server_round: int) -> RoundOutcome | None:
+    def round_refusal(self, server_round: int, phase: str = TRAIN_PHASE) -> RoundOutcome | None:
         """What to send instead of weights when this round cannot be trained (recorded in the ledger when it
         is the budget); None when the round fits or was already answered (train_round repeats it)."""
         p = self.cfg.privacy
         if self._ledger_entry(server_round) is not None:
             return None
+        if phase not in (TRAIN_PHASE, PRETRAIN_PHASE) or (phase == PRETRAIN_PHASE and not self.cfg.pretrain.enabled):
+            return RoundOutcome("refused", f"phase {phase!r} is not part of this run")
         if self.settings.delta is not None and p.delta > self.settings.delta:
             return RoundOutcome("refused", f"the run's delta {p.delta:g} is above this site's delta {self.settings.delta:g}")
         if self.data.n_train == 0:
@@ -274,7 +280,8 @@ class SiteWorker:
             plan = self.plan()
         except BudgetTooSmall as err:
             return self._refuse_for_budget(server_round, str(err))
-        this_round = Mechanism(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+        round_steps = plan.pretrain_steps_per_round if phase == PRETRAIN_PHASE else plan.steps_per_round
+        this_round = Mechanism(plan.noise_multiplier, plan.sample_rate, round_steps)
         ok, eps_after = fits_budget(self._trained_history(), this_round, p.delta, plan.composed_target, p.accountant)
         if not ok:
             return self._refuse_for_budget(
@@ -282,26 +289,33 @@ class SiteWorker:
             )
         return None
 
-    def train_round(self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0) -> RoundOutcome:
+    def train_round(
+        self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float = 0.0, phase: str = TRAIN_PHASE
+    ) -> RoundOutcome:
+        """One round of DP-SGD; `server_round` is the global round (pretraining rounds first). In the
+        pretraining phase the contrastive model trains on the task's self-supervised loss, under the
+        same noise plan and ledger."""
         p, t = self.cfg.privacy, self.cfg.train
         global_digest = state_digest(global_state)
         done_before = self._ledger_entry(server_round)
         if done_before is not None:
             return self._repeat_round(server_round, done_before, global_digest)
-        refusal = self.round_refusal(server_round)
+        refusal = self.round_refusal(server_round, phase)
         if refusal is not None:
             return refusal
+        pretrain = phase == PRETRAIN_PHASE
         plan, history = self.plan(), self._trained_history()
         noise_off = os.environ.get(TEST_ONLY_NO_DP_NOISE_ENV) == "1"
-        model = self._load_global(global_state)
+        model = self._load_global(global_state, phase)
         settings = TrainSettings(
-            epochs=t.local_epochs, expected_batch_size=t.batch_size, max_physical_batch_size=t.max_physical_batch_size,
-            lr=t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer,
+            epochs=self.cfg.pretrain.local_epochs if pretrain else t.local_epochs, expected_batch_size=t.batch_size,
+            max_physical_batch_size=t.max_physical_batch_size,
+            lr=(self.cfg.pretrain.lr or t.lr) if pretrain else t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer,
             noise_multiplier=None if noise_off else plan.noise_multiplier,
             max_grad_norm=p.max_grad_norm, grad_sample_mode=p.grad_sample_mode, device=str(self.device),
             precision=self.precision, proximal_mu=proximal_mu, seed=self._round_seed(server_round),
         )
-        result = train_model(model, self.data.train, self.task.loss, settings)
+        result = train_model(model, self.data.train, self.task.pretrain_loss if pretrain else self.task.loss, settings)
         done = Mechanism(plan.noise_multiplier, plan.sample_rate, result.steps)
         eps = epsilon_opacus(history + [done], p.delta, p.accountant)
         outcome = RoundOutcome(
@@ -322,7 +336,7 @@ class SiteWorker:
             extra={
                 "expected_batch_size": t.batch_size, "max_physical_batch_size": t.max_physical_batch_size or 0,
                 "num_examples": result.num_examples, "precision": self.precision,
-                "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode,
+                "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode, "phase": phase,
                 **({"test_only_no_dp_noise": True} if noise_off else {}),
             },
         )
@@ -341,15 +355,32 @@ class SiteWorker:
         n = sum(len(t) for t in targets)
         return torch.cat(targets).numpy(), torch.cat(outs).numpy(), loss_sum / max(1, n)
 
-    def evaluate(self, global_state: dict[str, torch.Tensor], server_round: int | None = None) -> dict[str, float]:
-        """Whitelisted validation scalars. After the final round, with `explain.final_round`, the site
-        also writes an explanation report into state_dir/explanations/ (nothing of it is returned)."""
+    def evaluate(
+        self, global_state: dict[str, torch.Tensor], server_round: int | None = None, phase: str = TRAIN_PHASE
+    ) -> dict[str, float]:
+        """Whitelisted validation scalars (pretraining phase: the self-supervised validation loss). After
+        the final round, with `explain.final_round`, the site also writes an explanation report into
+        state_dir/explanations/ (nothing of it is returned)."""
+        if phase == PRETRAIN_PHASE:
+            return self.evaluate_pretraining(global_state)
         model = self._load_global(global_state)
         y, out, loss = self.predict(model, self.data.val)
         metrics = {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
-        if self.cfg.explain.final_round and server_round == self.cfg.train.rounds:
+        if self.cfg.explain.final_round and server_round == self.cfg.total_rounds:
             self.explain(model, f"{self.run_id}_round_{server_round:03d}")
         return metrics
+
+    def evaluate_pretraining(self, global_state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """num-examples and val_loss: the pretraining loss of the global contrastive model on the validation split."""
+        model = self._load_global(global_state, PRETRAIN_PHASE).to(self.device).eval()
+        val = self.data.val  # loaded outside inference mode: its tensors are trained on later
+        loss_sum, n = 0.0, 0
+        with torch.inference_mode(), autocast_for(self.precision, self.device):
+            for batch in DataLoader(val, batch_size=64):
+                batch = [b.to(self.device) for b in batch]
+                loss_sum += float(self.task.pretrain_loss(model, batch)) * len(batch[0])
+                n += len(batch[0])
+        return {"num-examples": n, "val_loss": loss_sum / max(1, n)}
 
     def explain(self, model: torch.nn.Module, name: str) -> Path | None:
         """Write an explanation report of `model` on this site's data under state_dir/explanations/<name>/.

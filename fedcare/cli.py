@@ -19,12 +19,15 @@ console = Console(highlight=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.config import RunConfig, config_from_dict
-    from shared.tasks.registry import build_task
+    from shared.config import TASKS, RunConfig, config_from_dict
+    from shared.tasks.registry import build_task, task_class
 
     task = {"events": "event_mortality"}.get(args.task, args.task)
-    cfg: RunConfig = config_from_dict({"task": task, "data": {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}},
-                                      "<command line>")
+    loss = task_class(task).default_loss if task in TASKS else "bce"  # an unknown task fails in config_from_dict
+    cfg: RunConfig = config_from_dict(
+        {"task": task, "data": {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}, "train": {"loss": loss}},
+        "<command line>",
+    )
     if args.sizes:
         cfg.data.synth_sizes = [int(s) for s in args.sizes.split(",")]
     build_task(cfg).synthesize(Path(args.out), list(cfg.data.sites), args.seed)
@@ -200,6 +203,8 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     console.print(f"  task:          {cfg.task}")
     console.print(f"  model:         {cfg.model.name}, {parameters:,} parameters")
     console.print(f"  rounds:        {cfg.train.rounds} x {cfg.train.local_epochs} local epoch(s), batch {cfg.train.batch_size}")
+    if cfg.pretrain.enabled:
+        console.print(f"  pretraining:   {cfg.pretrain.rounds} x {cfg.pretrain.local_epochs} local epoch(s) first (same budget)")
     console.print(f"  strategy:      {cfg.strategy.name}")
     console.print(
         f"  privacy:       DP-SGD {'on' if p.enabled else 'OFF'}, epsilon {cfg.site_target_epsilon(site):g} "

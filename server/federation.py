@@ -20,7 +20,7 @@ from server.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoi
 from server.evaluation import POOLING_NOTE, decision_threshold, pooled_calibration, pooled_metrics
 from server.history import NOT_ASKED, RunHistory, write_json_atomic
 from server.strategy import make_strategy
-from shared.config import RunConfig, config_from_json
+from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig, config_from_json
 from shared.errors import InputError
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.tasks.registry import build_task
@@ -35,7 +35,8 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
     task = build_task(cfg)
     model = task.build_model()  # same layout at the center and at every site
     start_round = 0
-    if _truthy(rc.get("resume", False)):
+    resuming = _truthy(rc.get("resume", False))
+    if resuming:
         if cfg.secure_aggregation.enabled:  # the legacy SecAgg+ workflow numbers its rounds from 1
             raise InputError(run_dir, "secure_aggregation.enabled", "a run with secure aggregation cannot be resumed")
         start_round = _load_resume_point(model, run_dir, run_id)
@@ -44,6 +45,12 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
         if latest_checkpoint(run_dir) is not None:
             raise InputError(run_dir, "checkpoints", "the run folder already holds checkpoints; resume it or pick a new folder")
         history = RunHistory(run_dir, list(cfg.data.sites), task.primary_metric)
+    if start_round < cfg.total_rounds:
+        _wait_for_sites(grid, cfg, history)
+    if cfg.pretrain_rounds and not resuming:
+        pretrained = run_pretraining(grid, cfg, history, run_dir, run_id)
+        task.load_pretrained_encoder(model, pretrained)
+        start_round = cfg.pretrain_rounds  # fine-tuning round r is global round pretrain_rounds + r
     try:
         strategy = make_strategy(cfg, history, round_offset=start_round)
     except TypeError as err:
@@ -51,7 +58,7 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
     meta = {"config": cfg.to_dict(), "task": cfg.task, "model": cfg.model.name, "run_id": run_id}
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0 and start_round > 0:
+        if server_round == 0 and resuming:
             return None  # the resumed-from checkpoint is already on disk
         real_round = server_round + start_round
         # Flower calls this after the round's evaluation: the sites' validation thresholds of this
@@ -63,8 +70,6 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
         )
         return None
 
-    if start_round < cfg.train.rounds:
-        _wait_for_sites(grid, cfg, history)
     started = time.time()
     secure_summary = None
     if cfg.secure_aggregation.enabled:
@@ -79,10 +84,10 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.train.rounds - start_round,
+            num_rounds=cfg.total_rounds - start_round,
             timeout=cfg.federation.round_timeout_s,
-            train_config=ConfigRecord({}),
-            evaluate_config=ConfigRecord({}),
+            train_config=ConfigRecord({"phase": TRAIN_PHASE}),
+            evaluate_config=ConfigRecord({"phase": TRAIN_PHASE}),
             evaluate_fn=checkpoint,
         )
     history.save()
@@ -91,17 +96,47 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
     return summary
 
 
+def run_pretraining(grid: Grid, cfg: RunConfig, history: RunHistory, run_dir: Path, run_id: str) -> dict[str, torch.Tensor]:
+    """The pretraining phase: global rounds 1..cfg.pretrain_rounds train the task's contrastive model
+    (sites report their self-supervised validation loss); returns its final weights, also saved as
+    run_dir/pretrain/model.pt. The sites spend this phase's privacy under the run's one noise plan."""
+    task = build_task(cfg)
+    model = task.build_pretrain_model()
+    try:
+        strategy = make_strategy(cfg, history)
+    except TypeError as err:
+        raise InputError(cfg.source, "strategy.params", str(err)) from None
+    history.note(f"pretraining phase: rounds 1-{cfg.pretrain_rounds}; fine-tuning starts from its encoder")
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.pretrain_rounds,
+        timeout=cfg.federation.round_timeout_s,
+        train_config=ConfigRecord({"phase": PRETRAIN_PHASE}),
+        evaluate_config=ConfigRecord({"phase": PRETRAIN_PHASE}),
+    )
+    state = result.arrays.to_torch_state_dict()
+    save_checkpoint(pretrain_checkpoint_path(run_dir), state, {"config": cfg.to_dict(), "task": cfg.task, "run_id": run_id,
+                                                                "round": cfg.pretrain_rounds, "phase": PRETRAIN_PHASE})
+    return state
+
+
+def pretrain_checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "pretrain" / "model.pt"
+
+
 def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path, wall_time_s: float,
                 secure_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json: plan, final weighted and pooled metrics of the last round's model (see
     server.evaluation.POOLING_NOTE), calibration, decision threshold, per-site outcome, notes."""
     trained_rounds = [r for r, sites in history.rounds.items() if any(s.get("status") == "trained" for s in sites.values())]
-    last = cfg.train.rounds
+    last = cfg.total_rounds
     final = history.evaluations(last)
     return {
         "run_id": run_id,
         "task": cfg.task,
-        "rounds_planned": cfg.train.rounds,
+        "rounds_planned": cfg.total_rounds,
+        "pretrain_rounds": cfg.pretrain_rounds,
         "rounds_with_training": len(trained_rounds),
         "wall_time_s": round(wall_time_s, 1),
         "final_checkpoint": str(checkpoint_path(run_dir, last).relative_to(run_dir)),

@@ -179,7 +179,7 @@ def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) ->
     else:
         strategy = _site_level_dp_strategy(cfg, base(**kwargs))
         strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode)
-    strategy._init_tracking(history, cfg.train.rounds, round_offset, cfg.federation.round_timeout_s)
+    strategy._init_tracking(history, cfg.total_rounds, round_offset, cfg.federation.round_timeout_s)
     return strategy
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # see shared/training/dp_trainer.py
 SITE_DP_MODES = ("fixed", "adaptive")
+TRAIN_PHASE, PRETRAIN_PHASE = "train", "pretrain"  # `phase` in a round's train/evaluate message config
+PRETRAINABLE_TASKS = ("sleep_staging", "sleep_diagnosis")  # tasks with a contrastive pretraining phase
 
 
 @dataclass
@@ -37,6 +40,13 @@ class DataConfig:
     text_model: str | None = None  # local HF model dir; None = hashed bag-of-words embedding
     text_dim: int = 64  # dimension of the hashed embedding (ignored with text_model)
     synth_sizes: list[int] | None = None  # stays per synthetic site; None = task default
+    # sleep tasks (PSG sites, format in shared/data/psg.py)
+    max_epochs: int = 10  # 30-s epochs kept per recording (10 = 5 min; a whole night is ~960)
+    lead_wake_epochs: int = 20  # wake epochs kept before the first sleep epoch
+    channel_slots: list[str] = field(default_factory=lambda: ["BAS1", "BAS2", "BAS3", "RESP", "EKG", "EMG"])
+    channel_map: dict[str, str] = field(default_factory=dict)  # EDF channel label -> slot, on top of the defaults
+    outcomes: list[str] = field(default_factory=lambda: ["cvd", "death"])  # diagnosis: time_<o>/event_<o> columns
+    synth_minutes: float | None = None  # length of a synthetic recording; None = task default
 
 
 @dataclass
@@ -56,6 +66,21 @@ class TrainConfig:
     optimizer: str = "adamw"
     loss: str = "bce"
     loss_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainConfig:
+    """An optional first federated phase: contrastive pretraining of the task's encoder (sleep tasks:
+    InfoNCE between modalities of the same recording). Its rounds come first (global rounds
+    1..rounds), the fine-tuning rounds follow; the fine-tuning phase starts from the pretrained
+    encoder. Both phases run under one noise plan and one ledger: the run's epsilon covers both."""
+
+    enabled: bool = False
+    rounds: int = 2
+    local_epochs: int = 1
+    lr: float | None = None  # None = train.lr
+    temperature: float = 0.07
+    projection_dim: int | None = None  # None = the encoder's d_model
 
 
 @dataclass
@@ -135,6 +160,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -155,6 +181,15 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    @property
+    def pretrain_rounds(self) -> int:
+        """Rounds of the pretraining phase (0 when it is off): fine-tuning round r is global round pretrain_rounds + r."""
+        return self.pretrain.rounds if self.pretrain.enabled else 0
+
+    @property
+    def total_rounds(self) -> int:
+        return self.pretrain_rounds + self.train.rounds
 
     def site_target_epsilon(self, site: str) -> float:
         return float(self.privacy.site_targets.get(site, self.privacy.target_epsilon))
@@ -231,6 +266,21 @@ def _check(cfg: RunConfig) -> None:
     need(0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
     need(cfg.data.max_events >= 1, "data.max_events", "must be >= 1")
     need(cfg.data.text_dim >= 4, "data.text_dim", "must be >= 4")
+    need(cfg.data.max_epochs >= 1, "data.max_epochs", "must be >= 1")
+    need(cfg.data.lead_wake_epochs >= 0, "data.lead_wake_epochs", "must be >= 0")
+    slots = cfg.data.channel_slots
+    need(len(slots) >= 1 and len(set(slots)) == len(slots), "data.channel_slots", "needs at least one slot, no repeats")
+    for slot in slots:
+        ok = bool(re.fullmatch(r"(BAS|RESP|EKG|EMG)\d*", slot))
+        need(ok, "data.channel_slots", f"{slot!r} is not BAS/RESP/EKG/EMG + optional number")
+    for label, slot in cfg.data.channel_map.items():
+        need(slot in slots, f"data.channel_map.{label}", f"slot {slot!r} is not one of data.channel_slots")
+    outcomes = cfg.data.outcomes
+    need(len(outcomes) >= 1 and len(set(outcomes)) == len(outcomes), "data.outcomes", "needs at least one outcome, no repeats")
+    for outcome in outcomes:
+        need(bool(re.fullmatch(r"[A-Za-z0-9_]+", outcome)), "data.outcomes", f"{outcome!r} must be letters, digits, _")
+    sm = cfg.data.synth_minutes
+    need(sm is None or sm > 0, "data.synth_minutes", "must be > 0")
     need(cfg.train.rounds >= 1, "train.rounds", "must be >= 1")
     need(cfg.train.local_epochs >= 1, "train.local_epochs", "must be >= 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
@@ -238,6 +288,14 @@ def _check(cfg: RunConfig) -> None:
     need(mpb is None or mpb >= 1, "train.max_physical_batch_size", "must be >= 1")
     need(cfg.train.lr > 0, "train.lr", "must be > 0")
     need(cfg.train.optimizer in OPTIMIZERS, "train.optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    pre = cfg.pretrain
+    need(pre.rounds >= 1, "pretrain.rounds", "must be >= 1")
+    need(pre.local_epochs >= 1, "pretrain.local_epochs", "must be >= 1")
+    need(pre.lr is None or pre.lr > 0, "pretrain.lr", "must be > 0")
+    need(pre.temperature > 0, "pretrain.temperature", f"must be > 0, got {pre.temperature}")
+    need(pre.projection_dim is None or pre.projection_dim >= 1, "pretrain.projection_dim", "must be >= 1")
+    need(not pre.enabled or cfg.task in PRETRAINABLE_TASKS, "pretrain.enabled",
+         f"no pretraining phase for task {cfg.task!r} (available: {', '.join(PRETRAINABLE_TASKS)})")
     p = cfg.privacy
     need(p.target_epsilon > 0, "privacy.target_epsilon", f"must be > 0, got {p.target_epsilon}")
     need(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
@@ -267,6 +325,8 @@ def _check(cfg: RunConfig) -> None:
         )
     need(cfg.federation.round_timeout_s > 0, "federation.round_timeout_s", "must be > 0")
     need(cfg.federation.wait_for_sites_s >= 0, "federation.wait_for_sites_s", "must be >= 0")
+    need(not (cfg.pretrain.enabled and cfg.secure_aggregation.enabled), "pretrain.enabled",
+         "the pretraining phase runs without secure aggregation; switch one of them off")
     if cfg.secure_aggregation.enabled:
         from shared.privacy.secagg_params import derive_secagg_parameters
 

@@ -27,6 +27,8 @@ _SITE_EXPLAINERS = {
     "event_mortality": "shared.explain.event_explainer:explain_event_site",
     "retain_aki": "shared.explain.retain_explainer:explain_retain_site",
     "multimodal": "shared.explain.multimodal_explainer:explain_multimodal_site",
+    "sleep_staging": "shared.explain.sleep_explainer:explain_sleep_site",
+    "sleep_diagnosis": "shared.explain.sleep_explainer:explain_sleep_site",
 }
 
 

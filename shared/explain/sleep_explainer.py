@@ -19,14 +19,17 @@ import torch
 from torch import nn
 
 from shared.explain.ablation import sleep_ablation
-from shared.explain.attention import sleep_attention
+from shared.explain.attention import SleepAttention, sleep_attention
 from shared.explain.cohort import cohort_importance, cohort_rows, select_patients
 from shared.explain.layer_attribution import sleep_layer_ig, token_map
 from shared.explain.plots import duration_label, importance_figure, psg_figure
 from shared.explain.registry import ExplainOptions, ProgressHook
 from shared.explain.report import PatientExplanation, SiteExplanation, figure_stem
-from shared.models.sleep_heads import SLEEP_STAGES
+from shared.models.sleep_heads import SLEEP_MODALITIES, SLEEP_STAGES
+from shared.tasks.base import Task
 
+CHANNEL_KIND = {"BAS1": "EEG", "BAS2": "EEG", "BAS3": "EOG"}  # what the default BAS slots hold
+DEMOGRAPHICS = ("age", "sex")  # the diagnosis task's demographics tensor columns
 ABLATION_METHOD = "feature ablation: modality channels marked missing (mean |change of the score|)"
 ATTENTION_METHOD = "channel attention (mean weight over valid epochs)"
 METHODS = [
@@ -40,6 +43,46 @@ METHODS = [
 ]
 
 
+def _attention_in_batches(
+    model: nn.Module, x: torch.Tensor, channel_valid: torch.Tensor, epoch_valid: torch.Tensor,
+    demographics: torch.Tensor | None, batch_size: int,
+) -> SleepAttention:
+    """`sleep_attention` over the recordings in batches (a site's nights at once would not fit in memory)."""
+    parts = [
+        sleep_attention(model, x[s : s + batch_size], channel_valid[s : s + batch_size], epoch_valid[s : s + batch_size],
+                        None if demographics is None else demographics[s : s + batch_size])
+        for s in range(0, len(x), batch_size)
+    ]
+    fields = ("channel_weights", "temporal_weights", "channel_by_epoch", "epoch_weights", "outputs")
+    joined = {f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts]) for f in fields}
+    return SleepAttention(**joined)
+
+
+def explain_sleep_site(
+    task: Task, model: nn.Module, data_dir: Path, state_dir: Path, options: ExplainOptions,
+    progress: ProgressHook | None = None,
+) -> SiteExplanation:
+    """Site explainer of the sleep tasks (registry entry): the site's recordings as
+    `task.prediction_inputs` reads them (hypnograms not needed), channels named by their slot and
+    modality, modality ablation over BAS/RESP/EKG/EMG; diagnosis: also age and sex, for the first
+    outcome. Runs on the CPU."""
+    model = model.cpu().eval()
+    ids, dataset = task.prediction_inputs(data_dir, state_dir)  # type: ignore[attr-defined]
+    x, channel_valid, epoch_valid = dataset.tensors[:3]
+    slots = list(task.cfg.data.channel_slots)
+    channel_names = [f"{slot} ({CHANNEL_KIND[slot]})" if slot in CHANNEL_KIND else slot for slot in slots]
+    diagnosis = task.kind == "survival"
+    explanation = explain_sleep_tensors(
+        model, np.asarray(ids), x, channel_valid, epoch_valid, channel_names, task.channel_modality(),  # type: ignore[attr-defined]
+        SLEEP_MODALITIES, options,
+        demographics=dataset.tensors[3] if diagnosis else None, demographics_names=DEMOGRAPHICS if diagnosis else (),
+        outcome=0, outcome_name=task.outcomes[0] if diagnosis else "outcome",  # type: ignore[attr-defined]
+        progress=progress, source=data_dir,
+    )
+    explanation.numbers = {"channel_slots": slots, "recordings": len(ids), "modalities": list(SLEEP_MODALITIES)}
+    return explanation
+
+
 def explain_sleep_tensors(
     model: nn.Module, ids: np.ndarray, x: torch.Tensor, channel_valid: torch.Tensor, epoch_valid: torch.Tensor,
     channel_names: Sequence[str], channel_modality: torch.Tensor, modality_names: Sequence[str], options: ExplainOptions,
@@ -50,7 +93,7 @@ def explain_sleep_tensors(
     model.eval()
     x, channel_valid, epoch_valid = x.float(), channel_valid.bool(), epoch_valid.bool()
     staging = demographics is None
-    attention = sleep_attention(model, x, channel_valid, epoch_valid, demographics)
+    attention = _attention_in_batches(model, x, channel_valid, epoch_valid, demographics, options.batch_size)
     if staging:
         probs = attention.outputs.softmax(-1)  # (R, N, 5)
         confidence = torch.where(epoch_valid, probs.max(-1).values, 0.0).sum(1) / epoch_valid.sum(1).clamp(min=1)

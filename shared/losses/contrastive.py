@@ -5,8 +5,10 @@ positive is column i and the other B - 1 samples of the batch are its negatives:
 
     loss = 1/2 * [ CE(logits, arange(B)) + CE(logits^T, arange(B)) ]
 
-In-batch negatives tie samples together (each sample's gradient depends on the batch), which is
-inherent to contrastive learning; under DP-SGD each sample's gradient is still clipped.
+In-batch negatives tie samples together (each sample's gradient depends on the batch), so a
+clipped per-sample gradient no longer bounds a sample's influence. `within_sample_info_nce` takes
+its negatives from the same sample (other time steps of one recording) instead: every sample's
+loss is its own, as sample-level DP-SGD assumes.
 """
 
 from __future__ import annotations
@@ -49,4 +51,30 @@ def multi_modal_info_nce(
             losses.append(info_nce(z_a[both], z_b[both], temperature))
     if not losses:
         return sum(z.sum() for z in embeddings.values()) * 0.0
+    return torch.stack(losses).mean()
+
+
+def within_sample_info_nce(
+    embeddings: Tensor, present: Tensor, valid: Tensor, names: tuple[str, ...] | list[str], temperature: float = 0.07
+) -> Tensor:
+    """Per-sample multi-modality InfoNCE, averaged over samples: `multi_modal_info_nce` run on each
+    sample's own steps, so a step's positive is the other modality at the same step and its
+    negatives are the sample's other steps (no other sample enters a sample's loss: what
+    sample-level DP-SGD needs).
+
+    embeddings (B, M, N, E): modality m of step n. present (B, M) bool: the sample has modality m.
+    valid (B, N) bool: real steps. names: the M modality names. A sample with fewer than two
+    present modalities or fewer than two valid steps adds 0 (attached to the graph), as does an
+    empty batch (Poisson sampling can draw one).
+    """
+    if embeddings.shape[0] == 0:
+        return embeddings.sum() * 0.0
+    losses = []
+    for b in range(embeddings.shape[0]):
+        steps = valid[b]
+        sample = {name: embeddings[b, m][steps] for m, name in enumerate(names) if bool(present[b, m])}
+        if len(sample) < 2:
+            losses.append(embeddings[b].sum() * 0.0)
+            continue
+        losses.append(multi_modal_info_nce(sample, temperature=temperature))
     return torch.stack(losses).mean()

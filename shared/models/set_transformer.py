@@ -31,6 +31,7 @@ class SetTransformerConfig:
     conv_channels: tuple[int, ...] = (32, 64, 64, 128, 128, 128)  # 1 -> ... -> 128, each k5 s2
     kernel_size: int = 5
     norm_groups: int = 8
+    norm_affine: bool = True  # per-channel scale/shift after each token norm (False: ~35% faster on CPU)
     d_model: int = 128
     channel_heads: int = 8
     n_heads: int = 8
@@ -77,13 +78,15 @@ class TokenGroupNorm(nn.Module):
     """GroupNorm whose statistics are per (sample, row) of a (B, C, R, L) map: each row (one
     (channel, patch) token) is normalised over its group's channels and L on its own."""
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         self.num_groups = num_groups
         self.eps = eps
-        self.affine = nn.Conv2d(num_channels, num_channels, kernel_size=1, groups=num_channels)
-        nn.init.ones_(self.affine.weight)
-        nn.init.zeros_(self.affine.bias)
+        self.affine: nn.Module = nn.Identity()
+        if affine:  # a depthwise 1x1 conv: Opacus privatises it; slow on CPU (mkldnn), hence optional
+            self.affine = nn.Conv2d(num_channels, num_channels, kernel_size=1, groups=num_channels)
+            nn.init.ones_(self.affine.weight)
+            nn.init.zeros_(self.affine.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, r, length = x.shape
@@ -106,7 +109,7 @@ class SetTransformer(nn.Module):
                 nn.Conv2d(
                     in_ch, out_ch, (1, cfg.kernel_size), stride=(1, 2), padding=(0, cfg.kernel_size // 2)
                 ),
-                TokenGroupNorm(min(cfg.norm_groups, out_ch), out_ch),
+                TokenGroupNorm(min(cfg.norm_groups, out_ch), out_ch, affine=cfg.norm_affine),
                 nn.ELU(),
             ]
             in_ch = out_ch

@@ -122,9 +122,10 @@ class ContrastivePretrainer(nn.Module):
     modality on a modality axis (B, M, ...). A modality with no valid channel in a sample gets
     a zero embedding (see `modality_present`).
 
-    DP caveat: InfoNCE with in-batch negatives couples samples in one loss, so a sample's
-    clipped gradient no longer bounds its influence; under sample-level DP use a per-sample
-    objective (negatives from the same sample) or account for it.
+    DP caveat: InfoNCE with in-batch negatives (`forward`, one embedding per window) couples
+    samples in one loss, so a sample's clipped gradient no longer bounds its influence. The
+    federated pretraining phase uses `epoch_embeddings` with negatives from the same recording
+    (shared.losses.contrastive.within_sample_info_nce): each sample's loss is its own.
     """
 
     def __init__(
@@ -171,6 +172,34 @@ class ContrastivePretrainer(nn.Module):
         )  # (B, M, E)
         present = per_modality_valid.any(-1)  # (B, M)
         return torch.where(present[..., None], self.projection(pooled), 0.0)  # (B, M, D)
+
+    def epoch_embeddings(
+        self,
+        x: torch.Tensor,
+        channel_valid: torch.Tensor,
+        epoch_valid: torch.Tensor,
+        channel_modality: torch.Tensor,
+        patches_per_epoch: int = PATCHES_PER_EPOCH,
+    ) -> torch.Tensor:
+        """One embedding per modality and 30-s epoch: x (B, C, N*k, P), epoch_valid (B, N) ->
+        projected (B, M, N, D), zero where the sample lacks the modality or the epoch is padding.
+        For a per-recording contrastive objective (positives: two modalities of one epoch;
+        negatives: the recording's other epochs), which keeps every sample's loss its own under DP."""
+        m = len(self.modalities)
+        b, _, s, _ = x.shape
+        n = s // patches_per_epoch
+        patch_valid = epoch_valid.repeat_interleave(patches_per_epoch, dim=1)  # (B, N*k)
+        tokens = self.encoder.tokenize(x, channel_valid, patch_valid)  # (B, N*k, C, E)
+        c, e = tokens.shape[-2:]
+        per_modality_valid = self.modality_channel_valid(channel_valid, channel_modality, m)  # (B, M, C)
+        patches, _ = self.encoder.pool_channels(
+            tokens[:, None].expand(b, m, s, c, e), per_modality_valid
+        )  # (B, M, N*k, E)
+        patches = patches.view(b, m, n, patches_per_epoch, e)  # (B, M, N, k, E)
+        epoch_patch_valid = patch_valid.view(b, 1, n, patches_per_epoch).expand(b, m, n, patches_per_epoch)
+        pooled, _, _ = self.encoder.encode_sequence(patches, epoch_patch_valid)  # (B, M, N, E)
+        keep = per_modality_valid.any(-1)[:, :, None] & epoch_valid[:, None, :]  # (B, M, N)
+        return torch.where(keep[..., None], self.projection(pooled), 0.0)  # (B, M, N, D)
 
     def modality_embeddings(
         self,

@@ -216,8 +216,8 @@ def config_violations(policy: SitePolicy, cfg: RunConfig, site: str) -> list[str
         problems.append(f"delta {p.delta:g} > site maximum {floor.max_delta:g}")
     if p.max_grad_norm > floor.max_clip_norm:
         problems.append(f"clip norm {p.max_grad_norm:g} > site maximum {floor.max_clip_norm:g}")
-    if cfg.train.rounds > policy.max_rounds:
-        problems.append(f"{cfg.train.rounds} rounds > site maximum {policy.max_rounds}")
+    if cfg.total_rounds > policy.max_rounds:  # pretraining rounds train (and spend budget) too
+        problems.append(f"{cfg.total_rounds} rounds > site maximum {policy.max_rounds}")
     if cfg.strategy.name not in policy.allowed_strategies:
         problems.append(f"strategy {cfg.strategy.name!r} not allowed")
     if policy.allowed_tasks is not None and cfg.task not in policy.allowed_tasks:
@@ -241,7 +241,7 @@ def approve_run(policy: SitePolicy, cfg: RunConfig, digest: str, parameters: int
         "task": cfg.task,
         "model": cfg.model.name,
         "parameters": parameters,
-        "rounds": cfg.train.rounds,
+        "rounds": cfg.total_rounds,
         "target_epsilon": cfg.privacy.target_epsilon,
         "approved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.source,

@@ -42,6 +42,7 @@ class Task(ABC):
     kind: str  # "binary" | "multiclass" | "survival"
     primary_metric: str = "auroc"  # shown per round and weighted across sites ("kappa", "c_index", ...)
     id_column: str = "id"  # identifier column of `fedcare predict` output
+    default_loss: str = "bce"  # a train.loss the task accepts (what `fedcare synth` configures)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -84,3 +85,20 @@ class Task(ABC):
 
     def targets(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         return batch[-1]
+
+    # -- the optional pretraining phase (config `pretrain:`; shared.config.PRETRAINABLE_TASKS) ------
+    def build_pretrain_model(self) -> nn.Module:
+        """The model trained in the pretraining phase; its `encoder` is the task model's `encoder`."""
+        raise NotImplementedError(f"task {self.name} has no pretraining phase")
+
+    def pretrain_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Self-supervised loss of a batch of the site's training dataset (labels unused); a mean of
+        per-sample terms, each depending on its own sample only (sample-level DP)."""
+        raise NotImplementedError(f"task {self.name} has no pretraining phase")
+
+    @staticmethod
+    def load_pretrained_encoder(model: nn.Module, pretrained_state: dict[str, torch.Tensor]) -> int:
+        """Copy the pretrained `encoder.*` weights into `model.encoder`; returns how many tensors."""
+        encoder = {k.removeprefix("encoder."): v for k, v in pretrained_state.items() if k.startswith("encoder.")}
+        model.encoder.load_state_dict(encoder)  # strict: the same encoder layout
+        return len(encoder)

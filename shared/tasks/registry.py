@@ -12,14 +12,20 @@ _TASK_CLASSES = {
     "event_mortality": "shared.tasks.event_mortality:EventMortalityTask",
     "multimodal": "shared.tasks.multimodal:MultimodalTask",
     "retain_aki": "shared.tasks.retain_aki:RetainAkiTask",
+    "sleep_staging": "shared.tasks.sleep:SleepStagingTask",
+    "sleep_diagnosis": "shared.tasks.sleep:SleepDiagnosisTask",
 }
 
 
+def task_class(task: str) -> type[Task]:
+    if task not in _TASK_CLASSES:
+        raise KeyError(f"task {task!r} is not implemented yet; available: {', '.join(_TASK_CLASSES)}")
+    module, cls = _TASK_CLASSES[task].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def build_task(cfg: RunConfig) -> Task:
-    if cfg.task not in _TASK_CLASSES:
-        raise KeyError(f"task {cfg.task!r} is not implemented yet; available: {', '.join(_TASK_CLASSES)}")
-    module, cls = _TASK_CLASSES[cfg.task].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return task_class(cfg.task)(cfg)
 
 
 def task_source_file(task: str) -> Path:

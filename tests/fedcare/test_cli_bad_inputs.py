@@ -71,3 +71,20 @@ def test_bad_yaml_fields(tmp_path, capsys, text, field):
     assert main(["simulate", "--config", str(cfg)]) == 2
     line = _error_line(capsys)
     assert str(cfg) in line and field in line
+
+
+def test_sleep_site_with_a_corrupt_edf_stops_simulate_with_one_line(tmp_path, capsys):
+    from shared.data.psg import synthesize_psg_sites
+
+    (site_dir,) = synthesize_psg_sites(tmp_path / "data", n_sites=1, sizes=[3], seed=2, minutes=1.0)
+    psg = site_dir / pd.read_csv(site_dir / "recordings.csv")["psg_file"][1]
+    psg.write_bytes(psg.read_bytes()[:700])  # truncated inside the header
+    cfg = tmp_path / "sleep.yaml"
+    cfg.write_text(
+        f"task: sleep_staging\ndata: {{root: {site_dir.parent}, sites: [{site_dir.name}]}}\n"
+        f"model: {{name: set_transformer_staging, preset: small}}\ntrain: {{rounds: 1, loss: weighted_ce}}\n"
+        f"output_dir: {tmp_path / 'runs'}\n"
+    )
+    assert main(["simulate", "--config", str(cfg)]) == 2
+    assert _error_line(capsys).startswith(f"error: {psg}: psg_file: not a readable EDF/EDF+ file (")
+    assert not (tmp_path / "runs").exists()

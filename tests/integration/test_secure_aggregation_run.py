@@ -74,7 +74,7 @@ def _plain_fedavg(cfg, run_dir, state_root):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     mp = pytest.MonkeyPatch()  # the noise plan and the accountant are irrelevant without noise, and slow
-    mp.setattr(SiteWorker, "round_refusal", lambda self, server_round: None)
+    mp.setattr(SiteWorker, "round_refusal", lambda self, server_round, phase="train": None)
     mp.setattr(SiteWorker, "plan", lambda self: NoisePlan(1.0, 0.25, 4, 4.0))
     mp.setattr(site_worker_module, "epsilon_opacus", lambda *args, **kwargs: 0.0)
     try:

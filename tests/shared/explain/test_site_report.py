@@ -129,4 +129,4 @@ def test_unknown_patient_and_task_are_refused(site, tmp_path):
     with pytest.raises(InputError, match="patients: unknown patient id"):
         explain_site(task, tiny_model(site.cfg), site.site_dir, site.state_dir, tmp_path, ExplainOptions(patients=["nope"]))
     with pytest.raises(KeyError, match="no site explainer"):
-        site_explainer("sleep_staging")
+        site_explainer("no_such_task")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.losses.contrastive import info_nce, multi_modal_info_nce
+from shared.losses.contrastive import info_nce, multi_modal_info_nce, within_sample_info_nce
 
 
 def test_two_by_two_hand_computation() -> None:
@@ -71,3 +71,28 @@ def test_multi_modal_without_pairs_is_zero_with_graph() -> None:
     assert loss.item() == 0.0 and loss.requires_grad
     single = multi_modal_info_nce({"bas": emb["bas"]})
     assert single.item() == 0.0
+
+
+def test_within_sample_info_nce_keeps_each_sample_loss_its_own() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(3, 2, 4, 5, requires_grad=True)  # (B, M, N, E)
+    present = torch.tensor([[True, True], [True, True], [True, False]])
+    valid = torch.tensor([[True] * 4, [True, True, True, False], [True] * 4])
+    loss = within_sample_info_nce(z, present, valid, ("BAS", "EKG"), temperature=0.07)
+    # = mean over samples of info_nce between the sample's own epochs; sample 2 lacks EKG: adds 0
+    expected = (info_nce(z[0, 0], z[0, 1], 0.07) + info_nce(z[1, 0, :3], z[1, 1, :3], 0.07)) / 3
+    assert torch.allclose(loss, expected)
+    (grad,) = torch.autograd.grad(info_nce(z[0, 0], z[0, 1], 0.07), z)
+    assert grad[1:].abs().sum() == 0  # no other sample enters sample 0's term (DP-SGD's assumption)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert grad[1, :, 3].abs().sum() == 0 and grad[2].abs().sum() == 0  # padding and a lone modality: no gradient
+    empty = within_sample_info_nce(z[:0], present[:0], valid[:0], ("BAS", "EKG"))
+    assert empty.item() == 0.0 and empty.requires_grad  # an empty Poisson batch
+
+
+def test_within_sample_info_nce_temperature_sharpens_aligned_epochs() -> None:
+    aligned = torch.eye(4).repeat(1, 2, 1, 1)  # (1, 2, 4, 4): both modalities agree on every epoch
+    present, valid = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)
+    sharp = within_sample_info_nce(aligned, present, valid, ("BAS", "RESP"), temperature=0.07)
+    soft = within_sample_info_nce(aligned, present, valid, ("BAS", "RESP"), temperature=1.0)
+    assert sharp.item() < 1e-5 < soft.item() == pytest.approx(-math.log(math.e / (math.e + 3)), rel=1e-5)

@@ -149,3 +149,23 @@ def test_empty_batch_runs() -> None:
     assert_empty_batch_runs(_staging(), (x, channel_valid, epoch_valid, stages), _staging_loss)
     batch = (x, channel_valid, epoch_valid, torch.randn(B, 2))
     assert_empty_batch_runs(_diagnosis(), batch, lambda m, b: m(*b).pow(2).sum())
+
+
+def test_contrastive_epoch_embeddings_exact_grad_samples_under_the_pretraining_loss() -> None:
+    from shared.losses.contrastive import within_sample_info_nce
+
+    torch.manual_seed(0)
+    model = ContrastivePretrainer(CFG, projection_dim=8).eval()
+    x, channel_valid, epoch_valid = _night()
+    modality = torch.tensor([0, 1, 2, 3])
+
+    def pretraining_loss(m: nn.Module, b: list[torch.Tensor]) -> torch.Tensor:
+        net = getattr(m, "_module", m)  # as SleepStagingTask.pretrain_loss: the hooks sit on the inner layers
+        z = net.epoch_embeddings(b[0], b[1], b[2], modality)  # (B, M, N, D)
+        present = net.modality_present(b[1], modality)
+        return within_sample_info_nce(z, present, b[2], net.modalities) * len(b[0])  # a sum of per-sample terms
+
+    z = model.epoch_embeddings(x, channel_valid, epoch_valid, modality)
+    assert z.shape == (B, 4, N, 8)
+    assert z[0, 3].abs().sum() == 0 and z[1, :, 2:].abs().sum() == 0  # sample 0 lacks EMG; sample 1 has 2 epochs
+    assert_grad_samples_exact(model, (x, channel_valid, epoch_valid), pretraining_loss)
