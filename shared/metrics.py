@@ -275,7 +275,7 @@ def bootstrap_ci(
 _ROW_WISE.update({auroc: _auroc_rows, auprc: _auprc_rows, brier: _brier_rows})
 
 
-def _add_with_ci(
+def add_with_ci(
     report: dict[str, float], name: str, metric_fn: MetricFn, *arrays: np.ndarray, n_boot: int, seed: int
 ) -> None:
     """Adds name, name_ci_low, name_ci_high, leaving out whatever is undefined."""
@@ -313,9 +313,9 @@ def binary_report(
     two_classes = np.unique(y_true).size == 2
     report: dict[str, float] = {"n": float(y_true.size), "prevalence": float(y_true.mean())}
     if two_classes:
-        _add_with_ci(report, "auroc", auroc, y_true, y_prob, n_boot=n_boot, seed=seed)
-        _add_with_ci(report, "auprc", auprc, y_true, y_prob, n_boot=n_boot, seed=seed)
-    _add_with_ci(report, "brier", brier, y_true, y_prob, n_boot=n_boot, seed=seed)
+        add_with_ci(report, "auroc", auroc, y_true, y_prob, n_boot=n_boot, seed=seed)
+        add_with_ci(report, "auprc", auprc, y_true, y_prob, n_boot=n_boot, seed=seed)
+    add_with_ci(report, "brier", brier, y_true, y_prob, n_boot=n_boot, seed=seed)
     report["ece"] = expected_calibration_error(y_true, y_prob)
     if two_classes:
         report["sens_at_spec"] = sensitivity_at_specificity(y_true, y_prob, 0.9)
@@ -342,9 +342,9 @@ def multiclass_report(
     y_true = np.asarray(y_true).astype(int)
     y_pred = np.asarray(y_pred).astype(int)
     report: dict[str, float] = {"n": float(y_true.size)}
-    _add_with_ci(report, "accuracy", accuracy, y_true, y_pred, n_boot=n_boot, seed=seed)
-    _add_with_ci(report, "macro_f1", macro_f1, y_true, y_pred, n_boot=n_boot, seed=seed)
-    _add_with_ci(report, "kappa", cohen_kappa, y_true, y_pred, n_boot=n_boot, seed=seed)
+    add_with_ci(report, "accuracy", accuracy, y_true, y_pred, n_boot=n_boot, seed=seed)
+    add_with_ci(report, "macro_f1", macro_f1, y_true, y_pred, n_boot=n_boot, seed=seed)
+    add_with_ci(report, "kappa", cohen_kappa, y_true, y_pred, n_boot=n_boot, seed=seed)
     for k, f1 in enumerate(per_class_f1(y_true, y_pred, n_classes)):
         if np.isfinite(f1):
             report[f"f1_class_{k}"] = float(f1)
@@ -358,5 +358,5 @@ def survival_report(
     event = np.asarray(event).astype(bool)
     report: dict[str, float] = {"n": float(event.size), "n_events": float(event.sum())}
     time = np.asarray(time, dtype=float)
-    _add_with_ci(report, "c_index", c_index, time, event, risk, n_boot=n_boot, seed=seed)
+    add_with_ci(report, "c_index", c_index, time, event, risk, n_boot=n_boot, seed=seed)
     return report

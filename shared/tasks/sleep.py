@@ -51,7 +51,7 @@ from shared.data.psg import (
 )
 from shared.errors import InputError
 from shared.losses.contrastive import within_sample_info_nce
-from shared.metrics import accuracy, bootstrap_ci, c_index, cohen_kappa, confusion, macro_f1, per_class_f1
+from shared.metrics import accuracy, add_with_ci, c_index, cohen_kappa, confusion, macro_f1, per_class_f1
 from shared.models.sleep_heads import SLEEP_MODALITIES
 from shared.privacy.atomic_write import write_atomically
 from shared.tasks.base import SiteData, Task
@@ -66,17 +66,6 @@ AGE_CENTER, AGE_SCALE = 50.0, 15.0
 def demographics(site: PSGSite) -> np.ndarray:
     """(R, 2) float32: scaled age, male 0/1 (fixed scaling: nothing fitted, nothing to save)."""
     return np.stack([(site.age - AGE_CENTER) / AGE_SCALE, site.male], axis=1).astype(np.float32)
-
-
-def _with_ci(report: dict[str, float], name: str, fn: Callable[..., float], *arrays: np.ndarray, seed: int) -> None:
-    """name, name_ci_low, name_ci_high (bootstrap over the rows = recordings); undefined ones left out."""
-    try:
-        point, low, high = bootstrap_ci(fn, *arrays, n_boot=N_BOOT, seed=seed)
-    except ValueError:
-        return
-    report[name] = point
-    if np.isfinite(low) and np.isfinite(high):
-        report[f"{name}_ci_low"], report[f"{name}_ci_high"] = low, high
 
 
 def _scored(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -301,7 +290,7 @@ class SleepStagingTask(_SleepTask):
         predicted = np.asarray(outputs).argmax(-1)
         report: dict[str, float] = {}
         for name, fn in (("accuracy", accuracy), ("macro_f1", macro_f1), ("kappa", cohen_kappa)):
-            _with_ci(report, name, _scored(fn), stages, predicted, seed=self.cfg.seed)
+            add_with_ci(report, name, _scored(fn), stages, predicted, n_boot=N_BOOT, seed=self.cfg.seed)
         self.write_site_report(stages, predicted, report)
         return report
 
@@ -405,7 +394,7 @@ class SleepDiagnosisTask(_SleepTask):
         targets = np.asarray(targets, dtype=float)
         times, events, risks = targets[..., 0], targets[..., 1], np.asarray(outputs, dtype=float)
         report: dict[str, float] = {}
-        _with_ci(report, "c_index", _mean_c_index, times, events, risks, seed=self.cfg.seed)
+        add_with_ci(report, "c_index", _mean_c_index, times, events, risks, n_boot=N_BOOT, seed=self.cfg.seed)
         per_outcome = {}
         for k, outcome in enumerate(self.outcomes):
             try:
