@@ -60,11 +60,8 @@ Stays without events are kept: the model sees an empty sequence.
 
 from __future__ import annotations
 
-import gzip
 import os
 import string
-import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +80,7 @@ from shared.data.event_schema import (
     STAY_REQUIRED_COLUMNS,
     UNKNOWN_CATEGORY,
 )
+from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.errors import InputError
 
 STAYS_FILE = "stays"
@@ -148,68 +146,18 @@ def load_event_site(site_dir: Path, site: str | None = None, require_label: bool
     return EventSiteData(site=site or site_dir.name, stays=stays, events=events, dropped=dropped)
 
 
-def find_site_table(site_dir: Path, name: str) -> Path:
-    """`site_dir/name.csv` or `site_dir/name.csv.gz`, whichever exists (exactly one must)."""
-    plain, packed = site_dir / f"{name}.csv", site_dir / f"{name}.csv.gz"
-    if plain.is_file() and packed.is_file():
-        raise InputError(plain, None, f"both {plain.name} and {packed.name} exist; keep one")
-    if packed.is_file():
-        return packed
-    if not plain.is_file():
-        raise InputError(plain, None, f"missing file (expected {plain.name} or {packed.name})")
-    return plain
-
-
-def read_csv_as_text(path: Path) -> pd.DataFrame:
-    """Every column as str, only empty fields missing; unreadable files raise InputError(path)."""
-    try:
-        with warnings.catch_warnings():
-            # a row with more fields than the header: pandas warns (index_col=False) and drops data
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(
-                path, dtype=str, keep_default_na=False, na_values=[""], index_col=False, compression="infer"
-            )
-    except pd.errors.EmptyDataError:
-        raise InputError(path, None, "file is empty (no header row)") from None
-    except (
-        pd.errors.ParserError,
-        pd.errors.ParserWarning,
-        UnicodeDecodeError,
-        gzip.BadGzipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-    ) as err:
-        raise InputError(path, None, f"not a readable CSV file: {type(err).__name__}: {err}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
-
-
-def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
-    for col in columns:
-        if col not in df.columns:
-            raise InputError(path, col, f"missing required column (columns found: {', '.join(df.columns)})")
-
-
-def _first_bad(path: Path, col: str, raw: pd.Series, bad: pd.Series, problem: str) -> InputError:
-    pos = int(np.flatnonzero(bad.to_numpy())[0])
-    value = raw.iloc[pos]
-    shown = "an empty field" if pd.isna(value) else repr(value)
-    return InputError(path, col, f"data row {pos + 1} (line {pos + 2}): {shown} {problem}")
-
-
 def _parse_datetime(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     raw = df[col].str.strip()
     has_offset = raw.str.contains(_UTC_OFFSET, na=False)
     if has_offset.any() and not has_offset[raw.notna()].all():
-        raise _first_bad(path, col, df[col], ~has_offset, "has no UTC offset while other rows have one")
+        raise first_bad(path, col, df[col], ~has_offset, "has no UTC offset while other rows have one")
     # with offsets: converted to UTC; pandas would shift offset-free values too if they were mixed in
     parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=bool(has_offset.any()))
     if has_offset.any():
         parsed = parsed.dt.tz_localize(None)
     bad = parsed.isna()
     if bad.any():
-        raise _first_bad(path, col, df[col], bad, "is not an ISO-8601 datetime")
+        raise first_bad(path, col, df[col], bad, "is not an ISO-8601 datetime")
     return parsed.astype("datetime64[ns]")
 
 
@@ -219,7 +167,7 @@ def _parse_number(df: pd.DataFrame, col: str, path: Path, *, allow_missing: bool
     bad = num.isna() & raw.notna() if allow_missing else num.isna()
     bad |= np.isinf(num)
     if bad.any():
-        raise _first_bad(path, col, df[col], bad, "is not a finite number")
+        raise first_bad(path, col, df[col], bad, "is not a finite number")
     return num.astype(float)
 
 
@@ -227,31 +175,31 @@ def _parse_int(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     num = _parse_number(df, col, path, allow_missing=False)
     bad = num != np.round(num)
     if bad.any():
-        raise _first_bad(path, col, df[col], bad, "is not an integer")
+        raise first_bad(path, col, df[col], bad, "is not an integer")
     return num.astype(np.int64)
 
 
 def _parse_stays(df: pd.DataFrame, path: Path, allowed_labels: tuple[float, ...] = (0.0, 1.0)) -> pd.DataFrame:
-    _require_columns(df, path, STAY_REQUIRED_COLUMNS)
+    require_columns(df, path, STAY_REQUIRED_COLUMNS)
     if df.empty:
         raise InputError(path, None, "no stays: the site has no rows in its stays file")
     stay_id = _parse_int(df, "stay_id", path)
     dup = stay_id.duplicated()
     if dup.any():
-        raise _first_bad(path, "stay_id", df["stay_id"], dup, "is a duplicate stay_id")
+        raise first_bad(path, "stay_id", df["stay_id"], dup, "is a duplicate stay_id")
     intime = _parse_datetime(df, "intime", path)
     outtime = _parse_datetime(df, "outtime", path)
     reversed_ = outtime < intime
     if reversed_.any():
-        raise _first_bad(path, "outtime", df["outtime"], reversed_, "is before the stay's intime")
+        raise first_bad(path, "outtime", df["outtime"], reversed_, "is before the stay's intime")
     age = _parse_number(df, "age", path, allow_missing=False)
     out_of_range = (age < 0) | (age > 120)
     if out_of_range.any():
-        raise _first_bad(path, "age", df["age"], out_of_range, "is outside 0-120 years")
+        raise first_bad(path, "age", df["age"], out_of_range, "is outside 0-120 years")
     label = _parse_number(df, LABEL, path, allow_missing=False)
     not_binary = ~label.isin(list(allowed_labels))
     if not_binary.any():
-        raise _first_bad(path, LABEL, df[LABEL], not_binary, "is not a 0/1 label")
+        raise first_bad(path, LABEL, df[LABEL], not_binary, "is not a 0/1 label")
     subject_id = _parse_int(df, "subject_id", path) if "subject_id" in df.columns else stay_id
 
     stays = pd.DataFrame(
@@ -274,13 +222,13 @@ def _parse_stays(df: pd.DataFrame, path: Path, allowed_labels: tuple[float, ...]
 
 
 def _parse_events(df: pd.DataFrame, path: Path, stays: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    _require_columns(df, path, EVENT_REQUIRED_COLUMNS)
+    require_columns(df, path, EVENT_REQUIRED_COLUMNS)
     stay_id = _parse_int(df, "stay_id", path)
     charttime = _parse_datetime(df, "charttime", path)
     event_type = df["event_type"].str.strip().str.lower()
     unknown_type = ~event_type.isin(EVENT_TYPES)
     if unknown_type.any():
-        raise _first_bad(
+        raise first_bad(
             path, "event_type", df["event_type"], unknown_type, f"is not one of {', '.join(EVENT_TYPES)}"
         )
     if "value" in df.columns:

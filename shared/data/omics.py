@@ -77,6 +77,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared.data.tables import first_bad, require_columns
 from shared.data.text_embedding import TextEmbedder
 from shared.errors import InputError
 
@@ -193,26 +194,13 @@ def _read_table(path: Path, as_text: bool = False) -> pd.DataFrame:
     return df
 
 
-def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
-    for col in columns:
-        if col not in df.columns:
-            raise InputError(path, col, f"missing required column (columns found: {', '.join(df.columns[:12])})")
-
-
-def _first_bad(path: Path, col: str, raw: pd.Series, bad: np.ndarray | pd.Series, problem: str) -> InputError:
-    pos = int(np.flatnonzero(np.asarray(bad))[0])
-    value = raw.iloc[pos]
-    shown = "an empty field" if pd.isna(value) else repr(value.item() if isinstance(value, np.generic) else value)
-    return InputError(path, col, f"data row {pos + 1} (line {pos + 2}): {shown} {problem}")
-
-
 def _patient_ids(df: pd.DataFrame, path: Path) -> pd.Series:
-    _require_columns(df, path, (PATIENT_ID,))
+    require_columns(df, path, (PATIENT_ID,))
     raw = df[PATIENT_ID]
     ids = raw.map(lambda v: str(v).strip() if pd.notna(v) else "")
     empty = ids == ""
     if empty.any():
-        raise _first_bad(path, PATIENT_ID, raw, empty, "is not a patient id")
+        raise first_bad(path, PATIENT_ID, raw, empty, "is not a patient id")
     return ids
 
 
@@ -220,7 +208,7 @@ def _unique_ids(df: pd.DataFrame, path: Path) -> pd.Series:
     ids = _patient_ids(df, path)
     dup = ids.duplicated()
     if dup.any():
-        raise _first_bad(path, PATIENT_ID, df[PATIENT_ID], dup, "is a duplicate patient_id")
+        raise first_bad(path, PATIENT_ID, df[PATIENT_ID], dup, "is a duplicate patient_id")
     return ids
 
 
@@ -229,7 +217,7 @@ def _parse_flag(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
     text = raw.str.strip()
     bad = ~text.isin(["0", "1", "0.0", "1.0"])
     if bad.any():
-        raise _first_bad(path, col, raw, bad, "is not 0 or 1")
+        raise first_bad(path, col, raw, bad, "is not 0 or 1")
     return text.astype(float).astype(np.int64).to_numpy()
 
 
@@ -237,14 +225,14 @@ def _parse_labels(df: pd.DataFrame, path: Path, label_type: str | None) -> pd.Da
     ids = _unique_ids(df, path)
     out = pd.DataFrame(index=pd.Index(ids.to_numpy(), name=PATIENT_ID))
     if label_type == "binary":
-        _require_columns(df, path, (LABEL,))
+        require_columns(df, path, (LABEL,))
         out[LABEL] = _parse_flag(df, LABEL, path)
     elif label_type == "survival":
-        _require_columns(df, path, (TIME, EVENT))
+        require_columns(df, path, (TIME, EVENT))
         time = pd.to_numeric(df[TIME].str.strip(), errors="coerce")
         bad = time.isna() | ~np.isfinite(time) | (time < 0)
         if bad.any():
-            raise _first_bad(path, TIME, df[TIME], bad, "is not a finite number of days >= 0")
+            raise first_bad(path, TIME, df[TIME], bad, "is not a finite number of days >= 0")
         out[TIME] = time.to_numpy(dtype=float)
         out[EVENT] = _parse_flag(df, EVENT, path)
     return out
@@ -276,7 +264,7 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     """A pinned omics column as float (NaN = missing); InputError on the first non-number or infinity."""
     raw = df[col]
     if pd.api.types.is_bool_dtype(raw):
-        raise _first_bad(path, col, raw, np.ones(len(raw), dtype=bool), "is not a number")
+        raise first_bad(path, col, raw, np.ones(len(raw), dtype=bool), "is not a number")
     if pd.api.types.is_numeric_dtype(raw):
         values = raw.astype(float)
     else:  # CSV inference left text in the column (some field is not a number), or a parquet text column
@@ -285,16 +273,16 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
         values = pd.to_numeric(text.where(~missing), errors="coerce").astype(float)
         not_number = values.isna() & ~missing
         if not_number.any():
-            raise _first_bad(path, col, raw, not_number, "is not a number")
+            raise first_bad(path, col, raw, not_number, "is not a number")
     infinite = np.isinf(values)
     if infinite.any():
-        raise _first_bad(path, col, raw, infinite, "is not a finite number")
+        raise first_bad(path, col, raw, infinite, "is not a finite number")
     return values
 
 
 def _parse_notes(df: pd.DataFrame, path: Path, patients: pd.Index, dropped: dict[str, int]) -> pd.DataFrame:
     ids = _patient_ids(df, path)
-    _require_columns(df, path, (NOTE_TEXT,))
+    require_columns(df, path, (NOTE_TEXT,))
     text = df[NOTE_TEXT].fillna("").str.strip()
     known = ids.isin(patients)
     dropped["notes_unknown_patient"] = int((~known).sum())

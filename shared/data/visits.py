@@ -73,17 +73,15 @@ and standard deviation and clipped to +-5.
 
 from __future__ import annotations
 
-import csv
-import gzip
 import os
 import string
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.errors import InputError
 
 VISITS_FILE = "visits"
@@ -142,15 +140,15 @@ def load_visit_site(site_dir: Path, site: str | None = None, require_label: bool
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
         raise InputError(site_dir, None, "site folder does not exist")
-    visits_path = _find_table(site_dir, VISITS_FILE)
-    visits = _parse_visits(_read_csv(visits_path), visits_path)
+    visits_path = find_site_table(site_dir, VISITS_FILE)
+    visits = _parse_visits(read_csv_as_text(visits_path), visits_path)
     dropped = dict.fromkeys(DROP_REASONS, 0)
     if not require_label:
         patients = pd.Index(np.sort(visits["patient_id"].unique()), name="patient_id")
         return VisitSiteData(site or site_dir.name, visits, patients, None, dropped)
 
-    labels_path = _find_table(site_dir, LABELS_FILE)
-    labels = _parse_labels(_read_csv(labels_path), labels_path)
+    labels_path = find_site_table(site_dir, LABELS_FILE)
+    labels = _parse_labels(read_csv_as_text(labels_path), labels_path)
     has_visits = labels.index.isin(visits["patient_id"])
     dropped["labels_unknown_patient"] = int((~has_visits).sum())
     labels = labels[has_visits]
@@ -163,65 +161,11 @@ def load_visit_site(site_dir: Path, site: str | None = None, require_label: bool
     return VisitSiteData(site or site_dir.name, visits, patients, labels.reindex(patients), dropped)
 
 
-def _find_table(site_dir: Path, name: str) -> Path:
-    plain, packed = site_dir / f"{name}.csv", site_dir / f"{name}.csv.gz"
-    if plain.is_file() and packed.is_file():
-        raise InputError(plain, None, f"both {plain.name} and {packed.name} exist; keep one")
-    if packed.is_file():
-        return packed
-    if not plain.is_file():
-        raise InputError(plain, None, f"missing file (expected {plain.name} or {packed.name})")
-    return plain
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], compression="infer")
-    except pd.errors.EmptyDataError:
-        raise InputError(path, None, "file is empty (no header row)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, gzip.BadGzipFile, zlib.error, EOFError, OSError) as err:
-        raise InputError(path, None, f"not a readable CSV file: {type(err).__name__}: {err}") from None
-    _check_row_lengths(path)
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
-
-
-def _check_row_lengths(path: Path) -> None:
-    """Every non-blank row must have as many fields as the header: pandas would silently pad a short
-    row with missing values, and would take the first column of a file whose first row is one field
-    longer as its index, shifting every column."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle)
-            n_header = len(next(reader, []))
-            rows = (row for row in reader if row)
-            for i, row in enumerate(rows, start=1):
-                if len(row) != n_header:
-                    raise InputError(path, None, f"data row {i} (line {reader.line_num}) has {len(row)} fields, "
-                                                 f"the header has {n_header}")
-    except csv.Error as err:
-        raise InputError(path, None, f"not a readable CSV file: {err}") from None
-
-
-def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
-    for col in columns:
-        if col not in df.columns:
-            raise InputError(path, col, f"missing required column (columns found: {', '.join(df.columns)})")
-
-
-def _first_bad(path: Path, col: str, raw: pd.Series, bad: pd.Series | np.ndarray, problem: str) -> InputError:
-    pos = int(np.flatnonzero(np.asarray(bad))[0])
-    value = raw.iloc[pos]
-    shown = "an empty field" if pd.isna(value) else repr(value)
-    return InputError(path, col, f"data row {pos + 1} (line {pos + 2}): {shown} {problem}")
-
-
 def _parse_text(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     text = df[col].str.strip()
     empty = text.isna() | (text == "")
     if empty.any():
-        raise _first_bad(path, col, df[col], empty, "is not an identifier (empty)")
+        raise first_bad(path, col, df[col], empty, "is not an identifier (empty)")
     return text
 
 
@@ -230,26 +174,26 @@ def _parse_lab(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     num = pd.to_numeric(raw, errors="coerce")
     bad = (num.isna() & raw.notna()) | np.isinf(num)
     if bad.any():
-        raise _first_bad(path, col, df[col], bad, f"is not a finite number ({LAB_FEATURES[col]}) or empty")
+        raise first_bad(path, col, df[col], bad, f"is not a finite number ({LAB_FEATURES[col]}) or empty")
     negative = num < 0
     if negative.any():
-        raise _first_bad(path, col, df[col], negative, "is negative")
+        raise first_bad(path, col, df[col], negative, "is negative")
     return num.astype(float)
 
 
 def _parse_visits(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    _require_columns(df, path, VISIT_COLUMNS)
+    require_columns(df, path, VISIT_COLUMNS)
     if df.empty:
         raise InputError(path, None, "no visits: the site has no rows in its visits file")
     patient_id = _parse_text(df, "patient_id", path)
     visit_id = _parse_text(df, "visit_id", path)
     dup = visit_id.duplicated()
     if dup.any():
-        raise _first_bad(path, "visit_id", df["visit_id"], dup, "is a duplicate visit_id")
+        raise first_bad(path, "visit_id", df["visit_id"], dup, "is a duplicate visit_id")
     raw_time = df["timestamp"].str.strip()
     timestamp = pd.to_datetime(raw_time, format="ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
     if timestamp.isna().any():
-        raise _first_bad(path, "timestamp", df["timestamp"], timestamp.isna(), "is not an ISO-8601 datetime")
+        raise first_bad(path, "timestamp", df["timestamp"], timestamp.isna(), "is not an ISO-8601 datetime")
     visits = pd.DataFrame({"patient_id": patient_id, "visit_id": visit_id, "timestamp": timestamp.astype("datetime64[ns]")})
     for col in FEATURES:
         visits[col] = _parse_lab(df, col, path)
@@ -258,15 +202,15 @@ def _parse_visits(df: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def _parse_labels(df: pd.DataFrame, path: Path) -> pd.Series:
-    _require_columns(df, path, LABEL_COLUMNS)
+    require_columns(df, path, LABEL_COLUMNS)
     patient_id = _parse_text(df, "patient_id", path)
     dup = patient_id.duplicated()
     if dup.any():
-        raise _first_bad(path, "patient_id", df["patient_id"], dup, "is listed twice")
+        raise first_bad(path, "patient_id", df["patient_id"], dup, "is listed twice")
     label = pd.to_numeric(df[LABEL].str.strip(), errors="coerce")
     not_binary = ~label.isin([0.0, 1.0])
     if not_binary.any():
-        raise _first_bad(path, LABEL, df[LABEL], not_binary, "is not a 0/1 label")
+        raise first_bad(path, LABEL, df[LABEL], not_binary, "is not a 0/1 label")
     return pd.Series(label.astype(np.int64).to_numpy(), index=pd.Index(patient_id.to_numpy(), name="patient_id"), name=LABEL)
 
 
