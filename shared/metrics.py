@@ -52,14 +52,18 @@ def _bin_index(y_prob: np.ndarray, n_bins: int) -> np.ndarray:
     return np.clip((y_prob * n_bins).astype(int), 0, n_bins - 1)
 
 
-def reliability_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Per non-empty equal-width bin: its center, observed event rate, mean prediction, count."""
+def _bin_sums(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin: count, sum of outcomes, sum of predictions."""
     y_true = np.asarray(y_true, dtype=float)
     y_prob = np.asarray(y_prob, dtype=float)
     bins = _bin_index(y_prob, n_bins)
-    counts = np.bincount(bins, minlength=n_bins)
-    sum_true = np.bincount(bins, weights=y_true, minlength=n_bins)
-    sum_prob = np.bincount(bins, weights=y_prob, minlength=n_bins)
+    return (np.bincount(bins, minlength=n_bins), np.bincount(bins, weights=y_true, minlength=n_bins),
+            np.bincount(bins, weights=y_prob, minlength=n_bins))
+
+
+def reliability_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Per non-empty equal-width bin: its center, observed event rate, mean prediction, count."""
+    counts, sum_true, sum_prob = _bin_sums(y_true, y_prob, n_bins)
     keep = counts > 0
     return {
         "bin_centers": ((np.arange(n_bins) + 0.5) / n_bins)[keep],
@@ -81,12 +85,7 @@ def calibration_bins(
     calib_bin_<i>_observed (event rate), calib_bin_<i>_predicted (mean prediction) and
     calib_bin_<i>_count. Bins with fewer patients are left out (k-anonymity style: a bin of one
     patient would reveal that patient's outcome and prediction)."""
-    y_true = np.asarray(y_true, dtype=float)
-    y_prob = np.asarray(y_prob, dtype=float)
-    bins = _bin_index(y_prob, n_bins)
-    counts = np.bincount(bins, minlength=n_bins)
-    sum_true = np.bincount(bins, weights=y_true, minlength=n_bins)
-    sum_prob = np.bincount(bins, weights=y_prob, minlength=n_bins)
+    counts, sum_true, sum_prob = _bin_sums(y_true, y_prob, n_bins)
     out: dict[str, float] = {}
     for i in np.flatnonzero(counts >= max(1, min_count)):
         out[f"calib_bin_{i}_observed"] = float(sum_true[i] / counts[i])

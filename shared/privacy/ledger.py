@@ -179,9 +179,15 @@ class SiteLedger:
             "extra": extra,
             "prev_hash": line_hash(lines[-1]) if lines else GENESIS_HASH,
         }
-        if self.signing_key is not None:
-            entry["key_fingerprint"] = public_key_fingerprint(self.signing_key.public_key())
-            entry["signature"] = self.signing_key.sign(signed_payload(entry)).hex()
-        text = "".join(f"{line}\n" for line in lines + [canonical_json(entry)])
-        write_atomically(self.path, text.encode("utf-8"))
-        return entry
+        return append_chained_entry(self.path, lines, entry, self.signing_key)
+
+
+def append_chained_entry(path: Path, lines: list[str], entry: dict[str, Any], signing_key: Ed25519PrivateKey | None) -> dict:
+    """Sign `entry` (which already holds `prev_hash`) when a key is given, and rewrite `path` atomically
+    as `lines` plus the entry: the one append of the ledger and of the security log."""
+    if signing_key is not None:
+        entry["key_fingerprint"] = public_key_fingerprint(signing_key.public_key())
+        entry["signature"] = signing_key.sign(signed_payload(entry)).hex()
+    text = "".join(f"{line}\n" for line in lines + [canonical_json(entry)])
+    write_atomically(path, text.encode("utf-8"))
+    return entry

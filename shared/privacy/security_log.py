@@ -18,9 +18,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.privacy.atomic_write import write_atomically
-from shared.privacy.keys import load_private_key, public_key_fingerprint
-from shared.privacy.ledger import GENESIS_HASH, canonical_json, line_hash, read_ledger_lines, signed_payload
+from shared.privacy.keys import load_private_key
+from shared.privacy.ledger import GENESIS_HASH, append_chained_entry, line_hash, read_ledger_lines
 
 SECURITY_LOG_FILE = "security_log.jsonl"
 SECURITY_LOG_VERSION = 1
@@ -54,12 +53,7 @@ class SecurityLog:
             "event": json.loads(json.dumps(event, default=str)),
             "prev_hash": line_hash(lines[-1]) if lines else GENESIS_HASH,
         }
-        if self.signing_key is not None:
-            entry["key_fingerprint"] = public_key_fingerprint(self.signing_key.public_key())
-            entry["signature"] = self.signing_key.sign(signed_payload(entry)).hex()
-        text = "".join(f"{line}\n" for line in lines + [canonical_json(entry)])
-        write_atomically(self.path, text.encode("utf-8"))
-        return entry
+        return append_chained_entry(self.path, lines, entry, self.signing_key)
 
 
 def log_security_event(state_dir: Path, event: dict) -> None:
