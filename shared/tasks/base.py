@@ -21,6 +21,22 @@ from torch.utils.data import Dataset
 
 from shared.config import RunConfig
 
+# aggregate validation scalars a binary task's site reports (all on the outgoing whitelist)
+BINARY_REPORTED_METRICS = frozenset({
+    "auroc", "auprc", "brier", "ece", "sens_at_spec", "threshold",
+    "auroc_ci_low", "auroc_ci_high", "auprc_ci_low", "auprc_ci_high", "brier_ci_low", "brier_ci_high",
+})
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val), stratified by label when each class has at least two rows."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    _, counts = np.unique(labels, return_counts=True)
+    stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
+    return train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
+
 
 @dataclass
 class SiteData:

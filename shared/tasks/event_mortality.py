@@ -8,28 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.data.event_features import EventEncoder, EventTensors, encode_events, event_dim, static_dim
 from shared.data.events import load_event_site, synthesize_event_sites
 from shared.data.text_embedding import make_text_embedder, text_model_dim
-from shared.tasks.base import SiteData, Task
+from shared.tasks.base import BINARY_REPORTED_METRICS as REPORTED_METRICS
+from shared.tasks.base import SiteData, Task, stratified_split
 
 ENCODER_FILE = "event_encoder.json"
-# aggregate validation scalars a site reports (all on the outgoing whitelist)
-REPORTED_METRICS = {
-    "auroc", "auprc", "brier", "ece", "sens_at_spec", "threshold",
-    "auroc_ci_low", "auroc_ci_high", "auprc_ci_low", "auprc_ci_high", "brier_ci_low", "brier_ci_high",
-}
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.arange(len(labels))
-    _, counts = np.unique(labels, return_counts=True)
-    stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
-    return train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
 
 
 class EventMortalityTask(Task):

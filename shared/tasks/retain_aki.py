@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -37,7 +36,8 @@ from shared.errors import InputError
 from shared.losses.classification import pos_weight_from_labels
 from shared.losses.registry import build_loss
 from shared.models.retain import Retain
-from shared.tasks.base import SiteData, Task
+from shared.tasks.base import BINARY_REPORTED_METRICS as REPORTED_METRICS
+from shared.tasks.base import SiteData, Task, stratified_split
 
 ENCODER_FILE = "retain_encoder.json"
 MAX_VISITS = 32  # default cap of `predict_patient` (the task itself uses data.max_events)
@@ -46,19 +46,11 @@ MAX_VISITS = 32  # default cap of `predict_patient` (the task itself uses data.m
 # with the most abnormal labs lowest, and the noisy, short training rarely recovers from it.
 INITIAL_AKI_RATE = 0.15
 LOSSES = ("bce", "weighted_bce", "focal")
-# aggregate validation scalars a site reports (all on the outgoing whitelist)
-REPORTED_METRICS = {
-    "auroc", "auprc", "brier", "ece", "sens_at_spec", "threshold",
-    "auroc_ci_low", "auroc_ci_high", "auprc_ci_low", "auprc_ci_high", "brier_ci_low", "brier_ci_high",
-}
 
 
 def stratified_patient_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val), stratified by label when each class has at least two patients."""
-    idx = np.arange(len(labels))
-    _, counts = np.unique(labels, return_counts=True)
-    stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
-    train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
+    """Row indices (train, val) of `stratified_split`, each in file order."""
+    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
     return np.sort(train_idx), np.sort(val_idx)
 
 
