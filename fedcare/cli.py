@@ -465,7 +465,8 @@ class _DefaultsShown(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or action.required:
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or "default" in text or action.required:
             return text
         return f"{text} (default: %(default)s)"
 
