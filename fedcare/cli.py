@@ -172,6 +172,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+MIMIC_III_TABLES = ("ICUSTAYS", "ADMISSIONS", "PATIENTS", "INPUTEVENTS_MV", "PROCEDUREEVENTS_MV", "PRESCRIPTIONS",
+                    "MICROBIOLOGYEVENTS")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from shared.data.mimic import convert_mimic_iv
+
+    src, out = Path(args.src), Path(args.out)
+    if args.source == "mimic-iii":
+        found = [t for t in MIMIC_III_TABLES if any(src.glob(f"{t}.csv*"))]
+        missing = [t for t in MIMIC_III_TABLES if t not in found]
+        have = f"found {', '.join(found) or 'none'} of its tables" + (f", missing {', '.join(missing)}" if missing else "")
+        raise InputError(src, "mimic-iii", f"not supported yet ({have}): MIMIC-III keys events by ICUSTAY_ID/ITEMID in "
+                                           "upper-case tables without MIMIC-IV's anchor_age; see docs, 'MIMIC-III'")
+    if any(src.glob("ICUSTAYS.csv*")):
+        raise InputError(src, "mimic-iv", "this folder holds MIMIC-III tables (ICUSTAYS.csv); MIMIC-IV has hosp/ and icu/")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(out, "OUT", "exists and is not empty: give a new folder (nothing is overwritten)")
+    site_map = Path(args.site_map) if args.site_map else None
+    counts = convert_mimic_iv(src, out, site_by=args.site_by, site_map=site_map, min_stays=args.min_stays)
+    for site, n in counts.items():
+        console.print(f"  {site}: {n} stays")
+    console.print(f"wrote {len(counts)} event_mortality sites to {out} (data.root: {out}, data.sites: {list(counts)})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -429,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many patients when --patients is not given (default: the run's explain.patients)")
     s.add_argument("--out", help="report folder (default: STATE/explanations/<run>_round_<N>/)")
     s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("convert", help="convert a public clinical database into site folders (MIMIC-IV -> event_mortality)")
+    s.add_argument("source", choices=["mimic-iv", "mimic-iii"], help="the database the SRC folder holds")
+    s.add_argument("src", help="the database folder (MIMIC-IV: hosp/ and icu/, csv or csv.gz)")
+    s.add_argument("out", help="a new folder: one event_mortality site folder per unit (or per --site-map site)")
+    s.add_argument("--site-by", default="first_careunit",
+                   help="stay column that splits stays into sites (first_careunit, admission_type, insurance, ...)")
+    s.add_argument("--site-map", help="CSV with site and subject_id or stay_id: assigns stays (or patients) to sites")
+    s.add_argument("--min-stays", type=int, default=1, help="sites with fewer stays are not written")
+    s.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("report", help="write a self-contained HTML report of a run (opens offline)")
     s.add_argument("run_dir", help="a run folder (runs/<id>)")
