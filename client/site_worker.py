@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import traceback
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
