@@ -113,11 +113,12 @@ def _entry_shape_problem(entry: dict) -> str | None:
         return f"unknown accountant {entry['accountant']!r}"
     if not isinstance(entry["round"], int) or isinstance(entry["round"], bool):
         return "round is not an integer"
-    for name in ("delta", "lifetime_epsilon", "max_grad_norm"):
+    for name in ("delta", "max_grad_norm"):
         if not _is_number(entry[name]):
             return f"{name} is not a finite number"
-    if entry["cumulative_epsilon"] is not None and not _is_number(entry["cumulative_epsilon"]):
-        return "cumulative_epsilon is not a finite number or null (unbounded)"
+    for name in ("cumulative_epsilon", "lifetime_epsilon"):
+        if entry[name] is not None and not _is_number(entry[name]):
+            return f"{name} is not a finite number or null (unbounded)"
     if not 0 < entry["delta"] < 1:
         return f"delta {entry['delta']} is not in (0, 1)"
     return None
@@ -281,7 +282,7 @@ def audit_ledger(
                 f"{recomputed:.6g} (dp-accounting, {accountant}, delta {delta:g}) by more than {tolerance:.0%}",
             )
         for limit, name in (
-            (float(entry["lifetime_epsilon"]), "lifetime budget"),
+            (None if entry["lifetime_epsilon"] is None else float(entry["lifetime_epsilon"]), "lifetime budget"),
             (target_epsilon, "target"),
         ):
             if limit is None or name in limits_exceeded or without_dp:  # no_dp is reported as such
@@ -304,7 +305,8 @@ def audit_ledger(
     if last_entry is not None:
         audit.recorded_epsilon = math.inf if without_dp else float(last_entry["cumulative_epsilon"])
         audit.delta = float(last_entry["delta"])
-        audit.lifetime_epsilon = float(last_entry["lifetime_epsilon"])
+        lifetime = last_entry["lifetime_epsilon"]
+        audit.lifetime_epsilon = math.inf if lifetime is None else float(lifetime)
     audit.status = next((kind for kind in PROBLEM_KINDS if kind in kinds_found), None) or (
         "budget_exhausted" if last_entry is not None and last_entry["status"] == BUDGET_EXHAUSTED else "ok"
     )

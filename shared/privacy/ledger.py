@@ -234,7 +234,7 @@ class SiteLedger:
             "max_grad_norm": float(max_grad_norm),
             "accountant": accountant,
             "cumulative_epsilon": float(cumulative_epsilon) if math.isfinite(cumulative_epsilon) else None,
-            "lifetime_epsilon": float(lifetime_epsilon),
+            "lifetime_epsilon": float(lifetime_epsilon) if math.isfinite(lifetime_epsilon) else None,  # null: none
             "extra": extra,
             "prev_hash": line_hash(lines[-1]) if lines else GENESIS_HASH,
         }
