@@ -11,7 +11,6 @@
 
 import json
 import threading
-import time
 
 import pytest
 import torch
@@ -164,11 +163,18 @@ def test_shrunk_data_that_no_noise_can_absorb_is_refused(data_root, tmp_path):
 def test_two_simultaneous_runs_never_exceed_the_lifetime_budget(data_root, tmp_path, monkeypatch):
     real_train = site_worker_module.train_model
 
-    def slow_train(*args):  # a wide check -> append window: without the lock both runs pass the check
-        time.sleep(1.0)
+    both_checked = threading.Barrier(2, timeout=3.0)
+
+    def gated_train(*args):
+        # Without the lock both runs pass the budget check and meet here, then both spend. With it the
+        # second run waits for the first one's append; the first waits here in vain (3 s) and goes on.
+        try:
+            both_checked.wait()
+        except threading.BrokenBarrierError:
+            pass
         return real_train(*args)
 
-    monkeypatch.setattr(site_worker_module, "train_model", slow_train)
+    monkeypatch.setattr(site_worker_module, "train_model", gated_train)
     monkeypatch.setitem(TINY["train"], "rounds", 1)
     state_dir = tmp_path / "site"
     workers = [_worker(data_root, state_dir, run_id=f"run-{i}", lifetime=4.0) for i in (1, 2)]
