@@ -58,7 +58,9 @@ def _content(worker: SiteWorker, outcome: RoundOutcome) -> RecordDict:
     content = RecordDict(
         {
             "metrics": MetricRecord(outcome.metrics),
-            "site": ConfigRecord({"name": worker.settings.site, "status": outcome.status, "reason": outcome.reason}),
+            "site": ConfigRecord({"name": worker.settings.site, "status": outcome.status, "reason": outcome.reason,
+                                  # the center keeps it per round: the audit compares it with the ledger
+                                  "ledger_head": worker.ledger.head()}),
         }
     )
     if outcome.arrays is not None:
@@ -87,7 +89,8 @@ def _secure_train(msg: Message, worker: SiteWorker) -> Message:
     problem = worker.secagg.update_problem(arrays, num_examples)
     if problem is not None:
         raise RoundDeclined(RoundOutcome("refused", f"not sent: {problem}"))
-    site = {"site.name": worker.settings.site, "site.status": outcome.status, "site.reason": outcome.reason}
+    site = {"site.name": worker.settings.site, "site.status": outcome.status, "site.reason": outcome.reason,
+            "site.ledger_head": worker.ledger.head()}
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, {**outcome.metrics, **site})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 

@@ -130,9 +130,10 @@ class ProtocolReplyTracker:
             metrics = dict(reply.content.config_records[FIT_METRICS_RECORD])
             site = str(metrics.pop(SITE_NAME_KEY, self._site(node)))
             status, reason = str(metrics.pop(SITE_STATUS_KEY, "trained")), str(metrics.pop(SITE_REASON_KEY, ""))
+            head = str(metrics.pop("site.ledger_head", ""))
             self.tracker.node_sites[node] = site
             self.history.record_train(server_round, site, status, reason,
-                                      {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                                      {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, ledger_head=head)
 
 
 def _arrays(keys: list[str], ndarrays: list[np.ndarray]) -> ArrayRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -100,8 +101,14 @@ class SiteLevelDPConfig:
 
 @dataclass
 class PrivacyConfig:
+    # false (or a target epsilon of .inf) really trains without DP: no clipping, no noise, plain shuffled
+    # batches; the ledger says "no_dp", the audit reports epsilon inf, a site policy refuses it
     enabled: bool = True
     target_epsilon: float = 8.0  # per site, for this run
+    # true: the DP randomness is seeded from the run's seed, site and round (tests, debugging): anyone who
+    # knows the config can replay the noise. Recorded in the ledger; the audit reports it as not private
+    # against the center.
+    reproducible_noise: bool = False
     delta: float = 1.0e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
@@ -194,6 +201,10 @@ class RunConfig:
 
     def site_target_epsilon(self, site: str) -> float:
         return float(self.privacy.site_targets.get(site, self.privacy.target_epsilon))
+
+    def dp_enabled(self, site: str) -> bool:
+        """Whether `site` trains with DP: privacy.enabled and a finite target (.inf means no DP)."""
+        return self.privacy.enabled and math.isfinite(self.site_target_epsilon(site))
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

@@ -6,6 +6,7 @@ it on every reply and sends an error reply instead of anything it refuses.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from logging import ERROR
 from typing import Any
@@ -45,8 +46,12 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
     | {f"{metric}_ci_{bound}" for metric in _METRICS_WITH_CI for bound in ("low", "high")}
     | _CALIBRATION_BIN_KEYS
 )
-ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason"})
+ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason", "ledger_head"})
 MAX_SITE_TEXT_LENGTH = 200
+# site.ledger_head: the SHA-256 of the last line of the site's privacy ledger, exactly 64 lower-case hex
+# digits; the center keeps it per round so the audit can catch a ledger replaced, truncated or re-signed later
+LEDGER_HEAD_KEY = "ledger_head"
+_LEDGER_HEAD = re.compile(r"[0-9a-f]{64}")
 ARRAYS_RECORD, METRICS_RECORD, SITE_RECORD = "arrays", "metrics", "site"
 # A SecAgg+ stage reply (Flower's legacy format): protocol values, and at the collect stage the fit
 # result whose parameters Flower's mod has emptied (the update leaves only masked, in the protocol values).
@@ -90,6 +95,8 @@ def _check_site(record: Mapping[str, Any]) -> None:
             raise OutgoingMessageRefused(
                 f"record {SITE_RECORD!r}: key {key!r} must be text of at most {MAX_SITE_TEXT_LENGTH} characters"
             )
+        if key == LEDGER_HEAD_KEY and not _LEDGER_HEAD.fullmatch(value):
+            raise OutgoingMessageRefused(f"record {SITE_RECORD!r}: {key!r} must be 64 lower-case hex digits")
 
 
 def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) -> None:
@@ -97,7 +104,7 @@ def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) ->
 
     Allowed: "arrays" (ArrayRecord, with exactly `expected_array_keys` when given), "metrics"
     (MetricRecord of whitelisted single numbers), "site" (ConfigRecord of short texts under
-    name/status/reason). Each is optional.
+    name/status/reason, and ledger_head as 64 hex digits). Each is optional.
     """
     checks = {
         ARRAYS_RECORD: (ArrayRecord, lambda record: _check_arrays(record, expected_array_keys)),

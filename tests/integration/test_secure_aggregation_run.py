@@ -1,6 +1,7 @@
 """A real simulation with secure aggregation (SecAgg+ through Flower's legacy workflow): 3 tiny sites x 2
-rounds, one without budget, DP noise off (test seam) and fixed seeds, compared with plain FedAvg of the
-same site updates recomputed in this process."""
+rounds, one without budget, and the two others trained without DP through the documented switch (a target
+epsilon of .inf: the honest baseline, recorded as no_dp in their ledgers) with fixed seeds, compared with
+plain FedAvg of the same site updates recomputed in this process."""
 
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ from flwr.common import parameters_to_ndarrays
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from client import site_worker as site_worker_module
-from client.site_worker import TEST_ONLY_NO_DP_NOISE_ENV, NoisePlan, SiteSettings, SiteWorker
+from client.site_worker import NoisePlan, SiteSettings, SiteWorker
 from fedcare.simulation import simulate
 from server import secure_aggregation as secure_module
 from server.checkpoints import load_checkpoint
@@ -27,7 +28,8 @@ TINY = {
     "model": {"name": "event_transformer", "d_model": 16, "layers": 1, "heads": 2, "ff": 32, "pooling_heads": 2,
               "mlp_hidden": 16},
     "train": {"rounds": 2, "local_epochs": 1, "batch_size": 32, "lr": 0.003},
-    "privacy": {"target_epsilon": 4.0, "site_targets": {"site_c": 0.001}},
+    # no DP at site_a and site_b (target .inf), a budget too small to train at site_c
+    "privacy": {"target_epsilon": float("inf"), "site_targets": {"site_c": 0.001}},
     "strategy": {"name": "fedavg", "min_sites": 2},
     "secure_aggregation": {"enabled": True, "max_num_examples": 120},
 }
@@ -55,7 +57,6 @@ def run(tmp_path_factory):
         return replies
 
     mp = pytest.MonkeyPatch()
-    mp.setenv(TEST_ONLY_NO_DP_NOISE_ENV, "1")  # Ray's workers inherit it
     mp.setattr(secure_module.SecureFedAvg, "aggregate_fit", spy_aggregate)
     mp.setattr(secure_module.ProtocolReplyTracker, "send_and_receive", spy_send)
     try:
@@ -160,7 +161,7 @@ def test_ledgers_record_what_the_sites_did(run):
     _, run_dir, _, _, _ = run
     for site in ("site_a", "site_b"):
         entries = SiteLedger(run_dir / "sites" / site / "privacy_ledger.jsonl", site).entries()
-        assert [e["round"] for e in entries] == [1, 2] and all(e["status"] == "trained" for e in entries)
-        assert all(e["extra"]["test_only_no_dp_noise"] for e in entries)  # the seam is visible in the ledger
+        assert [e["round"] for e in entries] == [1, 2] and all(e["status"] == "no_dp" for e in entries)
+        assert all(e["cumulative_epsilon"] is None and e["extra"]["dp"] == "off" for e in entries)
     c = SiteLedger(run_dir / "sites" / "site_c" / "privacy_ledger.jsonl", "site_c").entries()
     assert [(e["round"], e["status"]) for e in c] == [(1, "budget_exhausted")]
