@@ -26,7 +26,10 @@ GENESIS_HASH = "0" * 64
 TRAINED = "trained"
 BUDGET_EXHAUSTED = "budget_exhausted"
 REFUSED = "refused"
-LEDGER_STATUSES = (TRAINED, BUDGET_EXHAUSTED, REFUSED)
+# a marker after a round's trained entry: the site trained (the budget is spent, the trained entry counts it)
+# but its update went into no aggregate (a SecAgg+ round that failed after training); no mechanism of its own
+NO_AGGREGATE = "no_aggregate"
+LEDGER_STATUSES = (TRAINED, BUDGET_EXHAUSTED, REFUSED, NO_AGGREGATE)
 MECHANISM_FIELDS = ("noise_multiplier", "sample_rate", "steps")
 
 
