@@ -143,12 +143,13 @@ def _trained(state_root, group):
     return [pid for pid in range(3 * group, 3 * group + 3) if h.trained_marker(state_root, pid).exists()]
 
 
-def test_key_substitution_rebuilds_the_victims_update_from_stock_flower_sites(results):
+def test_key_substitution_rebuilds_the_victims_update_from_stock_flower_sites(results, record_property):
     res, state_root = results
     record = res["stock_key_substitution"]
     assert record["substituted"] and record["recovered"] is not None
     for rebuilt, truth in zip(record["recovered"], h.site_update(33)[0]):
         np.testing.assert_allclose(rebuilt, truth, rtol=0, atol=1e-6)
+    record_property("max_abs_error", max(float(np.abs(r - t).max()) for r, t in zip(record["recovered"], h.site_update(33)[0])))
     for got, want in zip(record["aggregate"], h.weighted_mean([33, 34, 35])):  # and the round ended normally
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert all(h.security_log(state_root, pid).events() == [] for pid in (33, 34, 35))  # nobody noticed

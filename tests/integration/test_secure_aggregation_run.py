@@ -98,7 +98,7 @@ def test_run_completes_with_the_derived_protocol_parameters(run):
     assert summary["sites"]["site_c"]["first_stop"]["status"] == "budget_exhausted"
 
 
-def test_global_model_matches_plain_fedavg_of_the_sent_updates_within_1e_5(run):
+def test_global_model_matches_plain_fedavg_of_the_sent_updates_within_1e_5(run, record_property):
     _, run_dir, _, _, sent = run
     assert sent["round"] == {2}  # both sites' last sent update is round 2's, trained from round 1's global model
     assert sent["global_sha256"] == {state_digest(load_checkpoint(run_dir / "checkpoints" / "round_001.pt")["state_dict"])}
@@ -107,6 +107,7 @@ def test_global_model_matches_plain_fedavg_of_the_sent_updates_within_1e_5(run):
     for key, value in state.items():
         assert value.dtype == torch.float32  # cast back from SecAgg+'s float64
         np.testing.assert_allclose(value.numpy(), sent["fedavg"][key].numpy(), rtol=0, atol=1e-5)
+    record_property("max_abs_error", max(float((v - sent["fedavg"][k]).abs().max()) for k, v in state.items()))
 
 
 def test_the_center_only_ever_holds_the_aggregate(run):
