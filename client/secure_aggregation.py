@@ -151,7 +151,8 @@ def secure_aggregation_mod(worker_for: Callable[[Context], SiteWorker]) -> Mod:
             configs = m.content.config_records.get(RECORD_KEY_CONFIGS)
             if configs is None:  # not a SecAgg+ stage (evaluation): the guard let it through
                 return call_next(m, c)
-            if configs.get(Key.STAGE) == Stage.SETUP:
+            stage = configs.get(Key.STAGE)  # Flower's mod pops it
+            if stage == Stage.SETUP:
                 server_round = int(m.metadata.group_id)
                 policy_refusal = worker.policy_refusal()
                 if policy_refusal is not None:
@@ -163,6 +164,10 @@ def secure_aggregation_mod(worker_for: Callable[[Context], SiteWorker]) -> Mod:
                 return secaggplus_mod(m, c, call_next)
             except RoundDeclined as declined:
                 return decline(m, declined.outcome)
+            except Exception as error:  # after training, the update never left: say so in the ledger
+                if stage == Stage.COLLECT_MASKED_VECTORS and m.metadata.group_id.isdigit():
+                    record_no_aggregate(worker, int(m.metadata.group_id), "internal_error", f"{type(error).__name__}: {error}")
+                raise
 
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS) if msg.has_content() else None
         if configs is not None and configs.get(Key.STAGE) == Stage.SETUP:  # a new round, the last one never unmasked
