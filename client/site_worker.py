@@ -69,6 +69,7 @@ class SiteSettings:
     policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
     source: str = "<site settings>"
     delta: float | None = None  # the largest delta the site accepts; a run asking more is refused
+    roster: Path | None = None  # the federation roster (shared/privacy/roster.py); None in simulation
 
 
 @dataclass

@@ -64,7 +64,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         cfg.train.rounds = args.rounds
     if args.output:
         cfg.output_dir = args.output
-    run_dir, summary = simulate(cfg)
+    try:
+        run_dir, summary = simulate(cfg)
+    except RuntimeError as err:  # e.g. a secure round failed: one line, the run folder keeps what happened
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        return 1
     fw = summary["final_weighted"]
     shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
     parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))

@@ -33,6 +33,7 @@ from shared.privacy.ledger import (
     GENESIS_HASH,
     LEDGER_STATUSES,
     LEDGER_VERSION,
+    NO_AGGREGATE,
     NO_DP,
     TRAINED,
     line_hash,
@@ -159,7 +160,8 @@ def _integrity_problems(
         if signature_problem is not None:
             problems.append(signature_problem)
     run_id, round_number = str(entry["run_id"]), entry["round"]
-    if run_id in last_round_by_run and round_number <= last_round_by_run[run_id]:
+    marker = entry["status"] == NO_AGGREGATE and round_number == last_round_by_run.get(run_id)  # follows its round
+    if run_id in last_round_by_run and round_number <= last_round_by_run[run_id] and not marker:
         problems.append(
             f"round {round_number} of run {run_id!r} comes after its round {last_round_by_run[run_id]} "
             "(lines out of order or repeated)"

@@ -37,7 +37,10 @@ TRAINED = "trained"
 BUDGET_EXHAUSTED = "budget_exhausted"
 REFUSED = "refused"
 NO_DP = "no_dp"  # trained without DP (privacy.enabled false or target .inf): epsilon is unbounded from here on
-LEDGER_STATUSES = (TRAINED, BUDGET_EXHAUSTED, REFUSED, NO_DP)
+# a marker after a round's trained entry: the site trained (the budget is spent, the trained entry counts it)
+# but its update went into no aggregate (a SecAgg+ round that failed after training); no mechanism of its own
+NO_AGGREGATE = "no_aggregate"
+LEDGER_STATUSES = (TRAINED, BUDGET_EXHAUSTED, REFUSED, NO_DP, NO_AGGREGATE)
 MECHANISM_FIELDS = ("noise_multiplier", "sample_rate", "steps")
 
 

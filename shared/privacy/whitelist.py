@@ -56,7 +56,9 @@ ARRAYS_RECORD, METRICS_RECORD, SITE_RECORD = "arrays", "metrics", "site"
 # A SecAgg+ stage reply (Flower's legacy format): protocol values, and at the collect stage the fit
 # result whose parameters Flower's mod has emptied (the update leaves only masked, in the protocol values).
 SECAGG_RECORD = "secaggplus_configs"
-SECAGG_REPLY_KEYS: frozenset[str] = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
+# signed_keys: the setup reply's [key statement, Ed25519 signature] (shared/privacy/secagg_auth.py)
+SIGNED_KEYS = "signed_keys"
+SECAGG_REPLY_KEYS: frozenset[str] = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares", SIGNED_KEYS})
 SECAGG_SITE_KEYS: frozenset[str] = frozenset({f"site.{key}" for key in ALLOWED_SITE_KEYS})
 
 
@@ -122,6 +124,18 @@ def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) ->
         check(record)
 
 
+def _check_signed_keys(value: Any) -> None:
+    """[a key statement in canonical form, a 64-byte signature] and nothing else."""
+    from shared.privacy.secagg_auth import KeyStatement
+
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, bytes) for v in value)) or len(value[1]) != 64:
+        raise OutgoingMessageRefused(f"{SIGNED_KEYS!r} must be [key statement, 64-byte signature]")
+    try:
+        KeyStatement.from_bytes(value[0])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise OutgoingMessageRefused(f"{SIGNED_KEYS!r}: not a key statement ({err})") from None
+
+
 def check_outgoing_secagg(content: RecordDict) -> None:
     """Raise OutgoingMessageRefused unless `content` is a SecAgg+ stage reply holding only protocol values,
     an empty fit-result parameter record, the example count, a status, and whitelisted metrics/site texts."""
@@ -130,6 +144,8 @@ def check_outgoing_secagg(content: RecordDict) -> None:
             unexpected = sorted(set(record.keys()) - SECAGG_REPLY_KEYS)
             if unexpected:
                 raise OutgoingMessageRefused(f"record {name!r}: keys {unexpected} are not SecAgg+ reply values")
+            if SIGNED_KEYS in record:
+                _check_signed_keys(record[SIGNED_KEYS])
         elif name == "fitres.parameters" and isinstance(record, ArrayRecord):
             if len(record):
                 raise OutgoingMessageRefused("a SecAgg+ reply carries model arrays in clear")
