@@ -303,7 +303,8 @@ def audit_ledger(
     if run is not None:
         for kind, number, problem in run_problems(parsed, lines, site or "?", run):
             report(kind, number, problem)
-    audit.site, audit.entries, audit.rounds_trained = site or "?", len(lines), len(history)
+    rounds_without_dp = sum(entry["status"] == NO_DP for _, entry in parsed)
+    audit.site, audit.entries, audit.rounds_trained = site or "?", len(lines), len(history) + rounds_without_dp
     if last_entry is not None:
         audit.recorded_epsilon = math.inf if without_dp else float(last_entry["cumulative_epsilon"])
         audit.delta = float(last_entry["delta"])
