@@ -3,8 +3,8 @@ shared/data/tabular.py (``<out>/<site>/table.csv`` with a fixed ``split`` column
 
 The planted signal: a linear predictor over standardised covariates,
 
-    lp = 0.8 z(age) + 0.5 z(systolic BP) + 0.6 z(creatinine) + 0.4 [male]
-         + 0.3 [former smoker] + 0.8 [current smoker] + 0.4 / 0.9 / 1.4 [NYHA II / III / IV]
+    lp = 1.5 x (0.8 z(age) + 0.5 z(systolic BP) + 0.6 z(creatinine) + 0.4 [male]
+                + 0.3 [former smoker] + 0.8 [current smoker] + 0.4 / 0.9 / 1.4 [NYHA II / III / IV])
 
 with two pure-noise covariates and a BMI without effect. Binary: P(y = 1) = sigmoid(a_site + lp), the
 intercept a_site making prevalences of about 15-30 % (imbalanced, different per site). Survival:
@@ -48,6 +48,7 @@ SYNTHETIC_COVARIATES: list[dict[str, Any]] = [
     {"name": "NYHA class", "type": "categorical", "levels": list(NYHA)},
 ]
 WEIBULL_SHAPE = 1.3
+SIGNAL = 1.5  # scales the planted log-odds / log-hazard effects
 
 
 def synthetic_data_config(outcome: str) -> dict[str, Any]:
@@ -73,8 +74,8 @@ def _site_rows(rng: np.random.Generator, n: int, k: int, outcome: str) -> pd.Dat
     nyha = rng.choice(4, n, p=[0.35, 0.35, 0.2, 0.1] if k % 2 == 0 else [0.25, 0.35, 0.25, 0.15])
     z = {name: (v - NUMERIC[name][0]) / NUMERIC[name][1] for name, v in
          (("age (years)", age), ("systolic BP, mmHg", sbp), ("creatinine [mg/dL]", creat))}
-    lp = (0.8 * z["age (years)"] + 0.5 * z["systolic BP, mmHg"] + 0.6 * z["creatinine [mg/dL]"] + 0.4 * male
-          + np.array([0.0, 0.3, 0.8])[smoking] + np.array([0.0, 0.4, 0.9, 1.4])[nyha])
+    lp = SIGNAL * (0.8 * z["age (years)"] + 0.5 * z["systolic BP, mmHg"] + 0.6 * z["creatinine [mg/dL]"] + 0.4 * male
+                   + np.array([0.0, 0.3, 0.8])[smoking] + np.array([0.0, 0.4, 0.9, 1.4])[nyha])
     frame = pd.DataFrame({
         "patient id": [f"S{k}-{i:05d}" for i in range(n)],
         "age (years)": np.round(age, 1), "systolic BP, mmHg": np.round(sbp), "BMI kg/m^2": np.round(bmi, 1),
@@ -84,10 +85,10 @@ def _site_rows(rng: np.random.Generator, n: int, k: int, outcome: str) -> pd.Dat
         "NYHA class": np.asarray(NYHA)[nyha],
     })
     if outcome == "binary":
-        intercept = (-2.3, -2.4, -3.0)[k % 3]  # prevalence ~12-30 %
+        intercept = (-2.7, -3.1, -3.8)[k % 3]  # prevalence ~12-30 %
         frame["outcome"] = (rng.random(n) < 1 / (1 + np.exp(-(intercept + lp)))).astype(int)
     else:
-        base = (-9.8, -10.3, -10.9)[k % 3]  # baseline log hazard (days)
+        base = (-10.0, -10.9, -11.5)[k % 3]  # baseline log hazard (days)
         event_time = (-np.log(rng.random(n)) * np.exp(-(base + lp))) ** (1 / WEIBULL_SHAPE)
         follow_up = np.minimum(rng.uniform(365, 1825, n), rng.exponential(2500, n))
         frame["days to event"] = np.maximum(1, np.round(np.minimum(event_time, follow_up))).astype(int)
