@@ -464,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except InputError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)  # a column may be named "creatinine [mg/dL]"
         return 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")

@@ -24,6 +24,8 @@ training and validation (``data.val_fraction``, stratified by label / event, ``d
 and there is no test split. With it, ``train`` rows train, ``val`` rows are the per-round validation
 (when no row says ``val``, ``data.val_fraction`` of the ``train`` rows are set aside instead) and
 ``test`` rows are used only by the final test evaluation (``fedcare simulate`` / ``fedcare evaluate``).
+A site may instead (or as well) keep its test rows in a subfolder, ``<root>/<site>/test/table.csv``
+(same columns; every row there is a test row, whatever its ``split`` says; ids unique across both).
 
 Covariates (run config)
 =======================
@@ -65,6 +67,7 @@ from shared.data.tables import find_site_table, first_bad, read_csv_as_text, req
 from shared.errors import InputError
 
 TABLE_NAME = "table"  # <root>/<site>/table.csv or table.csv.gz
+TEST_FOLDER = "test"  # optional <root>/<site>/test/table.csv: test rows kept apart
 SPLIT_COLUMN = "split"
 SPLITS = ("train", "val", "test")
 COVARIATE_TYPES = ("numeric", "categorical")
@@ -253,9 +256,12 @@ def encode_covariates(frame: pd.DataFrame, path: Path, schema: TabularSchema) ->
     return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((len(frame), 0), np.float32)
 
 
-def load_tabular_site(site_dir: Path, schema: TabularSchema, require_outcome: bool = True) -> TabularSite:
+def load_tabular_site(
+    site_dir: Path, schema: TabularSchema, require_outcome: bool = True, require_train: bool = True
+) -> TabularSite:
     """Read and check ``<site_dir>/table.csv`` (see the module docstring). With `require_outcome` False
-    (new patients for `fedcare predict`) the outcome columns are not read and may be absent."""
+    (new patients for `fedcare predict`) the outcome columns are not read and may be absent; with
+    `require_train` False (a ``test/`` folder) a split column need not name a train row."""
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
         raise InputError(site_dir, None, "site folder not found")
@@ -291,7 +297,7 @@ def load_tabular_site(site_dir: Path, schema: TabularSchema, require_outcome: bo
         bad = ~np.isin(text, SPLITS)
         if bad.any():
             raise first_bad(path, SPLIT_COLUMN, raw, bad, f"must be one of {', '.join(SPLITS)}")
-        if require_outcome and not (text == "train").any():
+        if require_outcome and require_train and not (text == "train").any():
             raise InputError(path, SPLIT_COLUMN, "no 'train' row: this site has nothing to train on")
         split = text
     return TabularSite(path, ids, x, outcome, split)

@@ -33,7 +33,7 @@ from torch.utils.data import TensorDataset
 
 from shared.config import RunConfig
 from shared.data.synth.tabular import synthesize_tabular_sites
-from shared.data.tabular import TabularSchema, TabularSite, load_tabular_site, schema_from_config
+from shared.data.tabular import TEST_FOLDER, TabularSchema, TabularSite, load_tabular_site, schema_from_config
 from shared.errors import InputError
 from shared.tasks.base import BINARY_REPORTED_METRICS, SiteData, Task, stratified_split
 
@@ -89,11 +89,29 @@ class TabularTask(Task):
         assert site.outcome is not None
         return torch.from_numpy(site.outcome)  # binary (N,), survival (N, 2) [time, event]
 
+    def _with_test_folder(self, data: TabularSite, site_dir: Path) -> tuple[TabularSite, np.ndarray]:
+        """`data` plus the rows of ``<site_dir>/test/table.csv`` when that folder exists; their indices."""
+        if not (Path(site_dir) / TEST_FOLDER).is_dir():
+            return data, np.zeros(0, dtype=int)
+        extra = load_tabular_site(Path(site_dir) / TEST_FOLDER, self.schema, require_train=False)
+        clash = np.isin(extra.ids, data.ids)
+        if clash.any():
+            raise InputError(extra.path, self.schema.id_column, f"id {str(extra.ids[int(np.flatnonzero(clash)[0])])!r} is also "
+                                                                f"in {data.path.name} (ids must be unique across both)")
+        assert data.outcome is not None and extra.outcome is not None
+        split = None if data.split is None else np.concatenate([data.split, np.full(len(extra.ids), "test")])
+        merged = TabularSite(data.path, np.concatenate([data.ids, extra.ids]), np.concatenate([data.x, extra.x]),
+                             np.concatenate([data.outcome, extra.outcome]), split)
+        return merged, np.arange(len(data.ids), len(merged.ids))
+
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
-        data = load_tabular_site(site_dir, self.schema)
-        if len(data.ids) < 2:
-            raise InputError(data.path, self.schema.id_column, f"needs at least 2 rows, found {len(data.ids)}")
-        train, val, test = self.split_rows(data)
+        main = load_tabular_site(site_dir, self.schema)
+        if len(main.ids) < 2:
+            raise InputError(main.path, self.schema.id_column, f"needs at least 2 rows, found {len(main.ids)}")
+        data, test_folder_rows = self._with_test_folder(main, site_dir)
+        n_main = len(main.ids)
+        train, val, test = self.split_rows(main)
+        test = np.concatenate([test, test_folder_rows])
         x, y = torch.from_numpy(data.x), self._targets(data)
         if self.kind == "binary":
             positives = float(y[train].sum())
@@ -105,7 +123,8 @@ class TabularTask(Task):
             return TensorDataset(x[index], y[index])
 
         info: dict[str, Any] = {"rows": int(len(data.ids)), "train": int(train.size), "val": int(val.size),
-                                "test": int(test.size), "fixed_split": data.split is not None}
+                                "test": int(test.size), "fixed_split": main.split is not None,
+                                "test_folder_rows": int(len(data.ids) - n_main)}
         return SiteData(rows(train), rows(val), info, rows(test) if test.size else None)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path) -> tuple[np.ndarray, TensorDataset]:

@@ -77,6 +77,16 @@ def test_fixed_split_puts_only_test_rows_in_test(tmp_path: Path) -> None:
     fixed.to_csv(tmp_path / "a" / "table.csv", index=False)
     data = task.prepare_site(tmp_path / "a", "a", tmp_path / "state")
     assert len(data.test) == 30 and data.n_train + data.n_val == 120
+    # test rows kept apart in <site>/test/table.csv (no split column in the main table)
+    (tmp_path / "a" / "test").mkdir()
+    table.iloc[:40].drop(columns="split").to_csv(tmp_path / "a" / "test" / "table.csv", index=False)
+    table.iloc[40:].drop(columns="split").to_csv(tmp_path / "a" / "table.csv", index=False)
+    data = task.prepare_site(tmp_path / "a", "a", tmp_path / "state")
+    assert len(data.test) == 40 and data.n_train + data.n_val == 110 and data.info["test_folder_rows"] == 40
+    np.testing.assert_array_equal(data.test.tensors[1].numpy(), table["outcome"].iloc[:40].to_numpy())
+    table.iloc[39:].drop(columns="split").to_csv(tmp_path / "a" / "table.csv", index=False)  # one id in both
+    with pytest.raises(InputError, match="'S0-00039' is also in table.csv"):
+        task.prepare_site(tmp_path / "a", "a", tmp_path / "state")
 
 
 @pytest.mark.parametrize("task_name", ["tabular_binary", "tabular_survival"])
