@@ -87,9 +87,9 @@ def predict_to_csv(
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     encoder_dir = encoder_dir or default_encoder_dir(checkpoint)
-    if encoder_dir is None:
+    if encoder_dir is None and getattr(task, "site_fitted_inputs", True):
         raise InputError(checkpoint, "encoder", "no site encoder next to the checkpoint; pass --encoder SITE_STATE_DIR")
-    ids, dataset = task.prediction_inputs(Path(data_dir), Path(encoder_dir))
+    ids, dataset = task.prediction_inputs(Path(data_dir), Path(encoder_dir or data_dir))
     outs = []
     with torch.inference_mode():
         for start in range(0, len(ids), 256):

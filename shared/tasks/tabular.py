@@ -45,6 +45,7 @@ MODELS = ("linear", "tabular_mlp")
 
 class TabularTask(Task):
     losses: tuple[str, ...] = BINARY_LOSSES
+    site_fitted_inputs = False  # inputs depend on the config alone: `fedcare predict` needs no site encoder
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
