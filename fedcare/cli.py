@@ -74,8 +74,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fedcare.evaluate import POOLED_NOTE, TEST_METRICS_FILE, evaluate_run, test_table
+    from fedcare.evaluate import POOLED_NOTE, TEST_METRICS_FILE, evaluate_run, evaluate_site, test_table
 
+    if not args.run:  # one hospital, on its own data: only its aggregate report is printed / written
+        if not (args.checkpoint and args.data and args.state):
+            raise InputError("<command line>", "--run", "give a run folder, or --checkpoint, --data and --state for one site")
+        site = args.site or Path(args.data).name
+        report, _ = evaluate_site(Path(args.checkpoint), Path(args.data), Path(args.state), site)
+        from server.checkpoints import load_checkpoint
+        from shared.privacy.atomic_write import write_atomically
+
+        ckpt = load_checkpoint(Path(args.checkpoint))
+        kind = "survival" if ckpt["config"]["task"] == "tabular_survival" else "binary"
+        console.print(test_table({"kind": kind, "round": ckpt["round"], "sites": {site: report}}))
+        out = Path(args.state) / TEST_METRICS_FILE
+        record = {"site": site, "checkpoint": args.checkpoint, "round": ckpt["round"], "report": report}
+        write_atomically(out, (json.dumps(record, indent=1) + "\n").encode())
+        console.print(f"wrote {out}")
+        return 0
     run_dir = Path(args.run)
     result = evaluate_run(run_dir, Path(args.checkpoint) if args.checkpoint else None)
     console.print(test_table(result))
@@ -374,8 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_simulate)
 
     s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits (tabular tasks)")
-    s.add_argument("--run", required=True, help="a run folder (runs/<id>)")
-    s.add_argument("--checkpoint", help="another checkpoint of the run (default: the last round's)")
+    s.add_argument("--run", help="a run folder (runs/<id>): every site of a simulation, and pooled")
+    s.add_argument("--checkpoint", help="another checkpoint of the run (default: the last round's); without --run: "
+                                        "the checkpoint to score at one site")
+    s.add_argument("--data", help="without --run: this site's data folder")
+    s.add_argument("--state", help="without --run: this site's state folder (the report and baseline hazard go there)")
+    s.add_argument("--site", help="without --run: the site's name (default: the data folder's name)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("audit", help="verify ledgers and recompute epsilon independently; --mia: membership inference")

@@ -66,28 +66,16 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, n_boot: int = N_
     checkpoint = checkpoint or latest_checkpoint(run_dir)
     if checkpoint is None:
         raise InputError(run_dir, "checkpoints", "no global checkpoint in this run folder")
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
-    if cfg.task not in TABULAR_TASKS:
-        raise InputError(checkpoint, "task", f"fixed test splits exist for {', '.join(TABULAR_TASKS)} so far, not {cfg.task}")
-    task = build_task(cfg)
-    model = task.build_model()
-    model.load_state_dict(ckpt["state_dict"])
+    ckpt, cfg, task, model = _load_model(checkpoint)
     sites: dict[str, Any] = {}
     pooled_y, pooled_out = [], []
     for site in cfg.data.sites:
-        site_task = build_task(cfg)  # per site: site-fitted state stays with its site
         state_dir = _site_state_root(cfg, run_dir) / site
-        data = site_task.prepare_site(Path(cfg.data.root) / site, site, state_dir)
-        if task.kind == "survival":
-            _save_baseline(site_task, model, data, state_dir, ckpt)
-        if data.test is None or len(data.test) == 0:  # type: ignore[arg-type]
-            sites[site] = {"n": 0, "note": "n/a: no test split (no `split` column with test rows)"}
-            continue
-        y, out = model_outputs(site_task, model, data.test)
-        sites[site] = test_split_report(task.kind, y, out, n_boot=n_boot, seed=cfg.seed)
-        pooled_y.append(y)
-        pooled_out.append(out)
+        data_dir = Path(cfg.data.root) / site
+        sites[site], outputs = evaluate_site(checkpoint, data_dir, state_dir, site, n_boot, loaded=(ckpt, model))
+        if outputs is not None:
+            pooled_y.append(outputs[0])
+            pooled_out.append(outputs[1])
     pooled = (test_split_report(task.kind, np.concatenate(pooled_y), np.concatenate(pooled_out), n_boot=n_boot, seed=cfg.seed)
               if pooled_y else {"n": 0, "note": "n/a: no site has a test split"})
     result = {
@@ -102,6 +90,38 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, n_boot: int = N_
         summary["test"] = result
         write_atomically(summary_path, (json.dumps(summary, indent=1) + "\n").encode())
     return result
+
+
+def _load_model(checkpoint: Path) -> tuple[dict[str, Any], Any, Task, torch.nn.Module]:
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
+    if cfg.task not in TABULAR_TASKS:
+        raise InputError(checkpoint, "task", f"fixed test splits exist for {', '.join(TABULAR_TASKS)} so far, not {cfg.task}")
+    task = build_task(cfg)
+    model = task.build_model()
+    model.load_state_dict(ckpt["state_dict"])
+    return ckpt, cfg, task, model
+
+
+def evaluate_site(
+    checkpoint: Path, data_dir: Path, state_dir: Path, site: str, n_boot: int = N_BOOT,
+    loaded: tuple[dict[str, Any], torch.nn.Module] | None = None,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """One site's test report of `checkpoint` (what a hospital runs on its own data in deployment), and its
+    per-row (targets, outputs), which stay with the caller. Survival: also saves the site's baseline hazard."""
+    if loaded is None:
+        ckpt, cfg, _, model = _load_model(checkpoint)
+    else:
+        ckpt, model = loaded
+        cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
+    site_task = build_task(cfg)  # per site: site-fitted state stays with its site
+    data = site_task.prepare_site(Path(data_dir), site, Path(state_dir))
+    if site_task.kind == "survival":
+        _save_baseline(site_task, model, data, Path(state_dir), ckpt)
+    if data.test is None or len(data.test) == 0:  # type: ignore[arg-type]
+        return {"n": 0, "note": "n/a: no test split (no `split` column with test rows)"}, None
+    y, out = model_outputs(site_task, model, data.test)
+    return test_split_report(site_task.kind, y, out, n_boot=n_boot, seed=cfg.seed), (y, out)
 
 
 def _save_baseline(task: Task, model: torch.nn.Module, data: Any, state_dir: Path, ckpt: dict[str, Any]) -> None:
@@ -124,7 +144,7 @@ def _cell(report: dict[str, Any], metric: str) -> str:
 
 
 def test_table(result: dict[str, Any]) -> Table:
-    """The printed form of `evaluate_run`'s result: one row per site, then pooled."""
+    """The printed form of `evaluate_run`'s result: one row per site, then pooled (when the result has it)."""
     survival = result["kind"] == "survival"
     metrics = ["c_index"] if survival else ["auroc", "auprc", "brier", "ece"]
     table = Table(title=f"test split, global model of round {result['round']} (95 % bootstrap CIs)")
@@ -133,7 +153,7 @@ def test_table(result: dict[str, Any]) -> Table:
     table.add_column("events" if survival else "positives", justify="right")
     for m in metrics:
         table.add_column(m)
-    rows = [*result["sites"].items(), ("pooled", result["pooled"])]
+    rows = [*result["sites"].items(), *([("pooled", result["pooled"])] if "pooled" in result else [])]
     for site, report in rows:
         count = report.get("n_events" if survival else "n_positive")
         table.add_row(site, str(report.get("n", 0)), "-" if count is None else str(count), *(_cell(report, m) for m in metrics))

@@ -94,6 +94,11 @@ def test_reported_numbers_match_sklearn_and_lifelines_on_the_saved_predictions(r
             assert list(predictions.columns) == ["patient id", "probability", "predicted_label"]
             expected = roc_auc_score(rows["outcome"], rows["probability"])
             assert reported["auroc"]["value"] == pytest.approx(expected, abs=1e-6)
+    # one hospital on its own data (deployment): the same report as in the run's file, written to its state folder
+    state = run["root"] / "hospital_b_state"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(run["data"] / "hospital_b"),
+                 "--state", str(state)]) == 0
+    assert json.loads((state / "test_metrics.json").read_text())["report"] == result["sites"]["hospital_b"]
     rows = pd.concat(pooled)
     if survival:
         expected = concordance_index(rows["days to event"], -rows["risk_score"], rows["event observed"])
