@@ -133,21 +133,22 @@ def _save_baseline(task: Task, model: torch.nn.Module, data: Any, state_dir: Pat
     baseline.save(state_dir / BASELINE_FILE)
 
 
-def _cell(report: dict[str, Any], metric: str) -> str:
+def _cell(report: dict[str, Any], metric: str, with_ci: bool = True) -> str:
     value = report.get(metric)
     if value is None:
         return report.get("note", "-")
     if not_available(value):
         return str(value)
-    ci = f" [{value['ci_low']:.3f}, {value['ci_high']:.3f}]" if "ci_low" in value else ""
+    ci = f" [{value['ci_low']:.3f}, {value['ci_high']:.3f}]" if with_ci and "ci_low" in value else ""
     return f"{value['value']:.3f}{ci}"
 
 
 def test_table(result: dict[str, Any]) -> Table:
-    """The printed form of `evaluate_run`'s result: one row per site, then pooled (when the result has it)."""
+    """The printed form of `evaluate_run`'s result: one row per site, then pooled (when the result has it).
+    The primary metric with its CI, the others as points (test_metrics.json has every CI)."""
     survival = result["kind"] == "survival"
     metrics = ["c_index"] if survival else ["auroc", "auprc", "brier", "ece"]
-    table = Table(title=f"test split, global model of round {result['round']} (95 % bootstrap CIs)")
+    table = Table(title=f"test split, global model of round {result['round']} (95 % bootstrap CI)")
     table.add_column("site")
     table.add_column("n", justify="right")
     table.add_column("events" if survival else "positives", justify="right")
@@ -156,7 +157,8 @@ def test_table(result: dict[str, Any]) -> Table:
     rows = [*result["sites"].items(), *([("pooled", result["pooled"])] if "pooled" in result else [])]
     for site, report in rows:
         count = report.get("n_events" if survival else "n_positive")
-        table.add_row(site, str(report.get("n", 0)), "-" if count is None else str(count), *(_cell(report, m) for m in metrics))
+        cells = (_cell(report, m, with_ci=(m == metrics[0])) for m in metrics)
+        table.add_row(site, str(report.get("n", 0)), "-" if count is None else str(count), *cells)
     return table
 
 
