@@ -197,8 +197,8 @@ def check_tabular_config(cfg: Any) -> TabularSchema:
     """Validate the tabular declaration of `cfg` and write each covariate's model inputs into it
     (``inputs``), so the resolved config shows the mapping from column names to model inputs."""
     schema = schema_from_config(cfg)
-    for raw, lines in zip(cfg.data.covariates, schema.input_descriptions()):
-        raw["inputs"] = lines
+    # new dicts: the caller's declaration (e.g. a module-level constant) is not modified
+    cfg.data.covariates = [{**raw, "inputs": lines} for raw, lines in zip(cfg.data.covariates, schema.input_descriptions())]
     return schema
 
 
