@@ -31,6 +31,7 @@ GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # se
 SITE_DP_MODES = ("fixed", "adaptive")
 TRAIN_PHASE, PRETRAIN_PHASE = "train", "pretrain"  # `phase` in a round's train/evaluate message config
 PRETRAINABLE_TASKS = ("sleep_staging", "sleep_diagnosis")  # tasks with a contrastive pretraining phase
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # no path separators, no leading dot
 
 
 @dataclass
@@ -273,6 +274,8 @@ def _check(cfg: RunConfig) -> None:
     need(cfg.task in TASKS, "task", f"unknown task {cfg.task!r}; known: {', '.join(TASKS)}")
     need(len(cfg.data.sites) >= 1, "data.sites", "needs at least one site")
     need(len(set(cfg.data.sites)) == len(cfg.data.sites), "data.sites", "site names must be unique")
+    for site in cfg.data.sites:  # a site name becomes a folder name at the center and the sites
+        need(bool(SITE_NAME.match(site)), "data.sites", f"{site!r} is not a valid site name (letters, digits, _ . -)")
     need(0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
     need(cfg.data.max_events >= 1, "data.max_events", "must be >= 1")
     need(cfg.data.text_dim >= 4, "data.text_dim", "must be >= 4")
@@ -382,11 +385,20 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise InputError(path, None, "config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        hint = " (it looks like UTF-16: save it as UTF-8)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise InputError(path, None, f"not UTF-8 text at byte {err.start}{hint}") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise InputError(path, where, f"not valid YAML ({getattr(err, 'problem', err)})") from None
+    if raw is None:  # an empty file must not silently become the default event config
+        raise InputError(path, None, "the config is empty; it needs at least `task:` (see configs/)")
     return config_from_dict(raw, str(path))
 
 
