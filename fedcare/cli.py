@@ -19,14 +19,20 @@ console = Console(highlight=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.config import TASKS, RunConfig, config_from_dict
+    from shared.config import TABULAR_TASKS, TASKS, RunConfig, config_from_dict
     from shared.tasks.registry import build_task, task_class
 
     task = {"events": "event_mortality"}.get(args.task, args.task)
     loss = task_class(task).default_loss if task in TASKS else "bce"  # an unknown task fails in config_from_dict
+    data: dict[str, Any] = {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}
+    model: dict[str, Any] = {}
+    if task in TABULAR_TASKS:  # the synthetic tables' covariates (the configs carry the same declaration)
+        from shared.data.synth.tabular import synthetic_data_config
+
+        data.update(synthetic_data_config("survival" if task == "tabular_survival" else "binary"))
+        model = {"name": "linear"}
     cfg: RunConfig = config_from_dict(
-        {"task": task, "data": {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}, "train": {"loss": loss}},
-        "<command line>",
+        {"task": task, "data": data, "model": model, "train": {"loss": loss}}, "<command line>",
     )
     if args.sizes:
         cfg.data.synth_sizes = _positive_ints(args.sizes, "--sizes", args.sites)
@@ -55,7 +61,7 @@ def _check_rounds(rounds: int | None) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcare.audit_run import audit_path
     from fedcare.simulation import simulate
-    from shared.config import load_config
+    from shared.config import TABULAR_TASKS, load_config
     from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     _check_rounds(args.rounds)  # before anything is started or written
@@ -75,6 +81,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
     for text in summary["events"]:
         console.print(f"  note: {text}")
+    if cfg.task in TABULAR_TASKS:  # tasks with a fixed test split: the final model on the sites' test rows
+        from fedcare.evaluate import POOLED_NOTE, evaluate_run, test_table
+
+        console.print(test_table(evaluate_run(run_dir)))
+        console.print(f"  {POOLED_NOTE}")
     audits = audit_path(run_dir)
     write_audit_json(audits, run_dir / "audit.json")
     plot_epsilon(audits, run_dir / "epsilon.png")
@@ -82,6 +93,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     console.print(audit_table(audits))
     console.print(f"\nrun folder: {run_dir}")
     return 0 if all(a.status in ("ok", "budget_exhausted") for a in audits) else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fedcare.evaluate import POOLED_NOTE, TEST_METRICS_FILE, evaluate_run, evaluate_site, test_table
+
+    if not args.run:  # one hospital, on its own data: only its aggregate report is printed / written
+        if not (args.checkpoint and args.data and args.state):
+            raise InputError("<command line>", "--run", "give a run folder, or --checkpoint, --data and --state for one site")
+        site = args.site or Path(args.data).name
+        report, _ = evaluate_site(Path(args.checkpoint), Path(args.data), Path(args.state), site)
+        from server.checkpoints import load_checkpoint
+        from shared.privacy.atomic_write import write_atomically
+
+        ckpt = load_checkpoint(Path(args.checkpoint))
+        kind = "survival" if ckpt["config"]["task"] == "tabular_survival" else "binary"
+        console.print(test_table({"kind": kind, "round": ckpt["round"], "sites": {site: report}}))
+        out = Path(args.state) / TEST_METRICS_FILE
+        record = {"site": site, "checkpoint": args.checkpoint, "round": ckpt["round"], "report": report}
+        write_atomically(out, (json.dumps(record, indent=1) + "\n").encode())
+        console.print(f"wrote {out}")
+        return 0
+    run_dir = Path(args.run)
+    result = evaluate_run(run_dir, Path(args.checkpoint) if args.checkpoint else None)
+    console.print(test_table(result))
+    console.print(f"  {POOLED_NOTE}")
+    console.print(f"wrote {run_dir / TEST_METRICS_FILE}")
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -125,7 +163,7 @@ def cmd_audit_membership(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fedcare.predict import patient_tables, predict_patient_json, predict_to_csv
+    from fedcare.predict import parse_horizons, patient_tables, predict_patient_json, predict_to_csv
 
     encoder = Path(args.encoder) if args.encoder else None
     if args.patient:
@@ -140,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         raise InputError("<command line>", "--json", "only with --patient (--data writes a CSV to --out)")
-    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder)
+    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder, parse_horizons(args.horizons))
     console.print(f"wrote {n} predictions to {args.out}")
     return 0
 
@@ -400,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="override output_dir (the config's, runs/ by default)")
     s.set_defaults(fn=cmd_simulate)
 
+    s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits (tabular tasks)")
+    s.add_argument("--run", help="a run folder (runs/<id>): every site of a simulation, and pooled")
+    s.add_argument("--checkpoint", help="another checkpoint of the run (default: the last round's); without --run: "
+                                        "the checkpoint to score at one site")
+    s.add_argument("--data", help="without --run: this site's data folder")
+    s.add_argument("--state", help="without --run: this site's state folder (the report and baseline hazard go there)")
+    s.add_argument("--site", help="without --run: the site's name (default: the data folder's name)")
+    s.set_defaults(fn=cmd_evaluate)
+
     s = sub.add_parser("audit", help="verify ledgers and recompute epsilon independently; --mia: membership inference")
     s.add_argument("path", nargs="?", help="a run folder (runs/<id>) or a site's state folder")
     s.add_argument("--mia", action="store_true", help="loss-threshold membership inference at a site, beside its epsilon")
@@ -435,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-restarts", type=int, help="give up after the SuperNode exited this many times (default: never)")
     s.set_defaults(fn=cmd_client)
 
-    s = sub.add_parser("predict", help="per-patient probabilities for new data from a checkpoint")
+    s = sub.add_parser("predict", help="per-patient probabilities (binary) or risk scores (survival) from a checkpoint")
     s.add_argument("--checkpoint", required=True, help="a global checkpoint (runs/<id>/checkpoints/round_N.pt)")
     new_data = s.add_mutually_exclusive_group(required=True)
     new_data.add_argument("--data", help="a site folder in the task's documented format (predictions go to --out)")
@@ -443,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", help="the site's fitted encoder (default: the first site's next to the checkpoint)")
     s.add_argument("--out", default="predictions.csv", help="with --data: the CSV written")
     s.add_argument("--json", action="store_true", help="with --patient: print the result as JSON instead of tables")
+    s.add_argument("--horizons", help="survival: comma-separated times, e.g. 365,730: also survival_<h> columns from "
+                                      "the site's baseline hazard (--encoder = that site's state folder)")
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("explain", help="explain a checkpoint on a site's data; the report stays at the site")
@@ -521,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except InputError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)  # a column may be named "creatinine [mg/dL]"
         return 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")

@@ -20,7 +20,10 @@ import yaml
 
 from shared.errors import InputError
 
-TASKS = ("event_mortality", "retain_aki", "sleep_staging", "sleep_diagnosis", "multimodal")
+TASKS = (
+    "event_mortality", "retain_aki", "sleep_staging", "sleep_diagnosis", "multimodal", "tabular_binary", "tabular_survival",
+)
+TABULAR_TASKS = ("tabular_binary", "tabular_survival")  # one table.csv per site (shared/data/tabular.py)
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean", "krum")
 ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -49,6 +52,13 @@ class DataConfig:
     channel_map: dict[str, str] = field(default_factory=dict)  # EDF channel label -> slot, on top of the defaults
     outcomes: list[str] = field(default_factory=lambda: ["cvd", "death"])  # diagnosis: time_<o>/event_<o> columns
     synth_minutes: float | None = None  # length of a synthetic recording; None = task default
+    # tabular tasks (one table.csv per site; format and checks in shared/data/tabular.py)
+    id_column: str = "id"
+    label_column: str = "label"  # tabular_binary: 0/1
+    time_column: str = "time"  # tabular_survival: time to event or censoring (> 0)
+    event_column: str = "event"  # tabular_survival: 1 = event, 0 = censored
+    covariates: list[dict[str, Any]] = field(default_factory=list)  # [{name, type: numeric|categorical, levels}]
+    standardize: dict[str, dict[str, float]] = field(default_factory=dict)  # numeric covariate -> {mean, sd} (public)
 
 
 @dataclass
@@ -293,6 +303,10 @@ def _check(cfg: RunConfig) -> None:
     need(len(outcomes) >= 1 and len(set(outcomes)) == len(outcomes), "data.outcomes", "needs at least one outcome, no repeats")
     for outcome in outcomes:
         need(bool(re.fullmatch(r"[A-Za-z0-9_]+", outcome)), "data.outcomes", f"{outcome!r} must be letters, digits, _")
+    if cfg.task in TABULAR_TASKS:
+        from shared.data.tabular import check_tabular_config
+
+        check_tabular_config(cfg)  # raises InputError(data.covariates[i]...); fills in each covariate's model inputs
     sm = cfg.data.synth_minutes
     need(sm is None or sm > 0, "data.synth_minutes", "must be > 0")
     need(cfg.train.rounds >= 1, "train.rounds", "must be >= 1")

@@ -52,6 +52,7 @@ class SiteData:
     train: Dataset
     val: Dataset
     info: dict[str, Any] = field(default_factory=dict)  # counted drops, caps: stays at the site
+    test: Dataset | None = None  # a fixed test split (e.g. a `split` column); used only by the final test evaluation
 
     @property
     def n_train(self) -> int:
