@@ -242,14 +242,46 @@ def cmd_client_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedcare.certs import parse_hosts, parse_sites, write_deployment_keys
+    from fedcare.certs import DeploymentPaths, parse_hosts, write_deployment_keys
 
-    report = write_deployment_keys(Path(args.out), parse_hosts(args.server_host), parse_sites(args.sites))
+    report = write_deployment_keys(Path(args.out), parse_hosts(args.server_host))
+    for old, new in report.moved:
+        console.print(f"  moved the CA key {old} -> {new} (out of the center's runtime folder)")
     for path in report.written:
         console.print(f"  wrote {path}")
     if report.kept:
-        console.print(f"  kept {len(report.kept)} existing key files")
-    console.print(f"key material in {args.out}: give each hospital its sites/<site>/ folder; keep center/ca.key offline")
+        console.print(f"  kept {len(report.kept)} existing files")
+    paths = DeploymentPaths(Path(args.out))
+    console.print(f"center material in {paths.center} (mount this one into the center); keep {paths.ca_dir} offline.\n"
+                  f"Each hospital runs `fedcare client init` and sends you its public/ folder; give it {paths.ca_cert}; "
+                  f"then `fedcare roster --certs {args.out} --public-keys ...`")
+    return 0
+
+
+def cmd_roster(args: argparse.Namespace) -> int:
+    from fedcare.certs import assemble_roster
+
+    roster, report = assemble_roster(Path(args.certs), [Path(d) for d in args.public_keys],
+                                     Path(args.out) if args.out else None)
+    for path in report.written:
+        console.print(f"  wrote {path}")
+    for path in report.removed:
+        console.print(f"  removed {path} (no longer on the roster)")
+    console.print(f"roster of {len(roster.sites)} sites ({', '.join(sorted(roster.sites))}), digest {roster.digest()[:16]}: "
+                  "send roster.yaml to every hospital")
+    return 0
+
+
+def cmd_client_init(args: argparse.Namespace) -> int:
+    from fedcare.site_keys import init_site_keys
+
+    report = init_site_keys(args.site, Path(args.out))
+    for path in report.written:
+        console.print(f"  wrote {path}")
+    for path in report.kept:
+        console.print(f"  kept {path}")
+    console.print(f"keys of {args.site} in {args.out}: the private keys (0600) never leave it; "
+                  f"send only {report.paths.public} to the center")
     return 0
 
 
@@ -303,7 +335,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     from fedcare.hospital import run_hospital
 
     if not args.site_config:
-        raise InputError("<command line>", "--site-config", "give the hospital's site.yaml (or use `client approve|policy`)")
+        raise InputError("<command line>", "--site-config", "give the hospital's site.yaml (or use `client init|approve|policy`)")
     _stop_on_sigterm()
     return run_hospital(Path(args.site_config), args.runtime_port, args.max_restarts, console)
 
@@ -362,11 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="also write a PNG of cumulative epsilon per round")
     s.set_defaults(fn=cmd_audit)
 
-    s = sub.add_parser("certs", help="deployment key material: CA, SuperLink certificate, per-hospital keys")
-    s.add_argument("--out", required=True, help="folder for center/ and sites/<site>/ (existing files are kept)")
+    s = sub.add_parser("certs", help="the center's key material: CA (kept offline) and the SuperLink certificate")
+    s.add_argument("--out", required=True, help="folder for ca/ (offline) and center/ (existing files are kept)")
     s.add_argument("--server-host", default="localhost", help="comma-separated host names of the SuperLink (127.0.0.1 is added)")
-    s.add_argument("--sites", required=True, help="comma-separated hospital names, e.g. hospital_a,hospital_b")
     s.set_defaults(fn=cmd_certs)
+
+    s = sub.add_parser("roster", help="the federation roster and the center's copies of the hospitals' public keys")
+    s.add_argument("--certs", required=True, help="the `fedcare certs --out` folder (writes into its center/)")
+    s.add_argument("--public-keys", nargs="+", required=True, metavar="DIR",
+                   help="each hospital's public/ folder from `fedcare client init`")
+    s.add_argument("--out", help="roster file (default: CERTS/center/roster.yaml)")
+    s.set_defaults(fn=cmd_roster)
 
     s = sub.add_parser("server", help="coordinating center: SuperLink + one federated run (deployment)")
     s.add_argument("--config", default=DEFAULT_CONFIG)
@@ -379,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_server)
 
     client = s = sub.add_parser(
-        "client", help="one hospital: start its SuperNode (--site-config), or `client approve|policy` for its policy"
+        "client", help="one hospital: start its SuperNode (--site-config); `client init|approve|policy`"
     )
     s.add_argument("--site-config", help="the hospital's site.yaml (starts the site's SuperNode)")
     s.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's app API (default 9094)")
@@ -424,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", help="the site's state folder: also log the approval in its security log")
     s.add_argument("--yes", action="store_true", help="approve without asking")
     s.set_defaults(fn=cmd_client_approve)
+    s = client_sub.add_parser("init", help="create this hospital's keys here; only DIR/public/ goes to the center")
+    s.add_argument("--site", required=True, help="this hospital's site name")
+    s.add_argument("--out", required=True, help="folder for the keys (private keys 0600; existing keys are kept)")
+    s.set_defaults(fn=cmd_client_init)
     s = client_sub.add_parser("policy", help="print the site policy in force")
     s.add_argument("--policy", required=True)
     s.set_defaults(fn=cmd_client_policy)
