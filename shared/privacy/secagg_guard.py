@@ -14,7 +14,8 @@ leaves the mod waiting for another try. The guard refuses, before the mod runs:
   neighbour set or whose shares this site does not hold, this site as dropped, or fewer distinct
   active nodes than the threshold;
 - a plain training request while the run requires secure aggregation (a downgrade).
-A refusal is an error reply, one line in the site's security log, and from then on the site answers
+A refusal is an error reply (reason `secagg_refused`, nothing more), one line in the site's security
+log, and from then on the site answers
 nothing else in this run (every later message gets an error reply and another log line).
 """
 
@@ -193,9 +194,9 @@ def _refuse(msg: Message, context: Context, state: GuardState, security_log: Sec
         "kind": event, "reason": reason, "stage": str(stage), "run_id": context.run_id,
         "node_id": msg.metadata.dst_node_id, "round": msg.metadata.group_id, "message_type": msg.metadata.message_type,
     })
-    text = f"secure aggregation guard refused the {stage} request: {reason}"
-    log(ERROR, text)
-    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=text), reply_to=msg)
+    log(ERROR, f"secure aggregation guard refused the {stage} request: {reason}")
+    # the center learns only the code; the reason stays in the security log above
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason="secagg_refused"), reply_to=msg)
 
 
 def secagg_guard(msg: Message, context: Context, call_next: CallNext, *, security_log: SecurityLog,
