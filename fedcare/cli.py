@@ -286,10 +286,9 @@ def cmd_client_init(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-
-    from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
+    from fedcare.center import RUN_FILE
+    from fedcare.run_lock import claim_run_dir, release_run_dir
     from fedcare.simulation import new_run_id
-    from server.checkpoints import latest_checkpoint
     from shared.config import load_config
 
     if args.resume:
@@ -297,6 +296,23 @@ def cmd_server(args: argparse.Namespace) -> int:
         for name in ("config.yaml", RUN_FILE):
             if not (run_dir / name).is_file():
                 raise InputError(run_dir / name, None, "missing: not a fedcare deployment run folder")
+        cfg, run_id = None, ""
+    else:
+        cfg, run_id = load_config(args.config), new_run_id()
+        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
+    claim_run_dir(run_dir)  # refused while a SuperLink or ServerApp of this run is alive
+    try:
+        return _serve(args, run_dir, cfg, run_id)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _serve(args: argparse.Namespace, run_dir: Path, cfg: Any, run_id: str) -> int:
+    from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
+    from server.checkpoints import latest_checkpoint
+    from shared.config import load_config
+
+    if args.resume:
         if latest_checkpoint(run_dir) is None:
             raise InputError(run_dir, "checkpoints", "nothing to resume: no global checkpoint yet (start the run again)")
         cfg = load_config(run_dir / "config.yaml")
@@ -308,12 +324,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
             console.print(f"run {run_id} is already complete ({summary_path})")
             return 0
-    else:
-        cfg = load_config(args.config)
-        if args.rounds:
-            cfg.train.rounds = args.rounds
-        run_id = new_run_id()
-        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
+    elif args.rounds:
+        cfg.train.rounds = args.rounds
     cfg.federation.mode = "deployment"
     if not args.insecure and not Path(args.certs).is_dir():
         raise InputError(args.certs, "--certs", "folder not found (create it with `fedcare certs`, or use --insecure)")

@@ -141,6 +141,29 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
         assert torch.equal(resumed_final["state_dict"][key], value), key
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not_a_checkpoint"])
+def test_resume_with_a_damaged_newest_checkpoint_continues_from_the_previous_one(tmp_path, damage):
+    with pytest.raises(Crash):
+        run_federation(SiteGrid(lambda phase, rnd, site: "crash" if (phase, rnd) == ("train", 3) else "ok"), _rc(tmp_path))
+    run_dir = tmp_path / "run"
+    newest = checkpoint_path(run_dir, 2)
+    if damage == "truncated":  # a disk that lost the end of the file
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    else:  # loads as a torch file, but is no checkpoint
+        torch.save({"something": 1}, newest)
+
+    grid = SiteGrid()
+    summary = run_federation(grid, _rc(tmp_path, resume=True))
+    assert sorted({rnd for _, rnd, _ in grid.asked}) == [2, 3, 4]  # round 2 runs again from round 1's model
+    assert summary["complete"]
+    assert any(e.startswith("resume: skipped a checkpoint that does not load") and "round_002.pt" in e for e in summary["events"])
+    assert load_checkpoint(newest)["round"] == 2  # written again, whole
+    plain = tmp_path / "plain"
+    run_federation(SiteGrid(), {**_rc(tmp_path), "run-dir": str(plain)})
+    for key, value in load_checkpoint(checkpoint_path(plain, 4))["state_dict"].items():
+        assert torch.equal(load_checkpoint(checkpoint_path(run_dir, 4))["state_dict"][key], value), key
+
+
 def test_resume_refuses_another_runs_checkpoints_and_a_fresh_start_refuses_to_overwrite(tmp_path):
     run_federation(SiteGrid(), _rc(tmp_path, rounds=1))
     with pytest.raises(InputError, match="already holds checkpoints"):
