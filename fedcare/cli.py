@@ -74,7 +74,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for spec in args.public_key or []:
         site, _, path = spec.partition("=")
         keys[site] = Path(path)
-    audits = audit_path(Path(args.path), keys)
+    site = args.site
+    if args.site_config:
+        site, key = _site_identity(Path(args.site_config), args.site)
+        keys.setdefault(site, key)
+    audits = audit_path(Path(args.path), keys, site)
     console.print(audit_table(audits))
     for a in audits:
         for problem in a.problems:
@@ -85,6 +89,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
         plot_epsilon(audits, Path(args.plot))
     bad = [a for a in audits if a.status not in ("ok", "budget_exhausted")]
     return 1 if bad else 0
+
+
+def _site_identity(site_yaml: Path, site_flag: str | None) -> tuple[str, Any]:
+    """The site name in a site.yaml and the public half of its identity key (it checks the signatures)."""
+    from client.site_config import load_site_config
+    from shared.privacy.keys import load_private_key
+
+    settings = load_site_config(site_yaml)
+    if site_flag is not None and site_flag != settings.site:
+        raise InputError("<command line>", "--site", f"{site_flag!r} differs from the site in {site_yaml} ({settings.site!r})")
+    if settings.signing_key is None:
+        raise InputError(site_yaml, "key", "missing: the site's identity key checks the signatures")
+    return settings.site, load_private_key(settings.signing_key).public_key()
 
 
 def cmd_audit_membership(args: argparse.Namespace) -> int:
@@ -402,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="with --mia: the site's data folder")
     s.add_argument("--state", help="with --mia: the site's state folder (encoder, ledger)")
     s.add_argument("--public-key", action="append", metavar="SITE=PEM", help="a site's public key (repeatable)")
+    s.add_argument("--site", help="the site's name when PATH is one site's state folder")
+    s.add_argument("--site-config", help="the site's site.yaml when PATH is its state folder: its name and identity key")
     s.add_argument("--json", help="also write the audit as JSON here")
     s.add_argument("--plot", help="also write a PNG of cumulative epsilon per round")
     s.set_defaults(fn=cmd_audit)
