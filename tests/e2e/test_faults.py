@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
-    dep = Deployment(tmp_path_factory.mktemp("faults"), rounds=2, round_timeout_s=45.0)
+    # 120 s: on a loaded machine a site needs ~1 min from the request to its reply (ClientApp start, training)
+    dep = Deployment(tmp_path_factory.mktemp("faults"), rounds=2, round_timeout_s=120.0)
     facts = {}
     try:
         server = dep.start_server()
