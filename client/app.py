@@ -4,7 +4,9 @@ The run's resolved config travels in the run config (key `fedcare-config`); the 
 settings come from its node config (simulation: the partition id picks the site) and win.
 Every reply passes the outgoing-message guard, so only whitelisted content leaves the site; every
 message in and reply out is written to the site's security log; a run the site policy does not approve,
-or that weakens its privacy floor, gets a refusal ({"refused": 1} and the reason) instead of weights.
+or that weakens its privacy floor, gets a refusal ({"refused": 1} and a reason code) instead of weights.
+What the center is told is always a code (shared/privacy/reason_codes.py): a data error is `data_error`,
+anything unexpected `internal_error`; the message, with its paths and values, goes to the security log.
 
 With `secure_aggregation.enabled` the train messages are Flower's SecAgg+ stages (legacy format), handled
 by client/secure_aggregation.py (protocol guard, signed keys, budget at setup, masking).
@@ -12,6 +14,7 @@ by client/secure_aggregation.py (protocol guard, signed keys, budget at setup, m
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import torch
@@ -22,7 +25,7 @@ from client.replies import outcome_content
 from client.secure_aggregation import secure_aggregation_mod, secure_train
 from client.security_log_mod import make_security_log_mod
 from client.site_settings import site_settings_from_context
-from client.site_worker import RoundOutcome, SiteWorker
+from client.site_worker import Refusal, RoundOutcome, SiteDataError, SiteWorker
 from shared.config import TRAIN_PHASE, config_from_json
 from shared.privacy.whitelist import outgoing_guard_mod
 
@@ -38,6 +41,13 @@ def _worker(context: Context, bound_run_config: dict[str, Any] | None) -> SiteWo
         torch.set_num_threads(max(1, int(float(rc.get("cpus-per-site", 1)))))
         _WORKERS[key] = SiteWorker(config_from_json(str(rc["fedcare-config"])), settings, str(rc["run-id"]))
     return _WORKERS[key]
+
+
+def _site_error(err: Exception) -> Refusal:
+    """A failure while answering, as the center sees it (a code) and as the site logs it (the detail)."""
+    if isinstance(err, SiteDataError):
+        return Refusal("data_error", err.detail)
+    return Refusal("internal_error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
 
 
 def _reply(msg: Message, worker: SiteWorker, outcome: RoundOutcome) -> Message:
@@ -57,14 +67,18 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
         if LEGACY_FIT_PARAMETERS in msg.content:
             return secure_train(msg, worker)
         config = msg.content["config"]
+        server_round = int(config["server-round"])
         refusal = worker.policy_refusal()
         if refusal is not None:
-            return _reply(msg, worker, worker.refuse("train", int(config["server-round"]), refusal))
+            return _reply(msg, worker, worker.refuse("train", server_round, refusal))
         global_state = msg.content["arrays"].to_torch_state_dict()
-        outcome = worker.train_round(
-            int(config["server-round"]), global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
-            phase=str(config.get("phase", TRAIN_PHASE)),
-        )
+        try:
+            outcome = worker.train_round(
+                server_round, global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
+                phase=str(config.get("phase", TRAIN_PHASE)),
+            )
+        except Exception as err:
+            outcome = worker.refuse("train", server_round, _site_error(err))
         return _reply(msg, worker, outcome)
 
     @app.evaluate()
@@ -76,7 +90,10 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
             return _reply(msg, worker, worker.refuse("evaluate", server_round, refusal))
         global_state = msg.content["arrays"].to_torch_state_dict()
         phase = str(msg.content["config"].get("phase", TRAIN_PHASE)) if "config" in msg.content else TRAIN_PHASE
-        metrics = worker.evaluate(global_state, None if server_round is None else int(server_round), phase)
+        try:
+            metrics = worker.evaluate(global_state, None if server_round is None else int(server_round), phase)
+        except Exception as err:
+            return _reply(msg, worker, worker.refuse("evaluate", server_round, _site_error(err)))
         return _reply(msg, worker, RoundOutcome("evaluated", metrics=metrics))
 
     return app

@@ -28,7 +28,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 
 from client.replies import outcome_content
-from client.site_worker import RoundOutcome, SiteWorker
+from client.site_worker import Refusal, RoundOutcome, SiteDataError, SiteWorker
 from shared.privacy.keys import load_public_key
 from shared.privacy.ledger import NO_AGGREGATE, TRAINED
 from shared.privacy.roster import Roster, load_roster, roster_from_keys
@@ -158,13 +158,18 @@ def secure_aggregation_mod(worker_for: Callable[[Context], SiteWorker]) -> Mod:
                 policy_refusal = worker.policy_refusal()
                 if policy_refusal is not None:
                     return decline(m, worker.refuse("train", server_round, policy_refusal))
-                refusal = worker.round_refusal(server_round)
+                try:
+                    refusal = worker.round_refusal(server_round)
+                except SiteDataError as err:  # the center learns `data_error`; the detail stays in the log
+                    refusal = worker.refuse("train", server_round, Refusal("data_error", err.detail))
                 if refusal is not None:
                     return decline(m, refusal)
             try:
                 return secaggplus_mod(m, c, call_next)
             except RoundDeclined as declined:
                 return decline(m, declined.outcome)
+            except SiteDataError as err:
+                return decline(m, worker.refuse("train", int(m.metadata.group_id), Refusal("data_error", err.detail)))
             except Exception as error:  # after training, the update never left: say so in the ledger
                 if stage == Stage.COLLECT_MASKED_VECTORS and m.metadata.group_id.isdigit():
                     record_no_aggregate(worker, int(m.metadata.group_id), "internal_error", f"{type(error).__name__}: {error}")

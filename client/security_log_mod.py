@@ -9,11 +9,13 @@ byte size, never by value; config and metric records are logged with their value
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common.constant import ErrorCode
 
 from shared.privacy.security_log import SecurityLog
 
@@ -81,7 +83,11 @@ def make_security_log_mod(log_for: Callable[[Context], SecurityLog]) -> Mod:
     """A mod that logs to the log `log_for(context)` returns (the site's, known once the context is)."""
 
     def security_log_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        log = log_for(context)
+        try:
+            log = log_for(context)  # builds the site's worker: its config, keys and settings are read here
+        except Exception:  # Flower would send the exception's text (paths, values) to the center
+            logging.getLogger(__name__).exception("the site could not set up its worker (the center is told internal_error)")
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="internal_error"), reply_to=msg)
         log.append(received_event(msg))
         try:
             reply = call_next(msg, context)

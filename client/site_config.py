@@ -4,7 +4,7 @@
     data_dir: /data/fedcare              # the site's own data folder (mounted read-only)
     state_dir: /var/lib/fedcare          # ledger, noise plans, encoders, embedding cache
     budget: {lifetime_epsilon: 10.0, delta: 1.0e-5}
-    key: /etc/fedcare/hospital_a_ledger.key        # Ed25519 ledger signing key (PEM)
+    key: /etc/fedcare/hospital_a_identity.key      # Ed25519 identity key: ledger + security log (PEM)
     auth_key: /etc/fedcare/hospital_a_auth.key     # SuperNode authentication key (EC, OpenSSH)
     superlink: fl.center.example.org:9092
     root_certificates: /etc/fedcare/ca.crt         # the deployment CA
@@ -101,7 +101,7 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         need(auth_key is None, "auth_key", "node authentication needs TLS; remove auth_key or set insecure: false")
     else:
         need(root is not None, "root_certificates", "missing (the deployment CA certificate; or insecure: true for development)")
-        need(auth_key is not None, "auth_key", "missing (the SuperNode authentication key from `fedcare certs`)")
+        need(auth_key is not None, "auth_key", "missing (the SuperNode authentication key from `fedcare client init`)")
         _check_certificate(root, src)
         _check_auth_key(auth_key, src)
 

@@ -74,10 +74,25 @@ class SiteSettings:
 
 @dataclass
 class RoundOutcome:
-    status: str  # "trained" | "budget_exhausted" | "refused"
-    reason: str = ""
+    status: str  # "trained" | "budget_exhausted" | "refused" | "evaluated"
+    reason: str = ""  # a code from shared.privacy.reason_codes: what the center is told
     arrays: dict[str, torch.Tensor] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    detail: str = ""  # what happened, in words: the site's security log only, never sent
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str  # sent (shared.privacy.reason_codes)
+    detail: str = ""  # kept in the site's security log
+
+
+class SiteDataError(Exception):
+    """The site's data could not be loaded: the center is told `data_error`, the message stays here."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 @dataclass
@@ -131,8 +146,13 @@ class SiteWorker:
 
     @property
     def data(self) -> SiteData:
+        """The site's data, loaded once; any failure (an InputError naming a file and a cell, or anything
+        unexpected) becomes a SiteDataError whose message stays at the site."""
         if self._data is None:
-            self._data = self.task.prepare_site(self.settings.data_dir, self.settings.site, self.settings.state_dir)
+            try:
+                self._data = self.task.prepare_site(self.settings.data_dir, self.settings.site, self.settings.state_dir)
+            except Exception as err:
+                raise SiteDataError(f"{type(err).__name__}: {err}") from err
         return self._data
 
     @property
@@ -154,8 +174,9 @@ class SiteWorker:
         return base if policy is None else min(base, policy.privacy.max_lifetime_epsilon)
 
     # -- the site policy ------------------------------------------------------------------
-    def policy_refusal(self) -> str | None:
-        """Why the site policy refuses this run (None: approved, or no policy configured).
+    def policy_refusal(self) -> Refusal | None:
+        """Why the site policy refuses this run (None: approved, or no policy configured): `not_approved`
+        for a run hash the policy does not list, else `policy_refused`.
 
         Refused: a run hash not under approved_runs, a config that weakens the privacy floor or breaks
         a limit, or a planned noise multiplier below the floor. The first approval is logged."""
@@ -163,7 +184,8 @@ class SiteWorker:
         if policy is None:
             return None
         problems = config_violations(policy, self.cfg, self.settings.site)
-        if self.run_hash not in policy.approved_hashes():
+        approved = self.run_hash in policy.approved_hashes()
+        if not approved:
             problems.insert(0, f"run {self.run_hash[:16]} not approved")
         if not problems:
             try:
@@ -172,7 +194,7 @@ class SiteWorker:
                 violation = None  # the budget check refuses it as budget_exhausted
             problems += [violation] if violation else []
         if problems:
-            return ("site policy refuses: " + "; ".join(problems))[:200]
+            return Refusal("policy_refused" if approved else "not_approved", "site policy refuses: " + "; ".join(problems))
         if not self._approval_logged:
             # once per run and site on disk: simulation may serve one site from several worker processes
             logged = any(e.get("kind") == "policy_approved" and e.get("run_id") == self.run_id
@@ -183,11 +205,17 @@ class SiteWorker:
             self._approval_logged = True
         return None
 
-    def refuse(self, phase: str, server_round: int | None, reason: str) -> RoundOutcome:
-        """Log the refusal and return the reply's outcome: {"refused": 1}, no arrays."""
+    def refuse(self, phase: str, server_round: int | None, refusal: Refusal) -> RoundOutcome:
+        """Log the refusal (code and detail) and return the reply's outcome: {"refused": 1}, the code, no arrays."""
         self.security_log.append({"kind": "refused", "run_id": self.run_id, "run_hash": self.run_hash, "phase": phase,
-                                  "round": server_round, "reason": reason})
-        return RoundOutcome("refused", reason, metrics={"refused": 1})
+                                  "round": server_round, "reason": refusal.code, "detail": refusal.detail})
+        return RoundOutcome("refused", refusal.code, metrics={"refused": 1}, detail=refusal.detail)
+
+    def _declined(self, server_round: int, outcome: RoundOutcome) -> RoundOutcome:
+        """A round this site does not train, for a reason of its own: the detail goes to its security log."""
+        self.security_log.append({"kind": "declined", "run_id": self.run_id, "round": server_round,
+                                  "status": outcome.status, "reason": outcome.reason, "detail": outcome.detail})
+        return outcome
 
     def _prior(self) -> list[Mechanism]:
         """Mechanisms of earlier runs on this ledger (the lifetime history)."""
@@ -273,8 +301,8 @@ class SiteWorker:
             extra={"reason": reason},
         )
         return RoundOutcome(
-            "budget_exhausted", reason,
-            metrics={"budget_exhausted": 1, "epsilon": self.ledger.spent_epsilon(), "delta": p.delta},
+            "budget_exhausted", "budget_exhausted",
+            metrics={"budget_exhausted": 1, "epsilon": self.ledger.spent_epsilon(), "delta": p.delta}, detail=reason,
         )
 
     def _refuse_data_changed(self, server_round: int, detail: str) -> RoundOutcome:
@@ -314,15 +342,18 @@ class SiteWorker:
         same update again (re-sending a released DP result costs no privacy) when the global model
         is the one it was trained from; otherwise refuse."""
         if entry["status"] not in ("trained", NO_DP):
-            reason = str((entry.get("extra") or {}).get("reason", "round already answered"))
+            detail = str((entry.get("extra") or {}).get("reason", "round already answered"))
             metrics = {"epsilon": self.ledger.spent_epsilon(), "delta": self.cfg.privacy.delta}
             if entry["status"] == "budget_exhausted":
                 metrics["budget_exhausted"] = 1
-            return RoundOutcome(entry["status"], reason, metrics=metrics)
+                return RoundOutcome("budget_exhausted", "budget_exhausted", metrics=metrics, detail=detail)
+            return RoundOutcome("refused", "round_conflict", metrics=metrics, detail=detail)
         path = self._update_path()
         saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
         if saved is None or saved["round"] != server_round or saved["global_sha256"] != global_digest:
-            return RoundOutcome("refused", f"round {server_round} of this run was already trained here from another global model")
+            return self._declined(server_round, RoundOutcome(
+                "refused", "round_conflict",
+                detail=f"round {server_round} of this run was already trained here from another global model"))
         return RoundOutcome("trained", arrays=saved["state_dict"], metrics=saved["metrics"])
 
     def _trained_history(self) -> list[Mechanism]:
@@ -340,11 +371,15 @@ class SiteWorker:
         if self._ledger_entry(server_round) is not None:
             return None
         if phase not in (TRAIN_PHASE, PRETRAIN_PHASE) or (phase == PRETRAIN_PHASE and not self.cfg.pretrain.enabled):
-            return RoundOutcome("refused", f"phase {phase!r} is not part of this run")
+            return self._declined(server_round, RoundOutcome(
+                "refused", "phase_refused", detail=f"phase {phase!r} is not part of this run"))
         if self.settings.delta is not None and p.delta > self.settings.delta:
-            return RoundOutcome("refused", f"the run's delta {p.delta:g} is above this site's delta {self.settings.delta:g}")
+            return self._declined(server_round, RoundOutcome(
+                "refused", "delta_refused",
+                detail=f"the run's delta {p.delta:g} is above this site's delta {self.settings.delta:g}"))
         if self.data.n_train == 0:
-            return RoundOutcome("refused", "no training data at this site")
+            return self._declined(server_round, RoundOutcome(
+                "refused", "no_training_data", detail="no training data at this site"))
         if not self.dp_enabled:
             return None  # no DP, no budget to check: the round is recorded as no_dp (site policies refuse it)
         if self.ledger.dp_off():

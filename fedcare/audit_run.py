@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.errors import InputError
 from shared.privacy.audit import LedgerAudit, RunRecord, audit_ledgers, security_log_problems
@@ -26,11 +27,20 @@ if TYPE_CHECKING:
 LEDGER_FILE = "privacy_ledger.jsonl"
 
 
-def find_ledgers(path: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, float]]:
-    """ledgers, public keys and targets by site, for a run folder or a folder of site states."""
+def find_ledgers(path: Path, site: str | None = None) -> tuple[dict[str, Path], dict[str, Path], dict[str, float]]:
+    """ledgers, public keys and targets by site, for a run folder, a folder of site states (one folder per
+    site, named after it), or one site's state folder, whose site name must be given (`site`): its folder
+    is named anything (/var/lib/fedcare in the containers)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "no such run folder")
+    if (path / LEDGER_FILE).is_file() or (path / SECURITY_LOG_FILE).is_file():
+        if site is None:
+            raise InputError(path, "--site", "a site's state folder: give --site NAME or --site-config site.yaml "
+                                             "(the folder's name is not the site's)")
+        ledgers = {site: path / LEDGER_FILE}
+        pub = path / "keys" / f"{site}.pub"
+        return ledgers, ({site: pub} if pub.is_file() else {}), {}
     targets: dict[str, float] = {}
     sites_root = path / "sites" if (path / "sites").is_dir() else path
     cfg_file = path / "config.yaml"
@@ -43,25 +53,20 @@ def find_ledgers(path: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str
         if state_root and not (path / "sites").is_dir():
             sites_root = Path(state_root)
     ledgers = {p.parent.name: p for p in sorted(sites_root.glob(f"*/{LEDGER_FILE}"))}
-    if (path / LEDGER_FILE).is_file():
-        ledgers[path.name] = path / LEDGER_FILE
-    for site, log in find_security_logs(path, sites_root).items():
-        ledgers.setdefault(site, log.parent / LEDGER_FILE)  # a site that never trained still has its log audited
+    for name, log in find_security_logs(sites_root).items():
+        ledgers.setdefault(name, log.parent / LEDGER_FILE)  # a site that never trained still has its log audited
     if not ledgers:
         raise InputError(path, LEDGER_FILE, "no privacy ledger found (expected sites/<site>/privacy_ledger.jsonl)")
     keys = {}
-    for site, ledger in ledgers.items():
-        pub = ledger.parent / "keys" / f"{site}.pub"
+    for name, ledger in ledgers.items():
+        pub = ledger.parent / "keys" / f"{name}.pub"
         if pub.is_file():
-            keys[site] = pub
+            keys[name] = pub
     return ledgers, keys, targets
 
 
-def find_security_logs(path: Path, sites_root: Path) -> dict[str, Path]:
-    logs = {p.parent.name: p for p in sorted(Path(sites_root).glob(f"*/{SECURITY_LOG_FILE}"))}
-    if (Path(path) / SECURITY_LOG_FILE).is_file():
-        logs[Path(path).name] = Path(path) / SECURITY_LOG_FILE
-    return logs
+def find_security_logs(sites_root: Path) -> dict[str, Path]:
+    return {p.parent.name: p for p in sorted(Path(sites_root).glob(f"*/{SECURITY_LOG_FILE}"))}
 
 
 def run_records(path: Path) -> dict[str, RunRecord]:
@@ -88,17 +93,20 @@ def run_records(path: Path) -> dict[str, RunRecord]:
     return records
 
 
-def audit_path(path: Path, public_keys: dict[str, Path] | None = None) -> list[LedgerAudit]:
-    ledgers, keys, targets = find_ledgers(path)
-    keys.update(public_keys or {})
-    audits = audit_ledgers(ledgers, keys, targets, run_records(path))
+def audit_path(path: Path, public_keys: dict[str, Path | Ed25519PublicKey] | None = None,
+               site: str | None = None) -> list[LedgerAudit]:
+    """`site`: the site's name when `path` is one site's state folder (from its site.yaml or --site)."""
+    ledgers, found_keys, targets = find_ledgers(path, site)
+    keys: dict[str, Path | Ed25519PublicKey] = {**found_keys, **(public_keys or {})}
+    audits = audit_ledgers(ledgers, keys or None, targets, run_records(path))  # no key: chain and accounting only
     for audit in audits:
         log = ledgers[audit.site].parent / SECURITY_LOG_FILE
         if not log.is_file():
             continue
         if not ledgers[audit.site].is_file():  # the site never trained (e.g. refused): only its log speaks
             audit.status, audit.problems = "ok", []
-        public_key = load_public_key(keys[audit.site]) if audit.site in keys else None
+        given = keys.get(audit.site)
+        public_key = given if given is None or isinstance(given, Ed25519PublicKey) else load_public_key(given)
         problems = security_log_problems(log, public_key, audit.site)
         if problems:
             audit.problems += problems

@@ -74,11 +74,12 @@ def project_dir() -> Path:
 
 
 def supernode_keys(certs: Path, sites: list[str]) -> dict[str, Path]:
-    """site -> SuperNode public key for every configured site (center/supernode_keys/<site>_auth.pub)."""
+    """site -> SuperNode public key for every configured site (center/supernode_keys/<site>_auth.pub, written by
+    `fedcare roster` from the public keys the hospitals created themselves)."""
     paths = DeploymentPaths(certs)
     for required in (paths.ca_cert, paths.server_cert, paths.server_key):
         if not required.is_file():
-            raise InputError(required, None, "missing; create the key material with `fedcare certs`")
+            raise InputError(required, None, "missing; create the center's key material with `fedcare certs`")
     keys = {}
     for site in sites:
         path = paths.supernode_keys / f"{site}_auth.pub"
@@ -92,7 +93,8 @@ def supernode_keys(certs: Path, sites: list[str]) -> dict[str, Path]:
             raise InputError(path, None, f"expected an EC public key, got {type(key).__name__}")
         keys[site] = path
     if not keys:
-        raise InputError(paths.supernode_keys, None, f"no SuperNode key for any of {', '.join(sites)}")
+        raise InputError(paths.supernode_keys, None, f"no SuperNode key for any of {', '.join(sites)} "
+                                                     "(run `fedcare roster` with the hospitals' public keys)")
     return keys
 
 

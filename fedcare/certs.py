@@ -1,35 +1,43 @@
-"""`fedcare certs`: the key material of a deployment, written once by the operator.
+"""`fedcare certs` and `fedcare roster`: the center's key material, written by its operator.
 
 Operator tooling, not part of either Flower app (so it lives beside the CLI, not in server/ or
-client/). Layout under OUT (private keys 0600, everything else 0644):
+client/). No hospital private key is ever made here: each hospital creates its own keys with
+`fedcare client init` and sends only its public/ folder. Layout under OUT (private keys 0600,
+everything else 0644):
 
-    center/ca.crt, ca.key              the deployment's certificate authority (keep ca.key offline)
-    center/server.crt, server.key      SuperLink TLS certificate (SANs: the given hosts + 127.0.0.1)
-    center/supernode_keys/<site>_auth.pub   SuperNode public keys the SuperLink registers
-    center/ledger_keys/<site>_ledger.pub    ledger verification keys (`fedcare audit --public-key`)
-    sites/<site>/ca.crt                 to verify the SuperLink's certificate
-    sites/<site>/<site>_auth.key|.pub   SuperNode authentication key pair (EC P-384, OpenSSH format)
-    sites/<site>/<site>_ledger.key|.pub privacy-ledger signing key pair (Ed25519, PEM)
+    ca/ca.crt, ca/ca.key                the deployment's certificate authority: keep ca/ offline, never
+                                        mount it into the center's container (only center/ is)
+    center/ca.crt                       the CA certificate (also what every hospital gets)
+    center/server.crt, server.key       SuperLink TLS certificate (SANs: the given hosts + 127.0.0.1)
+    center/roster.yaml                  `fedcare roster`: the federation's sites and their public keys
+    center/supernode_keys/<site>_auth.pub       SuperNode public keys the SuperLink registers
+    center/identity_keys/<site>_identity.pub    site identity keys (ledger and security-log signatures;
+                                                `fedcare audit --public-key`)
 
-Running it again keeps every existing file and adds what is missing (a new site reuses the CA).
+Running `fedcare certs` again keeps every existing file (a CA key from the old layout,
+center/ca.key, is moved out to ca/).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.errors import InputError
 from shared.privacy.atomic_write import write_atomically
-from shared.privacy.keys import generate_site_key
+from shared.privacy.keys import load_public_key
+from shared.privacy.roster import Roster, roster_from_keys, save_roster
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOOPBACK = "127.0.0.1"
@@ -40,13 +48,23 @@ CA_DAYS, SERVER_DAYS = 3650, 825
 class CertsReport:
     written: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    moved: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class DeploymentPaths:
-    """Where `fedcare certs` puts each file (also what `fedcare server --certs DIR` reads)."""
+    """Where `fedcare certs` and `fedcare roster` put each file (also what `fedcare server --certs DIR` reads)."""
 
     root: Path
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"  # offline: never part of the center's runtime folder
+
+    @property
+    def ca_key(self) -> Path:
+        return self.ca_dir / "ca.key"
 
     @property
     def center(self) -> Path:
@@ -57,10 +75,6 @@ class DeploymentPaths:
         return self.center / "ca.crt"
 
     @property
-    def ca_key(self) -> Path:
-        return self.center / "ca.key"
-
-    @property
     def server_cert(self) -> Path:
         return self.center / "server.crt"
 
@@ -69,21 +83,19 @@ class DeploymentPaths:
         return self.center / "server.key"
 
     @property
+    def roster(self) -> Path:
+        return self.center / "roster.yaml"
+
+    @property
     def supernode_keys(self) -> Path:
         return self.center / "supernode_keys"
 
     @property
-    def ledger_keys(self) -> Path:
-        return self.center / "ledger_keys"
+    def identity_keys(self) -> Path:
+        return self.center / "identity_keys"
 
-    def site_dir(self, site: str) -> Path:
-        return self.root / "sites" / site
-
-    def auth_key(self, site: str) -> Path:
-        return self.site_dir(site) / f"{site}_auth.key"
-
-    def ledger_key(self, site: str) -> Path:
-        return self.site_dir(site) / f"{site}_ledger.key"
+    def identity_key(self, site: str) -> Path:
+        return self.identity_keys / f"{site}_identity.pub"
 
 
 def parse_hosts(text: str) -> list[str]:
@@ -91,18 +103,6 @@ def parse_hosts(text: str) -> list[str]:
     if not hosts:
         raise InputError("<command line>", "--server-host", "needs at least one host name")
     return hosts
-
-
-def parse_sites(text: str) -> list[str]:
-    sites = [s.strip() for s in text.split(",") if s.strip()]
-    if not sites:
-        raise InputError("<command line>", "--sites", "needs at least one site name")
-    for site in sites:
-        if not SITE_NAME.match(site):
-            raise InputError("<command line>", "--sites", f"{site!r} is not a valid site name (letters, digits, _ . -)")
-    if len(set(sites)) != len(sites):
-        raise InputError("<command line>", "--sites", "site names must be unique")
-    return sites
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -144,6 +144,7 @@ def _issue_ca(paths: DeploymentPaths, now: dt.datetime) -> tuple[x509.Certificat
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
+    paths.ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomically(paths.ca_key, _private_pem(key), 0o600)
     write_atomically(paths.ca_cert, _cert_pem(cert), 0o644)
     return cert, key
@@ -154,7 +155,7 @@ def _load_ca(paths: DeploymentPaths) -> tuple[x509.Certificate, ec.EllipticCurve
         cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
         key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
     except (OSError, ValueError) as err:
-        raise InputError(paths.center, "ca", f"existing CA files are unreadable ({err})") from None
+        raise InputError(paths.ca_key, None, f"existing CA files are unreadable ({err})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise InputError(paths.ca_key, None, "the existing CA key is not an EC key")
     return cert, key
@@ -183,19 +184,23 @@ def server_cert_hosts(path: Path) -> list[str]:
     return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [str(v) for v in san.get_values_for_type(x509.IPAddress)]
 
 
-def generate_auth_key(private_path: Path, public_path: Path) -> None:
-    """A SuperNode authentication key pair in the format Flower 1.41 loads: EC on a NIST curve,
-    private key as an OpenSSH PEM (`load_ssh_private_key`), public key as one OpenSSH line."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    write_atomically(private_path, private, 0o600)
-    write_atomically(public_path, public + b"\n", 0o644)
+def _move_old_ca_key(paths: DeploymentPaths, report: CertsReport) -> None:
+    """The old layout kept ca.key in center/, the folder mounted into the center's container: move it out."""
+    old = paths.center / "ca.key"
+    if not old.is_file():
+        return
+    if paths.ca_key.is_file():
+        raise InputError(old, None, f"a second CA key besides {paths.ca_key}; remove the one that did not sign center/ca.crt")
+    paths.ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.replace(old, paths.ca_key)
+    report.moved.append((old, paths.ca_key))
 
 
-def write_deployment_keys(out: Path, hosts: list[str], sites: list[str]) -> CertsReport:
+def write_deployment_keys(out: Path, hosts: list[str]) -> CertsReport:
+    """The CA (ca/, offline) and the SuperLink's certificate (center/); never a hospital's key."""
     paths, report = DeploymentPaths(Path(out)), CertsReport()
     now = dt.datetime.now(dt.UTC)
+    _move_old_ca_key(paths, report)
 
     if paths.ca_cert.is_file() and paths.ca_key.is_file():
         ca_cert, ca_key = _load_ca(paths)
@@ -214,27 +219,86 @@ def write_deployment_keys(out: Path, hosts: list[str], sites: list[str]) -> Cert
     else:
         _issue_server_cert(paths, hosts, ca_cert, ca_key, now)
         report.written += [paths.server_cert, paths.server_key]
+    return report
 
-    for site in sites:
-        site_dir = paths.site_dir(site)
-        auth_key, ledger_key = paths.auth_key(site), paths.ledger_key(site)
-        if auth_key.is_file():
-            report.kept.append(auth_key)
-        else:
-            generate_auth_key(auth_key, auth_key.with_suffix(".pub"))
-            report.written += [auth_key, auth_key.with_suffix(".pub")]
-        if ledger_key.is_file():
-            report.kept.append(ledger_key)
-        else:
-            generate_site_key(ledger_key, ledger_key.with_suffix(".pub"), overwrite=True)
-            report.written += [ledger_key, ledger_key.with_suffix(".pub")]
-        # copies that travel: the CA to every site, the public keys to the center
-        copies = ((paths.ca_cert, site_dir / "ca.crt"),
-                  (auth_key.with_suffix(".pub"), paths.supernode_keys / f"{site}_auth.pub"),
-                  (ledger_key.with_suffix(".pub"), paths.ledger_keys / f"{site}_ledger.pub"))
-        for source, target in copies:
-            data = source.read_bytes()
+
+# -- the roster: assembled at the center from the hospitals' public files -------------------------
+
+PUBLIC_SUFFIXES = {"_identity.pub": "identity", "_auth.pub": "auth"}
+PRIVATE_MARKERS = (b"PRIVATE KEY", b"OPENSSH PRIVATE KEY")
+
+
+def holds_private_key(data: bytes) -> bool:
+    """Private key material in any PEM/OpenSSH form (PKCS#8, EC, RSA, OpenSSH, encrypted)."""
+    return any(marker in data for marker in PRIVATE_MARKERS)
+
+
+def read_public_bundle(folder: Path) -> dict[str, dict[str, Path]]:
+    """site -> {"identity": path, "auth": path} from one hospital's public folder (`fedcare client init`
+    writes DIR/public/; DIR itself is accepted when it is that folder). A folder holding any private key
+    is refused: the center must never receive one."""
+    folder = Path(folder)
+    if (folder / "public").is_dir():
+        folder = folder / "public"
+    if not folder.is_dir():
+        raise InputError(folder, "--public-keys", "no such folder")
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if holds_private_key(path.read_bytes()):
+            raise InputError(path, None, "holds a private key: a hospital sends only the files in its public/ folder")
+        for suffix, kind in PUBLIC_SUFFIXES.items():
+            if path.name.endswith(suffix):
+                found.setdefault(path.name[: -len(suffix)], {})[kind] = path
+    if not found:
+        raise InputError(folder, "--public-keys", "no <site>_identity.pub / <site>_auth.pub files (from `fedcare client init`)")
+    for site, files in found.items():
+        if not SITE_NAME.match(site):
+            raise InputError(folder, site, "not a valid site name (letters, digits, _ . -)")
+        missing = [k for k in ("identity", "auth") if k not in files]
+        if missing:
+            raise InputError(folder, site, f"{site}_{missing[0]}.pub is missing")
+    return found
+
+
+def _auth_public_line(path: Path) -> str:
+    try:
+        key = load_ssh_public_key(path.read_bytes())
+    except (ValueError, UnsupportedAlgorithm) as err:
+        raise InputError(path, None, f"not an OpenSSH public key ({err})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)):
+        raise InputError(path, None, "expected an EC public key on a NIST curve (a SuperNode key from `fedcare client init`)")
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def assemble_roster(out: Path, public_dirs: list[Path], roster_path: Path | None = None) -> tuple[Roster, CertsReport]:
+    """The federation roster from the hospitals' public folders, plus the center's copies of their
+    public keys (supernode_keys/ for registration, identity_keys/ for audits); files of sites no longer
+    on the roster are removed from those two folders."""
+    paths, report = DeploymentPaths(Path(out)), CertsReport()
+    bundles: dict[str, dict[str, Path]] = {}
+    for folder in public_dirs:
+        for site, files in read_public_bundle(folder).items():
+            if site in bundles:
+                raise InputError(folder, site, f"{site} is given twice (also in {bundles[site]['identity'].parent})")
+            bundles[site] = files
+    identity = {site: load_public_key(files["identity"]) for site, files in bundles.items()}
+    auth = {site: _auth_public_line(files["auth"]) for site, files in bundles.items()}
+    if len(set(auth.values())) != len(auth):
+        raise InputError("--public-keys", None, "two sites share one SuperNode key")
+    roster = roster_from_keys(identity, auth)  # refuses a shared identity key
+    copies = {paths.supernode_keys: {f"{s}_auth.pub": (auth[s] + "\n").encode() for s in bundles},
+              paths.identity_keys: {f"{s}_identity.pub": bundles[s]["identity"].read_bytes() for s in bundles}}
+    for folder, files in copies.items():
+        for name, data in files.items():
+            target = folder / name
             if not target.is_file() or target.read_bytes() != data:
                 write_atomically(target, data, 0o644)
                 report.written.append(target)
-    return report
+        for stale in folder.glob("*.pub"):
+            if stale.name not in files:
+                stale.unlink()
+                report.removed.append(stale)
+    target = roster_path or paths.roster
+    save_roster(roster, target)
+    report.written.append(target)
+    return roster, report

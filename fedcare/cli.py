@@ -134,7 +134,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for spec in args.public_key or []:
         site, _, path = spec.partition("=")
         keys[site] = Path(path)
-    audits = audit_path(Path(args.path), keys)
+    site = args.site
+    if args.site_config:
+        site, key = _site_identity(Path(args.site_config), args.site)
+        keys.setdefault(site, key)
+    audits = audit_path(Path(args.path), keys, site)
     console.print(audit_table(audits))
     for a in audits:
         for problem in a.problems:
@@ -145,6 +149,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
         plot_epsilon(audits, Path(args.plot))
     bad = [a for a in audits if a.status not in ("ok", "budget_exhausted")]
     return 1 if bad else 0
+
+
+def _site_identity(site_yaml: Path, site_flag: str | None) -> tuple[str, Any]:
+    """The site name in a site.yaml and the public half of its identity key (it checks the signatures)."""
+    from client.site_config import load_site_config
+    from shared.privacy.keys import load_private_key
+
+    settings = load_site_config(site_yaml)
+    if site_flag is not None and site_flag != settings.site:
+        raise InputError("<command line>", "--site", f"{site_flag!r} differs from the site in {site_yaml} ({settings.site!r})")
+    if settings.signing_key is None:
+        raise InputError(site_yaml, "key", "missing: the site's identity key checks the signatures")
+    return settings.site, load_private_key(settings.signing_key).public_key()
 
 
 def cmd_audit_membership(args: argparse.Namespace) -> int:
@@ -328,22 +345,53 @@ def cmd_client_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedcare.certs import parse_hosts, parse_sites, write_deployment_keys
+    from fedcare.certs import DeploymentPaths, parse_hosts, write_deployment_keys
 
-    report = write_deployment_keys(Path(args.out), parse_hosts(args.server_host), parse_sites(args.sites))
+    report = write_deployment_keys(Path(args.out), parse_hosts(args.server_host))
+    for old, new in report.moved:
+        console.print(f"  moved the CA key {old} -> {new} (out of the center's runtime folder)")
     for path in report.written:
         console.print(f"  wrote {path}")
     if report.kept:
-        console.print(f"  kept {len(report.kept)} existing key files")
-    console.print(f"key material in {args.out}: give each hospital its sites/<site>/ folder; keep center/ca.key offline")
+        console.print(f"  kept {len(report.kept)} existing files")
+    paths = DeploymentPaths(Path(args.out))
+    console.print(f"center material in {paths.center} (mount this one into the center); keep {paths.ca_dir} offline.\n"
+                  f"Each hospital runs `fedcare client init` and sends you its public/ folder; give it {paths.ca_cert}; "
+                  f"then `fedcare roster --certs {args.out} --public-keys ...`")
+    return 0
+
+
+def cmd_roster(args: argparse.Namespace) -> int:
+    from fedcare.certs import assemble_roster
+
+    roster, report = assemble_roster(Path(args.certs), [Path(d) for d in args.public_keys],
+                                     Path(args.out) if args.out else None)
+    for path in report.written:
+        console.print(f"  wrote {path}")
+    for path in report.removed:
+        console.print(f"  removed {path} (no longer on the roster)")
+    console.print(f"roster of {len(roster.sites)} sites ({', '.join(sorted(roster.sites))}), digest {roster.digest()[:16]}: "
+                  "send roster.yaml to every hospital")
+    return 0
+
+
+def cmd_client_init(args: argparse.Namespace) -> int:
+    from fedcare.site_keys import init_site_keys
+
+    report = init_site_keys(args.site, Path(args.out))
+    for path in report.written:
+        console.print(f"  wrote {path}")
+    for path in report.kept:
+        console.print(f"  kept {path}")
+    console.print(f"keys of {args.site} in {args.out}: the private keys (0600) never leave it; "
+                  f"send only {report.paths.public} to the center")
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-
-    from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
+    from fedcare.center import RUN_FILE
+    from fedcare.run_lock import claim_run_dir, release_run_dir
     from fedcare.simulation import new_run_id
-    from server.checkpoints import latest_checkpoint
     from shared.config import load_config
 
     _check_rounds(args.rounds)
@@ -352,6 +400,23 @@ def cmd_server(args: argparse.Namespace) -> int:
         for name in ("config.yaml", RUN_FILE):
             if not (run_dir / name).is_file():
                 raise InputError(run_dir / name, None, "missing: not a fedcare deployment run folder")
+        cfg, run_id = None, ""
+    else:
+        cfg, run_id = load_config(args.config), new_run_id()
+        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
+    claim_run_dir(run_dir)  # refused while a SuperLink or ServerApp of this run is alive
+    try:
+        return _serve(args, run_dir, cfg, run_id)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _serve(args: argparse.Namespace, run_dir: Path, cfg: Any, run_id: str) -> int:
+    from fedcare.center import RUN_FILE, CenterOptions, parse_address, run_center
+    from server.checkpoints import latest_checkpoint
+    from shared.config import load_config
+
+    if args.resume:
         if latest_checkpoint(run_dir) is None:
             raise InputError(run_dir, "checkpoints", "nothing to resume: no global checkpoint yet (start the run again)")
         cfg = load_config(run_dir / "config.yaml")
@@ -363,12 +428,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
             console.print(f"run {run_id} is already complete ({summary_path})")
             return 0
-    else:
-        cfg = load_config(args.config)
-        if args.rounds is not None:
-            cfg.train.rounds = args.rounds
-        run_id = new_run_id()
-        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
+    elif args.rounds is not None:
+        cfg.train.rounds = args.rounds
     cfg.federation.mode = "deployment"
     if not args.insecure and not Path(args.certs).is_dir():
         raise InputError(args.certs, "--certs", "folder not found (create it with `fedcare certs`, or use --insecure)")
@@ -390,7 +451,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     from fedcare.hospital import run_hospital
 
     if not args.site_config:
-        raise InputError("<command line>", "--site-config", "give the hospital's site.yaml (or use `client approve|policy`)")
+        raise InputError("<command line>", "--site-config", "give the hospital's site.yaml (or use `client init|approve|policy`)")
     _stop_on_sigterm()
     return run_hospital(Path(args.site_config), args.runtime_port, args.max_restarts, console)
 
@@ -454,15 +515,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="with --mia: the site's data folder")
     s.add_argument("--state", help="with --mia: the site's state folder (encoder, ledger)")
     s.add_argument("--public-key", action="append", metavar="SITE=PEM", help="a site's public key (repeatable)")
+    s.add_argument("--site", help="the site's name when PATH is one site's state folder")
+    s.add_argument("--site-config", help="the site's site.yaml when PATH is its state folder: its name and identity key")
     s.add_argument("--json", help="also write the audit as JSON here")
     s.add_argument("--plot", help="also write a PNG of cumulative epsilon per round")
     s.set_defaults(fn=cmd_audit)
 
-    s = sub.add_parser("certs", help="deployment key material: CA, SuperLink certificate, per-hospital keys")
-    s.add_argument("--out", required=True, help="folder for center/ and sites/<site>/ (existing files are kept)")
+    s = sub.add_parser("certs", help="the center's key material: CA (kept offline) and the SuperLink certificate")
+    s.add_argument("--out", required=True, help="folder for ca/ (offline) and center/ (existing files are kept)")
     s.add_argument("--server-host", default="localhost", help="comma-separated host names of the SuperLink (127.0.0.1 is added)")
-    s.add_argument("--sites", required=True, help="comma-separated hospital names, e.g. hospital_a,hospital_b")
     s.set_defaults(fn=cmd_certs)
+
+    s = sub.add_parser("roster", help="the federation roster and the center's copies of the hospitals' public keys")
+    s.add_argument("--certs", required=True, help="the `fedcare certs --out` folder (writes into its center/)")
+    s.add_argument("--public-keys", nargs="+", required=True, metavar="DIR",
+                   help="each hospital's public/ folder from `fedcare client init`")
+    s.add_argument("--out", help="roster file (default: CERTS/center/roster.yaml)")
+    s.set_defaults(fn=cmd_roster)
 
     s = sub.add_parser("server", help="coordinating center: SuperLink + one federated run (deployment)")
     s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the hospitals approved")
@@ -475,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_server)
 
     client = s = sub.add_parser(
-        "client", help="one hospital: start its SuperNode (--site-config), or `client approve|policy` for its policy"
+        "client", help="one hospital: start its SuperNode (--site-config); `client init|approve|policy`"
     )
     s.add_argument("--site-config", help="the hospital's site.yaml (starts the site's SuperNode)")
     s.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's app API")
@@ -532,6 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", help="the site's state folder: also log the approval in its security log")
     s.add_argument("--yes", action="store_true", help="approve without asking")
     s.set_defaults(fn=cmd_client_approve)
+    s = client_sub.add_parser("init", help="create this hospital's keys here; only DIR/public/ goes to the center")
+    s.add_argument("--site", required=True, help="this hospital's site name")
+    s.add_argument("--out", required=True, help="folder for the keys (private keys 0600; existing keys are kept)")
+    s.set_defaults(fn=cmd_client_init)
     s = client_sub.add_parser("policy", help="print the site policy in force")
     s.add_argument("--policy", required=True, help="the site policy YAML")
     s.set_defaults(fn=cmd_client_policy)

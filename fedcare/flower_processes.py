@@ -2,8 +2,9 @@
 
 Every process is started by us with a known PID and stopped by that PID: SIGTERM, a grace
 period, then SIGKILL, and the same for whatever it started (Flower's SuperExec and app
-processes), found by walking /proc. Each deployment gets its own FLWR_HOME, never ~/.flwr and
-never Flower's managed local SuperLink.
+processes), found by walking /proc. Each command runs under `fedcare.process_guard`, so it and
+all it started also die when the wrapper itself is killed (SIGKILL included). Each deployment gets
+its own FLWR_HOME, never ~/.flwr and never Flower's managed local SuperLink.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class FlowerProcess:
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT if self._log else None,
+        guarded = [sys.executable, "-m", "fedcare.process_guard", str(os.getpid()), "--", *argv]
+        self.proc = subprocess.Popen(guarded, env=env, stdout=self._log, stderr=subprocess.STDOUT if self._log else None,
                                      stdin=subprocess.DEVNULL)
 
     @property

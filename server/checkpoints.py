@@ -36,7 +36,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of the highest round (every file there is complete: written by rename)."""
+def _round_files(run_dir: Path) -> list[Path]:
+    """Checkpoint files, highest round first."""
     found = [p for p in (Path(run_dir) / "checkpoints").glob("round_*.pt") if p.stem[6:].isdigit()]
-    return max(found, key=lambda p: int(p.stem[6:])) if found else None
+    return sorted(found, key=lambda p: int(p.stem[6:]), reverse=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint file of the highest round (every file there was complete when written: by rename)."""
+    files = _round_files(run_dir)
+    return files[0] if files else None
+
+
+def latest_loadable_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], list[InputError]] | None:
+    """The checkpoint of the highest round that loads, with the problems of the newer ones it skipped
+    (a disk error or a file damaged after it was written); None when none loads."""
+    skipped: list[InputError] = []
+    for path in _round_files(run_dir):
+        try:
+            return path, load_checkpoint(path), skipped
+        except InputError as err:
+            skipped.append(err)
+    return None

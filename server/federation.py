@@ -16,7 +16,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
-from server.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from server.checkpoints import checkpoint_path, latest_checkpoint, latest_loadable_checkpoint, save_checkpoint
 from server.evaluation import POOLING_NOTE, decision_threshold, pooled_calibration, pooled_metrics
 from server.history import NOT_ASKED, RunHistory, write_json_atomic
 from server.strategy import make_strategy
@@ -39,8 +39,10 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
     if resuming:
         if cfg.secure_aggregation.enabled:  # the legacy SecAgg+ workflow numbers its rounds from 1
             raise InputError(run_dir, "secure_aggregation.enabled", "a run with secure aggregation cannot be resumed")
-        start_round = _load_resume_point(model, run_dir, run_id)
+        start_round, skipped = _load_resume_point(model, run_dir, run_id)
         history = RunHistory.resume(run_dir, list(cfg.data.sites), task.primary_metric, start_round)
+        for problem in skipped:
+            history.note(f"resume: skipped a checkpoint that does not load ({problem})")
     else:
         if latest_checkpoint(run_dir) is not None:
             raise InputError(run_dir, "checkpoints", "the run folder already holds checkpoints; resume it or pick a new folder")
@@ -182,15 +184,19 @@ def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
 
-def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> int:
-    path = latest_checkpoint(run_dir)
-    if path is None:
+def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> tuple[int, list[InputError]]:
+    """The round of the newest checkpoint that loads (its weights go into `model`) and the problems of
+    newer ones that do not: a damaged newest checkpoint costs a round, not the run."""
+    found = latest_loadable_checkpoint(run_dir)
+    if found is None:
+        if latest_checkpoint(run_dir) is not None:
+            raise InputError(run_dir, "checkpoints", "nothing to resume: no global checkpoint in the run folder loads")
         raise InputError(run_dir, "checkpoints", "nothing to resume: no global checkpoint in the run folder")
-    ckpt = load_checkpoint(path)
+    path, ckpt, skipped = found
     if ckpt.get("run_id") != run_id:
         raise InputError(path, "run_id", f"checkpoint belongs to run {ckpt.get('run_id')!r}, not {run_id!r}")
     model.load_state_dict(ckpt["state_dict"])
-    return int(ckpt["round"])
+    return int(ckpt["round"]), skipped
 
 
 def _wait_for_sites(grid: Grid, cfg: RunConfig, history: RunHistory) -> None:

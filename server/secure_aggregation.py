@@ -41,9 +41,10 @@ from flwr.serverapp import Grid
 
 import shared.privacy.secagg_masks  # noqa: F401  (full-strength masks; checks the Flower version)
 from server.history import RunHistory
-from server.strategy import SiteTracking
+from server.strategy import SiteTracking, error_reason, site_status
 from shared.config import RunConfig
 from shared.errors import InputError
+from shared.privacy.reason_codes import as_reason_code
 from shared.privacy.secagg_auth import AUTH_RECORD, version_problem
 from shared.privacy.secagg_guard import parse_site_decline
 from shared.privacy.secagg_params import SecAggParameters, aggregate_problem, derive_secagg_parameters
@@ -218,18 +219,19 @@ class ProtocolReplyTracker:
         elif reply.has_error():
             declined = parse_site_decline(reply.error.reason)
             if declined is not None:
-                site, status, reason = declined
+                site, status, reason = declined[0], site_status(declined[1]), as_reason_code(declined[2])
                 self.tracker.node_sites[node] = site
                 self.history.record_train(server_round, site, status, reason, {})
                 if status == "budget_exhausted":
                     self.tracker.exhausted_nodes.add(node)
             else:
                 self.history.record_failure(server_round, self._site(node), "train",
-                                            f"SecAgg+ {stage} stage: {reply.error.reason}")
+                                            f"SecAgg+ {stage} stage: {error_reason(reply.error)}")
         elif stage == Stage.COLLECT_MASKED_VECTORS and FIT_METRICS_RECORD in reply.content.config_records:
             metrics = dict(reply.content.config_records[FIT_METRICS_RECORD])
             site = str(metrics.pop(SITE_NAME_KEY, self._site(node)))
-            status, reason = str(metrics.pop(SITE_STATUS_KEY, "trained")), str(metrics.pop(SITE_REASON_KEY, ""))
+            status = site_status(metrics.pop(SITE_STATUS_KEY, "trained"))
+            reason = as_reason_code(metrics.pop(SITE_REASON_KEY, ""))
             head = str(metrics.pop("site.ledger_head", ""))
             self.tracker.node_sites[node] = site
             self.history.record_train(server_round, site, status, reason,

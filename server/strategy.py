@@ -4,7 +4,9 @@
 and status, records it in the run history, keeps sites that sent no weights (budget exhausted,
 refused, failed) out of the aggregation, stops asking a budget-exhausted site to train, and
 names sites that did not answer. In deployment the site of a node is the name the center
-registered with the node's key; a reply claiming another site's name is dropped.
+registered with the node's key; a reply claiming another site's name is dropped. Of a site's
+status and reason only known values are stored (shared/privacy/reason_codes.py): free text a
+site might send (an exception's message naming a file and a cell) never reaches the history.
 """
 
 from __future__ import annotations
@@ -13,18 +15,39 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from server.history import RunHistory
 from server.site_level_dp import SiteLevelDPAccounting
 from shared.config import RunConfig
+from shared.privacy.reason_codes import as_reason_code, is_reason_code
+
+SITE_STATUSES = frozenset({"trained", "evaluated", "budget_exhausted", "refused"})
+# errors Flower itself makes (the SuperLink, or the SuperNode about its app process): by a fixed name
+FLOWER_ERRORS = {ErrorCode.MESSAGE_UNAVAILABLE: "message_unavailable", ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "reply_unavailable",
+                 ErrorCode.NODE_UNAVAILABLE: "node_unavailable", ErrorCode.CLIENT_APP_CRASHED: "clientapp_crashed",
+                 ErrorCode.INVALID_FAB: "invalid_fab"}
+
+
+def site_status(value: object) -> str:
+    return value if isinstance(value, str) and value in SITE_STATUSES else "failed"
+
+
+def error_reason(error: Error) -> str:
+    """What the center keeps of an error reply: the site's reason code, or the name of a Flower-made
+    error; never the error's text (`internal_error` for anything else)."""
+    if error.reason and is_reason_code(error.reason):
+        return error.reason
+    return FLOWER_ERRORS.get(error.code, "internal_error")
 
 
 def _site_of(msg: Message) -> tuple[str, str, str]:
     site = msg.content["site"] if "site" in msg.content else ConfigRecord()
-    return str(site.get("name", f"node-{msg.metadata.src_node_id}")), str(site.get("status", "")), str(site.get("reason", ""))
+    return (str(site.get("name", f"node-{msg.metadata.src_node_id}")), site_status(site.get("status", "")),
+            as_reason_code(site.get("reason", "")))
 
 
 class SiteTracking:
@@ -106,7 +129,7 @@ class SiteTracking:
         for msg in replies:
             node = self._node_of(phase, msg)
             if msg.has_error():
-                self.history.record_failure(server_round, self._site_name(node), phase, msg.error.reason)
+                self.history.record_failure(server_round, self._site_name(node), phase, error_reason(msg.error))
                 continue
             site, _, _ = _site_of(msg)
             registered = self.registered_names.get(node)

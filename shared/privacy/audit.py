@@ -434,18 +434,19 @@ def security_log_problems(path: Path, public_key: Ed25519PublicKey | None, expec
 
 def audit_ledgers(
     paths_by_site: dict[str, Path],
-    public_keys: dict[str, Path] | None,
+    public_keys: dict[str, Path | Ed25519PublicKey] | None,
     targets: dict[str, float] | None,
     runs: dict[str, RunRecord] | None = None,
 ) -> list[LedgerAudit]:
-    """Audit every site's ledger; when `public_keys` is given every site must have one."""
+    """Audit every site's ledger; when `public_keys` is given every site must have one (a PEM file or the key)."""
     audits = []
     for site, ledger_path in paths_by_site.items():
         public_key = None
         if public_keys is not None:
             if site not in public_keys:
                 raise InputError(None, "public_keys", f"no public key given for site {site!r}")
-            public_key = load_public_key(public_keys[site])
+            given = public_keys[site]
+            public_key = given if isinstance(given, Ed25519PublicKey) else load_public_key(given)
         target = (targets or {}).get(site)
         audits.append(audit_ledger(ledger_path, public_key, target, expected_site=site, run=(runs or {}).get(site)))
     return audits

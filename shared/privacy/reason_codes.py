@@ -30,3 +30,9 @@ REASON_CODES: frozenset[str] = frozenset({
 
 def is_reason_code(value: str) -> bool:
     return value in REASON_CODES
+
+
+def as_reason_code(value: object) -> str:
+    """What the center may store of a reason a site sent: the code itself, or `internal_error` for
+    anything outside the vocabulary (free text from a site is never kept)."""
+    return value if isinstance(value, str) and value in REASON_CODES else "internal_error"

@@ -17,7 +17,8 @@ leaves the mod waiting for another try. The guard refuses, before the mod runs:
 With `auth` (shared/privacy/secagg_auth.py: signed SecAgg+ keys) it also signs the site's keys at setup,
 refuses a share-keys request whose neighbours' signed keys fail the roster (`secagg_peer_refused`, with the
 reason code `roster_refused` or `version_mismatch`), and a collect request whose shares do not decrypt.
-A refusal is an error reply, one line in the site's security log, and from then on the site answers
+A refusal is an error reply carrying a reason code only (`secagg_refused`, or the roster/version code), one
+line in the site's security log, and from then on the site answers
 nothing else in this run (every later message gets an error reply and another log line).
 """
 
@@ -208,10 +209,9 @@ def _refuse(msg: Message, context: Context, state: GuardState, security_log: Sec
         "node_id": msg.metadata.dst_node_id, "round": msg.metadata.group_id, "message_type": msg.metadata.message_type,
         **({"code": code} if code else {}),
     })
-    text = f"secure aggregation guard refused the {stage} request: {reason}"
-    log(ERROR, f"{security_log.site}: {text}")
-    if code:  # the center learns the reason code; the detail stays in the site's log
-        text = site_decline_reason(security_log.site, "refused", code)
+    log(ERROR, f"{security_log.site}: secure aggregation guard refused the {stage} request: {reason}")
+    # the center learns only a code; the reason stays in the security log above
+    text = site_decline_reason(security_log.site, "refused", code) if code else "secagg_refused"
     return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=text), reply_to=msg)
 
 

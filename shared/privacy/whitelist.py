@@ -1,7 +1,10 @@
 """The outgoing-message whitelist: only model arrays and a fixed set of scalar metrics leave a site.
 
 `check_outgoing` inspects a reply's RecordDict; `outgoing_guard_mod` is the Flower client mod that runs
-it on every reply and sends an error reply instead of anything it refuses.
+it on every reply and sends an error reply instead of anything it refuses. Texts a site sends are
+codes, never free text: its name, a status from SITE_STATUSES and a reason from REASON_CODES; an error
+reply's reason is a code too (or a SecAgg+ decline made of the same three). Paths, values and
+exception messages stay in the site's local logs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
+
+from shared.privacy.reason_codes import REASON_CODES
 
 _METRICS_WITH_CI = ("auroc", "auprc", "brier", "accuracy", "macro_f1", "kappa", "c_index")
 # Reliability-curve bins (shared.metrics.calibration_bins): 10 equal-width bins, each sent only
@@ -47,6 +52,8 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
     | _CALIBRATION_BIN_KEYS
 )
 ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason", "ledger_head"})
+SITE_STATUSES: frozenset[str] = frozenset({"trained", "evaluated", "budget_exhausted", "refused"})
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_SITE_TEXT_LENGTH = 200
 # site.ledger_head: the SHA-256 of the last line of the site's privacy ledger, exactly 64 lower-case hex
 # digits; the center keeps it per round so the audit can catch a ledger replaced, truncated or re-signed later
@@ -99,6 +106,26 @@ def _check_site(record: Mapping[str, Any]) -> None:
             )
         if key == LEDGER_HEAD_KEY and not _LEDGER_HEAD.fullmatch(value):
             raise OutgoingMessageRefused(f"record {SITE_RECORD!r}: {key!r} must be 64 lower-case hex digits")
+    allowed = {"name": lambda v: bool(SITE_NAME.match(v)), "status": SITE_STATUSES.__contains__,
+               "reason": REASON_CODES.__contains__}
+    for key, ok in allowed.items():
+        if key in record and not ok(record[key]):
+            # the refused text itself is not repeated: the refusal may travel where the text must not
+            raise OutgoingMessageRefused(f"record {SITE_RECORD!r}: {key} is not a site name, status or reason code")
+
+
+def check_error_reason(reason: str) -> None:
+    """Raise OutgoingMessageRefused unless an error reply's reason is a reason code, or a SecAgg+ decline
+    (shared.privacy.secagg_guard.site_decline_reason) of a site name, status and reason code."""
+    if reason in REASON_CODES:
+        return
+    from shared.privacy.secagg_guard import parse_site_decline
+
+    declined = parse_site_decline(reason)
+    if declined is None:
+        raise OutgoingMessageRefused("an error reply's reason is not a reason code")
+    site, status, code = declined
+    _check_site({"name": site, "status": status, "reason": code})
 
 
 def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) -> None:
@@ -165,21 +192,27 @@ def check_outgoing_secagg(content: RecordDict) -> None:
 def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower client mod: pass the message on, then let the reply out only if it passes the whitelist.
 
-    The reply's arrays must have the keys of the "arrays" record the site received (when it received one).
-    A refused reply is replaced by an error reply that says why, so its content never leaves the site.
+    The reply's arrays must have the keys of the "arrays" record the site received (when it received one);
+    an error reply's reason must be a code. A refused reply is replaced by an error reply whose reason is
+    `outgoing_refused`, an exception by one whose reason is `internal_error`: the details (what was refused,
+    the exception) go to the site's local log only.
     """
     received_arrays = msg.content.get(ARRAYS_RECORD) if msg.has_content() else None
     expected_keys = set(received_arrays.keys()) if isinstance(received_arrays, ArrayRecord) else None
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return reply
     try:
-        if SECAGG_RECORD in reply.content:
+        reply = call_next(msg, context)
+    except Exception as error:  # Flower would send the exception's text to the center
+        log(ERROR, "the ClientApp raised %s: %s (the center is told internal_error)", type(error).__name__, error)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="internal_error"), reply_to=msg)
+    try:
+        if reply.has_error():
+            check_error_reason(reply.error.reason)
+        elif SECAGG_RECORD in reply.content:
             check_outgoing_secagg(reply.content)
         else:
             check_outgoing(reply.content, expected_keys)
     except OutgoingMessageRefused as refusal:
-        reason = f"outgoing_guard_mod refused the reply: {refusal}"
-        log(ERROR, reason)
-        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+        sent = f" (error reason {reply.error.reason!r})" if reply.has_error() else ""
+        log(ERROR, "outgoing_guard_mod refused the reply: %s%s", refusal, sent)
+        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason="outgoing_refused"), reply_to=msg)
     return reply

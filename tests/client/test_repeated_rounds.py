@@ -57,7 +57,8 @@ def test_same_round_other_global_model_is_refused_without_a_ledger_entry(worker_
     assert state_digest(other) != state_digest(global_state)
     outcome = worker.train_round(1, other)
     assert outcome.status == "refused" and outcome.arrays is None
-    assert "already trained" in outcome.reason
+    assert outcome.reason == "round_conflict" and "already trained" in outcome.detail
+    assert worker.security_log.events()[-1]["detail"] == outcome.detail
     assert len(worker.ledger.entries()) == 1
 
 
@@ -65,7 +66,8 @@ def test_a_run_asking_a_looser_delta_than_the_site_allows_is_refused(worker_and_
     worker, global_state, _, cfg, settings = worker_and_first_round
     strict = SiteSettings(**{**settings.__dict__, "delta": 1e-7, "state_dir": settings.state_dir.parent / "strict"})
     outcome = SiteWorker(cfg, strict, "run-1").train_round(1, global_state)
-    assert outcome.status == "refused" and "delta" in outcome.reason and outcome.arrays is None
+    assert outcome.status == "refused" and outcome.reason == "delta_refused" and outcome.arrays is None
+    assert "above this site's delta" in outcome.detail
 
 
 def test_state_digest_sees_names_dtypes_and_values():

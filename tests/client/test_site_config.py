@@ -1,6 +1,7 @@
 """site.yaml validation: a good file gives SiteSettings; each bad field is one InputError naming it."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -9,14 +10,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from client.site_config import load_site_config, load_site_deployment
 from fedcare.certs import DeploymentPaths, write_deployment_keys
+from fedcare.site_keys import init_site_keys
 from shared.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     root = tmp_path_factory.mktemp("certs")
-    write_deployment_keys(root, ["localhost"], ["hospital_a"])
-    paths = DeploymentPaths(root)
+    write_deployment_keys(root, ["localhost"])
+    center = DeploymentPaths(root)
+    paths = SimpleNamespace(root=root, ca_cert=center.ca_cert, ca_key=center.ca_key,
+                            hospital_a=init_site_keys("hospital_a", root / "hospital_a").paths)  # keys made at the hospital
     other = root / "other"
     other.mkdir()
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -40,10 +44,10 @@ def site_yaml(tmp_path, certs):
             "data_dir": "data",  # relative: to the folder of site.yaml
             "state_dir": "state",
             "budget": {"lifetime_epsilon": 10.0, "delta": 1.0e-5},
-            "key": str(certs.ledger_key("hospital_a")),
-            "auth_key": str(certs.auth_key("hospital_a")),
+            "key": str(certs.hospital_a.identity_key),
+            "auth_key": str(certs.hospital_a.auth_key),
             "superlink": "fl.center.example.org:9092",
-            "root_certificates": str(certs.site_dir("hospital_a") / "ca.crt"),
+            "root_certificates": str(certs.ca_cert),
             "device": "cpu",
             "precision": "fp32",
         }
@@ -64,8 +68,8 @@ def test_a_good_site_yaml(site_yaml, certs, tmp_path):
     s = dep.settings
     assert (s.site, s.data_dir, s.state_dir) == ("hospital_a", tmp_path / "data", tmp_path / "state")
     assert (s.lifetime_epsilon, s.delta, s.device, s.precision) == (10.0, 1.0e-5, "cpu", "fp32")
-    assert s.signing_key == certs.ledger_key("hospital_a") and s.source == str(tmp_path / "site.yaml")
-    assert dep.superlink == "fl.center.example.org:9092" and dep.auth_key == certs.auth_key("hospital_a")
+    assert s.signing_key == certs.hospital_a.identity_key and s.source == str(tmp_path / "site.yaml")
+    assert dep.superlink == "fl.center.example.org:9092" and dep.auth_key == certs.hospital_a.auth_key
     assert not dep.insecure
     assert load_site_config(site_yaml()).site == "hospital_a"
 
@@ -107,9 +111,9 @@ def test_wrong_key_types(site_yaml, certs):
     other = certs.root / "other"
     cases = [
         # the SuperNode (SSH) key given as the ledger key
-        ({"key": str(certs.auth_key("hospital_a"))}, "key: .*not a readable unencrypted PEM private key"),
+        ({"key": str(certs.hospital_a.auth_key)}, "key: .*not a readable unencrypted PEM private key"),
         ({"key": str(other / "rsa.pem")}, "key: .*expected an Ed25519 private key, got .*RSA"),
-        ({"auth_key": str(certs.ledger_key("hospital_a"))}, "auth_key: .*not an unencrypted OpenSSH private key"),
+        ({"auth_key": str(certs.hospital_a.identity_key)}, "auth_key: .*not an unencrypted OpenSSH private key"),
         ({"auth_key": str(other / "rsa_openssh.key")}, "auth_key: .*expected an EC key on a NIST curve .*got .*RSA"),
         ({"auth_key": str(other / "ed25519_openssh.key")}, "auth_key: .*expected an EC key .*got Ed25519PrivateKey"),
         ({"root_certificates": str(certs.ca_key)}, "root_certificates: .*not a PEM certificate"),

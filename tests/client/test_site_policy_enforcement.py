@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from client.site_worker import SiteSettings, SiteWorker
+from client.site_worker import Refusal, SiteSettings, SiteWorker
 from shared.config import config_from_dict
 from shared.privacy import site_policy
 from shared.privacy.site_policy import SitePolicy, approve_run, run_hash, save_site_policy
@@ -56,13 +56,15 @@ def test_no_policy_approves_the_simulated_run(tmp_path, data_root):
 
 def test_unapproved_run_is_refused_without_arrays(tmp_path, data_root):
     worker = _worker(tmp_path, data_root, _cfg(), SitePolicy(source="p"), approve=False)
-    reason = worker.policy_refusal()
-    assert reason.startswith(f"site policy refuses: run {worker.run_hash[:16]} not approved")
-    outcome = worker.refuse("train", 1, reason)
+    refusal = worker.policy_refusal()
+    assert refusal.code == "not_approved"
+    assert refusal.detail.startswith(f"site policy refuses: run {worker.run_hash[:16]} not approved")
+    outcome = worker.refuse("train", 1, refusal)
     assert outcome.status == "refused" and outcome.arrays is None and outcome.metrics == {"refused": 1}
+    assert outcome.reason == "not_approved"  # what the center is told; the detail stays in the log
     logged = worker.security_log.events()[-1]
     assert logged == {"kind": "refused", "run_id": "run-1", "run_hash": worker.run_hash, "phase": "train",
-                      "round": 1, "reason": reason}
+                      "round": 1, "reason": "not_approved", "detail": refusal.detail}
     assert not (tmp_path / "state" / "privacy_ledger.jsonl").exists()  # nothing was trained or spent
 
 
@@ -77,20 +79,20 @@ def test_approved_run_trains(tmp_path, data_root):
 def test_epsilon_above_the_floor_is_refused_even_when_approved(tmp_path, data_root):
     policy = _lenient_noise()
     policy.privacy.max_epsilon_per_run = 2.0
-    reason = _worker(tmp_path, data_root, _cfg(), policy).policy_refusal()
-    assert reason == "site policy refuses: epsilon 4 > site maximum 2"
+    refusal = _worker(tmp_path, data_root, _cfg(), policy).policy_refusal()
+    assert refusal == Refusal("policy_refused", "site policy refuses: epsilon 4 > site maximum 2")
 
 
 def test_dp_switched_off_is_refused(tmp_path, data_root):
-    reason = _worker(tmp_path, data_root, _cfg(enabled=False), _lenient_noise()).policy_refusal()
-    assert reason == "site policy refuses: differential privacy is switched off"
+    refusal = _worker(tmp_path, data_root, _cfg(enabled=False), _lenient_noise()).policy_refusal()
+    assert refusal == Refusal("policy_refused", "site policy refuses: differential privacy is switched off")
 
 
 def test_huge_budget_means_too_little_noise_and_is_refused(tmp_path, data_root):
     policy = SitePolicy(source="p")  # min noise multiplier 0.5
     policy.privacy.max_epsilon_per_run = policy.privacy.max_lifetime_epsilon = 1e6
     worker = _worker(tmp_path, data_root, _cfg(target_epsilon=1e5), policy)
-    reason = worker.policy_refusal()
+    reason = worker.policy_refusal().detail
     assert reason.startswith("site policy refuses: planned noise multiplier") and "< site minimum 0.5" in reason
     assert worker.plan().noise_multiplier < 0.5
 
@@ -114,11 +116,11 @@ def test_model_file_changed_after_approval_is_refused(tmp_path, data_root, monke
                             policy=tmp_path / "policy.yaml")
     assert SiteWorker(cfg, settings, "run-1").policy_refusal() is None
     model_copy.write_text(model_copy.read_text() + "\n# changed after approval\n")
-    assert "not approved" in SiteWorker(cfg, settings, "run-2").policy_refusal()
+    assert SiteWorker(cfg, settings, "run-2").policy_refusal().code == "not_approved"
 
 
 def test_revoked_approval_is_refused_from_the_next_message(tmp_path, data_root):
     worker = _worker(tmp_path, data_root, _cfg(), _lenient_noise())
     assert worker.policy_refusal() is None
     save_site_policy(_lenient_noise(), tmp_path / "policy.yaml")  # approvals removed
-    assert "not approved" in worker.policy_refusal()
+    assert worker.policy_refusal().code == "not_approved"

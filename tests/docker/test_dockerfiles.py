@@ -76,4 +76,8 @@ def test_compose_mounts_and_site_configs_exist():
         assert site["data_dir"] == "/data" and site["state_dir"] == "/var/lib/fedcare"
         assert site["superlink"] == "fleet-proxy:9092"
     assert "ports" not in compose["services"]["center"]  # only the proxy is reachable
+    for name in ("center", "fleet-proxy"):  # the center never mounts the CA key or a hospital's key folder
+        for volume in compose["services"][name]["volumes"]:
+            source = volume.split(":")[0]
+            assert "certs/ca" not in source and "hospitals" not in source and not source.endswith("certs"), volume
     assert (DOCKER / "fleet-proxy.conf").is_file()

@@ -1,4 +1,5 @@
-"""A real deployment on 127.0.0.1 for the e2e tests: key material from `fedcare certs`, tiny
+"""A real deployment on 127.0.0.1 for the e2e tests: the center's key material from `fedcare certs`,
+each hospital's keys from its own `fedcare client init`, the roster from `fedcare roster`, tiny
 synthetic hospitals, `fedcare server` and `fedcare client` processes (each in its own session,
 output to a log file). Every process is stopped by PID when the test ends, pass or fail."""
 
@@ -18,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from fedcare.certs import DeploymentPaths, generate_auth_key, write_deployment_keys
+from fedcare.certs import DeploymentPaths, assemble_roster, write_deployment_keys
 from fedcare.flower_processes import children_of, is_running
+from fedcare.site_keys import SiteKeyPaths, generate_auth_key, init_site_keys
 from shared.config import config_from_dict
 from shared.tasks.registry import build_task
 
@@ -62,7 +64,10 @@ class Deployment:
         self.config_path.write_text(yaml.safe_dump(raw))
         build_task(self.cfg).synthesize(root / "data", self.sites, 0)
         self.certs = DeploymentPaths(root / "certs")
-        write_deployment_keys(self.certs.root, ["localhost"], self.sites + list(extra_sites))
+        write_deployment_keys(self.certs.root, ["localhost"])
+        # keys born at each hospital; only the configured sites' public folders reach the center
+        self.site_keys = {s: init_site_keys(s, root / "hospitals" / s).paths for s in self.sites + list(extra_sites)}
+        assemble_roster(self.certs.root, [self.site_keys[s].public for s in self.sites])
         self.port = free_port()
         self.run_dir = root / "runs" / "run"
         self.ports: list[int] = [self.port]
@@ -74,6 +79,9 @@ class Deployment:
     def state_dir(self, site: str) -> Path:
         return self.root / "state" / site
 
+    def keys(self, site: str) -> SiteKeyPaths:
+        return self.site_keys[site]
+
     def site_yaml(self, site: str, auth_key: Path | None = None, name: str | None = None) -> Path:
         data_site = site if (self.root / "data" / site).is_dir() else self.sites[0]
         path = self.root / f"{name or site}.yaml"
@@ -82,10 +90,10 @@ class Deployment:
             "data_dir": str(self.root / "data" / data_site),
             "state_dir": str(self.state_dir(name or site)),
             "budget": {"lifetime_epsilon": 10.0, "delta": 1.0e-5},
-            "key": str(self.certs.ledger_key(site)),
-            "auth_key": str(auth_key or self.certs.auth_key(site)),
+            "key": str(self.keys(site).identity_key),
+            "auth_key": str(auth_key or self.keys(site).auth_key),
             "superlink": f"127.0.0.1:{self.port}",
-            "root_certificates": str(self.certs.site_dir(site) / "ca.crt"),
+            "root_certificates": str(self.certs.ca_cert),
         }))
         return path
 

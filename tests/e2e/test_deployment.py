@@ -77,10 +77,10 @@ def test_each_hospital_keeps_a_signed_ledger_with_one_entry_per_round(clean_run)
         entries = dep.ledger(site)
         assert [(e["run_id"], e["round"], e["status"]) for e in entries] == [(dep.run_id(), 1, "trained"),
                                                                               (dep.run_id(), 2, "trained")]
-        fingerprint = public_key_fingerprint(load_public_key(dep.certs.ledger_key(site).with_suffix(".pub")))
-        assert {e["key_fingerprint"] for e in entries} == {fingerprint}  # signed with the key from `fedcare certs`
+        fingerprint = public_key_fingerprint(load_public_key(dep.certs.identity_key(site)))
+        assert {e["key_fingerprint"] for e in entries} == {fingerprint}  # signed with the key the hospital created
         assert 0 < entries[0]["cumulative_epsilon"] < entries[1]["cumulative_epsilon"] <= 4.0 + 1e-6
-    audits = audit_path(dep.root / "state", {s: dep.certs.ledger_key(s).with_suffix(".pub") for s in dep.sites})
+    audits = audit_path(dep.root / "state", {s: dep.certs.identity_key(s) for s in dep.sites})
     assert {a.site: a.status for a in audits} == {s: "ok" for s in dep.sites}
 
 

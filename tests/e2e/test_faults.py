@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
-    dep = Deployment(tmp_path_factory.mktemp("faults"), rounds=2, round_timeout_s=45.0)
+    # 120 s: on a loaded machine a site needs ~1 min from the request to its reply (ClientApp start, training)
+    dep = Deployment(tmp_path_factory.mktemp("faults"), rounds=2, round_timeout_s=120.0)
     facts = {}
     try:
         server = dep.start_server()
@@ -86,5 +87,5 @@ def test_no_ledger_entry_lost_or_duplicated(faulty_run):
     assert rounds == {"site_a": [1, 2], "site_b": [1, 2], "site_c": [2]}
     trained_before_kill = [s for s, entries in facts["ledgers_at_kill"].items() if (run_id, 2) in entries]
     assert trained_before_kill  # a hospital had logged round 2 when the center died: it re-sent, not re-trained
-    audits = audit_path(dep.root / "state", {s: dep.certs.ledger_key(s).with_suffix(".pub") for s in dep.sites})
+    audits = audit_path(dep.root / "state", {s: dep.certs.identity_key(s) for s in dep.sites})
     assert {a.site: a.status for a in audits} == {s: "ok" for s in dep.sites}

@@ -4,6 +4,7 @@ SuperNode command line, key checks and one-line errors for bad input."""
 import io
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -12,17 +13,22 @@ from flwr.common.constant import FAB_MAX_SIZE
 
 from client.site_config import load_site_deployment
 from fedcare.center import parse_address, project_dir, supernode_keys
-from fedcare.certs import DeploymentPaths, write_deployment_keys
+from fedcare.certs import DeploymentPaths, assemble_roster, write_deployment_keys
 from fedcare.cli import main
 from fedcare.hospital import supernode_argv
+from fedcare.site_keys import init_site_keys
 from shared.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     root = tmp_path_factory.mktemp("certs")
-    write_deployment_keys(root, ["localhost"], ["hospital_a", "hospital_b"])
-    return DeploymentPaths(root)
+    write_deployment_keys(root, ["localhost"])
+    center = DeploymentPaths(root)
+    hospitals = {s: init_site_keys(s, root / "hospitals" / s).paths for s in ("hospital_a", "hospital_b")}
+    assemble_roster(root, [h.public for h in hospitals.values()])
+    return SimpleNamespace(root=root, ca_cert=center.ca_cert, supernode_keys=center.supernode_keys,
+                           hospital_a=hospitals["hospital_a"])
 
 
 def test_the_app_bundle_holds_only_the_apps_code():
@@ -39,17 +45,17 @@ def test_supernode_command_line(certs, tmp_path):
     (tmp_path / "data").mkdir()
     site_yaml = tmp_path / "site.yaml"
     site_yaml.write_text(yaml.safe_dump({
-        "site": "hospital_a", "data_dir": "data", "state_dir": "state", "key": str(certs.ledger_key("hospital_a")),
-        "auth_key": str(certs.auth_key("hospital_a")), "superlink": "fl.example.org:9092",
-        "root_certificates": str(certs.site_dir("hospital_a") / "ca.crt"),
+        "site": "hospital_a", "data_dir": "data", "state_dir": "state", "key": str(certs.hospital_a.identity_key),
+        "auth_key": str(certs.hospital_a.auth_key), "superlink": "fl.example.org:9092",
+        "root_certificates": str(certs.ca_cert),
     }))
     argv = supernode_argv(load_site_deployment(site_yaml), site_yaml, 9500)
     assert argv[0].endswith("flower-supernode")
     flags = dict(zip(argv[1::2], argv[2::2]))
     assert flags["--superlink"] == "fl.example.org:9092" and flags["--port"] == "9500"
     assert flags["--node-config"] == f'site-config="{site_yaml.resolve()}"'
-    assert flags["--root-certificates"] == str(certs.site_dir("hospital_a") / "ca.crt")
-    assert flags["--auth-supernode-private-key"] == str(certs.auth_key("hospital_a"))
+    assert flags["--root-certificates"] == str(certs.ca_cert)
+    assert flags["--auth-supernode-private-key"] == str(certs.hospital_a.auth_key)
     assert "--insecure" not in argv
 
 
@@ -63,9 +69,10 @@ def test_supernode_keys_of_the_configured_sites(certs):
 
 
 def test_a_bad_public_key_is_refused(tmp_path):
-    write_deployment_keys(tmp_path, ["localhost"], ["h"])
+    write_deployment_keys(tmp_path, ["localhost"])
     paths = DeploymentPaths(tmp_path)
-    (paths.supernode_keys / "h_auth.pub").write_bytes((paths.ledger_keys / "h_ledger.pub").read_bytes())
+    assemble_roster(tmp_path, [init_site_keys("h", tmp_path / "h").paths.public])
+    (paths.supernode_keys / "h_auth.pub").write_bytes(paths.identity_key("h").read_bytes())
     with pytest.raises(InputError, match="h_auth.pub: not an OpenSSH public key"):
         supernode_keys(tmp_path, ["h"])
 

@@ -95,6 +95,7 @@ def test_run_completes_with_the_derived_protocol_parameters(run):
             assert metrics["rounds"][r][site]["status"] == "trained"
             assert 0.0 <= metrics["rounds"][r][site]["evaluate"]["auroc"] <= 1.0
     assert metrics["rounds"]["1"]["site_c"]["status"] == "budget_exhausted"  # declined at setup, round went on
+    assert metrics["rounds"]["1"]["site_c"]["reason"] == "budget_exhausted"  # a code through the outgoing guard
     assert summary["sites"]["site_c"]["first_stop"]["status"] == "budget_exhausted"
 
 

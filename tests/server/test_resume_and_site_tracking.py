@@ -19,6 +19,7 @@ from shared.config import config_from_dict
 from shared.errors import InputError
 
 SITES = {11: "site_a", 12: "site_b", 13: "site_c"}
+LEAK = "/srv/ehr/site_b/visits.csv: creatinine, row 17: '7.1 (hemolysed)' is not a finite number"
 CFG = {
     "task": "event_mortality",
     "data": {"sites": list(SITES.values()), "max_events": 8, "text_dim": 8},
@@ -91,11 +92,16 @@ class SiteGrid(Grid):
                 reply.metadata.__dict__["_src_node_id"] = 1  # made by the SuperLink, not by the node
                 replies.append(reply)
                 continue
+            if what == "leaky_error":  # what Flower sends for an exception in a ClientApp without fedcare's guard
+                replies.append(Message(Error(code=2, reason=f"<class 'InputError'>:<'{LEAK}'>"), reply_to=msg))
+                continue
             name = "site_a" if what == "impostor" else site
+            status, reason = ("trained" if phase == "train" else "evaluated"), ""
+            if what == "leaky_refusal":
+                status, reason = "refused", LEAK
             content = RecordDict({"metrics": MetricRecord({"num-examples": 10, "train_loss": 0.5, "val_loss": 0.5}),
-                                  "site": ConfigRecord({"name": name, "status": "trained" if phase == "train" else "evaluated",
-                                                        "reason": ""})})
-            if phase == "train":
+                                  "site": ConfigRecord({"name": name, "status": status, "reason": reason})})
+            if phase == "train" and status == "trained":
                 state = msg.content["arrays"].to_torch_state_dict()
                 content["arrays"] = ArrayRecord({k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()})
             replies.append(Message(content, reply_to=msg))
@@ -135,6 +141,29 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
         assert torch.equal(resumed_final["state_dict"][key], value), key
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not_a_checkpoint"])
+def test_resume_with_a_damaged_newest_checkpoint_continues_from_the_previous_one(tmp_path, damage):
+    with pytest.raises(Crash):
+        run_federation(SiteGrid(lambda phase, rnd, site: "crash" if (phase, rnd) == ("train", 3) else "ok"), _rc(tmp_path))
+    run_dir = tmp_path / "run"
+    newest = checkpoint_path(run_dir, 2)
+    if damage == "truncated":  # a disk that lost the end of the file
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    else:  # loads as a torch file, but is no checkpoint
+        torch.save({"something": 1}, newest)
+
+    grid = SiteGrid()
+    summary = run_federation(grid, _rc(tmp_path, resume=True))
+    assert sorted({rnd for _, rnd, _ in grid.asked}) == [2, 3, 4]  # round 2 runs again from round 1's model
+    assert summary["complete"]
+    assert any(e.startswith("resume: skipped a checkpoint that does not load") and "round_002.pt" in e for e in summary["events"])
+    assert load_checkpoint(newest)["round"] == 2  # written again, whole
+    plain = tmp_path / "plain"
+    run_federation(SiteGrid(), {**_rc(tmp_path), "run-dir": str(plain)})
+    for key, value in load_checkpoint(checkpoint_path(plain, 4))["state_dict"].items():
+        assert torch.equal(load_checkpoint(checkpoint_path(run_dir, 4))["state_dict"][key], value), key
+
+
 def test_resume_refuses_another_runs_checkpoints_and_a_fresh_start_refuses_to_overwrite(tmp_path):
     run_federation(SiteGrid(), _rc(tmp_path, rounds=1))
     with pytest.raises(InputError, match="already holds checkpoints"):
@@ -157,7 +186,7 @@ def test_failed_silent_and_lying_sites_are_named_by_their_registered_site(tmp_pa
 
     summary = run_federation(SiteGrid(behaviour), _rc(tmp_path, rounds=2))
     events = summary["events"]
-    assert "round 1: site_c train failed: Error: Node Unavailable" in events
+    assert "round 1: site_c train failed: node_unavailable" in events  # Flower's own error, by a fixed name
     assert "round 1: site_c evaluate failed: no reply (site offline or timed out)" in events
     assert any(e.startswith("round 2: site_b train failed: reply names site 'site_a'") for e in events)
     assert summary["sites"]["site_c"]["rounds_trained"] == [2]
@@ -165,6 +194,22 @@ def test_failed_silent_and_lying_sites_are_named_by_their_registered_site(tmp_pa
     assert summary["sites"]["site_b"]["rounds_trained"] == [1]
     assert summary["sites"]["site_a"]["rounds_trained"] == [1, 2]  # the lie did not count for site_a
     assert "node-" not in " ".join(events)
+
+
+def test_only_reason_codes_of_a_site_are_stored(tmp_path):
+    """A site that sends free text (an error reply, or a refusal reason) is stored with a code only."""
+    def behaviour(phase, rnd, site):
+        if site == "site_b":
+            return "leaky_error" if phase == "train" else "leaky_refusal"
+        if site == "site_c" and phase == "train":
+            return "leaky_refusal"
+        return "ok"
+
+    summary = run_federation(SiteGrid(behaviour), _rc(tmp_path, rounds=1))
+    stored = (tmp_path / "run" / "metrics.json").read_text() + (tmp_path / "run" / "summary.json").read_text()
+    assert "hemolysed" not in stored and "visits.csv" not in stored
+    assert "round 1: site_b train failed: internal_error" in summary["events"]
+    assert summary["sites"]["site_c"]["first_stop"] == {"round": 1, "status": "refused", "reason": "internal_error"}
 
 
 def test_rounds_without_enough_connected_sites_are_skipped_not_waited_for_forever(tmp_path):

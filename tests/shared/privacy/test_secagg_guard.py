@@ -115,11 +115,12 @@ def test_refusal_is_an_error_reply_a_log_line_and_the_end_of_the_run(tmp_path):
 
     trick = _message({"stage": "unmask", "active_nids": [ME, A, B], "dead_nids": [A]})
     reply = secagg_guard(trick, ctx, answer, security_log=_log(tmp_path), expected=PARAMS)
-    assert reply.has_error() and "both active and dropped" in reply.error.reason and not called
+    assert reply.has_error() and reply.error.reason == "secagg_refused" and not called  # a code, the why is logged
     evaluate = secagg_guard(_message(None, "evaluate"), ctx, answer, security_log=_log(tmp_path), expected=PARAMS)
-    assert evaluate.has_error() and "already refused" in evaluate.error.reason and not called
+    assert evaluate.has_error() and evaluate.error.reason == "secagg_refused" and not called
     log = _log(tmp_path).events()
     assert [e["kind"] for e in log] == ["secagg_request_refused", "secagg_message_blocked"]
+    assert "both active and dropped" in log[0]["reason"] and "already refused" in log[1]["reason"]
     assert log[0]["stage"] == "unmask" and log[0]["node_id"] == ME and log[0]["round"] == "3"
     assert GuardState.load(ctx).refused.startswith("unmask names nodes as both active and dropped")
 
@@ -127,8 +128,9 @@ def test_refusal_is_an_error_reply_a_log_line_and_the_end_of_the_run(tmp_path):
 def test_a_plain_training_request_in_a_secure_run_is_a_downgrade(tmp_path):
     plain = Message(metadata=_message(None).metadata, content=RecordDict({"config": ConfigRecord({"server-round": 1})}))
     reply = secagg_guard(plain, _context(), lambda m, c: pytest.fail("answered"), security_log=_log(tmp_path), expected=PARAMS)
-    assert reply.has_error() and "plain training request" in reply.error.reason
+    assert reply.has_error() and reply.error.reason == "secagg_refused"
     assert _log(tmp_path).events()[0]["kind"] == "secagg_request_refused"
+    assert "plain training request" in _log(tmp_path).events()[0]["reason"]
 
 
 def test_an_answered_stage_advances_the_state(tmp_path):

@@ -15,6 +15,7 @@ from flwr.app import (
 )
 from flwr.common.constant import ErrorCode
 
+from shared.privacy.secagg_guard import site_decline_reason
 from shared.privacy.whitelist import (
     ALLOWED_METRICS,
     OutgoingMessageRefused,
@@ -154,7 +155,7 @@ def test_mod_turns_a_bad_reply_into_an_error_reply() -> None:
     assert calls == [message]
     assert guarded.has_error() and not guarded.has_content()
     assert guarded.error.code == ErrorCode.MOD_FAILED_PRECONDITION
-    assert "metric 'per_patient_loss' is not whitelisted" in guarded.error.reason
+    assert guarded.error.reason == "outgoing_refused"  # what was refused stays in the site's log
     assert guarded.metadata.reply_to_message_id == "m1"
 
 
@@ -163,10 +164,44 @@ def test_mod_checks_array_keys_against_the_received_model() -> None:
     content = _good_reply_content()
     content["arrays"] = _arrays(MODEL_KEYS | {"extra.buffer"})
     guarded = outgoing_guard_mod(message, _context(), lambda msg, ctx: Message(content, reply_to=msg))
-    assert guarded.has_error() and "unexpected ['extra.buffer']" in guarded.error.reason
+    assert guarded.has_error() and guarded.error.reason == "outgoing_refused"
 
 
-def test_mod_lets_error_replies_through() -> None:
+LEAK = "/srv/ehr/hospital_b/visits.csv: row 17, creatinine: '7.1 (hemolysed)' is not a finite number"
+
+
+@pytest.mark.parametrize("field, value", [("reason", LEAK), ("reason", "budget exhausted"), ("status", LEAK),
+                                          ("name", "hospital_a " + LEAK)])
+def test_site_texts_must_be_codes(field, value) -> None:
+    content = _good_reply_content()
+    content["site"][field] = value
+    with pytest.raises(OutgoingMessageRefused, match=f"record 'site': {field} is not a site name, status or reason code") as err:
+        check_outgoing(content, MODEL_KEYS)
+    assert "hemolysed" not in str(err.value)
+    content["site"] = ConfigRecord({"name": "hospital_a", "status": "refused", "reason": "data_error"})
+    check_outgoing(content, MODEL_KEYS)
+
+
+def test_mod_lets_error_replies_with_a_code_through() -> None:
     message = _train_message()
-    failed = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"), reply_to=message)
+    failed = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="data_error"), reply_to=message)
     assert outgoing_guard_mod(message, _context(), lambda msg, ctx: failed) is failed
+    declined = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=site_decline_reason(
+        "hospital_a", "budget_exhausted", "budget_exhausted")), reply_to=message)
+    assert outgoing_guard_mod(message, _context(), lambda msg, ctx: declined) is declined
+
+
+@pytest.mark.parametrize("reason", [LEAK, site_decline_reason("hospital_a", "refused", LEAK)])
+def test_mod_replaces_an_error_reply_carrying_text(reason) -> None:
+    message = _train_message()
+    failed = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+    guarded = outgoing_guard_mod(message, _context(), lambda msg, ctx: failed)
+    assert guarded.error.code == ErrorCode.MOD_FAILED_PRECONDITION and guarded.error.reason == "outgoing_refused"
+
+
+def test_mod_turns_an_exception_into_internal_error_without_its_text() -> None:
+    def client_app(msg: Message, ctx: Context) -> Message:
+        raise ValueError(LEAK)  # Flower would send "<class 'ValueError'>:<'...'>" to the center
+
+    guarded = outgoing_guard_mod(_train_message(), _context(), client_app)
+    assert guarded.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION and guarded.error.reason == "internal_error"
