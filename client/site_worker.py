@@ -27,9 +27,17 @@ from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
+from shared.privacy.roster import load_roster
 from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
 from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
-from shared.privacy.site_policy import SitePolicy, config_violations, load_site_policy, noise_violation, run_hash
+from shared.privacy.site_policy import (
+    SitePolicy,
+    approval_for,
+    config_violations,
+    load_site_policy,
+    noise_violation,
+    run_hash,
+)
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
@@ -56,8 +64,10 @@ class SiteSettings:
     device: str | None = None  # the hospital's setting wins over the run config's
     precision: str | None = None
     policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
+    deployment: bool = False  # from a site.yaml: without a policy nothing is approved (reason no_policy)
     source: str = "<site settings>"
     delta: float | None = None  # the largest delta the site accepts; a run asking more is refused
+    roster: Path | None = None  # the federation roster (shared/privacy/roster.py); None in simulation
 
 
 @dataclass
@@ -103,6 +113,7 @@ class SiteWorker:
         self._data: SiteData | None = None
         self._plan: NoisePlan | None = None
         self._approval_logged = False
+        self.refusal_detail = ""  # why the policy refused the last message (security log only)
         self.secagg: SecAggParameters | None = derive_secagg_parameters(cfg) if cfg.secure_aggregation.enabled else None
 
     # -- set-up ---------------------------------------------------------------------------
@@ -136,16 +147,27 @@ class SiteWorker:
 
     # -- the site policy ------------------------------------------------------------------
     def policy_refusal(self) -> str | None:
-        """Why the site policy refuses this run (None: approved, or no policy configured).
+        """The reason code why the site policy refuses this run (None: approved, or simulation without a policy).
 
-        Refused: a run hash not under approved_runs, a config that weakens the privacy floor or breaks
-        a limit, or a planned noise multiplier below the floor. The first approval is logged."""
+        `no_policy`: a deployed site without a policy approves nothing. `not_approved`: the run hash
+        (config + installed code) is not under approved_runs with this site's roster digest.
+        `policy_refused`: the config weakens the privacy floor or breaks a limit, or the planned noise
+        multiplier is below the floor. What exactly is wrong goes to the security log, never to the
+        center. The first approval is logged."""
+        self.refusal_detail = ""
         policy = self.policy
         if policy is None:
+            if self.settings.deployment:
+                self.refusal_detail = "no site policy configured (site.yaml policy:)"
+                return "no_policy"
             return None
+        roster = load_roster(self.settings.roster).digest() if self.settings.roster is not None else None
         problems = config_violations(policy, self.cfg, self.settings.site)
-        if self.run_hash not in policy.approved_hashes():
-            problems.insert(0, f"run {self.run_hash[:16]} not approved")
+        code = "policy_refused"
+        if approval_for(policy, self.run_hash, roster) is None:
+            problems.insert(0, f"run {self.run_hash[:16]} not approved" + (" with this roster" if self.run_hash in
+                                                                          policy.approved_hashes() else ""))
+            code = "not_approved"
         if not problems:
             try:
                 violation = noise_violation(policy, self.plan().noise_multiplier)
@@ -153,21 +175,26 @@ class SiteWorker:
                 violation = None  # the budget check refuses it as budget_exhausted
             problems += [violation] if violation else []
         if problems:
-            return ("site policy refuses: " + "; ".join(problems))[:200]
+            self.refusal_detail = "site policy refuses: " + "; ".join(problems)
+            return code
         if not self._approval_logged:
             # once per run and site on disk: simulation may serve one site from several worker processes
             logged = any(e.get("kind") == "policy_approved" and e.get("run_id") == self.run_id
                          and e.get("run_hash") == self.run_hash for e in self.security_log.events())
             if not logged:
                 self.security_log.append({"kind": "policy_approved", "run_id": self.run_id, "run_hash": self.run_hash,
-                                          "policy": str(self.settings.policy)})
+                                          "policy": str(self.settings.policy), "roster": roster})
             self._approval_logged = True
         return None
 
     def refuse(self, phase: str, server_round: int | None, reason: str) -> RoundOutcome:
-        """Log the refusal and return the reply's outcome: {"refused": 1}, no arrays."""
-        self.security_log.append({"kind": "refused", "run_id": self.run_id, "run_hash": self.run_hash, "phase": phase,
-                                  "round": server_round, "reason": reason})
+        """Log the refusal (with the policy's detail, which stays here) and return the reply's outcome:
+        {"refused": 1}, no arrays."""
+        event = {"kind": "refused", "run_id": self.run_id, "run_hash": self.run_hash, "phase": phase,
+                 "round": server_round, "reason": reason}
+        if self.refusal_detail:
+            event["detail"] = self.refusal_detail
+        self.security_log.append(event)
         return RoundOutcome("refused", reason, metrics={"refused": 1})
 
     def _prior(self) -> list[Mechanism]:

@@ -1,8 +1,6 @@
 """The site worker enforces its site policy before any training: approval by run hash, the privacy floor
 (epsilon, DP on, noise multiplier) and the code it approved."""
 
-import shutil
-
 import pytest
 
 from client.site_worker import SiteSettings, SiteWorker
@@ -57,12 +55,13 @@ def test_no_policy_approves_the_simulated_run(tmp_path, data_root):
 def test_unapproved_run_is_refused_without_arrays(tmp_path, data_root):
     worker = _worker(tmp_path, data_root, _cfg(), SitePolicy(source="p"), approve=False)
     reason = worker.policy_refusal()
-    assert reason.startswith(f"site policy refuses: run {worker.run_hash[:16]} not approved")
+    assert reason == "not_approved"  # the center gets the code; the detail stays in the security log
     outcome = worker.refuse("train", 1, reason)
     assert outcome.status == "refused" and outcome.arrays is None and outcome.metrics == {"refused": 1}
     logged = worker.security_log.events()[-1]
     assert logged == {"kind": "refused", "run_id": "run-1", "run_hash": worker.run_hash, "phase": "train",
-                      "round": 1, "reason": reason}
+                      "round": 1, "reason": "not_approved",
+                      "detail": f"site policy refuses: run {worker.run_hash[:16]} not approved"}
     assert not (tmp_path / "state" / "privacy_ledger.jsonl").exists()  # nothing was trained or spent
 
 
@@ -77,21 +76,24 @@ def test_approved_run_trains(tmp_path, data_root):
 def test_epsilon_above_the_floor_is_refused_even_when_approved(tmp_path, data_root):
     policy = _lenient_noise()
     policy.privacy.max_epsilon_per_run = 2.0
-    reason = _worker(tmp_path, data_root, _cfg(), policy).policy_refusal()
-    assert reason == "site policy refuses: epsilon 4 > site maximum 2"
+    worker = _worker(tmp_path, data_root, _cfg(), policy)
+    assert worker.policy_refusal() == "policy_refused"
+    assert worker.refusal_detail == "site policy refuses: epsilon 4 > site maximum 2"
 
 
 def test_dp_switched_off_is_refused(tmp_path, data_root):
-    reason = _worker(tmp_path, data_root, _cfg(enabled=False), _lenient_noise()).policy_refusal()
-    assert reason == "site policy refuses: differential privacy is switched off"
+    worker = _worker(tmp_path, data_root, _cfg(enabled=False), _lenient_noise())
+    assert worker.policy_refusal() == "policy_refused"
+    assert worker.refusal_detail == "site policy refuses: differential privacy is switched off"
 
 
 def test_huge_budget_means_too_little_noise_and_is_refused(tmp_path, data_root):
     policy = SitePolicy(source="p")  # min noise multiplier 0.5
     policy.privacy.max_epsilon_per_run = policy.privacy.max_lifetime_epsilon = 1e6
     worker = _worker(tmp_path, data_root, _cfg(target_epsilon=1e5), policy)
-    reason = worker.policy_refusal()
-    assert reason.startswith("site policy refuses: planned noise multiplier") and "< site minimum 0.5" in reason
+    assert worker.policy_refusal() == "policy_refused"
+    detail = worker.refusal_detail
+    assert detail.startswith("site policy refuses: planned noise multiplier") and "< site minimum 0.5" in detail
     assert worker.plan().noise_multiplier < 0.5
 
 
@@ -101,11 +103,7 @@ def test_policy_lifetime_cap_lowers_the_site_budget(tmp_path, data_root):
     assert _worker(tmp_path, data_root, _cfg(), policy).lifetime_epsilon == 3.0
 
 
-def test_model_file_changed_after_approval_is_refused(tmp_path, data_root, monkeypatch):
-    model_copy = tmp_path / "event_transformer.py"
-    shutil.copy(site_policy.REPO_ROOT / "shared/models/event_transformer.py", model_copy)
-    original = site_policy.code_files
-    monkeypatch.setattr(site_policy, "code_files", lambda c: [model_copy, *original(c)])
+def test_code_changed_after_approval_is_refused(tmp_path, data_root, monkeypatch):
     cfg = _cfg()
     policy = _lenient_noise()
     approve_run(policy, cfg, run_hash(cfg), parameters=0)
@@ -113,12 +111,41 @@ def test_model_file_changed_after_approval_is_refused(tmp_path, data_root, monke
     settings = SiteSettings(site="site_a", data_dir=data_root / "site_a", state_dir=tmp_path / "state",
                             policy=tmp_path / "policy.yaml")
     assert SiteWorker(cfg, settings, "run-1").policy_refusal() is None
-    model_copy.write_text(model_copy.read_text() + "\n# changed after approval\n")
-    assert "not approved" in SiteWorker(cfg, settings, "run-2").policy_refusal()
+    monkeypatch.setattr(site_policy, "installed_digest", lambda: "0" * 64)  # any installed file changed
+    assert SiteWorker(cfg, settings, "run-2").policy_refusal() == "not_approved"
+
+
+def test_deployed_site_without_policy_refuses_with_no_policy(tmp_path, data_root):
+    settings = SiteSettings(site="site_a", data_dir=data_root / "site_a", state_dir=tmp_path / "state", deployment=True)
+    worker = SiteWorker(_cfg(), settings, "run-1")
+    assert worker.policy_refusal() == "no_policy"
+    assert worker.refuse("train", 1, "no_policy").metrics == {"refused": 1}
+
+
+def test_approval_with_another_roster_is_refused(tmp_path, data_root):
+    from shared.privacy.keys import generate_site_key, load_public_key
+    from shared.privacy.roster import roster_from_keys, save_roster
+
+    keys = {}
+    for site in ("site_a", "site_b"):
+        generate_site_key(tmp_path / f"{site}.key", tmp_path / f"{site}.pub")
+        keys[site] = load_public_key(tmp_path / f"{site}.pub")
+    roster = roster_from_keys(keys)
+    save_roster(roster, tmp_path / "roster.yaml")
+    cfg = _cfg()
+    policy = _lenient_noise()
+    approve_run(policy, cfg, run_hash(cfg), parameters=0, roster_digest=roster.digest())
+    save_site_policy(policy, tmp_path / "policy.yaml")
+    settings = SiteSettings(site="site_a", data_dir=data_root / "site_a", state_dir=tmp_path / "state",
+                            policy=tmp_path / "policy.yaml", roster=tmp_path / "roster.yaml", deployment=True)
+    assert SiteWorker(cfg, settings, "run-1").policy_refusal() is None
+    save_roster(roster_from_keys({"site_a": keys["site_a"]}), tmp_path / "roster.yaml")  # the roster changed
+    worker = SiteWorker(cfg, settings, "run-2")
+    assert worker.policy_refusal() == "not_approved" and "with this roster" in worker.refusal_detail
 
 
 def test_revoked_approval_is_refused_from_the_next_message(tmp_path, data_root):
     worker = _worker(tmp_path, data_root, _cfg(), _lenient_noise())
     assert worker.policy_refusal() is None
     save_site_policy(_lenient_noise(), tmp_path / "policy.yaml")  # approvals removed
-    assert "not approved" in worker.policy_refusal()
+    assert worker.policy_refusal() == "not_approved"

@@ -74,10 +74,26 @@ class Deployment:
     def state_dir(self, site: str) -> Path:
         return self.root / "state" / site
 
-    def site_yaml(self, site: str, auth_key: Path | None = None, name: str | None = None) -> Path:
+    def approve(self, site: str, config: Path | None = None, roster: Path | None = None) -> Path:
+        """`fedcare client approve --yes` at `site` (in this process: the same installed code as the sites);
+        returns the site's policy file."""
+        from fedcare.cli import main
+
+        policy = self.root / "policies" / f"{site}.yaml"
+        policy.parent.mkdir(exist_ok=True)
+        args = ["client", "approve", "--policy", str(policy), "--config", str(config or self.config_path), "--site", site,
+                "--yes", *(["--roster", str(roster)] if roster else [])]
+        assert main(args) == 0
+        return policy
+
+    def site_yaml(self, site: str, auth_key: Path | None = None, name: str | None = None, policy: Path | None = None,
+                  roster: Path | None = None) -> Path:
         data_site = site if (self.root / "data" / site).is_dir() else self.sites[0]
         path = self.root / f"{name or site}.yaml"
+        extra = {"policy": str(policy)} if policy else {}
+        extra.update({"roster": str(roster)} if roster else {})
         path.write_text(yaml.safe_dump({
+            **extra,
             "site": site,
             "data_dir": str(self.root / "data" / data_site),
             "state_dir": str(self.state_dir(name or site)),
