@@ -2,9 +2,11 @@
 
 `fedcare client` runs `flower-supernode --isolation process`: the SuperNode then executes no app
 code itself; it queues each message as a task on its local Runtime API (127.0.0.1). `AppLauncher`
-(a thread of `fedcare client`) takes those tasks one at a time and starts, for each, this module
-from the site's installed packages (`python -m fedcare.clientapp_process`). It pulls the message,
-the run and the run's app bundle (FAB) with Flower's own Runtime API calls, then:
+(a thread of `fedcare client`) keeps one process of this module, from the site's installed packages,
+started and ready (imports done), takes the SuperNode's tasks one at a time and hands each task's
+token to the ready process on its stdin. (Flower expires a claimed task whose process has not
+pulled its input within 30 s: a cold start on a loaded machine can take longer.) The process pulls
+the message, the run and the run's app bundle (FAB) with Flower's own Runtime API calls, then:
 
 - reads the bundle as a zip in memory (never extracted, never put on `sys.path`) and compares every
   file with the site's installed code (shared/privacy/code_bundle.py);
@@ -20,7 +22,6 @@ process's output at the site.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import threading
@@ -29,7 +30,6 @@ import traceback
 from logging import ERROR
 from pathlib import Path
 
-TOKEN_ENV = "FEDCARE_RUNTIME_TOKEN"  # the task's token: in the environment, not on the command line
 POLL_S = 0.5
 
 
@@ -46,7 +46,7 @@ def _runtime_client(address: str, token: str | None = None):  # noqa: ANN202 (a 
                                                  retry_invoker=make_simple_http_retry_invoker() if token else None)
 
 
-def bundle_check(fab_content: bytes) -> tuple[list[str], str, str]:
+def bundle_check(fab_content: bytes, installed: dict[str, str] | None = None) -> tuple[list[str], str, str]:
     """(differences, the bundle's digest, the installed code's digest); no differences: the bundle is ours."""
     from shared.privacy.code_bundle import (
         BundleUnreadable,
@@ -56,7 +56,7 @@ def bundle_check(fab_content: bytes) -> tuple[list[str], str, str]:
         manifest_digest,
     )
 
-    installed = installed_manifest()
+    installed = installed_manifest() if installed is None else installed
     try:
         bundle = fab_manifest(fab_content)
     except BundleUnreadable as err:
@@ -81,14 +81,21 @@ def log_bundle_refused(site_yaml: Path, run_id: int, message_type: str, fab_hash
     })
 
 
-def run_task(runtime_address: str, token: str, site_yaml: Path) -> int:
-    """Answer one message of the SuperNode; returns the process's exit status."""
+def run_task(runtime_address: str, site_yaml: Path) -> int:
+    """Get ready, wait for a task's token on stdin, answer that one message; returns the exit status."""
     from flwr.app import Error, Message
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore import log
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+    from client.app import app  # the site's installed ClientApp (never the bundle's)
+    from shared.privacy.code_bundle import installed_manifest
+
+    installed = installed_manifest()
+    token = sys.stdin.readline().strip()
+    if not token:
+        return 0  # the launcher is stopping
     client = _runtime_client(runtime_address, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
@@ -96,7 +103,7 @@ def run_task(runtime_address: str, token: str, site_yaml: Path) -> int:
     status, details, code = SubStatus.FAILED, "internal_error", 1
     try:
         message, context, run, fab = pull_task_input(client)
-        differences, bundle_digest, installed_digest = bundle_check(fab.content)
+        differences, bundle_digest, installed_digest = bundle_check(fab.content, installed)
         if differences:
             log_bundle_refused(site_yaml, run.run_id, message.metadata.message_type, fab.hash_str, differences,
                                bundle_digest, installed_digest)
@@ -104,9 +111,7 @@ def run_task(runtime_address: str, token: str, site_yaml: Path) -> int:
                   f"installed code (first: {differences[0]}); see the security log", file=sys.stderr, flush=True)
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="bundle_refused"), reply_to=message)
             status, details, code = SubStatus.COMPLETED, "bundle_refused", 0
-        else:
-            from client.app import app  # the site's installed ClientApp: the bundle's files are identical to it
-
+        else:  # the bundle's files are the installed ones: the installed ClientApp answers
             reply = app(message=message, context=context)
             status, details, code = SubStatus.COMPLETED, "", 0
     except Exception:  # the center gets a code, the traceback stays here
@@ -125,14 +130,19 @@ def run_task(runtime_address: str, token: str, site_yaml: Path) -> int:
 
 
 class AppLauncher(threading.Thread):
-    """Takes the SuperNode's ClientApp tasks and runs each in a fresh `python -P -m fedcare.clientapp_process`
-    (-P: no working folder on sys.path), one at a time: the site's logs have one writer."""
+    """Takes the SuperNode's ClientApp tasks one at a time (the site's logs have one writer) and hands
+    each to a ready `python -P -m fedcare.clientapp_process` (-P: no working folder on sys.path)."""
 
     def __init__(self, runtime_address: str, site_yaml: Path, env: dict[str, str]) -> None:
         super().__init__(name="fedcare-app-launcher", daemon=True)
         self.runtime_address, self.site_yaml, self.env = runtime_address, site_yaml, env
         self.stopping = threading.Event()
-        self.current: subprocess.Popen[bytes] | None = None
+        self.ready: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-P", "-m", "fedcare.clientapp_process", "--runtime-api-address", self.runtime_address,
+                "--site-config", str(self.site_yaml)]
+        return subprocess.Popen(argv, env=self.env, stdin=subprocess.PIPE)
 
     def run(self) -> None:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -140,6 +150,11 @@ class AppLauncher(threading.Thread):
 
         client = None
         while not self.stopping.is_set():
+            if self.ready is not None and self.ready.poll() is not None:  # it failed while getting ready
+                self.ready = None
+                self.stopping.wait(2.0)
+            if self.ready is None:
+                self.ready = self._spawn()
             try:
                 client = client or _runtime_client(self.runtime_address)
                 res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
@@ -148,30 +163,37 @@ class AppLauncher(threading.Thread):
                 self.stopping.wait(2.0)
                 continue
             if res.HasField("task") and res.token:
-                self._run_one(res.token)
+                self._hand_over(self.ready, res.token)
+                self.ready = None
             else:
                 self.stopping.wait(POLL_S)
+        if self.ready is not None:
+            _stop(self.ready)
 
-    def _run_one(self, token: str) -> None:
-        argv = [sys.executable, "-P", "-m", "fedcare.clientapp_process", "--runtime-api-address", self.runtime_address,
-                "--site-config", str(self.site_yaml)]
-        self.current = subprocess.Popen(argv, env={**self.env, TOKEN_ENV: token}, stdin=subprocess.DEVNULL)
+    def _hand_over(self, proc: subprocess.Popen[bytes], token: str) -> None:
         try:
-            while self.current.poll() is None and not self.stopping.is_set():
-                time.sleep(0.2)
-        finally:
-            if self.current.poll() is None:
-                self.current.terminate()
-                try:
-                    self.current.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.current.kill()
-                    self.current.wait()
-            self.current = None
+            assert proc.stdin is not None
+            proc.stdin.write(f"{token}\n".encode())
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            return  # it died while waiting: Flower expires the task's claim and offers it again
+        while proc.poll() is None and not self.stopping.is_set():
+            time.sleep(0.2)
+        _stop(proc)
 
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=15)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--site-config", required=True)
     args = parser.parse_args(argv)
-    token = os.environ.pop(TOKEN_ENV, "")
-    if not token:
-        print(f"{TOKEN_ENV} is not set (this process is started by `fedcare client`)", file=sys.stderr)
-        return 2
-    return run_task(args.runtime_api_address, token, Path(args.site_config))
+    return run_task(args.runtime_api_address, Path(args.site_config))
 
 
 if __name__ == "__main__":
