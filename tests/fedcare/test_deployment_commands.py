@@ -50,6 +50,8 @@ def test_supernode_command_line(certs, tmp_path):
     assert flags["--node-config"] == f'site-config="{site_yaml.resolve()}"'
     assert flags["--root-certificates"] == str(certs.site_dir("hospital_a") / "ca.crt")
     assert flags["--auth-supernode-private-key"] == str(certs.auth_key("hospital_a"))
+    # the SuperNode runs no app code: the site's own process answers on a local-only Runtime API
+    assert flags["--isolation"] == "process" and flags["--host"] == "127.0.0.1"
     assert "--insecure" not in argv
 
 
