@@ -124,19 +124,23 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         try:
             load_site_policy(policy)
         except InputError as err:
-            raise InputError(src, "policy", f"{policy}: {err.problem}") from None
+            raise InputError(src, "policy", f"{policy}: {_where(err)}{err.problem}") from None
     roster = _path(raw, "roster", base, src) if raw.get("roster") else None
     if roster is not None:
         try:
             load_roster(roster)
         except InputError as err:
-            raise InputError(src, "roster", f"{roster}: {err.problem}") from None
+            raise InputError(src, "roster", f"{roster}: {_where(err)}{err.problem}") from None
 
     settings = SiteSettings(
         site=site, data_dir=data_dir, state_dir=state_dir, lifetime_epsilon=lifetime_epsilon, signing_key=key,
         device=device, precision=precision, source=src, delta=delta, policy=policy, roster=roster, deployment=True,
     )
     return SiteDeployment(settings, superlink, root, auth_key, insecure, delta)
+
+
+def _where(err: InputError) -> str:
+    return f"{err.field}: " if err.field else ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
