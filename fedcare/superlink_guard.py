@@ -7,7 +7,9 @@ This wrapper starts the very same SuperLink with two additions:
 
 - `ControlPlaneGuard`, the outermost ASGI layer: a request from a client address other than
   127.0.0.1 / ::1 reaches only `/v1/fleet/...` and `/health`; anything else gets 403 before Flower
-  sees it. Only the Fleet API faces the network, whatever address the SuperLink is bound to.
+  sees it. Only the Fleet API faces the network, whatever address the SuperLink is bound to. (Bound
+  to one interface address, the center's own tools reach it from that address: a connection whose
+  source is the very address it arrived at comes from this machine and counts as local.)
 - one site name per node key: a RegisterNode without a valid site name, or with a name that is
   already registered, is refused (Flower itself only refuses a key registered twice).
 """
@@ -41,7 +43,8 @@ class ControlPlaneGuard:
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] in ("http", "websocket"):
             client = (scope.get("client") or ("", 0))[0]
-            if client not in LOCAL_CLIENTS and not is_public_path(str(scope.get("path", ""))):
+            local = client in LOCAL_CLIENTS or client == (scope.get("server") or ("", 0))[0]
+            if not local and not is_public_path(str(scope.get("path", ""))):
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return

@@ -11,7 +11,7 @@ from fedcare import superlink_guard
 from fedcare.superlink_guard import ControlPlaneGuard
 
 
-def _call(path: str, client: str) -> int:
+def _call(path: str, client: str, server: str = "0.0.0.0") -> int:
     sent, reached = [], []
 
     async def app(scope, receive, send):
@@ -24,7 +24,7 @@ def _call(path: str, client: str) -> int:
     async def receive():
         return {"type": "http.request", "body": b""}
 
-    scope = {"type": "http", "path": path, "client": (client, 40000)}
+    scope = {"type": "http", "path": path, "client": (client, 40000), "server": (server, 9092)}
     asyncio.run(ControlPlaneGuard(app)(scope, receive, send))
     status = sent[0]["status"]
     assert (status == 200) == bool(reached)  # a refused request never reaches Flower
@@ -38,6 +38,8 @@ def test_control_and_runtime_apis_are_local_only(path):
     assert _call(path, "127.0.0.2") == 403  # loopback range, but not the center's own address
     assert _call(path, "127.0.0.1") == 200
     assert _call(path, "::1") == 200
+    assert _call(path, "10.1.2.3", server="10.1.2.3") == 200  # bound to one address: this machine calling itself
+    assert _call(path, "10.1.2.4", server="10.1.2.3") == 403
 
 
 @pytest.mark.parametrize("path", ["/v1/fleet/pull-messages", "/v1/fleet/activate-node", "/health"])
