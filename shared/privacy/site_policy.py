@@ -219,6 +219,7 @@ def approve_run(policy: SitePolicy, cfg: RunConfig, digest: str, parameters: int
     `code_digest`: the installed code's digest (part of `digest`); `roster_digest`: the roster pinned."""
     record = {
         "hash": digest,
+        "config_digest": hashlib.sha256(canonical_json(hashed_config(cfg)).encode()).hexdigest(),
         "code": code_digest or installed_digest(),
         "roster": roster_digest,
         "task": cfg.task,

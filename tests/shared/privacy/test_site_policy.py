@@ -100,7 +100,7 @@ def test_approval_pins_the_roster(tmp_path):
     cfg = _cfg()
     policy = SitePolicy(source="p")
     record = approve_run(policy, cfg, run_hash(cfg), parameters=1, roster_digest="r" * 64)
-    assert record["code"] == installed_digest() and record["roster"] == "r" * 64
+    assert record["code"] == installed_digest() and record["roster"] == "r" * 64 and len(record["config_digest"]) == 64
     assert approval_for(policy, run_hash(cfg), "r" * 64) == record
     assert approval_for(policy, run_hash(cfg), "s" * 64) is None and approval_for(policy, run_hash(cfg), None) is None
 
