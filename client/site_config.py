@@ -11,6 +11,8 @@
     device: auto                          # optional: auto | cpu | cuda | cuda:N
     precision: fp32                       # optional: fp32 | tf32 | bf16
     insecure: false                       # optional, development only: no TLS, no node authentication
+    policy: /etc/fedcare/site_policy.yaml # the site policy (`fedcare client approve`); without one nothing trains
+    roster: /etc/fedcare/roster.yaml      # optional: the federation roster an approval pins
 
 Relative paths are read relative to the folder of the site.yaml.
 """
@@ -33,9 +35,11 @@ from client.site_worker import SiteSettings
 from shared.config import PRECISIONS
 from shared.errors import InputError
 from shared.privacy.keys import load_private_key
+from shared.privacy.roster import load_roster
+from shared.privacy.site_policy import load_site_policy
 
 KEYS = ("site", "data_dir", "state_dir", "budget", "key", "auth_key", "superlink", "root_certificates", "device",
-        "precision", "insecure")
+        "precision", "insecure", "policy", "roster")
 REQUIRED = ("site", "data_dir", "state_dir", "key", "superlink")
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -115,11 +119,28 @@ def load_site_deployment(path: Path) -> SiteDeployment:
     precision = raw.get("precision")
     need(precision is None or precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}, got {precision!r}")
 
+    policy = _path(raw, "policy", base, src) if raw.get("policy") else None
+    if policy is not None:
+        try:
+            load_site_policy(policy)
+        except InputError as err:
+            raise InputError(src, "policy", f"{policy}: {_where(err)}{err.problem}") from None
+    roster = _path(raw, "roster", base, src) if raw.get("roster") else None
+    if roster is not None:
+        try:
+            load_roster(roster)
+        except InputError as err:
+            raise InputError(src, "roster", f"{roster}: {_where(err)}{err.problem}") from None
+
     settings = SiteSettings(
         site=site, data_dir=data_dir, state_dir=state_dir, lifetime_epsilon=lifetime_epsilon, signing_key=key,
-        device=device, precision=precision, source=src, delta=delta,
+        device=device, precision=precision, source=src, delta=delta, policy=policy, roster=roster, deployment=True,
     )
     return SiteDeployment(settings, superlink, root, auth_key, insecure, delta)
+
+
+def _where(err: InputError) -> str:
+    return f"{err.field}: " if err.field else ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

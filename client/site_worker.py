@@ -38,9 +38,17 @@ from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import NO_DP, REFUSED, SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
+from shared.privacy.roster import load_roster
 from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
 from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
-from shared.privacy.site_policy import SitePolicy, config_violations, load_site_policy, noise_violation, run_hash
+from shared.privacy.site_policy import (
+    SitePolicy,
+    approval_for,
+    config_violations,
+    load_site_policy,
+    noise_violation,
+    run_hash,
+)
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
@@ -67,6 +75,7 @@ class SiteSettings:
     device: str | None = None  # the hospital's setting wins over the run config's
     precision: str | None = None
     policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
+    deployment: bool = False  # from a site.yaml: without a policy nothing is approved (reason no_policy)
     source: str = "<site settings>"
     delta: float | None = None  # the largest delta the site accepts; a run asking more is refused
     roster: Path | None = None  # the federation roster (shared/privacy/roster.py); None in simulation
@@ -175,18 +184,25 @@ class SiteWorker:
 
     # -- the site policy ------------------------------------------------------------------
     def policy_refusal(self) -> Refusal | None:
-        """Why the site policy refuses this run (None: approved, or no policy configured): `not_approved`
-        for a run hash the policy does not list, else `policy_refused`.
+        """Why the site policy refuses this run (None: approved, or simulation without a policy), as a code
+        for the center and a detail for the security log.
 
-        Refused: a run hash not under approved_runs, a config that weakens the privacy floor or breaks
-        a limit, or a planned noise multiplier below the floor. The first approval is logged."""
+        `no_policy`: a deployed site without a policy approves nothing. `not_approved`: the run hash
+        (config + installed code) is not under approved_runs with this site's roster digest.
+        `policy_refused`: the config weakens the privacy floor or breaks a limit, or the planned noise
+        multiplier is below the floor. The first approval is logged."""
         policy = self.policy
         if policy is None:
+            if self.settings.deployment:
+                return Refusal("no_policy", "no site policy configured (site.yaml policy:)")
             return None
+        roster = load_roster(self.settings.roster).digest() if self.settings.roster is not None else None
         problems = config_violations(policy, self.cfg, self.settings.site)
-        approved = self.run_hash in policy.approved_hashes()
-        if not approved:
-            problems.insert(0, f"run {self.run_hash[:16]} not approved")
+        code = "policy_refused"
+        if approval_for(policy, self.run_hash, roster) is None:
+            problems.insert(0, f"run {self.run_hash[:16]} not approved" + (" with this roster" if self.run_hash in
+                                                                          policy.approved_hashes() else ""))
+            code = "not_approved"
         if not problems:
             try:
                 violation = noise_violation(policy, self.plan().noise_multiplier)
@@ -194,14 +210,14 @@ class SiteWorker:
                 violation = None  # the budget check refuses it as budget_exhausted
             problems += [violation] if violation else []
         if problems:
-            return Refusal("policy_refused" if approved else "not_approved", "site policy refuses: " + "; ".join(problems))
+            return Refusal(code, "site policy refuses: " + "; ".join(problems))
         if not self._approval_logged:
             # once per run and site on disk: simulation may serve one site from several worker processes
             logged = any(e.get("kind") == "policy_approved" and e.get("run_id") == self.run_id
                          and e.get("run_hash") == self.run_hash for e in self.security_log.events())
             if not logged:
                 self.security_log.append({"kind": "policy_approved", "run_id": self.run_id, "run_hash": self.run_hash,
-                                          "policy": str(self.settings.policy)})
+                                          "policy": str(self.settings.policy), "roster": roster})
             self._approval_logged = True
         return None
 

@@ -7,8 +7,11 @@ as `fedcare-config` JSON), prints each round as the ServerApp writes runs/<run-i
 and stops its own processes by PID on exit, error or Ctrl-C. `--resume RUN_DIR` submits the same
 run id again with `resume = true`: the ServerApp continues from the last global checkpoint.
 
-The SuperLink serves its Fleet, Control and Runtime APIs on one port; only /v1/fleet/ may be
-reachable from the hospitals (see README "Deploying across hospitals").
+The SuperLink serves its Fleet, Control and Runtime APIs on one port. It runs under
+fedcare.superlink_guard: only /v1/fleet/ and /health answer a client that is not 127.0.0.1, and
+every node key is registered under one site name that no other key may take. The center registers
+the nodes and submits the run itself, over 127.0.0.1; the ServerApp maps each node to the name it
+was registered with and never takes a site's name from a reply.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -126,7 +130,8 @@ class Center:
         (self.flwr_home / "config.toml").write_text(text)
 
     def start_superlink(self) -> None:
-        argv = [flower_executable("flower-superlink"), "--host", self.opts.host, "--port", str(self.opts.port),
+        # Flower's SuperLink with the control plane closed to non-local clients (fedcare/superlink_guard.py)
+        argv = [sys.executable, "-m", "fedcare.superlink_guard", "--host", self.opts.host, "--port", str(self.opts.port),
                 "--disable-runtime-dependency-installation"]
         if self.opts.insecure:
             argv.append("--insecure")
@@ -154,8 +159,8 @@ class Center:
         raise RuntimeError(f"flower-superlink did not answer on {self.local_address} within {timeout_s:.0f} s")
 
     def register_sites(self, keys: dict[str, Path]) -> None:
-        """`flwr supernode register` per hospital (in parallel: each is a CLI start-up); a key the
-        SuperLink already holds is fine."""
+        """`flwr supernode register` per hospital (in parallel: each is a CLI start-up), over 127.0.0.1.
+        The guard refuses a second key for a registered name; Flower refuses a second name for a key."""
         flwr = flower_executable("flwr")
         started = {
             site: subprocess.Popen([flwr, "supernode", "register", str(key), CONNECTION, "--name", site], env=self.env,
@@ -165,7 +170,7 @@ class Center:
         try:
             for site, proc in started.items():
                 output, _ = proc.communicate(timeout=120)
-                if proc.returncode != 0 and "already in use" not in output:
+                if proc.returncode != 0:
                     raise RuntimeError(f"registering {site}'s SuperNode key failed:\n{output.strip()}")
                 self.console.print(f"registered SuperNode key of [bold]{site}[/bold] ({keys[site].name})")
         finally:
@@ -253,8 +258,8 @@ def run_center(opts: CenterOptions, console: Console) -> dict[str, Any]:
         center.start_superlink()
         console.print(f"SuperLink on {opts.host}:{opts.port}, {mode}; logs in {center.logs}")
         if opts.host not in ("127.0.0.1", "localhost", "::1"):
-            console.print("[yellow]! the SuperLink's Control and Runtime APIs share this port: expose only /v1/fleet/ "
-                          "to the hospitals (README: Deploying across hospitals)[/yellow]")
+            console.print(f"Control and Runtime APIs: 127.0.0.1:{opts.port} only; {opts.host}:{opts.port} serves "
+                          "the Fleet API (/v1/fleet/) and /health to other addresses")
         run = center.submit_run()  # the ServerApp waits for the hospitals: register them meanwhile
         center.register_sites(keys)
         for site in missing:

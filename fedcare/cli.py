@@ -278,6 +278,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_client_approve(args: argparse.Namespace) -> int:
     """Show the operator what the run will do at this site; record its hash in the policy if they agree."""
     from shared.config import load_config
+    from shared.privacy.code_bundle import installed_digest
+    from shared.privacy.roster import load_roster
     from shared.privacy.security_log import log_security_event
     from shared.privacy.site_policy import (
         SitePolicy,
@@ -300,7 +302,9 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     site = args.site or policy.site or cfg.data.sites[0]
     model = build_task(cfg).build_model()
     parameters = sum(p.numel() for p in model.parameters())
-    digest = run_hash(cfg)
+    code = installed_digest()  # this site's installed code: a run's bundle must be identical to it
+    digest = run_hash(cfg, code)
+    roster = load_roster(Path(args.roster)) if args.roster else None
     p = cfg.privacy
     console.print(f"[bold]run to approve[/bold] ({args.config}) for site {site}")
     console.print(f"  task:          {cfg.task}")
@@ -315,6 +319,9 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     )
     console.print(f"  leaves site:   the model's {len(model.state_dict())} weight arrays after each round, and the scalars")
     console.print(f"                 {', '.join(sorted(m for m in ALLOWED_METRICS if '_ci_' not in m))} (+ confidence bounds)")
+    if roster is not None:
+        console.print(f"  roster:        {', '.join(sorted(roster.sites))} ({roster.digest()})")
+    console.print(f"  code:          {code} (the installed fedcare packages)")
     console.print(f"  run hash:      {digest}")
     problems = config_violations(policy, cfg, site)
     if problems:
@@ -325,7 +332,7 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     if not args.yes and input("approve this run? [y/N] ").strip().lower() not in ("y", "yes"):
         console.print("not approved")
         return 1
-    record = approve_run(policy, cfg, digest, parameters)
+    record = approve_run(policy, cfg, digest, parameters, code, roster.digest() if roster is not None else None)
     save_site_policy(policy, policy_path)
     if args.state_dir:
         log_security_event(Path(args.state_dir), {"kind": "approval", "site": site, **record})
@@ -598,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", required=True, help="the site policy YAML (created with strict defaults if absent)")
     s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the coordinator sent")
     s.add_argument("--site", help="this site's name (default: the policy's site, else the config's first site)")
+    s.add_argument("--roster", help="the federation roster this approval pins (the site.yaml's roster:)")
     s.add_argument("--state-dir", help="the site's state folder: also log the approval in its security log")
     s.add_argument("--yes", action="store_true", help="approve without asking")
     s.set_defaults(fn=cmd_client_approve)

@@ -1,11 +1,15 @@
-"""`fedcare client`: one hospital's SuperNode, kept running.
+"""`fedcare client`: one hospital's SuperNode, kept running, and the site's own ClientApp process.
 
-Validates the site.yaml first (paths, keys, address: one-line errors), then runs
-`flower-supernode` with the site's TLS root certificate, SuperNode authentication key and node
-config `site-config=<site.yaml>` (the ClientApp reads the site's settings from it), and starts
-it again whenever it exits: the SuperLink restarted (the node's old id is unknown to it), the
-network dropped, or the SuperLink still counts a crashed earlier instance of this node as
-online (activation is refused until its heartbeat expires, about a minute).
+Validates the site.yaml first (paths, keys, policy, address: one-line errors), then runs
+`flower-supernode --isolation process` with the site's TLS root certificate, SuperNode
+authentication key and node config `site-config=<site.yaml>`. With process isolation the SuperNode
+runs no app code: this wrapper's `AppLauncher` answers each message with
+`fedcare.clientapp_process`, which loads the ClientApp from the site's installed packages and
+refuses a run whose app bundle differs from them (fedcare/clientapp_process.py). The SuperNode's
+Runtime API listens on 127.0.0.1 only. The wrapper starts the SuperNode again whenever it exits:
+the SuperLink restarted (the node's old id is unknown to it), the network dropped, or the
+SuperLink still counts a crashed earlier instance of this node as online (activation is refused
+until its heartbeat expires, about a minute).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from client.site_config import SiteDeployment, load_site_deployment
+from fedcare.clientapp_process import AppLauncher
 from fedcare.flower_processes import FlowerProcess, flower_env, flower_executable
 from shared.training.devices import resolve_device
 
@@ -24,8 +29,8 @@ FIRST_RETRY_S, MAX_RETRY_S = 2.0, 30.0
 
 def supernode_argv(site: SiteDeployment, site_yaml: Path, runtime_port: int) -> list[str]:
     argv = [flower_executable("flower-supernode"), "--superlink", site.superlink,
-            "--node-config", f'site-config="{site_yaml.resolve()}"', "--port", str(runtime_port),
-            "--isolation", "subprocess"]
+            "--node-config", f'site-config="{site_yaml.resolve()}"', "--host", "127.0.0.1", "--port", str(runtime_port),
+            "--isolation", "process"]
     if site.insecure:
         return argv + ["--insecure"]
     return argv + ["--root-certificates", str(site.root_certificates), "--auth-supernode-private-key", str(site.auth_key)]
@@ -44,6 +49,18 @@ def run_hospital(site_yaml: Path, runtime_port: int, max_restarts: int | None, c
     mode = "[red]INSECURE (no TLS)[/red]" if site.insecure else "TLS, SuperNode key " + site.auth_key.name  # type: ignore[union-attr]
     console.print(f"[bold]fedcare client[/bold] site={settings.site} superlink={site.superlink} {mode} "
                   f"data={settings.data_dir} state={settings.state_dir}")
+    if settings.policy is None:
+        console.print("[yellow]! no policy in site.yaml: this site refuses every run (reason no_policy)[/yellow]")
+    launcher = AppLauncher(f"127.0.0.1:{runtime_port}", site_yaml.resolve(), env)
+    launcher.start()
+    try:
+        return _keep_supernode_running(argv, env, settings.site, max_restarts, console)
+    finally:
+        launcher.stop()
+
+
+def _keep_supernode_running(argv: list[str], env: dict[str, str], site: str, max_restarts: int | None,
+                            console: Console) -> int:
     restarts, delay = 0, FIRST_RETRY_S
     while True:
         started = time.time()
@@ -56,9 +73,9 @@ def run_hospital(site_yaml: Path, runtime_port: int, max_restarts: int | None, c
             delay = FIRST_RETRY_S  # it had been connected: a fresh failure, not a refusal repeating
         restarts += 1
         if max_restarts is not None and restarts > max_restarts:
-            console.print(f"[red]SuperNode of {settings.site} exited (code {code}); not restarting "
+            console.print(f"[red]SuperNode of {site} exited (code {code}); not restarting "
                           f"(--max-restarts {max_restarts})[/red]")
             return 1
-        console.print(f"[yellow]SuperNode of {settings.site} exited (code {code}); connecting again in {delay:.0f} s[/yellow]")
+        console.print(f"[yellow]SuperNode of {site} exited (code {code}); connecting again in {delay:.0f} s[/yellow]")
         time.sleep(delay)
         delay = min(2 * delay, MAX_RETRY_S)

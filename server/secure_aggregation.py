@@ -202,6 +202,7 @@ class ProtocolReplyTracker:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
+        self.tracker._learn_registered_names(self._grid)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for msg in messages:
             configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
@@ -219,7 +220,8 @@ class ProtocolReplyTracker:
         elif reply.has_error():
             declined = parse_site_decline(reply.error.reason)
             if declined is not None:
-                site, status, reason = declined[0], site_status(declined[1]), as_reason_code(declined[2])
+                claimed, status, reason = declined[0], site_status(declined[1]), as_reason_code(declined[2])
+                site = self.tracker.site_for(node, claimed)  # the registered name, never the reply's (deployment)
                 self.tracker.node_sites[node] = site
                 self.history.record_train(server_round, site, status, reason, {})
                 if status == "budget_exhausted":
@@ -229,7 +231,7 @@ class ProtocolReplyTracker:
                                             f"SecAgg+ {stage} stage: {error_reason(reply.error)}")
         elif stage == Stage.COLLECT_MASKED_VECTORS and FIT_METRICS_RECORD in reply.content.config_records:
             metrics = dict(reply.content.config_records[FIT_METRICS_RECORD])
-            site = str(metrics.pop(SITE_NAME_KEY, self._site(node)))
+            site = self.tracker.site_for(node, str(metrics.pop(SITE_NAME_KEY, self._site(node))))
             status = site_status(metrics.pop(SITE_STATUS_KEY, "trained"))
             reason = as_reason_code(metrics.pop(SITE_REASON_KEY, ""))
             head = str(metrics.pop("site.ledger_head", ""))

@@ -4,9 +4,10 @@
 and status, records it in the run history, keeps sites that sent no weights (budget exhausted,
 refused, failed) out of the aggregation, stops asking a budget-exhausted site to train, and
 names sites that did not answer. In deployment the site of a node is the name the center
-registered with the node's key; a reply claiming another site's name is dropped. Of a site's
-status and reason only known values are stored (shared/privacy/reason_codes.py): free text a
-site might send (an exception's message naming a file and a cell) never reaches the history.
+registered with the node's key, never the name a reply gives; a reply claiming another site's
+name is dropped. Of a site's status and reason only known values are stored
+(shared/privacy/reason_codes.py): free text a site might send (an exception's message naming a file
+and a cell) never reaches the history.
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ class SiteTracking:
                 self.registered_names[node.node_id] = node.name
                 self.node_sites[node.node_id] = node.name
 
+    def site_for(self, node: int, claimed: str) -> str:
+        """The name a node's reply is recorded under. Deployment: the name the center registered with the
+        node's key (a node without one is `node-<id>`), never the reply's claim; simulation (no
+        registered names): the claim."""
+        registered = self.registered_names.get(node)
+        if registered is not None:
+            return registered
+        return f"node-{node}" if self.registered_names else claimed
+
     def _site_name(self, node: int) -> str:
         return self.node_sites.get(node, f"node-{node}")
 
@@ -131,11 +141,11 @@ class SiteTracking:
             if msg.has_error():
                 self.history.record_failure(server_round, self._site_name(node), phase, error_reason(msg.error))
                 continue
-            site, _, _ = _site_of(msg)
-            registered = self.registered_names.get(node)
-            if registered is not None and site != registered:
-                claim = f"reply names site {site!r}, but the node's key is registered as {registered!r}"
-                self.history.record_failure(server_round, registered, phase, claim)
+            claimed, _, _ = _site_of(msg)
+            site = self.site_for(node, claimed)
+            if claimed != site:
+                claim = f"reply names site {claimed!r}, but the node's key is registered as {site!r}"
+                self.history.record_failure(server_round, site, phase, claim)
                 continue
             self.node_sites[node] = site
             usable.append((msg, site))

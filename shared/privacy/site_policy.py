@@ -8,10 +8,12 @@ The policy is a YAML file the hospital owns (see README "For hospitals: what run
 - "config" is `RunConfig.to_dict()` without the fields that only say where things are kept
   (HASH_EXCLUDED_CONFIG_FIELDS: output folder, data root, site state root, site policies), so the
   same run approved from the coordinator's YAML matches the run the server sends.
-- "code" covers every source file the site runs for this run (`code_files`): the model's file and
-  the task's file (looked up in the registries), and all of client/, shared/training/, shared/privacy/,
-  shared/losses/, shared/data/, plus shared/models/attention.py and registry.py, shared/tasks/base.py
-  and registry.py, shared/config.py and shared/metrics.py. Changing any of them changes the hash.
+- "code" is the digest of the site's installed code (shared/privacy/code_bundle.py): every file of
+  server/, client/ and shared/, `__init__.py` and `shared/errors.py` included, read from the packages
+  the hospital installed, never from the bundle a run ships. Changing any file changes the hash.
+
+An approval also pins the federation roster (shared/privacy/roster.py): a run is approved only while
+the site's roster has the digest recorded with the approval (`approval_for`).
 
 Independently of approval, every run must respect the privacy floor, the round limit and the
 allowed tasks, models and strategies (`config_violations`, `noise_violation`).
@@ -31,23 +33,10 @@ import yaml
 from shared.config import STRATEGIES, RunConfig
 from shared.errors import InputError
 from shared.privacy.atomic_write import write_atomically
+from shared.privacy.code_bundle import installed_digest
 from shared.privacy.ledger import canonical_json
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HASH_EXCLUDED_CONFIG_FIELDS = ("output_dir", "data.root", "federation.site_state_root", "federation.site_policies")
-SITE_CODE_GLOBS = (
-    "client/*.py",
-    "shared/training/*.py",
-    "shared/privacy/*.py",
-    "shared/losses/*.py",
-    "shared/data/*.py",
-    "shared/models/attention.py",
-    "shared/models/registry.py",
-    "shared/tasks/base.py",
-    "shared/tasks/registry.py",
-    "shared/config.py",
-    "shared/metrics.py",
-)
 _TOP_KEYS = ("site", "allowed_tasks", "allowed_models", "allowed_strategies", "max_rounds", "privacy", "approved_runs")
 _HEX = set("0123456789abcdef")
 
@@ -180,25 +169,15 @@ def hashed_config(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-def code_files(cfg: RunConfig) -> list[Path]:
-    """Every source file the site runs for `cfg` (see the module docstring)."""
-    from shared.models.registry import model_source_file
-    from shared.tasks.registry import task_source_file
-
-    files = {model_source_file(cfg.model.name).resolve(), task_source_file(cfg.task).resolve()}
-    for pattern in SITE_CODE_GLOBS:
-        files.update(p.resolve() for p in REPO_ROOT.glob(pattern))
-    return sorted(files)
-
-
-def _display_path(path: Path) -> str:
-    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.as_posix()
-
-
-def run_hash(cfg: RunConfig) -> str:
-    """SHA-256 over the hashed config and the SHA-256 of every code file (see the module docstring)."""
-    code = {_display_path(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in code_files(cfg)}
+def run_hash(cfg: RunConfig, code_digest: str | None = None) -> str:
+    """SHA-256 over the hashed config and the installed code's digest (see the module docstring)."""
+    code = installed_digest() if code_digest is None else code_digest
     return hashlib.sha256(canonical_json({"config": hashed_config(cfg), "code": code}).encode()).hexdigest()
+
+
+def approval_for(policy: SitePolicy, digest: str, roster_digest: str | None) -> dict[str, Any] | None:
+    """The approval record of run `digest` made with this roster (None: not approved)."""
+    return next((r for r in policy.approved_runs if r["hash"] == digest and r.get("roster") == roster_digest), None)
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -236,10 +215,15 @@ def noise_violation(policy: SitePolicy, noise_multiplier: float) -> str | None:
     return None
 
 
-def approve_run(policy: SitePolicy, cfg: RunConfig, digest: str, parameters: int) -> dict[str, Any]:
-    """Record `digest` as approved (with what it is, for the reader of the policy); return the record."""
+def approve_run(policy: SitePolicy, cfg: RunConfig, digest: str, parameters: int, code_digest: str | None = None,
+                roster_digest: str | None = None) -> dict[str, Any]:
+    """Record `digest` as approved (with what it is, for the reader of the policy); return the record.
+    `code_digest`: the installed code's digest (part of `digest`); `roster_digest`: the roster pinned."""
     record = {
         "hash": digest,
+        "config_digest": hashlib.sha256(canonical_json(hashed_config(cfg)).encode()).hexdigest(),
+        "code": code_digest or installed_digest(),
+        "roster": roster_digest,
         "task": cfg.task,
         "model": cfg.model.name,
         "parameters": parameters,

@@ -145,3 +145,30 @@ def test_the_example_site_yaml_uses_only_known_keys():
     example = Path(__file__).resolve().parents[2] / "configs" / "site.example.yaml"
     raw = yaml.safe_load(example.read_text())
     assert set(raw) <= set(KEYS) and set(raw["budget"]) == {"lifetime_epsilon", "delta"}
+
+
+def test_policy_and_roster_in_site_yaml(site_yaml, certs, tmp_path):
+    from shared.privacy.keys import load_public_key
+    from shared.privacy.roster import roster_from_keys, save_roster
+    from shared.privacy.site_policy import SitePolicy, save_site_policy
+
+    save_site_policy(SitePolicy(source="p"), tmp_path / "policy.yaml")
+    save_roster(roster_from_keys({"hospital_a": load_public_key(certs.ledger_key("hospital_a").with_suffix(".pub"))}),
+                tmp_path / "roster.yaml")
+    s = load_site_config(site_yaml(policy="policy.yaml", roster="roster.yaml"))
+    assert (s.policy, s.roster, s.deployment) == (tmp_path / "policy.yaml", tmp_path / "roster.yaml", True)
+    assert load_site_config(site_yaml()).policy is None  # allowed: the site then refuses every run (no_policy)
+
+
+@pytest.mark.parametrize("field, content, problem", [
+    ("policy", None, "site policy file not found"),
+    ("policy", "approved_runs: 3\n", "approved_runs"),
+    ("roster", None, "roster file not found"),
+    ("roster", "sites: {}\n", "a roster is a mapping"),
+])
+def test_a_bad_policy_or_roster_is_one_line_naming_the_field(site_yaml, tmp_path, field, content, problem):
+    if content is not None:
+        (tmp_path / f"{field}.yaml").write_text(content)
+    with pytest.raises(InputError) as err:
+        load_site_config(site_yaml(**{field: f"{field}.yaml"}))
+    assert err.value.field == field and problem in str(err.value) and "\n" not in str(err.value)

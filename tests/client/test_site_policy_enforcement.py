@@ -1,8 +1,6 @@
 """The site worker enforces its site policy before any training: approval by run hash, the privacy floor
 (epsilon, DP on, noise multiplier) and the code it approved."""
 
-import shutil
-
 import pytest
 
 from client.site_worker import Refusal, SiteSettings, SiteWorker
@@ -103,11 +101,7 @@ def test_policy_lifetime_cap_lowers_the_site_budget(tmp_path, data_root):
     assert _worker(tmp_path, data_root, _cfg(), policy).lifetime_epsilon == 3.0
 
 
-def test_model_file_changed_after_approval_is_refused(tmp_path, data_root, monkeypatch):
-    model_copy = tmp_path / "event_transformer.py"
-    shutil.copy(site_policy.REPO_ROOT / "shared/models/event_transformer.py", model_copy)
-    original = site_policy.code_files
-    monkeypatch.setattr(site_policy, "code_files", lambda c: [model_copy, *original(c)])
+def test_code_changed_after_approval_is_refused(tmp_path, data_root, monkeypatch):
     cfg = _cfg()
     policy = _lenient_noise()
     approve_run(policy, cfg, run_hash(cfg), parameters=0)
@@ -115,8 +109,39 @@ def test_model_file_changed_after_approval_is_refused(tmp_path, data_root, monke
     settings = SiteSettings(site="site_a", data_dir=data_root / "site_a", state_dir=tmp_path / "state",
                             policy=tmp_path / "policy.yaml")
     assert SiteWorker(cfg, settings, "run-1").policy_refusal() is None
-    model_copy.write_text(model_copy.read_text() + "\n# changed after approval\n")
+    monkeypatch.setattr(site_policy, "installed_digest", lambda: "0" * 64)  # any installed file changed
     assert SiteWorker(cfg, settings, "run-2").policy_refusal().code == "not_approved"
+
+
+def test_deployed_site_without_policy_refuses_with_no_policy(tmp_path, data_root):
+    settings = SiteSettings(site="site_a", data_dir=data_root / "site_a", state_dir=tmp_path / "state", deployment=True)
+    worker = SiteWorker(_cfg(), settings, "run-1")
+    refusal = worker.policy_refusal()
+    assert refusal.code == "no_policy"
+    assert worker.refuse("train", 1, refusal).metrics == {"refused": 1}
+
+
+def test_approval_with_another_roster_is_refused(tmp_path, data_root):
+    from shared.privacy.keys import generate_site_key, load_public_key
+    from shared.privacy.roster import roster_from_keys, save_roster
+
+    keys = {}
+    for site in ("site_a", "site_b"):
+        generate_site_key(tmp_path / f"{site}.key", tmp_path / f"{site}.pub")
+        keys[site] = load_public_key(tmp_path / f"{site}.pub")
+    roster = roster_from_keys(keys)
+    save_roster(roster, tmp_path / "roster.yaml")
+    cfg = _cfg()
+    policy = _lenient_noise()
+    approve_run(policy, cfg, run_hash(cfg), parameters=0, roster_digest=roster.digest())
+    save_site_policy(policy, tmp_path / "policy.yaml")
+    settings = SiteSettings(site="site_a", data_dir=data_root / "site_a", state_dir=tmp_path / "state",
+                            policy=tmp_path / "policy.yaml", roster=tmp_path / "roster.yaml", deployment=True)
+    assert SiteWorker(cfg, settings, "run-1").policy_refusal() is None
+    save_roster(roster_from_keys({"site_a": keys["site_a"]}), tmp_path / "roster.yaml")  # the roster changed
+    worker = SiteWorker(cfg, settings, "run-2")
+    refusal = worker.policy_refusal()
+    assert refusal.code == "not_approved" and "with this roster" in refusal.detail
 
 
 def test_revoked_approval_is_refused_from_the_next_message(tmp_path, data_root):

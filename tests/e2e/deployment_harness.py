@@ -51,9 +51,13 @@ def free_port() -> int:
 
 
 class Deployment:
-    def __init__(self, root: Path, rounds: int, round_timeout_s: float, extra_sites: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path, rounds: int, round_timeout_s: float, extra_sites: tuple[str, ...] = (),
+                 sites: dict[str, int] | None = None) -> None:
+        """`sites`: site name -> synthetic stays (default TINY's three sites)."""
         self.root = root
         raw = json.loads(json.dumps(TINY))
+        if sites:
+            raw["data"]["sites"], raw["data"]["synth_sizes"] = list(sites), list(sites.values())
         raw["train"]["rounds"] = rounds
         raw["federation"]["round_timeout_s"] = round_timeout_s
         raw["data"]["root"] = str(root / "data")
@@ -82,11 +86,31 @@ class Deployment:
     def keys(self, site: str) -> SiteKeyPaths:
         return self.site_keys[site]
 
-    def site_yaml(self, site: str, auth_key: Path | None = None, name: str | None = None) -> Path:
+    def approve(self, site: str, config: Path | None = None, roster: Path | None = None) -> Path:
+        """`fedcare client approve --yes` at `site` (in this process: the same installed code as the sites);
+        returns the site's policy file."""
+        from fedcare.cli import main
+
+        policy = self.root / "policies" / f"{site}.yaml"
+        policy.parent.mkdir(exist_ok=True)
+        args = ["client", "approve", "--policy", str(policy), "--config", str(config or self.config_path), "--site", site,
+                "--yes", *(["--roster", str(roster)] if roster else [])]
+        assert main(args) == 0
+        return policy
+
+    def site_yaml(self, site: str, auth_key: Path | None = None, name: str | None = None, policy: Path | bool = True,
+                  roster: Path | None = None, claims: str | None = None) -> Path:
+        """A hospital's site.yaml. `policy`: True approves the deployment's run config (`fedcare client
+        approve`), False leaves the site without a policy, a path is used as is. `claims`: the site name
+        the file states (default `site`); keys, data and state are `site`'s."""
         data_site = site if (self.root / "data" / site).is_dir() else self.sites[0]
         path = self.root / f"{name or site}.yaml"
+        policy_path = self.approve(site, roster=roster) if policy is True else policy or None
+        extra = {"policy": str(policy_path)} if policy_path else {}
+        extra.update({"roster": str(roster)} if roster else {})
         path.write_text(yaml.safe_dump({
-            "site": site,
+            **extra,
+            "site": claims or site,
             "data_dir": str(self.root / "data" / data_site),
             "state_dir": str(self.state_dir(name or site)),
             "budget": {"lifetime_epsilon": 10.0, "delta": 1.0e-5},

@@ -43,7 +43,7 @@ def _is_center_process(pid: int, port: int) -> bool:
         cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
     except OSError:
         return False
-    return any(name in cmd for name in ("flower-superlink", "flwr-serverapp", "flwr run", "fedcare server")) or (
+    return any(name in cmd for name in ("fedcare.superlink_guard", "flwr-serverapp", "flwr run", "fedcare server")) or (
         "flower-superexec" in cmd and f"--runtime-api-address 127.0.0.1:{port}" in cmd
     )
 
@@ -107,7 +107,7 @@ def test_sigterm_stops_the_server_and_everything_it_started(tmp_path):
         server = dep.start_server()
         dep.wait_for("the run to be submitted", lambda: "run submitted" in dep.log("server"), timeout_s=120)
         started = [pid for pid in dep.ours() if _is_center_process(pid, dep.port)]
-        assert len(started) >= 3  # fedcare server, flower-superlink, its superexec, flwr run
+        assert len(started) >= 3  # fedcare server, the SuperLink (fedcare.superlink_guard), its superexec, flwr run
         server.send_signal(signal.SIGTERM)  # what `docker stop` sends; Ctrl-C takes the same path
         assert server.wait(timeout=60) == 130
         assert [pid for pid in started if is_running(pid)] == []

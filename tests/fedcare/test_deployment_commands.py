@@ -56,6 +56,8 @@ def test_supernode_command_line(certs, tmp_path):
     assert flags["--node-config"] == f'site-config="{site_yaml.resolve()}"'
     assert flags["--root-certificates"] == str(certs.ca_cert)
     assert flags["--auth-supernode-private-key"] == str(certs.hospital_a.auth_key)
+    # the SuperNode runs no app code: the site's own process answers on a local-only Runtime API
+    assert flags["--isolation"] == "process" and flags["--host"] == "127.0.0.1"
     assert "--insecure" not in argv
 
 

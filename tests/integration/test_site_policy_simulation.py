@@ -79,7 +79,7 @@ def test_unapproved_site_refuses_every_message_without_arrays(run):
         assert "arrays" not in msg.content
         assert dict(msg.content["metrics"]) == {"refused": 1}
         assert msg.content["site"]["status"] == "refused"
-        assert msg.content["site"]["reason"] == "not_approved"
+        assert msg.content["site"]["reason"] == "not_approved"  # a code: the detail stays in the site's log
     stop = summary["sites"]["site_b"]["first_stop"]
     assert stop["status"] == "refused" and stop["round"] == 1 and stop["reason"] == "not_approved"
     assert summary["sites"]["site_b"]["rounds_trained"] == []

@@ -245,3 +245,14 @@ def test_latest_checkpoint_orders_rounds_numerically(tmp_path):
         path.write_bytes(b"")
     (tmp_path / "checkpoints" / "round_1000.pt").write_bytes(b"")
     assert latest_checkpoint(tmp_path).name == "round_1000.pt"
+
+
+def test_in_deployment_a_reply_never_names_its_site(tmp_path):
+    from server.strategy import SiteTracking
+
+    tracking = SiteTracking()
+    tracking._init_tracking(RunHistory(tmp_path, ["site_a", "site_b"]), 1)
+    assert tracking.site_for(5, "site_a") == "site_a"  # simulation: no registered names, the reply is all there is
+    tracking.registered_names = {5: "site_b"}  # deployment: the center registered node 5's key as site_b
+    assert tracking.site_for(5, "site_a") == "site_b"
+    assert tracking.site_for(6, "site_a") == "node-6"  # a node without a registered name is never taken at its word

@@ -1,16 +1,14 @@
 """Site policy: validation, the run hash (config + code), floor checks, approval round trip."""
 
-import shutil
-
 import pytest
 
 from shared.config import config_from_dict
 from shared.errors import InputError
-from shared.privacy import site_policy
+from shared.privacy.code_bundle import installed_digest, installed_manifest
 from shared.privacy.site_policy import (
     SitePolicy,
+    approval_for,
     approve_run,
-    code_files,
     config_violations,
     load_site_policy,
     noise_violation,
@@ -79,23 +77,32 @@ def test_run_hash_ignores_locations_but_not_what_runs(tmp_path):
     assert run_hash(_cfg(model={"name": "event_transformer", "d_model": 32})) != base
 
 
-def test_code_files_cover_model_task_training_and_client():
-    names = {p.as_posix() for p in code_files(_cfg())}
-    for suffix in ("shared/models/event_transformer.py", "shared/tasks/event_mortality.py",
-                   "shared/training/dp_trainer.py", "client/site_worker.py", "client/app.py",
-                   "shared/privacy/planner.py", "shared/privacy/whitelist.py"):
-        assert any(n.endswith(suffix) for n in names), suffix
+def test_code_digest_covers_every_installed_file_init_and_errors_included():
+    names = set(installed_manifest())
+    for path in ("shared/models/event_transformer.py", "shared/tasks/event_mortality.py", "shared/training/dp_trainer.py",
+                 "client/site_worker.py", "client/app.py", "shared/privacy/whitelist.py", "shared/__init__.py",
+                 "client/__init__.py", "shared/errors.py", "server/app.py"):
+        assert path in names, path
 
 
-def test_changed_model_file_changes_the_hash(tmp_path, monkeypatch):
+def test_any_changed_file_changes_the_hash(tmp_path):
     cfg = _cfg()
-    model_copy = tmp_path / "event_transformer.py"
-    shutil.copy(site_policy.REPO_ROOT / "shared/models/event_transformer.py", model_copy)
-    original = site_policy.code_files
-    monkeypatch.setattr(site_policy, "code_files", lambda c: [model_copy, *original(c)])
-    before = run_hash(cfg)
-    model_copy.write_text(model_copy.read_text() + "\n# one more line\n")
-    assert run_hash(cfg) != before
+    for package in ("shared", "client", "server"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    before = run_hash(cfg, installed_digest(tmp_path))
+    (tmp_path / "shared" / "__init__.py").write_text("import os  # a payload in an __init__.py\n")
+    assert run_hash(cfg, installed_digest(tmp_path)) != before
+    assert run_hash(cfg) == run_hash(cfg, installed_digest())  # default: the installed packages
+
+
+def test_approval_pins_the_roster(tmp_path):
+    cfg = _cfg()
+    policy = SitePolicy(source="p")
+    record = approve_run(policy, cfg, run_hash(cfg), parameters=1, roster_digest="r" * 64)
+    assert record["code"] == installed_digest() and record["roster"] == "r" * 64 and len(record["config_digest"]) == 64
+    assert approval_for(policy, run_hash(cfg), "r" * 64) == record
+    assert approval_for(policy, run_hash(cfg), "s" * 64) is None and approval_for(policy, run_hash(cfg), None) is None
 
 
 def test_config_violations_name_each_weakening():
