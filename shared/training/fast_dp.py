@@ -165,10 +165,14 @@ class _Packed:
         order = torch.sort(counts, descending=True, stable=True).indices
         self.positions = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # non-zero rows first
         sorted_counts = counts[order].tolist()
-        n = mask.shape[0]
+        n, t = mask.shape
         size = max(1, -(-n // _PACK_BUCKETS))
         self.buckets = [
             (order[i : i + size], sorted_counts[i]) for i in range(0, n, size) if sorted_counts[i] > 0
+        ]
+        # per bucket, the flat (sample-major) row numbers of its (n_b, T_b) rows: one index_select
+        self.bucket_rows = [
+            (idx.unsqueeze(1) * t + self.positions[idx, :length]).flatten() for idx, length in self.buckets
         ]
         self.rows = mask.reshape(-1).nonzero().squeeze(1)  # flat (sample-major) indices of non-zero rows
         self.cost = sum(len(idx) * length for idx, length in self.buckets)
@@ -178,7 +182,7 @@ class _Packed:
         """The packing of g's non-zero rows when it saves at least _PACK_MIN_SAVING of them."""
         if g.device.type != "cpu" or g.shape[1] < 2:
             return None
-        mask = g.ne(0).any(-1)
+        mask = g.any(-1)
         cached = cache.packed
         if cached is not None and cached[0] is key and key is not None and torch.equal(cached[1].mask, mask):
             return cached[1]
@@ -192,8 +196,8 @@ class _Packed:
     def gather(self, x: torch.Tensor, bucket: int) -> torch.Tensor:
         """(B, T, d) -> this bucket's (n_b, T_b, d) non-zero rows (rows past a sample's count: filler)."""
         idx, length = self.buckets[bucket]
-        pos = self.positions[idx, :length]
-        return x[idx].gather(1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        rows = x.reshape(-1, x.shape[-1]).index_select(0, self.bucket_rows[bucket])
+        return rows.view(len(idx), length, x.shape[-1])
 
     def flat_rows(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (rows, d): the non-zero rows of every sample, sample-major."""
