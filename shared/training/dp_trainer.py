@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from shared.config import GRAD_SAMPLE_MODES
-from shared.training.devices import autocast_for, configure_precision
+from shared.training.devices import autocast_for, configure_precision, keep_freed_memory
 from shared.training.fast_dp import BookkeepingDP
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -334,6 +334,7 @@ def _make_private(
 
 def make_training_step(work: nn.Module, dataset: Dataset, s: TrainSettings) -> TrainingStep:
     """The optimizer, loader and DP machinery for `work` (already on s.device, in train mode)."""
+    keep_freed_memory()  # no page faults for the memory every step allocates again (devices.py)
     if s.noise_multiplier is None:
         params = [p for p in work.parameters() if p.requires_grad]
         pin = torch.device(s.device).type == "cuda"

@@ -43,3 +43,14 @@ def test_container_site_files_follow_the_machine(monkeypatch, cuda):
     for path in files:
         site = yaml.safe_load(path.read_text())
         assert resolve_device(site["device"], str(path), "device").type == ("cuda" if cuda else "cpu")
+
+
+def test_freed_memory_is_kept_for_the_next_step_on_glibc():
+    import platform
+
+    from shared.training.devices import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert keep_freed_memory() is applied  # once per process
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied
