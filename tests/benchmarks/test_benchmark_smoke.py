@@ -32,7 +32,7 @@ def test_gpu_throughput_quick_on_cpu_writes_its_json(tmp_path):
         assert "error" not in r, r
         assert r["batch"] == 8 and r["precision"] == "fp32" and r["reps"] == 5 and r["threads"] == 1
         assert r["step_ms"] > 0 and r["peak_mb"] > 0
-        assert r["samples_per_s"] == pytest.approx(8 / r["step_ms"] * 1000, rel=1e-3)
+        assert r["samples_per_s"] == pytest.approx(8 / r["step_ms"] * 1000, rel=1e-2)  # step_ms is rounded
         if mode == "bookkeeping":
             assert len(r["ratios"]) == 5 and all(x > 0 for x in r["ratios"])
             assert r["ratio_mean"] == pytest.approx(sum(r["ratios"]) / 5, abs=1e-3) and r["ratio_sd"] >= 0
