@@ -83,14 +83,45 @@ def communication(data: dict) -> str:
     return sizes + "\n\nBytes per message as Flower 1.41 serializes it (no transport framing).\n\n" + utility
 
 
+def _ratio(r: dict) -> str:
+    if "ratio_mean" in r:
+        return f"{r['ratio_mean']:.3f} ± {r['ratio_sd']:.3f}"
+    if "dp_over_non_dp" in r:
+        return f"{r['dp_over_non_dp']:.2f}x"
+    return r.get("error", "")[:60]
+
+
 def dp_overhead(data: dict) -> str:
     rows = [
         [r["model"], r["batch"], r["precision"], r["mode"], _num(r.get("step_ms"), 1), _num(r.get("samples_per_s"), 0),
-         _num(r.get("peak_mb"), 0), f"{r['dp_over_non_dp']:.2f}x" if "dp_over_non_dp" in r else r.get("error", "")[:60]]
+         _num(r.get("peak_mb"), 0), _ratio(r)]
         for r in data["rows"]
     ]
-    table = _md(["model", "batch", "precision", "mode", "step (ms)", "samples/s", "peak MB", "DP / non-DP"], rows)
-    return table + f"\n\nDevice: {data.get('device')} ({data.get('device_name')}), {data.get('threads')} thread(s)."
+    table = _md(["model", "batch", "precision", "mode", "step (ms)", "samples/s", "peak MB", "DP / non-DP (mean ± sd)"],
+                rows)
+    how = ""
+    if "reps" in data:
+        clock = "process CPU time" if data.get("clock") == "cpu" else "wall time"
+        how = (f" Interleaved in one process: {data['reps']} repetitions of {data.get('steps', 1)} step(s) per mode; "
+               f"ratio = DP's fastest step / the plain step's fastest step of the same repetition ({clock}).")
+    command = f" Command: `{data['command']}`." if data.get("command") else ""
+    return table + f"\n\nDevice: {data.get('device')} ({data.get('device_name')}), {data.get('threads')} thread(s).{how}{command}"
+
+
+def gpu_throughput(data: dict) -> str:
+    text = dp_overhead(data)
+    checks = data.get("targets", [])
+    if checks:
+        text += "\n\n" + _md(["target", "value", "met"], [[c["target"], c["value"], "yes" if c["met"] else "**no**"]
+                                                          for c in checks])
+    return text
+
+
+def deployment_rounds(data: dict) -> str:
+    return _md(["device", "model", "stays per site", "batch", "round wall (s)", "median (s)", "complete"],
+               [[data["device"], data["model"], ",".join(str(s) for s in data["stays_per_site"]), data["batch_size"],
+                 ", ".join(f"{s:.1f}" for s in data["round_s"]), _num(data.get("round_s_median"), 1),
+                 data["complete"]]]) + f"\n\nDevice: {data.get('device_name')}. Command: `{data.get('command')}`."
 
 
 FORMATTERS: dict[str, Callable[[dict], str]] = {
@@ -98,12 +129,16 @@ FORMATTERS: dict[str, Callable[[dict], str]] = {
     "scaling": scaling,
     "communication": communication,
     "dp_overhead": dp_overhead,
+    "gpu_throughput": gpu_throughput,
+    "deployment_rounds": deployment_rounds,
 }
 TITLES = {
     "fed_vs_pooled": "Utility: federated DP vs pooled non-DP",
     "scaling": "Scaling with the number of sites",
     "communication": "Communication per site and round",
     "dp_overhead": "DP-SGD step cost",
+    "gpu_throughput": "DP vs non-DP throughput on a GPU",
+    "deployment_rounds": "Deployment round time (3 sites)",
 }
 
 
@@ -122,7 +157,7 @@ def result_files(results: Path) -> dict[str, list[Path]]:
 def build_markdown(results: Path) -> str:
     parts = []
     for name, paths in result_files(results).items():
-        if name == "dp_overhead":
+        if name in ("dp_overhead", "gpu_throughput", "deployment_rounds"):
             chosen = paths  # one file per device: show each
         else:
             chosen = paths[:1]

@@ -488,8 +488,22 @@ def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def package_version() -> str:
+    """The installed distribution's version; from pyproject.toml when run from an uninstalled checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedcare")
+    except PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"] if pyproject.is_file() else "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcare", description="Federated, privacy-preserving clinical models.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write synthetic multi-hospital data")

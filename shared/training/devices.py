@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -41,3 +45,27 @@ def autocast_for(precision: str, device: torch.device) -> Iterator[None]:
             yield
     else:
         yield
+
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """glibc only, once per process: keep freed heap memory for the next training step instead of
+    handing it back to the OS. A training step allocates and frees the same tens of MB every time;
+    by default glibc serves blocks above a moving threshold with mmap and trims the heap top, so
+    each step page-faults its memory back (system time: it made the book-keeping DP step of the
+    SetTransformer ~1.6x a plain step on CPU against ~1.2x with this). Blocks up to 32 MB (glibc's
+    ceiling) come from the heap, and up to 1 GB of free heap is kept; the process's RSS then stays
+    near its peak. -> whether it was applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20))

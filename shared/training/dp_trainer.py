@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from shared.config import GRAD_SAMPLE_MODES
-from shared.training.devices import autocast_for, configure_precision
+from shared.training.devices import autocast_for, configure_precision, keep_freed_memory
 from shared.training.dp_rng import DPRandomness, dp_randomness
 from shared.training.fast_dp import BookkeepingDP
 
@@ -349,6 +349,7 @@ def make_training_step(
 ) -> TrainingStep:
     """The optimizer, loader and DP machinery for `work` (already on s.device, in train mode); DP
     randomness from `rng`, by default fresh generators per `s.dp_seed` (secret unless it is set)."""
+    keep_freed_memory()  # no page faults for the memory every step allocates again (devices.py)
     if s.noise_multiplier is None:
         params = [p for p in work.parameters() if p.requires_grad]
         pin = torch.device(s.device).type == "cuda"

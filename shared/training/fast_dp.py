@@ -9,11 +9,18 @@ keeps the output gradient G. After `loss.backward()`:
 1. per-sample gradient norms of each layer from (A, G), with T positions per sample:
    the ghost norm ||A_i^T G_i||_F^2 = <A_i A_i^T, G_i G_i^T> (T^2 (d_in + d_out) flops) or the
    per-sample gradient A_i^T G_i materialised and dropped (T d_in d_out), whichever is cheaper;
+   where the per-sample gradients are materialised (the cheaper branch: they are then smaller
+   than A and G) they are kept and A and G dropped;
 2. one clip factor per sample over ALL parameters, c_i = min(1, C / (||g_i|| + 1e-6)), as Opacus;
-3. per layer ONE contraction sum_i c_i A_i^T G_i (no second backward);
+3. per layer ONE contraction sum_i c_i A_i^T G_i (no second backward), or sum_i c_i grad_i over
+   the kept per-sample gradients (B p q flops instead of a second weight-gradient GEMM / conv call);
 4. Gaussian noise N(0, (sigma C)^2) on the sum (from `generator`: the site passes its round's secret
    generator, shared.training.dp_rng), divided by the expected batch size when
    loss_reduction="mean": the same gradient as Opacus' DPOptimizer, same Poisson accounting.
+
+On CPU, Linear layers skip the rows whose output gradient is zero (the padding of a masked
+sequence: the event transformer's padded events): they add nothing to A_i^T G_i, so norms and sums
+run on each sample's non-zero rows only (`_Packed`; exact; on CUDA it would cost a host sync).
 
 Under bf16/fp16 autocast the products run on the half-precision copies the layers computed with,
 with fp32 results (out_dtype on CUDA), and per-sample norms, clip factors and sums are fp32.
@@ -44,6 +51,10 @@ from shared.training.dp_rng import dp_randomness, gaussian_noise
 
 # Scratch memory one norm computation may take per chunk of samples (grams or per-sample grads).
 _CHUNK_BYTES = 1 << 29
+# Linear layers on CPU: rows whose output gradient is zero (padding of a masked sequence) are
+# packed away when that removes at least this fraction of the rows (module docstring).
+_PACK_MIN_SAVING = 0.1
+_PACK_BUCKETS = 8
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -142,14 +153,79 @@ def _chunks(batch: int, bytes_per_sample: int) -> Iterable[slice]:
     return (slice(i, i + step) for i in range(0, batch, step))
 
 
+class _Packed:
+    """A layer's rows without those whose output gradient is zero: a zero row of G adds nothing to
+    a_i^T g_i, to its norm or to the clipped sum, whatever its A row. Samples are sorted by their
+    number of non-zero rows and cut into buckets; a bucket gathers each sample's non-zero rows
+    (in order) and keeps as many as its longest sample has, so per-sample products cost sum_i T_i,
+    ghost norms sum_i T_i^2, instead of B T and B T^2. Needs the row counts on the host (CPU only:
+    on CUDA this would be a host sync in every step)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask  # (B, T) bool: rows with a non-zero output gradient
+        counts = mask.sum(1)
+        self.counts = counts
+        order = torch.sort(counts, descending=True, stable=True).indices
+        self.positions = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # non-zero rows first
+        sorted_counts = counts[order].tolist()
+        n, t = mask.shape
+        size = max(1, -(-n // _PACK_BUCKETS))
+        self.buckets = [
+            (order[i : i + size], sorted_counts[i]) for i in range(0, n, size) if sorted_counts[i] > 0
+        ]
+        # per bucket, the flat (sample-major) row numbers of its (n_b, T_b) rows: one index_select
+        self.bucket_rows = [
+            (idx.unsqueeze(1) * t + self.positions[idx, :length]).flatten() for idx, length in self.buckets
+        ]
+        self.rows = mask.reshape(-1).nonzero().squeeze(1)  # flat (sample-major) indices of non-zero rows
+        self.cost = sum(len(idx) * length for idx, length in self.buckets)
+
+    @staticmethod
+    def of(g: torch.Tensor, cache: _GramCache, key: object) -> _Packed | None:
+        """The packing of g's non-zero rows when it saves at least _PACK_MIN_SAVING of them."""
+        if g.device.type != "cpu" or g.shape[1] < 2:
+            return None
+        mask = g.any(-1)
+        cached = cache.packed
+        if cached is not None and cached[0] is key and key is not None and torch.equal(cached[1].mask, mask):
+            return cached[1]
+        packed = _Packed(mask)
+        if packed.cost > (1 - _PACK_MIN_SAVING) * mask.numel():
+            return None
+        if key is not None:
+            cache.packed, cache.packed_a = (key, packed), {}
+        return packed
+
+    def gather(self, x: torch.Tensor, bucket: int) -> torch.Tensor:
+        """(B, T, d) -> this bucket's (n_b, T_b, d) non-zero rows (rows past a sample's count: filler)."""
+        idx, length = self.buckets[bucket]
+        rows = x.reshape(-1, x.shape[-1]).index_select(0, self.bucket_rows[bucket])
+        return rows.view(len(idx), length, x.shape[-1])
+
+    def flat_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (rows, d): the non-zero rows of every sample, sample-major."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.rows)
+
+
 class _GramCache:
-    """The last activation's A A^T and c-scaled A: q, k and v projections share their input."""
+    """Per clipping pass: the last activation's A A^T and c-scaled A (q, k and v projections share
+    their input), and its packing of non-zero rows with what was gathered of it."""
 
     def __init__(self) -> None:
         self.gram_key: object = None
         self.grams: dict[int, torch.Tensor] = {}
         self.scaled_key: object = None
         self.scaled_value: torch.Tensor | None = None
+        self.packed: tuple[object, _Packed] | None = None
+        self.packed_a: dict[object, torch.Tensor] = {}
+
+    def packed_input(self, a: torch.Tensor, packed: _Packed, what: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """What was made of the shared (packed) input: bucket grams, gathered rows, scaled rows."""
+        if self.packed is None or self.packed[1] is not packed:
+            return make()
+        if what not in self.packed_a:
+            self.packed_a[what] = make()
+        return self.packed_a[what]
 
     def gram(self, a: torch.Tensor, part: slice, key: object) -> torch.Tensor:
         """A A^T of the samples in `part`; `key` names the activation a was made from (None: no reuse)."""
@@ -189,6 +265,19 @@ def _outer_norm_sq(
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+def _per_sample_outer(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The per-sample products g_i^T a_i: a (N, T, p), g (N, T, q) -> (N, q, p) fp32, in chunks."""
+    n, p, q = a.shape[0], a.shape[-1], g.shape[-1]
+    out = torch.empty(n, q, p, device=a.device, dtype=torch.float32)
+    for part in _chunks(n, 4 * p * q):
+        out[part] = _bmm_f32(g[part].mT, a[part])
+    return out
+
+
+def _self_gram(x: torch.Tensor) -> torch.Tensor:
+    return _bmm_f32(x, x.mT)
+
+
 def _weighted_outer_sum(
     scale: torch.Tensor, a: torch.Tensor, g: torch.Tensor, cache: _GramCache, key: object
 ) -> torch.Tensor:
@@ -217,19 +306,69 @@ class _LinearRule(_LayerRule):
         g = _cat_positions([_rows(c.grad) for c in calls])  # (B, T, out)
         a = _cat_positions([_rows(c.activation) for c in calls]).to(g.dtype)  # (B, T, in)
         key = calls[0].activation if len(calls) == 1 else None  # q, k, v: one kept input
-        sq = torch.zeros(g.shape[0], device=g.device)
-        if trainable(module.weight):
-            sq = sq + _outer_norm_sq(a, g, cache, key)
-        bias = None
+        n, t, p = a.shape
+        q = g.shape[-1]
+        sq = torch.zeros(n, device=g.device)
+        bias = per_sample = packed = None
         if trainable(module.bias):
             bias = g.sum(1, dtype=torch.float32)  # (B, out)
             sq = sq + bias.square().sum(1)
-        return sq, (a, g, bias, key)
+        if trainable(module.weight):
+            packed = _Packed.of(g, cache, key) if t > 1 else None
+            if packed is not None:
+                lengths = [(len(idx), length) for idx, length in packed.buckets]
+                ghost = sum(m * length * length for m, length in lengths) * (p + q)
+                materialise = sum(m * length for m, length in lengths) * p * q
+            else:
+                ghost, materialise = t * t * (p + q), t * p * q
+            if t > 1 and materialise < ghost:
+                # per-sample gradients, kept for the clipped sum (one tensordot instead of a
+                # second GEMM): smaller than the A and G they replace, which are dropped
+                per_sample = self.per_sample(a, g, packed)
+                sq = sq + per_sample.square().sum((1, 2))
+                a = g = packed = None
+            elif packed is not None:
+                sq = sq + self.packed_ghost_norm(a, g, packed, cache)
+            else:
+                sq = sq + _outer_norm_sq(a, g, cache, key)
+        return sq, (a, g, bias, key, per_sample, packed)
+
+    @staticmethod
+    def per_sample(a: torch.Tensor, g: torch.Tensor, packed: _Packed | None) -> torch.Tensor:
+        if packed is None:
+            return _per_sample_outer(a, g)
+        out = torch.zeros(a.shape[0], g.shape[-1], a.shape[-1], device=a.device)
+        for i, (idx, _length) in enumerate(packed.buckets):
+            out[idx] = _per_sample_outer(packed.gather(a, i), packed.gather(g, i))
+        return out
+
+    @staticmethod
+    def packed_ghost_norm(a: torch.Tensor, g: torch.Tensor, packed: _Packed, cache: _GramCache) -> torch.Tensor:
+        sq = torch.zeros(a.shape[0], device=a.device)
+        for i, (idx, _length) in enumerate(packed.buckets):
+            aa = cache.packed_input(a, packed, ("gram", i), lambda i=i: _self_gram(packed.gather(a, i)))
+            gb = packed.gather(g, i)
+            gg = _bmm_f32(gb, gb.mT)
+            sq[idx] = torch.bmm(aa.flatten(1).unsqueeze(1), gg.flatten(1).unsqueeze(2)).flatten()
+        return sq
 
     def clipped(self, module, state, scale, trainable, cache):
-        a, g, bias, key = state
+        a, g, bias, key, per_sample, packed = state
         out = []
-        if trainable(module.weight):
+        if per_sample is not None:
+            out.append((module.weight, torch.tensordot(scale, per_sample, dims=1)))
+        elif packed is not None:
+            row_scale = scale.repeat_interleave(packed.counts)
+            p, q = a.shape[-1], g.shape[-1]
+            g_rows = packed.flat_rows(g)
+            if p <= q:
+                a_rows = cache.packed_input(
+                    a, packed, "scaled", lambda: packed.flat_rows(a) * row_scale.to(a.dtype).unsqueeze(1)
+                )
+            else:
+                a_rows, g_rows = packed.flat_rows(a), g_rows * row_scale.to(g.dtype).unsqueeze(1)
+            out.append((module.weight, _mm_f32(g_rows.mT, a_rows)))
+        elif trainable(module.weight):
             out.append((module.weight, _weighted_outer_sum(scale, a, g, cache, key)))
         if bias is not None:
             out.append((module.bias, scale @ bias))
@@ -394,6 +533,7 @@ class _ConvRule(_LayerRule):
         positions = sum(math.prod(c.grad.shape[2:]) for c in calls)
         k = module.weight[0].numel()  # C_in/groups * prod(kernel)
         sq = torch.zeros(b, device=calls[0].grad.device)
+        kept = None
         if trainable(module.weight):
             if positions * (k + outs) <= k * outs:  # ghost norm per group over the L positions
                 g = _cat_positions(
@@ -404,7 +544,8 @@ class _ConvRule(_LayerRule):
                     cols.mT.reshape(b * groups, positions, k), g.mT.reshape(b * groups, positions, outs)
                 )
                 sq = sq + group_sq.view(b, groups).sum(1)
-            else:  # per-sample gradients, samples as groups, in chunks
+            else:  # per-sample gradients, samples as groups, in chunks; kept (smaller than A and G)
+                kept = torch.empty(b, module.weight.numel(), device=sq.device)
                 for part in _chunks(b, 8 * module.weight.numel()):
                     per_sample = None
                     for c in calls:
@@ -418,12 +559,15 @@ class _ConvRule(_LayerRule):
                             n * groups,
                         )
                         per_sample = grad if per_sample is None else per_sample + grad
-                    sq[part] += per_sample.reshape(-1, module.weight.numel()).float().square().sum(1)
+                    kept[part] = per_sample.reshape(-1, module.weight.numel())
+                sq += kept.square().sum(1)
         bias = None
         if trainable(module.bias):
             bias = sum(c.grad.flatten(2).sum(2, dtype=torch.float32) for c in calls)  # (B, C_out)
             sq = sq + bias.square().sum(1)
-        return sq, (calls, bias)
+        if kept is not None:
+            return sq, (None, bias, kept)  # the layer's inputs and output gradients are dropped
+        return sq, (calls, bias, None)
 
     def channel_scale_norms(self, module, calls, trainable):
         weight = bias = None
@@ -443,9 +587,11 @@ class _ConvRule(_LayerRule):
     def clipped(self, module, state, scale, trainable, cache):
         if isinstance(state, dict):  # channel_scale_norms kept the per-sample gradients
             return [(p, torch.tensordot(scale, per_sample, dims=1)) for p, per_sample in state.items()]
-        calls, bias = state
+        calls, bias, kept = state
         out = []
-        if trainable(module.weight):
+        if kept is not None:
+            out.append((module.weight, torch.tensordot(scale, kept, dims=1).view(module.weight.shape)))
+        elif trainable(module.weight):
             weight = None
             for c in calls:
                 x, padding = self.padded(module, c.activation.to(c.grad.dtype))

@@ -445,3 +445,55 @@ def test_cuda_step_has_no_host_sync_and_matches_cpu():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     _assert_same([p.grad.cpu() for p in engine._params], reference, rel=1e-4)
+
+
+class _MaskedSequence(nn.Module):
+    """Linear layers over (B, T, d) whose padded rows get a zero output gradient (masked sum),
+    one narrow (per-sample gradients kept) and one wide (ghost norm) after the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.narrow = nn.Linear(3, 4)
+        self.wide = nn.Linear(4, 48)
+        self.out = nn.Linear(48, 48)
+
+    def forward(self, x, valid):
+        h = self.out(torch.tanh(self.wide(torch.tanh(self.narrow(x)))))
+        return (h * valid[..., None]).sum((1, 2))
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_packing_zero_gradient_rows_is_exact(monkeypatch, pack):
+    from shared.training import fast_dp
+
+    built = []
+    original = fast_dp._Packed.of
+
+    def counting(g, cache, key):
+        packed = original(g, cache, key)
+        if packed is not None:
+            built.append(int(packed.mask.sum()))
+        return packed
+
+    monkeypatch.setattr(fast_dp._Packed, "of", staticmethod(counting))
+    if not pack:
+        monkeypatch.setattr(fast_dp, "_PACK_MIN_SAVING", 2.0)  # a packing never saves that much
+    torch.manual_seed(11)
+    model = _MaskedSequence()
+    lengths = torch.tensor([10, 1, 4, 0, 7, 2, 9, 3, 5])
+    valid = torch.arange(10)[None] < lengths[:, None]
+    batch = [torch.randn(9, 10, 3), valid]
+
+    def loss(m, b):
+        return m(b[0], b[1]).mean()
+
+    truth = _per_sample_truth(model, loss, batch)
+    for clip in (1e6, 0.3):
+        grads, norms = _bookkeeping_grads(model, loss, batch, clip=clip, expected=1)
+        torch.testing.assert_close(norms, truth.norm(dim=1), rtol=1e-5, atol=1e-6)
+        c = (clip / (truth.norm(dim=1) + 1e-6)).clamp(max=1.0)
+        expected = (c[:, None] * truth).sum(0)
+        assert (_flat(grads) - expected).norm() <= 1e-5 * expected.norm()
+    assert bool(built) == pack
+    if pack:
+        assert all(n == int(lengths.sum()) for n in built)  # only the valid rows have a gradient

@@ -1,0 +1,62 @@
+"""The benchmarks' CI runs: gpu_throughput.py --device cpu --quick writes the JSON the docs use,
+and dp_overhead.py --quick's DP / non-DP ratios have not worsened by more than 20% against the
+committed reference (ratios of CPU times, never absolute times; best of two runs)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.check_regression import REFERENCE, ratios, regressions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, out: Path, *extra: str) -> dict:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--device", "cpu", "--quick", "--out", str(out), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_gpu_throughput_quick_on_cpu_writes_its_json(tmp_path):
+    data = _run("gpu_throughput.py", tmp_path / "gpu_throughput.json")
+    assert data["device"] == "cpu" and data["quick"] and data["reps"] >= 5 and data["targets"] == []
+    rows = {(r["model"], r["mode"]): r for r in data["rows"]}
+    assert set(rows) == {(m, mode) for m in ("event_transformer", "set_transformer") for mode in ("non-dp", "bookkeeping")}
+    for (model, mode), r in rows.items():
+        assert "error" not in r, r
+        assert r["batch"] == 8 and r["precision"] == "fp32" and r["reps"] == 5 and r["threads"] == 1
+        assert r["step_ms"] > 0 and r["peak_mb"] > 0
+        assert r["samples_per_s"] == pytest.approx(8 / r["step_ms"] * 1000, rel=1e-2)  # step_ms is rounded
+        if mode == "bookkeeping":
+            assert len(r["ratios"]) == 5 and all(x > 0 for x in r["ratios"])
+            assert r["ratio_mean"] == pytest.approx(sum(r["ratios"]) / 5, abs=1e-3) and r["ratio_sd"] >= 0
+            assert r["ratio_mean"] == pytest.approx(r["step_ms"] / rows[(model, "non-dp")]["step_ms"], rel=0.6)
+
+
+def test_regression_check_compares_ratios_only():
+    def run(ratio, step_ms):
+        return {"rows": [{"model": "m", "batch": 16, "precision": "fp32", "mode": "non-dp", "step_ms": step_ms},
+                         {"model": "m", "batch": 16, "precision": "fp32", "mode": "bookkeeping",
+                          "step_ms": step_ms * ratio, "ratio_median": ratio}]}
+
+    reference = run(1.20, 100.0)
+    assert regressions(reference, [run(1.40, 900.0)], 0.2) == []  # 17% worse, 9x slower machine: fine
+    assert regressions(reference, [run(1.50, 10.0)], 0.2)  # 25% worse on a fast machine: caught
+    assert regressions(reference, [run(1.50, 10.0), run(1.30, 10.0)], 0.2) == []  # best of the runs counts
+    assert regressions(reference, [{"rows": []}], 0.2) == ["m/16/fp32/bookkeeping: not measured (reference ratio 1.200)"]
+
+
+def test_dp_overhead_quick_ratios_have_not_regressed(tmp_path):
+    reference = json.loads(REFERENCE.read_text())
+    assert reference["quick"] and reference["clock"] == "cpu" and ratios(reference)
+    runs = [_run("dp_overhead.py", tmp_path / "first.json")]
+    if regressions(reference, runs, 0.2):  # one more run before failing: the CI machine is shared
+        runs.append(_run("dp_overhead.py", tmp_path / "second.json"))
+    assert all(run["reps"] >= 5 and run["clock"] == "cpu" for run in runs)
+    assert regressions(reference, runs, 0.2) == []
