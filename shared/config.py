@@ -26,6 +26,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # see shared/training/dp_trainer.py
 SITE_DP_MODES = ("fixed", "adaptive")
+SITE_DP_STRATEGIES = ("fedavg", "fedprox")  # site-level DP bounds a weighted mean (server/site_level_dp.py)
 TRAIN_PHASE, PRETRAIN_PHASE = "train", "pretrain"  # `phase` in a round's train/evaluate message config
 PRETRAINABLE_TASKS = ("sleep_staging", "sleep_diagnosis")  # tasks with a contrastive pretraining phase
 
@@ -95,6 +96,10 @@ class SiteLevelDPConfig:
     target_clipped_quantile: float = 0.5  # adaptive only
     clip_norm_lr: float = 0.2  # adaptive only
     clipped_count_stddev: float | None = None  # adaptive only; None = Flower's default (number of sites / 20)
+    # aggregation weight of a site = min(num-examples, max_site_weight) / max_site_weight; None = every site weighs 1.
+    # The mean divides by the number of configured sites, so one site moves it by <= clipping_norm / sites
+    # (server/site_level_dp.py).
+    max_site_weight: float | None = None
 
 
 @dataclass
@@ -347,6 +352,9 @@ def _check_site_level_dp(cfg: RunConfig, need: Any) -> None:
     need(d.mode in SITE_DP_MODES, f"{where}.mode", f"one of {', '.join(SITE_DP_MODES)}")
     need(0.0 <= d.target_clipped_quantile <= 1.0, f"{where}.target_clipped_quantile", "must be in [0, 1]")
     need(d.clip_norm_lr > 0, f"{where}.clip_norm_lr", "must be > 0")
+    need(d.max_site_weight is None or d.max_site_weight > 0, f"{where}.max_site_weight", "must be > 0")
+    need(cfg.strategy.name in SITE_DP_STRATEGIES, "strategy.name",
+         f"site-level DP needs a weighted-mean strategy ({', '.join(SITE_DP_STRATEGIES)}), not {cfg.strategy.name!r}")
     if d.mode == "adaptive":
         stddev = d.clipped_count_stddev if d.clipped_count_stddev is not None else len(cfg.data.sites) / 20
         need(
