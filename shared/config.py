@@ -26,6 +26,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # see shared/training/dp_trainer.py
 SITE_DP_MODES = ("fixed", "adaptive")
+EVALUATION_ROUNDS = ("all", "final")
 SITE_DP_STRATEGIES = ("fedavg", "fedprox")  # site-level DP bounds a weighted mean (server/site_level_dp.py)
 TRAIN_PHASE, PRETRAIN_PHASE = "train", "pretrain"  # `phase` in a round's train/evaluate message config
 PRETRAINABLE_TASKS = ("sleep_staging", "sleep_diagnosis")  # tasks with a contrastive pretraining phase
@@ -103,6 +104,18 @@ class SiteLevelDPConfig:
 
 
 @dataclass
+class EvaluationPrivacyConfig:
+    """Validation metrics under DP (shared/privacy/dp_evaluation.py): each evaluation a site answers releases
+    noisy score histograms (binary) or a noisy confusion matrix (multiclass), one Gaussian mechanism of
+    noise_multiplier (x the L2 sensitivity) recorded in its ledger and planned with the training noise under
+    the one target. The center computes the metrics. Survival tasks release no validation metric under DP."""
+
+    noise_multiplier: float = 4.0
+    bins: int = 20  # equal-width score bins over [0, 1] (binary tasks)
+    rounds: str = "all"  # "all": every fine-tuning round's model is evaluated; "final": only the last round's
+
+
+@dataclass
 class PrivacyConfig:
     enabled: bool = True
     target_epsilon: float = 8.0  # per site, for this run
@@ -113,6 +126,7 @@ class PrivacyConfig:
     max_noise_multiplier: float = 20.0  # a plan needing more noise than this counts as no budget
     site_targets: dict[str, float] = field(default_factory=dict)  # per-site override of target_epsilon
     site_level_dp: SiteLevelDPConfig = field(default_factory=SiteLevelDPConfig)
+    evaluation: EvaluationPrivacyConfig = field(default_factory=EvaluationPrivacyConfig)
 
 
 @dataclass
@@ -195,6 +209,12 @@ class RunConfig:
     @property
     def total_rounds(self) -> int:
         return self.pretrain_rounds + self.train.rounds
+
+    def evaluation_rounds(self) -> list[int]:
+        """Global rounds whose model the sites evaluate under DP (the fine-tuning rounds, or the last)."""
+        if self.privacy.evaluation.rounds == "final":
+            return [self.total_rounds]
+        return list(range(self.pretrain_rounds + 1, self.total_rounds + 1))
 
     def site_target_epsilon(self, site: str) -> float:
         return float(self.privacy.site_targets.get(site, self.privacy.target_epsilon))
@@ -311,6 +331,11 @@ def _check(cfg: RunConfig) -> None:
         need(site in cfg.data.sites, f"privacy.site_targets.{site}", "not one of data.sites")
         need(eps > 0, f"privacy.site_targets.{site}", f"must be > 0, got {eps}")
     _check_site_level_dp(cfg, need)
+    e = p.evaluation
+    where = "privacy.evaluation"
+    need(e.noise_multiplier > 0, f"{where}.noise_multiplier", f"must be > 0 (no noise, no DP), got {e.noise_multiplier:g}")
+    need(2 <= e.bins <= 50, "privacy.evaluation.bins", f"must be in [2, 50], got {e.bins}")
+    need(e.rounds in EVALUATION_ROUNDS, "privacy.evaluation.rounds", f"one of {', '.join(EVALUATION_ROUNDS)}")
     need(cfg.strategy.name in STRATEGIES, "strategy.name", f"unknown strategy; known: {', '.join(STRATEGIES)}")
     need(cfg.strategy.min_sites >= 1, "strategy.min_sites", "must be >= 1")
     need(cfg.federation.mode in ("simulation", "deployment"), "federation.mode", "simulation or deployment")

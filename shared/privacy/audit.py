@@ -50,6 +50,7 @@ REQUIRED_FIELDS = (
 # Opacus's PRV accountant reports an upper bound within eps_error=0.01 of the estimate; dp-accounting's
 # PLD accountant has its own discretisation error: allow this much absolute slack on top of `tolerance`.
 _PRV_ABSOLUTE_SLACK = 0.02
+EVALUATION_PHASE = "evaluate"
 
 
 @dataclass
@@ -68,6 +69,14 @@ class LedgerAudit:
     status: str
     problems: list[str] = field(default_factory=list)
     epsilon_by_entry: list[float] = field(default_factory=list)
+    evaluation_releases: int = 0  # DP evaluation releases (counted in the epsilons above)
+    evaluation_epsilon: float = 0.0  # the evaluation releases' epsilon alone (dp-accounting), at the last delta
+
+
+def _is_evaluation(entry: dict) -> bool:
+    """A DP evaluation release (client/site_worker.py): status trained, extra.phase "evaluate"."""
+    extra = entry.get("extra")
+    return isinstance(extra, dict) and extra.get("phase") == EVALUATION_PHASE
 
 
 def _is_number(value: object) -> bool:
@@ -130,6 +139,8 @@ def _integrity_problems(
         if signature_problem is not None:
             problems.append(signature_problem)
     run_id, round_number = str(entry["run_id"]), entry["round"]
+    if _is_evaluation(entry):  # a run's evaluation releases have their own increasing rounds
+        run_id += " (evaluation)"
     if run_id in last_round_by_run and round_number <= last_round_by_run[run_id]:
         problems.append(
             f"round {round_number} of run {run_id!r} comes after its round {last_round_by_run[run_id]} "
@@ -181,6 +192,7 @@ def audit_ledger(
     kinds_found: set[str] = set()
     site = expected_site
     history: list[Mechanism] = []
+    evaluation_history: list[Mechanism] = []
     recomputed_cache: dict[tuple, float] = {}
     last_round_by_run: dict[str, int] = {}
     last_entry: dict | None = None
@@ -218,6 +230,8 @@ def audit_ledger(
                 report("tampered", number, "trained entry without a valid mechanism")
             else:
                 history.append(mechanism)
+                if _is_evaluation(entry):
+                    evaluation_history.append(mechanism)
 
         accountant, delta = entry["accountant"], float(entry["delta"])
         cache_key = (tuple(merged_history(history)), delta, accountant)
@@ -250,10 +264,12 @@ def audit_ledger(
         audit.recomputed_epsilon = recomputed
         last_entry = entry
 
-    audit.site, audit.entries, audit.rounds_trained = site or "?", len(lines), len(history)
+    audit.site, audit.entries, audit.rounds_trained = site or "?", len(lines), len(history) - len(evaluation_history)
+    audit.evaluation_releases = len(evaluation_history)
     if last_entry is not None:
         audit.recorded_epsilon = float(last_entry["cumulative_epsilon"])
         audit.delta = float(last_entry["delta"])
+        audit.evaluation_epsilon = epsilon_independent(evaluation_history, audit.delta, last_entry["accountant"])
         audit.lifetime_epsilon = float(last_entry["lifetime_epsilon"])
     audit.status = next((kind for kind in PROBLEM_KINDS if kind in kinds_found), None) or (
         "budget_exhausted" if last_entry is not None and last_entry["status"] == BUDGET_EXHAUSTED else "ok"
@@ -323,13 +339,14 @@ def _format_epsilon(value: float | None) -> str:
 
 def audit_table(audits: list[LedgerAudit]) -> str:
     """A plain-text table, one row per site, followed by each site's problems."""
-    header = ("site", "target eps", "spent eps", "recomputed eps", "delta", "rounds", "status")
+    header = ("site", "target eps", "spent eps", "recomputed eps", "of it evaluation eps", "delta", "rounds", "status")
     rows = [
         (
             a.site,
             _format_epsilon(a.target_epsilon if a.target_epsilon is not None else a.lifetime_epsilon),
             _format_epsilon(a.recorded_epsilon),
             _format_epsilon(a.recomputed_epsilon),
+            f"{_format_epsilon(a.evaluation_epsilon)} ({a.evaluation_releases})",
             "-" if a.delta is None else f"{a.delta:g}",
             str(a.rounds_trained),
             a.status,
