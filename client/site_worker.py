@@ -444,6 +444,7 @@ class SiteWorker:
         if not ok:
             return RoundOutcome("refused", f"evaluation would reach epsilon {eps_after:.3f} > budget {limit:.3f}")
         y, out, _ = self.predict(model, self.data.val)
+        self.task.metrics(y, out)  # only for the reports some tasks write at the site (sleep staging); nothing is sent
         if self.task.kind == "binary":
             probs = 1.0 / (1.0 + np.exp(-np.asarray(out, dtype=float)))
             release = release_binary(y, probs, e.bins, e.noise_multiplier)
