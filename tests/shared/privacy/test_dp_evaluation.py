@@ -7,6 +7,9 @@ from sklearn import metrics as skm
 from shared.metrics import choose_threshold
 from shared.privacy.dp_evaluation import (
     aggregate_release,
+    bin_centers,
+    bin_edges,
+    bin_index,
     binary_metrics,
     confusion_counts,
     histograms_of,
@@ -55,21 +58,26 @@ def test_confusion_release_sensitivity_is_the_units_per_record_by_brute_force():
 
 def test_metrics_of_exact_histograms_match_sklearn_on_bin_midpoint_scores():
     y, p = _data()
-    mid = (np.floor(p * BINS) + 0.5) / BINS  # every score at its bin's midpoint: binning loses nothing
+    mid = bin_centers(BINS)[bin_index(p, BINS)]  # every score at its bin's center: binning loses nothing
     m = binary_metrics(*score_histograms(y, mid, BINS))
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, mid))
     assert m["auprc"] == pytest.approx(skm.average_precision_score(y, mid))
     assert m["brier"] == pytest.approx(skm.brier_score_loss(y, mid))
     assert m["val_loss"] == pytest.approx(skm.log_loss(y, mid))
     assert m["num-examples"] == len(y) and m["prevalence"] == pytest.approx(y.mean())
-    # Youden on the bins: the lower edge of the bin whose midpoint sklearn picks
-    assert m["threshold"] == pytest.approx(choose_threshold(y, mid) - 0.5 / BINS)
+    # Youden on the bins: the lower edge of the bin whose center sklearn picks
+    assert m["threshold"] == pytest.approx(bin_edges(BINS)[bin_index(choose_threshold(y, mid), BINS)])
     assert {k for k in m if k.startswith("calib_bin_")} and 0 <= m["ece"] < 0.2
 
 
-def test_binned_auroc_of_raw_scores_is_close_to_the_exact_one():
+@pytest.mark.parametrize("shift", [0.0, -3.0])  # scores spread over [0, 1], or mostly below 0.1 (a DP-trained model)
+def test_binned_auroc_of_raw_scores_is_close_to_the_exact_one(shift):
     y, p = _data(2000)
-    assert binary_metrics(*score_histograms(y, p, BINS))["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=0.01)
+    p = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + shift)))
+    assert binary_metrics(*score_histograms(y, p, BINS))["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=0.015)
+    edges = bin_edges(BINS)
+    assert edges[0] == 0 and edges[-1] == 1 and np.all(np.diff(edges) > 0)
+    assert (bin_index(edges[1:-1], BINS) == np.arange(1, BINS)).all() and bin_index(np.array([1.0]), BINS)[0] == BINS - 1
 
 
 def test_multiclass_metrics_of_a_confusion_matrix_match_sklearn():
