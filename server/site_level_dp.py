@@ -88,8 +88,9 @@ class FixedDenominator:
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def _phantom(self, like: Message, weight: float) -> Message:
-        content = RecordDict({"arrays": ArrayRecord(dict(self.fixed_denominator_base.items())),
-                              "metrics": MetricRecord({WEIGHT_KEY: weight})})
+        # Flower's FedAvg wants the same metric keys in every reply: the first reply's values, its own weight
+        metrics = MetricRecord({**dict(like.content["metrics"].items()), WEIGHT_KEY: weight})
+        content = RecordDict({"arrays": ArrayRecord(dict(self.fixed_denominator_base.items())), "metrics": metrics})
         meta = like.metadata
         metadata = Metadata(run_id=meta.run_id, message_id="", src_node_id=0, dst_node_id=meta.dst_node_id,
                             reply_to_message_id="", group_id=meta.group_id, created_at=time.time(), ttl=meta.ttl,

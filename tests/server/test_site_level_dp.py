@@ -24,7 +24,7 @@ def _cfg(**site_dp):
 def _reply(node: int, site: str, n: int, value: float, status: str = "trained") -> Message:
     metadata = Metadata(run_id=1, message_id=f"r{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="m",
                         group_id="1", created_at=time.time(), ttl=60.0, message_type="train")
-    content = RecordDict({"metrics": MetricRecord({"num-examples": n}),
+    content = RecordDict({"metrics": MetricRecord({"num-examples": n, "epsilon": 1.5, "steps": 3}),
                           "site": ConfigRecord({"name": site, "status": status, "reason": ""})})
     if status == "trained":
         content["arrays"] = ArrayRecord({"w": Array(np.full(4, value, dtype=np.float32))})
