@@ -73,7 +73,8 @@ def test_run_folder_is_complete(run):
     assert set(metrics["rounds"]) == {"1", "2"}
     for site in ("site_a", "site_b"):
         ev = metrics["rounds"]["2"][site]["evaluate"]
-        assert 0.0 <= ev["auroc"] <= 1.0 and ev["num-examples"] > 0
+        # derived at the center from noisy histograms; 30-40 validation stays: the noisy total may even round to 0
+        assert 0.0 <= ev["auroc"] <= 1.0 and ev["num-examples"] >= 0
 
 
 def test_global_weights_change_between_rounds(run):
