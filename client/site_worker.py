@@ -1,6 +1,16 @@
 """What a hospital does each round, without Flower: load its own data once, plan its noise once,
 check its budget, train with DP-SGD, append to its privacy ledger, evaluate locally.
 
+Privacy at the site (README "Auditing privacy"):
+- check -> train -> append runs under the ledger's exclusive lock (one budget, one writer);
+- the ledger records the mechanism that ran: the sample rate and steps of the data actually trained on,
+  with the dataset size; a change in the data between rounds re-plans the noise for the remaining budget,
+  or refuses the round (`data_changed`) when no noise fits, and the security log says which;
+- DP randomness comes from generators seeded per round from the OS CSPRNG (shared.training.dp_rng),
+  unless the run sets the recorded `privacy.reproducible_noise` switch;
+- `privacy.enabled: false` (or a target epsilon of .inf) really trains without DP and the ledger says
+  "no_dp"; that is the one way to train without DP (tests/client/test_no_dp_switch.py keeps it so).
+
 Only `RoundOutcome.arrays` (model weights) and whitelisted aggregate scalars leave this module
 towards the server; data, encoders, embeddings and the ledger stay in `state_dir`.
 """
@@ -10,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import traceback
 import zlib
@@ -26,7 +37,7 @@ from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.atomic_write import write_atomically
 from shared.privacy.dp_evaluation import BINARY_SENSITIVITY, EXACT_MARKER, confusion_counts, release_binary, release_confusion
 from shared.privacy.keys import generate_site_key, load_private_key
-from shared.privacy.ledger import SiteLedger
+from shared.privacy.ledger import NO_DP, REFUSED, SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
 from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
 from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
@@ -41,10 +52,10 @@ EXPLANATIONS_DIR = "explanations"
 UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
 EVALUATE_PHASE = "evaluate"  # extra.phase of a ledger entry recording a DP evaluation release
-# Test seam, never for real runs: tests that compare aggregation paths (secure aggregation vs plain FedAvg)
-# set it with monkeypatch.setenv before the simulation starts (Flower's Ray workers inherit the environment;
-# a monkeypatched attribute would not reach them). The ledger marks every round trained so.
-TEST_ONLY_NO_DP_NOISE_ENV = "FEDCARE_TEST_ONLY_NO_DP_NOISE"
+
+
+class DataChanged(Exception):
+    """The site's training data changed since the noise was planned and no noise fits the remaining budget."""
 
 
 @dataclass
@@ -61,6 +72,7 @@ class SiteSettings:
     policy: Path | None = None  # the site policy YAML; None = no policy (simulation: the simulated run is approved)
     source: str = "<site settings>"
     delta: float | None = None  # the largest delta the site accepts; a run asking more is refused
+    roster: Path | None = None  # the federation roster (shared/privacy/roster.py); None in simulation
 
 
 @dataclass
@@ -78,6 +90,8 @@ class NoisePlan:
     steps_per_round: int
     composed_target: float  # epsilon the lifetime history may reach at the end of this run
     pretrain_steps_per_round: int = 0  # steps of a pretraining-phase round (config `pretrain:`)
+    n_train: int = -1  # training rows the plan was made for (-1: not recorded, a plan file of an older version)
+    replanned_at_round: int = 0  # 0: the run's first plan; else the round whose data change re-planned the noise
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -123,6 +137,11 @@ class SiteWorker:
         if self._data is None:
             self._data = self.task.prepare_site(self.settings.data_dir, self.settings.site, self.settings.state_dir)
         return self._data
+
+    @property
+    def dp_enabled(self) -> bool:
+        """False only through the documented config switch: privacy.enabled false or a target of .inf."""
+        return self.cfg.dp_enabled(self.settings.site)
 
     @property
     def policy(self) -> SitePolicy | None:
@@ -186,7 +205,7 @@ class SiteWorker:
         round (and a restarted client) uses the same noise."""
         if self._plan is not None:
             return self._plan
-        path = self.settings.state_dir / "plans" / f"{self.run_id}.json"
+        path = self._plan_path()
         if path.is_file():
             self._plan = NoisePlan(**json.loads(path.read_text()))
             return self._plan
@@ -203,11 +222,44 @@ class SiteWorker:
             composed_target, p.delta, q, run_steps, prior=prior + self.planned_evaluation(),
             accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
         )  # raises BudgetTooSmall
-        self._plan = NoisePlan(nm, q, steps_round, composed_target, pretrain_round)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._plan.__dict__))
-        os.replace(tmp, path)
+        self._save_plan(NoisePlan(nm, q, steps_round, composed_target, pretrain_round, n_train=n))
+        return self._plan
+
+    def _plan_path(self) -> Path:
+        return self.settings.state_dir / "plans" / f"{self.run_id}.json"
+
+    def _save_plan(self, plan: NoisePlan) -> None:
+        self._plan = plan
+        write_atomically(self._plan_path(), json.dumps(plan.__dict__).encode(), 0o600)
+
+    def _replan_if_data_changed(self, plan: NoisePlan, server_round: int) -> NoisePlan:
+        """The plan for the data the site has now. When the sample rate or the steps per round differ from
+        the plan's (the training rows changed), re-plan the noise over the run's remaining rounds on top of
+        everything trained so far, under the same composed target; raise DataChanged when nothing fits."""
+        n, t, p = self.data.n_train, self.cfg.train, self.cfg.privacy
+        q, per_epoch = sample_rate_for(n, t.batch_size), steps_per_epoch(n, t.batch_size)
+        steps_round = t.local_epochs * per_epoch
+        pretrain_round = self.cfg.pretrain.local_epochs * per_epoch if self.cfg.pretrain.enabled else 0
+        if (q, steps_round, pretrain_round) == (plan.sample_rate, plan.steps_per_round, plan.pretrain_steps_per_round):
+            return plan
+        remaining = sum(pretrain_round if r <= self.cfg.pretrain_rounds else steps_round
+                        for r in range(server_round, self.cfg.total_rounds + 1))
+        detail = (f"training rows {plan.n_train} -> {n}: sample rate {plan.sample_rate:.4g} -> {q:.4g}, "
+                  f"steps per round {plan.steps_per_round} -> {steps_round}")
+        try:
+            nm = plan_noise_multiplier(
+                plan.composed_target, p.delta, q, remaining,
+                prior=self._trained_history() + self.planned_evaluation(from_round=server_round),
+                accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
+            )
+        except BudgetTooSmall as err:
+            raise DataChanged(f"{detail}; no noise fits the remaining budget ({err})") from None
+        self._save_plan(NoisePlan(nm, q, steps_round, plan.composed_target, pretrain_round, n, server_round))
+        self.security_log.append({
+            "kind": "data_changed", "action": "replanned", "run_id": self.run_id, "round": server_round,
+            "detail": f"{detail}; noise multiplier {plan.noise_multiplier:.4g} -> {nm:.4g} for the remaining "
+                      f"{remaining} steps",
+        })
         return self._plan
 
     # -- rounds ---------------------------------------------------------------------------
@@ -229,8 +281,21 @@ class SiteWorker:
             metrics={"budget_exhausted": 1, "epsilon": self.ledger.spent_epsilon(), "delta": p.delta},
         )
 
+    def _refuse_data_changed(self, server_round: int, detail: str) -> RoundOutcome:
+        p = self.cfg.privacy
+        self.ledger.append(
+            run_id=self.run_id, round=server_round, status=REFUSED, mechanism=None, delta=p.delta,
+            max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=self.ledger.spent_epsilon(),
+            lifetime_epsilon=self.lifetime_epsilon, extra={"reason": "data_changed", "detail": detail[:300]},
+        )
+        self.security_log.append({"kind": "data_changed", "action": "refused", "run_id": self.run_id,
+                                  "round": server_round, "detail": detail})
+        return RoundOutcome("refused", "data_changed", metrics={"refused": 1})
+
     def _round_seed(self, server_round: int) -> int:
-        """Distinct per run seed, site and round: sites must not share one noise stream."""
+        """Distinct per run seed, site and round: the seed of torch's global generator (dropout,
+        initialisation), and of the DP randomness only under privacy.reproducible_noise. The center
+        knows it: secret DP randomness never derives from it (shared.training.dp_rng)."""
         return self.cfg.seed * 1_000_003 + zlib.crc32(self.settings.site.encode()) % 100_000 * 1000 + server_round
 
     # -- a round asked again (the center resumed, a reply was lost) ------------------------
@@ -254,7 +319,7 @@ class SiteWorker:
         """The ledger already holds this (run, round): never train or spend budget twice. Send the
         same update again (re-sending a released DP result costs no privacy) when the global model
         is the one it was trained from; otherwise refuse."""
-        if entry["status"] != "trained":
+        if entry["status"] not in ("trained", NO_DP):
             reason = str((entry.get("extra") or {}).get("reason", "round already answered"))
             metrics = {"epsilon": self.ledger.spent_epsilon(), "delta": self.cfg.privacy.delta}
             if entry["status"] == "budget_exhausted":
@@ -271,7 +336,12 @@ class SiteWorker:
 
     def round_refusal(self, server_round: int, phase: str = TRAIN_PHASE) -> RoundOutcome | None:
         """What to send instead of weights when this round cannot be trained (recorded in the ledger when it
-        is the budget); None when the round fits or was already answered (train_round repeats it)."""
+        is the budget or a data change); None when the round fits or was already answered (train_round repeats
+        it). Holds the ledger lock (train_round holds it on to the append)."""
+        with self.ledger.lock():
+            return self._round_refusal(server_round, phase)
+
+    def _round_refusal(self, server_round: int, phase: str) -> RoundOutcome | None:
         p = self.cfg.privacy
         if self._ledger_entry(server_round) is not None:
             return None
@@ -281,10 +351,18 @@ class SiteWorker:
             return RoundOutcome("refused", f"the run's delta {p.delta:g} is above this site's delta {self.settings.delta:g}")
         if self.data.n_train == 0:
             return RoundOutcome("refused", "no training data at this site")
+        if not self.dp_enabled:
+            return None  # no DP, no budget to check: the round is recorded as no_dp (site policies refuse it)
+        if self.ledger.dp_off():
+            return self._refuse_for_budget(
+                server_round, "a round at this site was trained without DP: its lifetime epsilon is unbounded"
+            )
         try:
-            plan = self.plan()
+            plan = self._replan_if_data_changed(self.plan(), server_round)
         except BudgetTooSmall as err:
             return self._refuse_for_budget(server_round, str(err))
+        except DataChanged as err:
+            return self._refuse_data_changed(server_round, str(err))
         round_steps = plan.pretrain_steps_per_round if phase == PRETRAIN_PHASE else plan.steps_per_round
         this_round = Mechanism(plan.noise_multiplier, plan.sample_rate, round_steps)
         ok, eps_after = fits_budget(self._trained_history(), this_round, p.delta, plan.composed_target, p.accountant)
@@ -300,6 +378,12 @@ class SiteWorker:
         """One round of DP-SGD; `server_round` is the global round (pretraining rounds first). In the
         pretraining phase the contrastive model trains on the task's self-supervised loss, under the
         same noise plan and ledger."""
+        with self.ledger.lock():  # check -> train -> append: no other run at this site spends meanwhile
+            return self._train_round(server_round, global_state, proximal_mu, phase)
+
+    def _train_round(
+        self, server_round: int, global_state: dict[str, torch.Tensor], proximal_mu: float, phase: str
+    ) -> RoundOutcome:
         p, t = self.cfg.privacy, self.cfg.train
         global_digest = state_digest(global_state)
         done_before = self._ledger_entry(server_round)
@@ -309,27 +393,51 @@ class SiteWorker:
         if refusal is not None:
             return refusal
         pretrain = phase == PRETRAIN_PHASE
-        plan, history = self.plan(), self._trained_history()
-        noise_off = os.environ.get(TEST_ONLY_NO_DP_NOISE_ENV) == "1"
+        dp = self.dp_enabled
+        plan = self.plan() if dp else None
+        history = self._trained_history()
         model = self._load_global(global_state, phase)
+        epochs = self.cfg.pretrain.local_epochs if pretrain else t.local_epochs
         settings = TrainSettings(
-            epochs=self.cfg.pretrain.local_epochs if pretrain else t.local_epochs, expected_batch_size=t.batch_size,
-            max_physical_batch_size=t.max_physical_batch_size,
+            epochs=epochs, expected_batch_size=t.batch_size, max_physical_batch_size=t.max_physical_batch_size,
             lr=(self.cfg.pretrain.lr or t.lr) if pretrain else t.lr, weight_decay=t.weight_decay, optimizer=t.optimizer,
-            noise_multiplier=None if noise_off else plan.noise_multiplier,
+            # the one DP-off path: the documented config switch (privacy.enabled false / target .inf)
+            noise_multiplier=plan.noise_multiplier if plan is not None else None,
             max_grad_norm=p.max_grad_norm, grad_sample_mode=p.grad_sample_mode, device=str(self.device),
             precision=self.precision, proximal_mu=proximal_mu, seed=self._round_seed(server_round),
+            # secret (OS CSPRNG) unless the run asks for reproducible noise, which the ledger records
+            dp_seed=self._round_seed(server_round) if p.reproducible_noise else None,
         )
         result = train_model(model, self.data.train, self.task.pretrain_loss if pretrain else self.task.loss, settings)
-        done = Mechanism(plan.noise_multiplier, plan.sample_rate, result.steps)
+        recorded = {
+            "expected_batch_size": t.batch_size, "max_physical_batch_size": t.max_physical_batch_size or 0,
+            "n_train": result.num_examples, "num_examples": result.num_examples, "epochs": epochs,
+            "precision": self.precision, "grad_sample_mode": result.grad_sample_mode, "phase": phase,
+            "reproducible_noise": bool(p.reproducible_noise),
+        }
+        arrays = {k: v.cpu() for k, v in model.state_dict().items()}
+        if plan is None:
+            outcome = RoundOutcome("trained", arrays=arrays, metrics={
+                "num-examples": result.num_examples, "train_loss": result.mean_loss, "steps": result.steps,
+            })
+            self._save_update(server_round, global_digest, outcome)
+            why = "privacy.enabled false" if not p.enabled else "target epsilon inf"
+            self.ledger.append(
+                run_id=self.run_id, round=server_round, status=NO_DP, mechanism=None, delta=p.delta,
+                max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=math.inf,
+                lifetime_epsilon=self.lifetime_epsilon, extra={**recorded, "dp": "off", "why": why},
+            )
+            return outcome
+        # what actually ran: the sample rate and steps of the data trained on (the accountant uses these)
+        done = Mechanism(plan.noise_multiplier, result.sample_rate, result.steps)
         eps = epsilon_opacus(history + [done], p.delta, p.accountant)
         outcome = RoundOutcome(
             "trained",
-            arrays={k: v.cpu() for k, v in model.state_dict().items()},
+            arrays=arrays,
             metrics={
                 # no train_loss: an un-noised mean over the training data is outside the guarantee (issue 17)
                 "num-examples": result.num_examples, "epsilon": eps,
-                "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
+                "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": result.sample_rate,
                 "steps": result.steps,
             },
         )
@@ -339,12 +447,7 @@ class SiteWorker:
             run_id=self.run_id, round=server_round, status="trained", mechanism=done, delta=p.delta,
             max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=eps,
             lifetime_epsilon=self.lifetime_epsilon,
-            extra={
-                "expected_batch_size": t.batch_size, "max_physical_batch_size": t.max_physical_batch_size or 0,
-                "num_examples": result.num_examples, "precision": self.precision,
-                "planned_epsilon": plan.composed_target, "grad_sample_mode": result.grad_sample_mode, "phase": phase,
-                **({"test_only_no_dp_noise": True} if noise_off else {}),
-            },
+            extra={**recorded, "planned_epsilon": plan.composed_target, "replanned_at_round": plan.replanned_at_round},
         )
         return outcome
 
@@ -369,14 +472,16 @@ class SiteWorker:
         return policy is not None and policy.release.exact_metrics
 
     def releases_evaluation(self) -> bool:
-        """Whether this run's evaluations release DP statistics (binary or multiclass task, no exact metrics)."""
-        return self.task.kind in ("binary", "multiclass") and not self.exact_metrics_allowed
+        """Whether this run's evaluations release DP statistics (binary or multiclass task, no exact metrics,
+        a run with DP: a run without DP sends its exact metrics, marked outside the guarantee)."""
+        return self.task.kind in ("binary", "multiclass") and not self.exact_metrics_allowed and self.dp_enabled
 
-    def planned_evaluation(self) -> list[Mechanism]:
-        """The Gaussian mechanisms this run's evaluations will release (one per evaluated round)."""
+    def planned_evaluation(self, from_round: int = 1) -> list[Mechanism]:
+        """The Gaussian mechanisms this run's evaluations will release (one per evaluated round >= from_round)."""
         if not self.releases_evaluation():
             return []
-        return [Mechanism(self.cfg.privacy.evaluation.noise_multiplier, 1.0, 1) for _ in self.cfg.evaluation_rounds()]
+        noise = self.cfg.privacy.evaluation.noise_multiplier
+        return [Mechanism(noise, 1.0, 1) for r in self.cfg.evaluation_rounds() if r >= from_round]
 
     def evaluate(
         self, global_state: dict[str, torch.Tensor], server_round: int | None = None, phase: str = TRAIN_PHASE
@@ -397,16 +502,17 @@ class SiteWorker:
         outside the guarantee. After the final round, with `explain.final_round`, the site also writes an
         explanation report into state_dir/explanations/ (nothing of it is returned)."""
         if phase == PRETRAIN_PHASE:
-            if self.exact_metrics_allowed:
+            if self.exact_metrics_allowed or not self.dp_enabled:
                 return RoundOutcome("evaluated", metrics={**self.evaluate_pretraining(global_state), EXACT_MARKER: 1})
             return RoundOutcome("evaluated", metrics={})
         model = self._load_global(global_state)
-        if self.exact_metrics_allowed:
+        if self.exact_metrics_allowed or not self.dp_enabled:
             y, out, loss = self.predict(model, self.data.val)
             outcome = RoundOutcome("evaluated", metrics={"num-examples": int(len(y)), "val_loss": loss,
                                                          **self.task.metrics(y, out), EXACT_MARKER: 1})
         else:
-            outcome = self._private_evaluation(model, global_state, server_round)
+            with self.ledger.lock():  # check -> release -> append: no other run at this site spends meanwhile
+                outcome = self._private_evaluation(model, global_state, server_round)
         if self.cfg.explain.final_round and server_round == self.cfg.total_rounds:
             self.explain(model, f"{self.run_id}_round_{server_round:03d}")
         return outcome

@@ -1,16 +1,19 @@
 """Finds a run's (or a site state folder's) ledgers and audits them with the independent accountant;
 each site's security log (security_log.jsonl), where present, is verified too (chain, sequence, signatures);
+in a run folder each ledger is cross-checked against the run's config and what the center kept
+(metrics.json: what each site reported per round, and the ledger head hash it sent);
 runs the empirical membership-inference audit of a checkpoint at a site."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 from shared.errors import InputError
-from shared.privacy.audit import LedgerAudit, audit_ledgers, security_log_problems
+from shared.privacy.audit import LedgerAudit, RunRecord, audit_ledgers, security_log_problems
 from shared.privacy.keys import load_public_key
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.security_log import SECURITY_LOG_FILE
@@ -61,10 +64,34 @@ def find_security_logs(path: Path, sites_root: Path) -> dict[str, Path]:
     return logs
 
 
+def run_records(path: Path) -> dict[str, RunRecord]:
+    """site -> what the center kept of this run for it ({} unless `path` is a run folder with config.yaml
+    and metrics.json)."""
+    path = Path(path)
+    cfg_file, metrics_file = path / "config.yaml", path / "metrics.json"
+    if not (cfg_file.is_file() and metrics_file.is_file()):
+        return {}
+    try:
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        metrics = json.loads(metrics_file.read_text())
+        summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise InputError(path, None, f"cannot read the run's records ({error})") from None
+    run_id = str(summary.get("run_id") or path.name)
+    records: dict[str, RunRecord] = {}
+    for round_text, sites in (metrics.get("rounds") or {}).items():
+        for site, rec in (sites or {}).items():
+            record = records.setdefault(site, RunRecord(run_id, cfg))
+            record.rounds[int(round_text)] = rec
+    for site in cfg.get("data", {}).get("sites", []):
+        records.setdefault(site, RunRecord(run_id, cfg))
+    return records
+
+
 def audit_path(path: Path, public_keys: dict[str, Path] | None = None) -> list[LedgerAudit]:
     ledgers, keys, targets = find_ledgers(path)
     keys.update(public_keys or {})
-    audits = audit_ledgers(ledgers, keys, targets)
+    audits = audit_ledgers(ledgers, keys, targets, run_records(path))
     for audit in audits:
         log = ledgers[audit.site].parent / SECURITY_LOG_FILE
         if not log.is_file():

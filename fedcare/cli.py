@@ -19,40 +19,73 @@ console = Console(highlight=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.config import TASKS, RunConfig, config_from_dict
+    from shared.config import TABULAR_TASKS, TASKS, RunConfig, config_from_dict
     from shared.tasks.registry import build_task, task_class
 
     task = {"events": "event_mortality"}.get(args.task, args.task)
     loss = task_class(task).default_loss if task in TASKS else "bce"  # an unknown task fails in config_from_dict
+    data: dict[str, Any] = {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}
+    model: dict[str, Any] = {}
+    if task in TABULAR_TASKS:  # the synthetic tables' covariates (the configs carry the same declaration)
+        from shared.data.synth.tabular import synthetic_data_config
+
+        data.update(synthetic_data_config("survival" if task == "tabular_survival" else "binary"))
+        model = {"name": "linear"}
     cfg: RunConfig = config_from_dict(
-        {"task": task, "data": {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}, "train": {"loss": loss}},
-        "<command line>",
+        {"task": task, "data": data, "model": model, "train": {"loss": loss}}, "<command line>",
     )
     if args.sizes:
-        cfg.data.synth_sizes = [int(s) for s in args.sizes.split(",")]
+        cfg.data.synth_sizes = _positive_ints(args.sizes, "--sizes", args.sites)
     build_task(cfg).synthesize(Path(args.out), list(cfg.data.sites), args.seed)
     console.print(f"wrote {args.sites} synthetic {task} sites to {args.out}")
     return 0
 
 
+def _positive_ints(text: str, flag: str, count: int) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError("<command line>", flag, f"expected comma-separated whole numbers, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise InputError("<command line>", flag, f"every value must be > 0, got {text!r}")
+    if len(values) != count:
+        raise InputError("<command line>", flag, f"expected {count} values (one per site), got {len(values)}")
+    return values
+
+
+def _check_rounds(rounds: int | None) -> None:
+    if rounds is not None and rounds < 1:
+        raise InputError("<command line>", "--rounds", f"must be >= 1, got {rounds}")
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcare.audit_run import audit_path
     from fedcare.simulation import simulate
-    from shared.config import load_config
+    from shared.config import TABULAR_TASKS, load_config
     from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
+    _check_rounds(args.rounds)  # before anything is started or written
     cfg = load_config(args.config)
-    if args.rounds:
+    if args.rounds is not None:
         cfg.train.rounds = args.rounds
     if args.output:
         cfg.output_dir = args.output
-    run_dir, summary = simulate(cfg)
+    try:
+        run_dir, summary = simulate(cfg)
+    except RuntimeError as err:  # e.g. a secure round failed: one line, the run folder keeps what happened
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        return 1
     fw = summary["final_weighted"]
     shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
     parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
     for text in summary["events"]:
         console.print(f"  note: {text}")
+    if cfg.task in TABULAR_TASKS:  # tasks with a fixed test split: the final model on the sites' test rows
+        from fedcare.evaluate import POOLED_NOTE, evaluate_run, test_table
+
+        console.print(test_table(evaluate_run(run_dir)))
+        console.print(f"  {POOLED_NOTE}")
     audits = audit_path(run_dir)
     write_audit_json(audits, run_dir / "audit.json")
     plot_epsilon(audits, run_dir / "epsilon.png")
@@ -60,6 +93,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     console.print(audit_table(audits))
     console.print(f"\nrun folder: {run_dir}")
     return 0 if all(a.status in ("ok", "budget_exhausted") for a in audits) else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fedcare.evaluate import POOLED_NOTE, TEST_METRICS_FILE, evaluate_run, evaluate_site, test_table
+
+    if not args.run:  # one hospital, on its own data: only its aggregate report is printed / written
+        if not (args.checkpoint and args.data and args.state):
+            raise InputError("<command line>", "--run", "give a run folder, or --checkpoint, --data and --state for one site")
+        site = args.site or Path(args.data).name
+        report, _ = evaluate_site(Path(args.checkpoint), Path(args.data), Path(args.state), site)
+        from server.checkpoints import load_checkpoint
+        from shared.privacy.atomic_write import write_atomically
+
+        ckpt = load_checkpoint(Path(args.checkpoint))
+        kind = "survival" if ckpt["config"]["task"] == "tabular_survival" else "binary"
+        console.print(test_table({"kind": kind, "round": ckpt["round"], "sites": {site: report}}))
+        out = Path(args.state) / TEST_METRICS_FILE
+        record = {"site": site, "checkpoint": args.checkpoint, "round": ckpt["round"], "report": report}
+        write_atomically(out, (json.dumps(record, indent=1) + "\n").encode())
+        console.print(f"wrote {out}")
+        return 0
+    run_dir = Path(args.run)
+    result = evaluate_run(run_dir, Path(args.checkpoint) if args.checkpoint else None)
+    console.print(test_table(result))
+    console.print(f"  {POOLED_NOTE}")
+    console.print(f"wrote {run_dir / TEST_METRICS_FILE}")
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -103,7 +163,7 @@ def cmd_audit_membership(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fedcare.predict import patient_tables, predict_patient_json, predict_to_csv
+    from fedcare.predict import parse_horizons, patient_tables, predict_patient_json, predict_to_csv
 
     encoder = Path(args.encoder) if args.encoder else None
     if args.patient:
@@ -118,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         raise InputError("<command line>", "--json", "only with --patient (--data writes a CSV to --out)")
-    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder)
+    n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder, parse_horizons(args.horizons))
     console.print(f"wrote {n} predictions to {args.out}")
     return 0
 
@@ -151,6 +211,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                    Path(args.out) if args.out else None, args.n_patients, progress)
     console.print(f"wrote the site's explanation report to {files.folder} ({files.html.name}, {files.markdown.name}, "
                   f"{files.json.name}, {len(files.figures)} figures); it stays at this site")
+    return 0
+
+
+MIMIC_III_TABLES = ("ICUSTAYS", "ADMISSIONS", "PATIENTS", "INPUTEVENTS_MV", "PROCEDUREEVENTS_MV", "PRESCRIPTIONS",
+                    "MICROBIOLOGYEVENTS")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from shared.data.mimic import convert_mimic_iv
+
+    src, out = Path(args.src), Path(args.out)
+    if args.source == "mimic-iii":
+        found = [t for t in MIMIC_III_TABLES if any(src.glob(f"{t}.csv*"))]
+        missing = [t for t in MIMIC_III_TABLES if t not in found]
+        have = f"found {', '.join(found) or 'none'} of its tables" + (f", missing {', '.join(missing)}" if missing else "")
+        raise InputError(src, "mimic-iii", f"not supported yet ({have}): MIMIC-III keys events by ICUSTAY_ID/ITEMID in "
+                                           "upper-case tables without MIMIC-IV's anchor_age; see docs, 'MIMIC-III'")
+    if any(src.glob("ICUSTAYS.csv*")):
+        raise InputError(src, "mimic-iv", "this folder holds MIMIC-III tables (ICUSTAYS.csv); MIMIC-IV has hosp/ and icu/")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(out, "OUT", "exists and is not empty: give a new folder (nothing is overwritten)")
+    site_map = Path(args.site_map) if args.site_map else None
+    counts = convert_mimic_iv(src, out, site_by=args.site_by, site_map=site_map, min_stays=args.min_stays)
+    for site, n in counts.items():
+        console.print(f"  {site}: {n} stays")
+    console.print(f"wrote {len(counts)} event_mortality sites to {out} (data.root: {out}, data.sites: {list(counts)})")
     return 0
 
 
@@ -260,6 +346,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from server.checkpoints import latest_checkpoint
     from shared.config import load_config
 
+    _check_rounds(args.rounds)
     if args.resume:
         run_dir = Path(args.resume)
         for name in ("config.yaml", RUN_FILE):
@@ -278,7 +365,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             return 0
     else:
         cfg = load_config(args.config)
-        if args.rounds:
+        if args.rounds is not None:
             cfg.train.rounds = args.rounds
         run_id = new_run_id()
         run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
@@ -339,17 +426,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write synthetic multi-hospital data")
     s.add_argument("--task", default="events", help="events (= event_mortality) or a task name")
-    s.add_argument("--sites", type=int, default=3)
-    s.add_argument("--sizes", help="comma-separated stays per site, e.g. 400,250,120")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
+    s.add_argument("--sites", type=int, default=3, help="number of hospitals (hospital_a, hospital_b, ...)")
+    s.add_argument("--sizes", help="comma-separated patients per site, e.g. 400,250,120 (default: the task's sizes)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the synthetic data")
+    s.add_argument("--out", required=True, help="folder that receives one sub-folder per site")
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("simulate", help="run a local federation simulation, then audit the budgets")
-    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config (task, data, model, training, privacy)")
     s.add_argument("--rounds", type=int, help="override train.rounds")
-    s.add_argument("--output", help="override output_dir (default runs/)")
+    s.add_argument("--output", help="override output_dir (the config's, runs/ by default)")
     s.set_defaults(fn=cmd_simulate)
+
+    s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits (tabular tasks)")
+    s.add_argument("--run", help="a run folder (runs/<id>): every site of a simulation, and pooled")
+    s.add_argument("--checkpoint", help="another checkpoint of the run (default: the last round's); without --run: "
+                                        "the checkpoint to score at one site")
+    s.add_argument("--data", help="without --run: this site's data folder")
+    s.add_argument("--state", help="without --run: this site's state folder (the report and baseline hazard go there)")
+    s.add_argument("--site", help="without --run: the site's name (default: the data folder's name)")
+    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("audit", help="verify ledgers and recompute epsilon independently; --mia: membership inference")
     s.add_argument("path", nargs="?", help="a run folder (runs/<id>) or a site's state folder")
@@ -369,10 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_certs)
 
     s = sub.add_parser("server", help="coordinating center: SuperLink + one federated run (deployment)")
-    s.add_argument("--config", default=DEFAULT_CONFIG)
-    s.add_argument("--certs", default="certs", help="the `fedcare certs --out` folder (default: certs)")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the hospitals approved")
+    s.add_argument("--certs", default="certs", help="the `fedcare certs --out` folder ")
     s.add_argument("--insecure", action="store_true", help="development only: no TLS, no SuperNode authentication")
-    s.add_argument("--address", default="127.0.0.1:9092", help="HOST:PORT the SuperLink listens on (default 127.0.0.1:9092)")
+    s.add_argument("--address", default="127.0.0.1:9092", help="HOST:PORT the SuperLink listens on")
     s.add_argument("--run-dir", help="run folder (default: <output_dir>/<run-id>)")
     s.add_argument("--rounds", type=int, help="override train.rounds")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last global checkpoint")
@@ -382,22 +478,24 @@ def build_parser() -> argparse.ArgumentParser:
         "client", help="one hospital: start its SuperNode (--site-config), or `client approve|policy` for its policy"
     )
     s.add_argument("--site-config", help="the hospital's site.yaml (starts the site's SuperNode)")
-    s.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's app API (default 9094)")
+    s.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's app API")
     s.add_argument("--max-restarts", type=int, help="give up after the SuperNode exited this many times (default: never)")
     s.set_defaults(fn=cmd_client)
 
-    s = sub.add_parser("predict", help="per-patient probabilities for new data from a checkpoint")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("predict", help="per-patient probabilities (binary) or risk scores (survival) from a checkpoint")
+    s.add_argument("--checkpoint", required=True, help="a global checkpoint (runs/<id>/checkpoints/round_N.pt)")
     new_data = s.add_mutually_exclusive_group(required=True)
     new_data.add_argument("--data", help="a site folder in the task's documented format (predictions go to --out)")
     new_data.add_argument("--patient", help="retain_aki: one new patient's visits as JSON; prints probability, alpha, beta")
     s.add_argument("--encoder", help="the site's fitted encoder (default: the first site's next to the checkpoint)")
-    s.add_argument("--out", default="predictions.csv", help="with --data: the CSV written (default predictions.csv)")
+    s.add_argument("--out", default="predictions.csv", help="with --data: the CSV written")
     s.add_argument("--json", action="store_true", help="with --patient: print the result as JSON instead of tables")
+    s.add_argument("--horizons", help="survival: comma-separated times, e.g. 365,730: also survival_<h> columns from "
+                                      "the site's baseline hazard (--encoder = that site's state folder)")
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("explain", help="explain a checkpoint on a site's data; the report stays at the site")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, help="a global checkpoint (runs/<id>/checkpoints/round_N.pt)")
     site_config_available = importlib.util.find_spec("client.site_config") is not None
     site_help = " (or from --site-config)" if site_config_available else ""
     s.add_argument("--data", required=not site_config_available, help=f"the site's data folder{site_help}")
@@ -410,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many patients when --patients is not given (default: the run's explain.patients)")
     s.add_argument("--out", help="report folder (default: STATE/explanations/<run>_round_<N>/)")
     s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("convert", help="convert a public clinical database into site folders (MIMIC-IV -> event_mortality)")
+    s.add_argument("source", choices=["mimic-iv", "mimic-iii"], help="the database the SRC folder holds")
+    s.add_argument("src", help="the database folder (MIMIC-IV: hosp/ and icu/, csv or csv.gz)")
+    s.add_argument("out", help="a new folder: one event_mortality site folder per unit (or per --site-map site)")
+    s.add_argument("--site-by", default="first_careunit",
+                   help="stay column that splits stays into sites (first_careunit, admission_type, insurance, ...)")
+    s.add_argument("--site-map", help="CSV with site and subject_id or stay_id: assigns stays (or patients) to sites")
+    s.add_argument("--min-stays", type=int, default=1, help="sites with fewer stays are not written")
+    s.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("report", help="write a self-contained HTML report of a run (opens offline)")
     s.add_argument("run_dir", help="a run folder (runs/<id>)")
@@ -425,9 +533,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="approve without asking")
     s.set_defaults(fn=cmd_client_approve)
     s = client_sub.add_parser("policy", help="print the site policy in force")
-    s.add_argument("--policy", required=True)
+    s.add_argument("--policy", required=True, help="the site policy YAML")
     s.set_defaults(fn=cmd_client_policy)
+    _show_defaults(p)
     return p
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (nested) subcommand parser of `parser`."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += [child, *subcommand_parsers(child)]
+    return found
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help when it has a default and its help names none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or "default" in text or action.required:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    for child in subcommand_parsers(parser):
+        child.formatter_class = _DefaultsShown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except InputError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)  # a column may be named "creatinine [mg/dL]"
         return 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")

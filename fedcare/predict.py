@@ -1,13 +1,21 @@
-"""`fedcare predict`: per-patient probabilities for new data from a saved global checkpoint, and a
-0/1 `predicted_label` at the checkpoint's decision threshold when it has one (`decision_threshold`,
-the num-examples-weighted mean of the sites' Youden-optimal validation thresholds).
+"""`fedcare predict`: per-patient outputs for new data from a saved global checkpoint.
+
+Output columns (CSV, one row per patient, the task's id column first):
+- binary tasks: `probability`, and a 0/1 `predicted_label` at the checkpoint's decision threshold when
+  it has one (`decision_threshold`, the num-examples-weighted mean of the sites' Youden-optimal
+  validation thresholds).
+- survival tasks: `risk_score`, the model's log relative hazard (higher = earlier event; only its
+  differences between patients are meaningful for a model whose baseline is not estimated); a model
+  with K outcomes writes `risk_score_<k>`. No probability is made up from a hazard. With `--horizons
+  365,730` (tabular_survival) also `survival_365`, `survival_730`: S(h) = exp(-H0(h) exp(risk_score)),
+  with the Breslow baseline hazard H0 that the site estimated for this checkpoint (its state folder,
+  `--encoder`; written by `fedcare evaluate` / `fedcare simulate`); empty past the site's longest follow-up.
 
 Runs at a site: the data and the predictions never leave it."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +27,7 @@ from rich.table import Table
 from server.checkpoints import load_checkpoint
 from shared.config import config_from_dict
 from shared.errors import InputError
+from shared.privacy.atomic_write import write_atomically
 from shared.tasks.registry import build_task
 
 
@@ -29,7 +38,48 @@ def default_encoder_dir(checkpoint: Path) -> Path | None:
     return found[0] if found else None
 
 
-def predict_to_csv(checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Path | None = None) -> int:
+def parse_horizons(text: str | None) -> list[float]:
+    """"365,730" -> [365.0, 730.0] (each > 0); None or "" -> []."""
+    if not text:
+        return []
+    try:
+        horizons = [float(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise InputError("<command line>", "--horizons", f"comma-separated positive numbers, got {text!r}") from None
+    if not horizons or any(not np.isfinite(h) or h <= 0 for h in horizons):
+        raise InputError("<command line>", "--horizons", f"comma-separated positive numbers, got {text!r}")
+    return horizons
+
+
+def survival_columns(
+    risk: np.ndarray, horizons: list[float], encoder_dir: Path | None, ckpt: dict[str, Any], checkpoint: Path
+) -> dict[str, np.ndarray]:
+    """risk_score (or risk_score_<k>) and, for horizons, survival_<h> from the site's baseline hazard."""
+    from shared.survival_baseline import BASELINE_FILE, BaselineHazard
+
+    if risk.ndim == 2:
+        if horizons:
+            raise InputError("<command line>", "--horizons", "only for single-outcome survival models")
+        return {f"risk_score_{k}": risk[:, k] for k in range(risk.shape[1])}
+    columns = {"risk_score": risk}
+    if not horizons:
+        return columns
+    if encoder_dir is None:
+        raise InputError(checkpoint, "encoder", "--horizons needs the site's state folder (--encoder) with its baseline hazard")
+    path = Path(encoder_dir) / BASELINE_FILE
+    baseline = BaselineHazard.load(path)
+    made_for = (baseline.meta.get("run_id"), baseline.meta.get("round"))
+    if made_for != (ckpt.get("run_id"), int(ckpt["round"])):
+        raise InputError(path, "meta", f"estimated for run {made_for[0]} round {made_for[1]}, not for this checkpoint "
+                                       f"(run {ckpt.get('run_id')} round {ckpt['round']}): run `fedcare evaluate` again")
+    probabilities = baseline.survival(risk, np.asarray(horizons))
+    columns |= {f"survival_{h:g}": probabilities[:, j] for j, h in enumerate(horizons)}
+    return columns
+
+
+def predict_to_csv(
+    checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Path | None = None, horizons: list[float] | None = None
+) -> int:
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
     task = build_task(cfg)
@@ -37,23 +87,25 @@ def predict_to_csv(checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Pat
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     encoder_dir = encoder_dir or default_encoder_dir(checkpoint)
-    if encoder_dir is None:
+    if encoder_dir is None and getattr(task, "site_fitted_inputs", True):
         raise InputError(checkpoint, "encoder", "no site encoder next to the checkpoint; pass --encoder SITE_STATE_DIR")
-    ids, dataset = task.prediction_inputs(Path(data_dir), Path(encoder_dir))
+    ids, dataset = task.prediction_inputs(Path(data_dir), Path(encoder_dir or data_dir))
     outs = []
     with torch.inference_mode():
         for start in range(0, len(ids), 256):
             batch = [t[start : start + 256] for t in dataset.tensors]
             outs.append(task.forward(model, batch).float())
     logits = torch.cat(outs).numpy() if outs else np.zeros(0)
-    frame = pd.DataFrame({task.id_column: ids, "probability": 1.0 / (1.0 + np.exp(-logits))})
-    threshold = ckpt.get("decision_threshold")
-    if threshold is not None:  # chosen on the sites' validation data and stored with the model
-        frame["predicted_label"] = (frame["probability"] >= float(threshold)).astype(int)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    if task.kind == "survival":
+        frame = pd.DataFrame({task.id_column: ids, **survival_columns(logits, horizons or [], encoder_dir, ckpt, checkpoint)})
+    else:
+        if horizons:
+            raise InputError("<command line>", "--horizons", f"only for survival tasks, not {cfg.task}")
+        frame = pd.DataFrame({task.id_column: ids, "probability": 1.0 / (1.0 + np.exp(-logits))})
+        threshold = ckpt.get("decision_threshold")
+        if threshold is not None:  # chosen on the sites' validation data and stored with the model
+            frame["predicted_label"] = (frame["probability"] >= float(threshold)).astype(int)
+    write_atomically(out, frame.to_csv(index=False).encode())
     return len(frame)
 
 

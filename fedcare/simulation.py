@@ -70,6 +70,10 @@ def simulate(cfg: RunConfig, run_dir: Path | None = None, console: Console | Non
 
     summary = json.loads(summary_path.read_text())
     if not summary.get("complete"):
+        secure = summary.get("secure_aggregation") or {}
+        if secure.get("failure") or secure.get("rounds_failed"):
+            why = secure.get("failure") or f"secure aggregation failed in rounds {secure['rounds_failed']} (see events)"
+            raise RuntimeError(f"{why}; run folder: {run_dir}")
         raise RuntimeError(f"no site trained in any round; run folder: {run_dir}")
     return run_dir, summary
 

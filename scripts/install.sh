@@ -10,4 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+# editable_mode=compat puts the checkout itself on sys.path (a .pth line), so a folder such as ./shared/data/
+# in the working directory cannot shadow the packages (the default import hook runs after the cwd entry)
+.venv/bin/python -m pip install -q -e ".[test]" --config-settings editable_mode=compat

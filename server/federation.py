@@ -88,7 +88,8 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
             raise RuntimeError("secure aggregation runs through Flower's legacy workflow, which needs the ServerApp context")
         secure = run_secure_federation(grid, context, cfg, model, strategy, history, checkpoint)
         secure_summary = {**secure.params.__dict__, "quantization_step": secure.params.quantization_step,
-                          "rounds_aggregated": sorted(secure.aggregated_rounds)}
+                          "rounds_aggregated": sorted(secure.aggregated_rounds), "rounds_failed": secure.rounds_failed,
+                          "failure": secure.failure}
     else:
         strategy.start(
             grid=grid,
@@ -166,7 +167,9 @@ def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path,
         "site_level_dp": _site_level_dp_summary(history),
         "secure_aggregation": secure_summary,
         "events": history.events,
-        "complete": bool(trained_rounds) and checkpoint_path(run_dir, last).is_file(),
+        # a secure round that failed (refusals, a mixed federation, a sum outside the bounds) is never complete
+        "complete": bool(trained_rounds) and checkpoint_path(run_dir, last).is_file()
+        and not (secure_summary or {}).get("rounds_failed"),
     }
 
 

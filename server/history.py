@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from server.evaluation import is_calibration_key, weighted_mean
 from shared.privacy.dp_evaluation import EXACT_MARKER, RELEASE_KEYS, released_metrics
 
 NOT_ASKED = "not asked"  # not sent a training request this round (not connected, or out of budget)
+LEDGER_HEADS_FILE = "ledger_heads.json"  # site -> round -> ledger head hash its train reply carried
 
 
 @dataclass
@@ -45,9 +47,14 @@ class RunHistory:
     def site_record(self, server_round: int, site: str) -> dict[str, Any]:
         return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": NOT_ASKED})
 
-    def record_train(self, server_round: int, site: str, status: str, reason: str, metrics: dict[str, Any]) -> None:
+    def record_train(self, server_round: int, site: str, status: str, reason: str, metrics: dict[str, Any],
+                     ledger_head: str = "") -> None:
+        """`ledger_head`: the hash of the last line of the site's privacy ledger after this round, as the site
+        sent it; kept (when it is 64 hex digits) for `fedcare audit` to compare with the site's ledger."""
         rec = self.site_record(server_round, site)
         rec.update(status=status, reason=reason, train={k: float(v) for k, v in metrics.items()})
+        if isinstance(ledger_head, str) and re.fullmatch(r"[0-9a-f]{64}", ledger_head):
+            rec["ledger_head"] = ledger_head
         if status != "trained":
             self.note(f"round {server_round}: {site} did not train ({status}: {reason}); dropped from aggregation")
 
@@ -130,8 +137,18 @@ class RunHistory:
             "site_level_dp": {str(r): v for r, v in sorted(self.site_level_dp.items())},
         }
 
+    def ledger_heads(self) -> dict[str, dict[str, str]]:
+        """site -> round -> the ledger head hash the site sent with its train reply."""
+        heads: dict[str, dict[str, str]] = {}
+        for r, sites in sorted(self.rounds.items()):
+            for site, rec in sites.items():
+                if "ledger_head" in rec:
+                    heads.setdefault(site, {})[str(r)] = rec["ledger_head"]
+        return heads
+
     def save(self) -> None:
         write_json_atomic(self.run_dir / "metrics.json", self.to_dict())
+        write_json_atomic(self.run_dir / LEDGER_HEADS_FILE, self.ledger_heads())
 
 
 def _event_round(text: str) -> int | None:

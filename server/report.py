@@ -27,7 +27,7 @@ from shared.errors import InputError
 from shared.privacy.atomic_write import write_atomically
 from shared.privacy.dp_evaluation import EXACT_MARKER
 
-SECTIONS = ("summary", "notes", "metrics", "curves", "calibration", "privacy", "explanations", "config")
+SECTIONS = ("summary", "notes", "metrics", "test", "curves", "calibration", "privacy", "explanations", "config")
 _EXPLANATION_PATTERNS = ("explanations/**/report.html", "explanations/**/report.md")
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -123,6 +123,7 @@ def write_run_report(run_dir: Path, out: Path | None = None, audits: Sequence[di
         _summary_section(run),
         _notes_section(run),
         _metrics_section(run),
+        _test_section(run),
         _curves_section(images),
         _calibration_section(run, images.get("calibration")),
         _privacy_section(audits),
@@ -224,6 +225,32 @@ def _metrics_section(run: RunFolder) -> str:
         "heterogeneity of the pooled estimate.</p>"
     )
     return _section("metrics", "Final metrics per site", table + note)
+
+
+def _test_section(run: RunFolder) -> str:
+    """The final model on the sites' fixed test splits (summary.json `test`, written by `fedcare evaluate`)."""
+    test = run.summary.get("test")
+    if not test:
+        return _section("test", "Test split", "<p>No fixed test split was evaluated in this run (tabular tasks: a "
+                                              "<code>split</code> column, then <code>fedcare evaluate --run RUN_DIR</code>).</p>")
+    survival = test.get("kind") == "survival"
+    metrics = ["c_index"] if survival else ["auroc", "auprc", "brier", "ece"]
+
+    def cell(report: dict[str, Any], metric: str) -> str:
+        value = report.get(metric)
+        if value is None or isinstance(value, str):
+            return str(value or report.get("note", "-"))
+        ci = f" [{_num(value['ci_low'])}, {_num(value['ci_high'])}]" if "ci_low" in value else ""
+        return f"{_num(value['value'])}{ci}"
+
+    rows = [
+        (site, report.get("n", 0), report.get("n_events" if survival else "n_positive", "-"), *(cell(report, m) for m in metrics))
+        for site, report in [*test.get("sites", {}).items(), ("pooled", test.get("pooled", {}))]
+    ]
+    columns = ("site", "n", "events" if survival else "positives", *metrics)
+    note = (f"<p>Global model of round {_e(test.get('round'))}; {_e(test.get('ci', ''))}. "
+            f"{_e(test.get('pooled_note', ''))}.</p>")
+    return _section("test", "Test split", note + _table(columns, rows, aggregate_rows=1))
 
 
 def _curves_section(images: dict[str, str]) -> str:

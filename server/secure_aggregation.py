@@ -10,11 +10,17 @@ messages), one checkpoint per round, the summary and the sites' ledgers.
 
 A site without budget declines at the setup stage (an error reply naming its status): it is not in the
 round's masking graph, so the sum holds only real updates and the threshold counts only real ones.
+
+`AuthenticatedSecAggPlus` forwards each site's signed SecAgg+ keys with the keys (the sites check them
+against their roster: shared/privacy/secagg_auth.py), stops the run before any site trains when a site states
+another mask expansion or protocol version, and checks the unmasked sum against the bounds the derived
+parameters imply before the strategy sees it: a round that fails is recorded as failed and the run stops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from importlib import import_module
 from typing import Any, cast
 
 import numpy as np
@@ -38,12 +44,15 @@ from server.history import RunHistory
 from server.strategy import SiteTracking
 from shared.config import RunConfig
 from shared.errors import InputError
+from shared.privacy.secagg_auth import AUTH_RECORD, version_problem
 from shared.privacy.secagg_guard import parse_site_decline
-from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
+from shared.privacy.secagg_params import SecAggParameters, aggregate_problem, derive_secagg_parameters
+from shared.privacy.whitelist import SIGNED_KEYS
 
 SITE_NAME_KEY, SITE_STATUS_KEY, SITE_REASON_KEY = "site.name", "site.status", "site.reason"
 FIT_METRICS_RECORD = "fitres.metrics"
 Checkpoint = Callable[[int, ArrayRecord], Any]
+_flower_workflow = import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
 
 
 class SecureFedAvg(LegacyFedAvg):
@@ -54,6 +63,8 @@ class SecureFedAvg(LegacyFedAvg):
         super().__init__(**kwargs)
         self.tracker, self.dtypes, self.params = tracker, dtypes, params
         self.aggregated_rounds: set[int] = set()
+        self.rounds_failed: list[int] = []  # rounds the protocol started with >= 2 sites and that gave no aggregate
+        self.failure: str | None = None  # why the run stopped early (one line), if it did
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list:
         chosen = super().configure_fit(server_round, parameters, client_manager)
@@ -86,6 +97,95 @@ class SecAggPlusWithEarlyDropouts(SecAggPlusWorkflow):
     def _forget_nodes_without_shares(self, state: WorkflowState) -> bool:
         state.sampled_node_ids = set(state.active_node_ids)
         return len(state.sampled_node_ids) >= 2 and self._check_threshold(state)
+
+
+class SecureAggregationStopped(Exception):
+    """The run stops: a mixed-version federation before training, or an unmasked sum outside the bounds."""
+
+
+class _OutOfBounds(Exception):
+    pass
+
+
+class _GridHook:
+    """The grid the workflow talks through, with `on_send(messages)` / `on_reply(replies)` around each exchange."""
+
+    def __init__(self, grid: Grid, on_send: Callable[[list[Message]], None] = lambda m: None,
+                 on_reply: Callable[[list[Message]], None] = lambda r: None) -> None:
+        self._grid, self._on_send, self._on_reply = grid, on_send, on_reply
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        self._on_send(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._on_reply(replies)
+        return replies
+
+
+class AuthenticatedSecAggPlus(SecAggPlusWithEarlyDropouts):
+    """`SecAggPlusWithEarlyDropouts` for sites that sign their SecAgg+ keys:
+    - keeps each site's setup-reply `signed_keys` and forwards them with the keys at the share-keys stage
+      (record `fedcare_secagg_auth`, node id -> [statement, signature]); the sites verify them;
+    - `check_versions`: stops the round at setup, before any site trains, when a site states another mask
+      expansion or protocol version than this center (one line naming the site and its version, `failure`);
+    - checks the unmasked sum against the bounds the protocol parameters imply before the strategy sees it
+      (shared.privacy.secagg_params.aggregate_problem); outside them the round fails (`failure`)."""
+
+    def __init__(self, params: SecAggParameters, *, timeout: float | None = None, check_versions: bool = True) -> None:
+        super().__init__(**params.workflow_kwargs(), timeout=timeout)
+        self.params, self.check_versions = params, check_versions
+        self.signed: dict[int, Any] = {}
+        self.willing = 0  # sites that answered setup (did not decline) in the current round
+        self.failure: str | None = None  # why the current round failed, when the workflow knows
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        self.signed, self.willing, self.failure = {}, 0, None
+
+        def keep(replies: list[Message]) -> None:
+            for reply in replies:
+                if not reply.has_error():
+                    self.signed[reply.metadata.src_node_id] = reply.content.config_records[RECORD_KEY_CONFIGS].get(SIGNED_KEYS)
+
+        completed = super().setup_stage(_GridHook(grid, on_reply=keep), context, state)
+        self.willing = len(state.active_node_ids)
+        if self.check_versions and state.active_node_ids:
+            problem = version_problem({nid: self.signed.get(nid) for nid in state.active_node_ids})
+            if problem is not None:
+                self.failure = f"secure aggregation stopped before training: {problem}"
+                return False
+        return completed
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        def forward(messages: list[Message]) -> None:
+            for msg in messages:
+                neighbours = [k for k in msg.content.config_records[RECORD_KEY_CONFIGS] if k != Key.STAGE]
+                msg.content[AUTH_RECORD] = ConfigRecord({k: self.signed[int(k)] for k in neighbours
+                                                         if self.signed.get(int(k)) is not None})
+
+        return super().share_keys_stage(_GridHook(grid, on_send=forward), context, state)
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        num_examples = [int(fitres.num_examples) for _, fitres in state.legacy_results]
+        original = _flower_workflow.factor_extract
+
+        def checked(parameters: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:  # Flower calls it on the unmasked sum
+            total, values = original(parameters)
+            problem = aggregate_problem(self.params, int(total), values, num_examples)
+            if problem is not None:
+                raise _OutOfBounds(problem)
+            return total, values
+
+        _flower_workflow.factor_extract = checked
+        try:
+            return super().unmask_stage(grid, context, state)
+        except _OutOfBounds as err:
+            self.failure = f"the unmasked aggregate is outside the protocol's bounds ({err}); the round failed"
+            return False
+        finally:
+            _flower_workflow.factor_extract = original
 
 
 class ProtocolReplyTracker:
@@ -130,9 +230,10 @@ class ProtocolReplyTracker:
             metrics = dict(reply.content.config_records[FIT_METRICS_RECORD])
             site = str(metrics.pop(SITE_NAME_KEY, self._site(node)))
             status, reason = str(metrics.pop(SITE_STATUS_KEY, "trained")), str(metrics.pop(SITE_REASON_KEY, ""))
+            head = str(metrics.pop("site.ledger_head", ""))
             self.tracker.node_sites[node] = site
             self.history.record_train(server_round, site, status, reason,
-                                      {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                                      {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, ledger_head=head)
 
 
 def _arrays(keys: list[str], ndarrays: list[np.ndarray]) -> ArrayRecord:
@@ -176,15 +277,30 @@ def run_secure_federation(grid: Grid, context: Context, cfg: RunConfig, model: t
         evaluate_fn=lambda server_round, ndarrays, _: checkpoint(server_round, _arrays(keys, ndarrays)),
     )
     timeout = cfg.secure_aggregation.timeout_s or cfg.federation.round_timeout_s
-    secagg = SecAggPlusWithEarlyDropouts(**params.workflow_kwargs(), timeout=timeout)
+    secagg = AuthenticatedSecAggPlus(params, timeout=timeout)
 
     def fit_round(fit_grid: Grid, legacy: Context) -> None:
         secagg(ProtocolReplyTracker(fit_grid, tracker, history), legacy)
         server_round = int(cast(int, legacy.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]))
-        if server_round not in strategy.aggregated_rounds:
-            history.note(f"round {server_round}: secure aggregation did not complete; the global model is unchanged")
+        if server_round in strategy.aggregated_rounds:
+            return
+        if secagg.failure is not None:  # a mixed federation or a sum outside the bounds: every later round would too
+            strategy.rounds_failed.append(server_round)
+            raise SecureAggregationStopped(f"round {server_round}: {secagg.failure}; the run stops")
+        if secagg.willing >= 2:
+            strategy.rounds_failed.append(server_round)
+            history.note(f"round {server_round}: secure aggregation failed (sites refused or dropped out after setup); "
+                         "the global model is unchanged")
+        else:
+            history.note(f"round {server_round}: secure aggregation did not start (fewer than 2 sites took part); "
+                         "the global model is unchanged")
 
     legacy_context = LegacyContext(context, config=ServerConfig(num_rounds=cfg.train.rounds, round_timeout=timeout),
                                    strategy=strategy, client_manager=SimpleClientManager())
-    DefaultWorkflow(fit_workflow=fit_round, evaluate_workflow=_evaluate_workflow(tracker, keys, timeout))(grid, legacy_context)
+    try:
+        DefaultWorkflow(fit_workflow=fit_round, evaluate_workflow=_evaluate_workflow(tracker, keys, timeout))(
+            grid, legacy_context)
+    except SecureAggregationStopped as stop:
+        strategy.failure = str(stop)
+        history.note(strategy.failure)
     return strategy

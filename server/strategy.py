@@ -124,7 +124,8 @@ class SiteTracking:
         for msg, site in self._usable_replies(server_round, "train", list(replies)):
             _, status, reason = _site_of(msg)
             metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
-            self.history.record_train(server_round, site, status, reason, metrics)
+            head = str(msg.content["site"].get("ledger_head", "")) if "site" in msg.content else ""
+            self.history.record_train(server_round, site, status, reason, metrics, ledger_head=head)
             if status == "trained" and "arrays" in msg.content:
                 usable.append(msg)
             elif status == "budget_exhausted":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -19,7 +20,10 @@ import yaml
 
 from shared.errors import InputError
 
-TASKS = ("event_mortality", "retain_aki", "sleep_staging", "sleep_diagnosis", "multimodal")
+TASKS = (
+    "event_mortality", "retain_aki", "sleep_staging", "sleep_diagnosis", "multimodal", "tabular_binary", "tabular_survival",
+)
+TABULAR_TASKS = ("tabular_binary", "tabular_survival")  # one table.csv per site (shared/data/tabular.py)
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean", "krum")
 ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -30,6 +34,7 @@ EVALUATION_ROUNDS = ("all", "final")
 SITE_DP_STRATEGIES = ("fedavg", "fedprox")  # site-level DP bounds a weighted mean (server/site_level_dp.py)
 TRAIN_PHASE, PRETRAIN_PHASE = "train", "pretrain"  # `phase` in a round's train/evaluate message config
 PRETRAINABLE_TASKS = ("sleep_staging", "sleep_diagnosis")  # tasks with a contrastive pretraining phase
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # no path separators, no leading dot
 
 
 @dataclass
@@ -49,6 +54,13 @@ class DataConfig:
     channel_map: dict[str, str] = field(default_factory=dict)  # EDF channel label -> slot, on top of the defaults
     outcomes: list[str] = field(default_factory=lambda: ["cvd", "death"])  # diagnosis: time_<o>/event_<o> columns
     synth_minutes: float | None = None  # length of a synthetic recording; None = task default
+    # tabular tasks (one table.csv per site; format and checks in shared/data/tabular.py)
+    id_column: str = "id"
+    label_column: str = "label"  # tabular_binary: 0/1
+    time_column: str = "time"  # tabular_survival: time to event or censoring (> 0)
+    event_column: str = "event"  # tabular_survival: 1 = event, 0 = censored
+    covariates: list[dict[str, Any]] = field(default_factory=list)  # [{name, type: numeric|categorical, levels}]
+    standardize: dict[str, dict[str, float]] = field(default_factory=dict)  # numeric covariate -> {mean, sd} (public)
 
 
 @dataclass
@@ -117,8 +129,14 @@ class EvaluationPrivacyConfig:
 
 @dataclass
 class PrivacyConfig:
+    # false (or a target epsilon of .inf) really trains without DP: no clipping, no noise, plain shuffled
+    # batches; the ledger says "no_dp", the audit reports epsilon inf, a site policy refuses it
     enabled: bool = True
     target_epsilon: float = 8.0  # per site, for this run
+    # true: the DP randomness is seeded from the run's seed, site and round (tests, debugging): anyone who
+    # knows the config can replay the noise. Recorded in the ledger; the audit reports it as not private
+    # against the center.
+    reproducible_noise: bool = False
     delta: float = 1.0e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
@@ -219,6 +237,10 @@ class RunConfig:
     def site_target_epsilon(self, site: str) -> float:
         return float(self.privacy.site_targets.get(site, self.privacy.target_epsilon))
 
+    def dp_enabled(self, site: str) -> bool:
+        """Whether `site` trains with DP: privacy.enabled and a finite target (.inf means no DP)."""
+        return self.privacy.enabled and math.isfinite(self.site_target_epsilon(site))
+
 
 def _type_ok(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
@@ -288,6 +310,8 @@ def _check(cfg: RunConfig) -> None:
     need(cfg.task in TASKS, "task", f"unknown task {cfg.task!r}; known: {', '.join(TASKS)}")
     need(len(cfg.data.sites) >= 1, "data.sites", "needs at least one site")
     need(len(set(cfg.data.sites)) == len(cfg.data.sites), "data.sites", "site names must be unique")
+    for site in cfg.data.sites:  # a site name becomes a folder name at the center and the sites
+        need(bool(SITE_NAME.match(site)), "data.sites", f"{site!r} is not a valid site name (letters, digits, _ . -)")
     need(0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
     need(cfg.data.max_events >= 1, "data.max_events", "must be >= 1")
     need(cfg.data.text_dim >= 4, "data.text_dim", "must be >= 4")
@@ -304,6 +328,10 @@ def _check(cfg: RunConfig) -> None:
     need(len(outcomes) >= 1 and len(set(outcomes)) == len(outcomes), "data.outcomes", "needs at least one outcome, no repeats")
     for outcome in outcomes:
         need(bool(re.fullmatch(r"[A-Za-z0-9_]+", outcome)), "data.outcomes", f"{outcome!r} must be letters, digits, _")
+    if cfg.task in TABULAR_TASKS:
+        from shared.data.tabular import check_tabular_config
+
+        check_tabular_config(cfg)  # raises InputError(data.covariates[i]...); fills in each covariate's model inputs
     sm = cfg.data.synth_minutes
     need(sm is None or sm > 0, "data.synth_minutes", "must be > 0")
     need(cfg.train.rounds >= 1, "train.rounds", "must be >= 1")
@@ -401,11 +429,20 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise InputError(path, None, "config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        hint = " (it looks like UTF-16: save it as UTF-8)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise InputError(path, None, f"not UTF-8 text at byte {err.start}{hint}") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise InputError(path, where, f"not valid YAML ({getattr(err, 'problem', err)})") from None
+    if raw is None:  # an empty file must not silently become the default event config
+        raise InputError(path, None, "the config is empty; it needs at least `task:` (see configs/)")
     return config_from_dict(raw, str(path))
 
 

@@ -28,7 +28,22 @@ urine_output  yes       urine output, mL/kg/h (averaged over the 6 h before the 
 ============  ========  ===========================================================================
 
 The eight lab columns (``LAB_FEATURES``, in that order) must all be present, but a field may be
-empty: the value was not measured at that visit. A present value must be a finite number >= 0.
+empty: the value was not measured at that visit. A present value must be a finite number inside
+the lab's physiological range (``LAB_RANGES``; a value outside it is a unit or entry error, and one
+such value would otherwise dominate the site's standardisation):
+
+============  ===============
+lab           accepted range
+============  ===============
+creatinine    0 - 40 mg/dL
+bun           0 - 400 mg/dL
+egfr          0 - 250 mL/min/1.73 m2
+potassium     0.5 - 15 mmol/L
+sodium        80 - 220 mmol/L
+bicarbonate   0 - 80 mmol/L
+hemoglobin    0 - 30 g/dL
+urine_output  0 - 50 mL/kg/h
+============  ===============
 
 ``labels.csv`` - one row per patient.
 
@@ -47,7 +62,8 @@ a patient has at least one visit by construction.
 Loading rejects, with an ``InputError`` naming the file and column: a missing file or required
 column, a file that is not readable CSV (a row with more or fewer fields than the header
 included), an empty patient_id or visit_id, a duplicate visit_id, an unparseable or missing
-timestamp, a lab value that is not a finite number >= 0 (``NaN``, ``inf`` and text included), a
+timestamp, a lab value that is not a finite number (``NaN``, ``inf`` and text included) or lies
+outside its range, a
 label that is not 0/1 (missing included), a patient listed twice in labels.csv, a site without
 visits and a site whose visits have no labelled patient.
 
@@ -59,7 +75,7 @@ does not read labels.csv at all and keeps every patient.
 A new patient for ``fedcare predict --patient FILE.json`` (``visits_from_records``) is a JSON
 object ``{"patient_id": "P-1", "visits": [visit, ...]}`` (patient_id optional, default
 ``new_patient``) or the bare list of visits, in any order; a visit is an object with ``timestamp``
-(ISO-8601 text, required), any of the eight labs (a finite number >= 0, or null / left out when not
+(ISO-8601 text, required), any of the eight labs (a finite number in its range, or null / left out when not
 measured) and optionally ``visit_id`` (unique; default ``visit_<position in the list>``). Ids are
 non-empty text or integers. Other keys are rejected (a misspelt lab would otherwise be silently
 imputed), and so are NaN / Infinity, numbers given as text and an empty list of visits.
@@ -99,6 +115,17 @@ LAB_FEATURES: dict[str, str] = {
     "urine_output": "mL/kg/h",
 }
 FEATURES: tuple[str, ...] = tuple(LAB_FEATURES)
+# lab name -> (lowest, highest) value accepted, in the unit above (documented in the module docstring)
+LAB_RANGES: dict[str, tuple[float, float]] = {
+    "creatinine": (0.0, 40.0),
+    "bun": (0.0, 400.0),
+    "egfr": (0.0, 250.0),
+    "potassium": (0.5, 15.0),
+    "sodium": (80.0, 220.0),
+    "bicarbonate": (0.0, 80.0),
+    "hemoglobin": (0.0, 30.0),
+    "urine_output": (0.0, 50.0),
+}
 VISIT_COLUMNS: tuple[str, ...] = ("patient_id", "visit_id", "timestamp", *FEATURES)
 LABEL_COLUMNS: tuple[str, ...] = ("patient_id", LABEL)
 DROP_REASONS = ("labels_unknown_patient", "patients_without_label")
@@ -175,9 +202,10 @@ def _parse_lab(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     bad = (num.isna() & raw.notna()) | np.isinf(num)
     if bad.any():
         raise first_bad(path, col, df[col], bad, f"is not a finite number ({LAB_FEATURES[col]}) or empty")
-    negative = num < 0
-    if negative.any():
-        raise first_bad(path, col, df[col], negative, "is negative")
+    low, high = LAB_RANGES[col]
+    outside = (num < low) | (num > high)
+    if outside.any():
+        raise first_bad(path, col, df[col], outside, f"is outside the physiological range {low:g}-{high:g} {LAB_FEATURES[col]}")
     return num.astype(float)
 
 
@@ -250,8 +278,10 @@ def visits_from_records(records: object, source: str | Path = "<patient>") -> pd
         for lab in FEATURES:
             value = visit.get(lab)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (value is None or (number and np.isfinite(value) and value >= 0)):
-                raise InputError(source, f"{where}.{lab}", f"{value!r} is not a number >= 0 ({LAB_FEATURES[lab]}) or null")
+            low, high = LAB_RANGES[lab]
+            if not (value is None or (number and np.isfinite(value) and low <= value <= high)):
+                raise InputError(source, f"{where}.{lab}",
+                                 f"{value!r} is not a number in {low:g}-{high:g} {LAB_FEATURES[lab]}, or null")
             row[lab] = np.nan if value is None else float(value)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(VISIT_COLUMNS))

@@ -29,6 +29,8 @@ _SITE_EXPLAINERS = {
     "multimodal": "shared.explain.multimodal_explainer:explain_multimodal_site",
     "sleep_staging": "shared.explain.sleep_explainer:explain_sleep_site",
     "sleep_diagnosis": "shared.explain.sleep_explainer:explain_sleep_site",
+    # tabular_binary, tabular_survival: no site explainer yet (a linear model's weights, on inputs named in the
+    # resolved config's `data.covariates[*].inputs`, are its explanation); explain.final_round is refused for them
 }
 
 

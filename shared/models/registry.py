@@ -25,6 +25,7 @@ _MODEL_MODULES = (
     "shared.models.sleep_heads",
     "shared.models.multimodal",
     "shared.models.tabular_mlp",
+    "shared.models.linear",
 )
 
 

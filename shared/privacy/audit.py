@@ -1,5 +1,17 @@
 """Independent verification of site privacy ledgers: chain, signatures, round order, and epsilon
-recomputed at every line with Google's dp-accounting (not the Opacus code the sites trained with)."""
+recomputed at every line with Google's dp-accounting (not the Opacus code the sites trained with).
+
+Cross-checks, so a ledger cannot simply be rewritten and re-signed with the site's key:
+- every trained line's mechanism against its recorded dataset size: q = 1 / ceil(n / B) and
+  steps = epochs x ceil(n / B) (Poisson sampling as Opacus does it);
+- with the center's record of the run (`RunRecord`, from the run folder): the run's lines against its
+  config (batch size, epochs, rounds, delta, clip norm) and against what the site reported each round
+  (num-examples, noise multiplier, sample rate, steps), and the ledger head hash the site sent with each
+  train reply: a head that is no line of the ledger means it was replaced (an older copy), truncated or
+  rewritten after that round.
+Rounds trained without DP (status no_dp) make epsilon unbounded (inf; audit status "no_dp"); rounds with
+DP randomness reproducible from the config are "reproducible_noise": not private against the center.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +33,8 @@ from shared.privacy.ledger import (
     GENESIS_HASH,
     LEDGER_STATUSES,
     LEDGER_VERSION,
+    NO_AGGREGATE,
+    NO_DP,
     TRAINED,
     line_hash,
     mechanism_from_entry,
@@ -29,9 +43,12 @@ from shared.privacy.ledger import (
 )
 from shared.privacy.security_log import SECURITY_LOG_FIELDS, SECURITY_LOG_VERSION
 
-AUDIT_STATUSES = ("ok", "budget_exhausted", "over_budget", "mismatch", "tampered", "unreadable")
+AUDIT_STATUSES = (
+    "ok", "budget_exhausted", "reproducible_noise", "no_dp", "over_budget", "mismatch", "tampered", "unreadable",
+)
 # Worst first: an audit's status is the worst kind of problem found in a readable ledger.
-PROBLEM_KINDS = ("tampered", "mismatch", "over_budget")
+PROBLEM_KINDS = ("tampered", "mismatch", "over_budget", "no_dp", "reproducible_noise")
+NOT_PRIVATE_AGAINST_CENTER = "not private against the center"
 REQUIRED_FIELDS = (
     "version",
     "site",
@@ -79,6 +96,16 @@ def _is_evaluation(entry: dict) -> bool:
     return isinstance(extra, dict) and extra.get("phase") == EVALUATION_PHASE
 
 
+@dataclass
+class RunRecord:
+    """What the center kept of one run, for one site: the run's config (as in the run folder's
+    config.yaml), and per round what the site reported with its train reply (metrics.json)."""
+
+    run_id: str
+    config: dict
+    rounds: dict[int, dict] = field(default_factory=dict)  # round -> {"train": {...}, "ledger_head": "..."}
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -96,9 +123,12 @@ def _entry_shape_problem(entry: dict) -> str | None:
         return f"unknown accountant {entry['accountant']!r}"
     if not isinstance(entry["round"], int) or isinstance(entry["round"], bool):
         return "round is not an integer"
-    for name in ("delta", "cumulative_epsilon", "lifetime_epsilon", "max_grad_norm"):
+    for name in ("delta", "max_grad_norm"):
         if not _is_number(entry[name]):
             return f"{name} is not a finite number"
+    for name in ("cumulative_epsilon", "lifetime_epsilon"):
+        if entry[name] is not None and not _is_number(entry[name]):
+            return f"{name} is not a finite number or null (unbounded)"
     if not 0 < entry["delta"] < 1:
         return f"delta {entry['delta']} is not in (0, 1)"
     return None
@@ -139,9 +169,10 @@ def _integrity_problems(
         if signature_problem is not None:
             problems.append(signature_problem)
     run_id, round_number = str(entry["run_id"]), entry["round"]
+    marker = entry["status"] == NO_AGGREGATE and round_number == last_round_by_run.get(run_id)  # follows its round
     if _is_evaluation(entry):  # a run's evaluation releases have their own increasing rounds
         run_id += " (evaluation)"
-    if run_id in last_round_by_run and round_number <= last_round_by_run[run_id]:
+    if run_id in last_round_by_run and round_number <= last_round_by_run[run_id] and not marker:
         problems.append(
             f"round {round_number} of run {run_id!r} comes after its round {last_round_by_run[run_id]} "
             "(lines out of order or repeated)"
@@ -156,6 +187,7 @@ def audit_ledger(
     target_epsilon: float | None = None,
     tolerance: float = 0.01,
     expected_site: str | None = None,
+    run: RunRecord | None = None,
 ) -> LedgerAudit:
     """Verify one ledger line by line and recompute its epsilon independently.
 
@@ -164,7 +196,7 @@ def audit_ledger(
     (`expected_site`, else the first line's); increasing rounds within a run; the recorded cumulative
     epsilon against dp-accounting over the history up to that line (relative `tolerance`); epsilon
     against the lifetime budget and `target_epsilon`. Deleting the newest lines cannot be seen from
-    the file alone.
+    the file alone; with `run` (the center's record) it can: see the module docstring.
     """
     path = Path(path)
     audit = LedgerAudit(
@@ -197,6 +229,8 @@ def audit_ledger(
     last_round_by_run: dict[str, int] = {}
     last_entry: dict | None = None
     limits_exceeded: set[str] = set()  # each limit is reported at the first line that exceeds it
+    without_dp = False  # a no_dp line was seen: epsilon is unbounded from there on
+    parsed: list[tuple[int, dict]] = []
 
     def report(kind: str, number: int, problem: str) -> None:
         kinds_found.add(kind)
@@ -232,15 +266,31 @@ def audit_ledger(
                 history.append(mechanism)
                 if _is_evaluation(entry):
                     evaluation_history.append(mechanism)
+                problem = mechanism_problem(entry, mechanism)
+                if problem is not None:
+                    report("mismatch", number, problem)
+        extra = entry.get("extra") if isinstance(entry.get("extra"), dict) else {}
+        if entry["status"] == NO_DP:
+            without_dp = True
+            report("no_dp", number, f"round {entry['round']} of run {entry['run_id']!r} trained without differential "
+                   "privacy: epsilon is unbounded (inf) from here on")
+        if extra.get("reproducible_noise"):
+            report("reproducible_noise", number, "DP randomness seeded from the run config "
+                   f"(privacy.reproducible_noise): {NOT_PRIVATE_AGAINST_CENTER}")
+        parsed.append((number, entry))
 
         accountant, delta = entry["accountant"], float(entry["delta"])
         cache_key = (tuple(merged_history(history)), delta, accountant)
         if cache_key not in recomputed_cache:
             recomputed_cache[cache_key] = epsilon_independent(history, delta, accountant)
-        recomputed = recomputed_cache[cache_key]
-        recorded = float(entry["cumulative_epsilon"])
+        recomputed = math.inf if without_dp else recomputed_cache[cache_key]
+        recorded = math.inf if entry["cumulative_epsilon"] is None else float(entry["cumulative_epsilon"])
         slack = _PRV_ABSOLUTE_SLACK if accountant == "prv" else 0.0
-        if abs(recorded - recomputed) > tolerance * recomputed + slack + 1e-12:
+        if math.isinf(recorded) or math.isinf(recomputed):
+            if recorded != recomputed:
+                report("mismatch", number, f"recorded cumulative epsilon {recorded:.6g}, but the history "
+                       f"{'has' if without_dp else 'has no'} round without DP (recomputed {recomputed:.6g})")
+        elif abs(recorded - recomputed) > tolerance * recomputed + slack + 1e-12:
             report(
                 "mismatch",
                 number,
@@ -248,10 +298,10 @@ def audit_ledger(
                 f"{recomputed:.6g} (dp-accounting, {accountant}, delta {delta:g}) by more than {tolerance:.0%}",
             )
         for limit, name in (
-            (float(entry["lifetime_epsilon"]), "lifetime budget"),
+            (None if entry["lifetime_epsilon"] is None else float(entry["lifetime_epsilon"]), "lifetime budget"),
             (target_epsilon, "target"),
         ):
-            if limit is None or name in limits_exceeded:
+            if limit is None or name in limits_exceeded or without_dp:  # no_dp is reported as such
                 continue
             if recorded > limit + 1e-9 or recomputed > limit * (1 + tolerance) + slack + 1e-9:
                 report(
@@ -264,17 +314,108 @@ def audit_ledger(
         audit.recomputed_epsilon = recomputed
         last_entry = entry
 
-    audit.site, audit.entries, audit.rounds_trained = site or "?", len(lines), len(history) - len(evaluation_history)
+    if run is not None:
+        for kind, number, problem in run_problems(parsed, lines, site or "?", run):
+            report(kind, number, problem)
+    rounds_without_dp = sum(entry["status"] == NO_DP for _, entry in parsed)
+    audit.site, audit.entries = site or "?", len(lines)
+    audit.rounds_trained = len(history) - len(evaluation_history) + rounds_without_dp
     audit.evaluation_releases = len(evaluation_history)
     if last_entry is not None:
-        audit.recorded_epsilon = float(last_entry["cumulative_epsilon"])
+        audit.recorded_epsilon = math.inf if without_dp else float(last_entry["cumulative_epsilon"])
         audit.delta = float(last_entry["delta"])
         audit.evaluation_epsilon = epsilon_independent(evaluation_history, audit.delta, last_entry["accountant"])
-        audit.lifetime_epsilon = float(last_entry["lifetime_epsilon"])
+        lifetime = last_entry["lifetime_epsilon"]
+        audit.lifetime_epsilon = math.inf if lifetime is None else float(lifetime)
     audit.status = next((kind for kind in PROBLEM_KINDS if kind in kinds_found), None) or (
         "budget_exhausted" if last_entry is not None and last_entry["status"] == BUDGET_EXHAUSTED else "ok"
     )
     return audit
+
+
+def mechanism_problem(entry: dict, mechanism: Mechanism) -> str | None:
+    """Whether a trained line's sample rate and steps are what its recorded dataset size, expected batch
+    size and epochs give (q = 1 / ceil(n / B), steps = epochs x ceil(n / B)); None when they are, or when
+    the line records no dataset size (a ledger of an older version)."""
+    extra = entry.get("extra") if isinstance(entry.get("extra"), dict) else {}
+    n, batch, epochs = extra.get("n_train"), extra.get("expected_batch_size"), extra.get("epochs")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, batch, epochs)):
+        return None if n is None else "recorded n_train / expected_batch_size / epochs are not positive integers"
+    per_epoch = max(1, math.ceil(n / batch))
+    if abs(mechanism.sample_rate - 1.0 / per_epoch) > 1e-12:
+        return (f"sample rate {mechanism.sample_rate:.6g} is not 1/ceil(n/B) = 1/{per_epoch} for the recorded "
+                f"n_train {n} and batch size {batch}")
+    if mechanism.steps != epochs * per_epoch:
+        return (f"steps {mechanism.steps} are not epochs x ceil(n/B) = {epochs} x {per_epoch} for the recorded "
+                f"n_train {n} and batch size {batch}")
+    return None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if _is_number(value) else None
+
+
+def run_problems(
+    parsed: list[tuple[int, dict]], lines: list[str], site: str, run: RunRecord
+) -> list[tuple[str, int, str]]:
+    """(kind, line number, problem) for the run's lines against its config and what the center kept."""
+    problems: list[tuple[str, int, str]] = []
+    cfg = run.config
+    train, privacy, pretrain = cfg.get("train", {}), cfg.get("privacy", {}), cfg.get("pretrain", {})
+    pretrain_rounds = int(pretrain.get("rounds", 0)) if pretrain.get("enabled") else 0
+    total_rounds = pretrain_rounds + int(train.get("rounds", 0))
+    for number, entry in parsed:
+        if str(entry["run_id"]) != run.run_id:
+            continue
+        r = entry["round"]
+        if not 1 <= r <= total_rounds:
+            problems.append(("mismatch", number, f"round {r} is not a round of the run (1..{total_rounds})"))
+        for name, expected in (("delta", privacy.get("delta")), ("max_grad_norm", privacy.get("max_grad_norm"))):
+            if _number(expected) is not None and abs(float(entry[name]) - float(expected)) > 1e-12 * float(expected):
+                problems.append(("mismatch", number, f"{name} {entry[name]:g} differs from the run config's {expected:g}"))
+        if entry["status"] not in (TRAINED, NO_DP):
+            continue
+        extra = entry.get("extra") if isinstance(entry.get("extra"), dict) else {}
+        if _is_evaluation(entry):  # a DP evaluation release: the Gaussian mechanism the run config sets
+            expected = {"noise_multiplier": float((privacy.get("evaluation") or {}).get("noise_multiplier", 4.0)),
+                        "sample_rate": 1.0, "steps": 1}
+            if entry["mechanism"] != expected:
+                problems.append(("mismatch", number, f"evaluation release {entry['mechanism']} is not the run config's "
+                                 f"{expected}"))
+            continue
+        is_pretrain = extra.get("phase") == "pretrain" or r <= pretrain_rounds
+        epochs = pretrain.get("local_epochs") if is_pretrain else train.get("local_epochs")
+        for name, expected in (("expected_batch_size", train.get("batch_size")), ("epochs", epochs)):
+            if expected is not None and extra.get(name) != expected:
+                problems.append(("mismatch", number, f"{name} {extra.get(name)!r} is not the run config's {expected!r}"))
+        if entry["status"] != TRAINED:
+            continue
+        if extra.get("n_train") is None:
+            problems.append(("mismatch", number, "no recorded dataset size (n_train): the mechanism cannot be checked"))
+        reported = (run.rounds.get(r) or {}).get("train") or {}
+        mechanism = entry["mechanism"] or {}
+        for name, value in (("num-examples", extra.get("n_train")), ("noise_multiplier", mechanism.get("noise_multiplier")),
+                            ("sample_rate", mechanism.get("sample_rate")), ("steps", mechanism.get("steps"))):
+            sent = _number(reported.get(name))
+            if sent is not None and (value is None or abs(float(value) - sent) > 1e-9 * max(1.0, abs(sent))):
+                problems.append(("mismatch", number, f"{name} {value!r} differs from the {sent:g} the site reported to "
+                                 f"the center in round {r}"))
+    positions = {line_hash(line): index for index, line in enumerate(lines, start=1)}
+    last_position = 0
+    for r in sorted(run.rounds):
+        head = (run.rounds[r] or {}).get("ledger_head")
+        if not head or head == GENESIS_HASH:
+            continue
+        position = positions.get(head)
+        if position is None:
+            problems.append(("tampered", len(lines), f"the center holds ledger head {head[:16]}... from {site}'s round {r} "
+                             "reply, which is no line of this ledger: it was replaced (an older copy), truncated or "
+                             "rewritten after that round"))
+        elif position < last_position:
+            problems.append(("tampered", position, f"the ledger head of round {r} comes before an earlier round's"))
+        else:
+            last_position = position
+    return problems
 
 
 def security_log_problems(path: Path, public_key: Ed25519PublicKey | None, expected_site: str) -> list[str]:
@@ -319,6 +460,7 @@ def audit_ledgers(
     paths_by_site: dict[str, Path],
     public_keys: dict[str, Path] | None,
     targets: dict[str, float] | None,
+    runs: dict[str, RunRecord] | None = None,
 ) -> list[LedgerAudit]:
     """Audit every site's ledger; when `public_keys` is given every site must have one."""
     audits = []
@@ -329,7 +471,7 @@ def audit_ledgers(
                 raise InputError(None, "public_keys", f"no public key given for site {site!r}")
             public_key = load_public_key(public_keys[site])
         target = (targets or {}).get(site)
-        audits.append(audit_ledger(ledger_path, public_key, target, expected_site=site))
+        audits.append(audit_ledger(ledger_path, public_key, target, expected_site=site, run=(runs or {}).get(site)))
     return audits
 
 

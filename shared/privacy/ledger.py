@@ -3,13 +3,23 @@
 Each line is the canonical JSON of one entry. `prev_hash` is the SHA-256 of the previous line's text
 ("0" * 64 on the first line), so changing, deleting or reordering a line breaks the chain; `signature`
 signs the canonical JSON of the entry without its signature, so only the site's key can write a line.
-The cumulative epsilon on each line covers every trained entry of the file (the site's lifetime).
+The cumulative epsilon on each line covers every trained entry of the file (the site's lifetime); it is
+null (unbounded) once a round was trained without DP (status "no_dp").
+
+One budget, one writer: `SiteLedger.lock()` holds an exclusive flock on a lock file beside the ledger;
+the site holds it across check -> train -> append, so two runs at one site cannot both pass the check.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
+import os
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,11 @@ GENESIS_HASH = "0" * 64
 TRAINED = "trained"
 BUDGET_EXHAUSTED = "budget_exhausted"
 REFUSED = "refused"
-LEDGER_STATUSES = (TRAINED, BUDGET_EXHAUSTED, REFUSED)
+NO_DP = "no_dp"  # trained without DP (privacy.enabled false or target .inf): epsilon is unbounded from here on
+# a marker after a round's trained entry: the site trained (the budget is spent, the trained entry counts it)
+# but its update went into no aggregate (a SecAgg+ round that failed after training); no mechanism of its own
+NO_AGGREGATE = "no_aggregate"
+LEDGER_STATUSES = (TRAINED, BUDGET_EXHAUSTED, REFUSED, NO_DP, NO_AGGREGATE)
 MECHANISM_FIELDS = ("noise_multiplier", "sample_rate", "steps")
 
 
@@ -43,6 +57,12 @@ def line_hash(line: str) -> str:
 def signed_payload(entry: dict) -> bytes:
     """The bytes an entry's signature covers: its canonical JSON without the signature field."""
     return canonical_json({k: v for k, v in entry.items() if k != "signature"}).encode("utf-8")
+
+
+def recorded_epsilon(entry: dict) -> float:
+    """An entry's cumulative epsilon; null is unbounded (inf): the history holds a round without DP."""
+    value = entry.get("cumulative_epsilon")
+    return math.inf if value is None else float(value)
 
 
 def mechanism_from_entry(entry: dict) -> Mechanism | None:
@@ -83,6 +103,46 @@ class SiteLedger:
         self.path = Path(path)
         self.site = site
         self.signing_key = signing_key
+        self._lock_guard = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".lock")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock on this site's budget (fcntl.flock on the lock file beside the ledger), re-entrant
+        within this object; other processes and other SiteLedger objects (threads) wait for it."""
+        with self._lock_guard:
+            if self._lock_depth == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+
+    def head(self) -> str:
+        """SHA-256 of the last line (GENESIS_HASH for an empty ledger): what the site sends the center."""
+        lines = read_ledger_lines(self.path)
+        return line_hash(lines[-1]) if lines else GENESIS_HASH
+
+    def dp_off(self) -> bool:
+        """Whether any round at this site was trained without DP (its lifetime epsilon is unbounded)."""
+        return any(entry.get("status") == NO_DP for entry in self.entries())
 
     def entries(self) -> list[dict]:
         """All entries, in file order. Raises InputError naming the line when one is not a JSON object."""
@@ -122,8 +182,10 @@ class SiteLedger:
         if not entries:
             return 0.0
         last = entries[-1]
+        if any(entry.get("status") == NO_DP for entry in entries):
+            return math.inf
         if last.get("accountant") == accountant:
-            return float(last["cumulative_epsilon"])
+            return recorded_epsilon(last)
         return epsilon_opacus(self.mechanisms(), float(last["delta"]), accountant)
 
     def append(
@@ -174,8 +236,8 @@ class SiteLedger:
             "delta": float(delta),
             "max_grad_norm": float(max_grad_norm),
             "accountant": accountant,
-            "cumulative_epsilon": float(cumulative_epsilon),
-            "lifetime_epsilon": float(lifetime_epsilon),
+            "cumulative_epsilon": float(cumulative_epsilon) if math.isfinite(cumulative_epsilon) else None,
+            "lifetime_epsilon": float(lifetime_epsilon) if math.isfinite(lifetime_epsilon) else None,  # null: none
             "extra": extra,
             "prev_hash": line_hash(lines[-1]) if lines else GENESIS_HASH,
         }

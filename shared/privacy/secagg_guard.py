@@ -14,6 +14,9 @@ leaves the mod waiting for another try. The guard refuses, before the mod runs:
   neighbour set or whose shares this site does not hold, this site as dropped, or fewer distinct
   active nodes than the threshold;
 - a plain training request while the run requires secure aggregation (a downgrade).
+With `auth` (shared/privacy/secagg_auth.py: signed SecAgg+ keys) it also signs the site's keys at setup,
+refuses a share-keys request whose neighbours' signed keys fail the roster (`secagg_peer_refused`, with the
+reason code `roster_refused` or `version_mismatch`), and a collect request whose shares do not decrypt.
 A refusal is an error reply, one line in the site's security log, and from then on the site answers
 nothing else in this run (every later message gets an error reply and another log line).
 """
@@ -24,7 +27,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import ERROR
-from typing import Any
+from typing import Any, Protocol
 
 from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.app.message_type import MessageType
@@ -58,12 +61,15 @@ def parse_site_decline(text: str) -> tuple[str, str, str] | None:
 
 
 class ProtocolViolation(Exception):
-    """A SecAgg+ request this site must not answer."""
+    """A SecAgg+ request this site must not answer (`code`: the reason code the site sends, if any)."""
+
+    code: str = ""
 
 
 @dataclass
 class GuardState:
     stage: str = ""  # last stage this site answered in the current protocol instance
+    round: str = ""  # the group id (round) of the current protocol instance, set at setup
     node_id: int = 0
     share_num: int = 0
     threshold: int = 0
@@ -82,6 +88,14 @@ class GuardState:
         context.state.config_records[GUARD_STATE_KEY] = ConfigRecord(
             {k: v for k, v in self.__dict__.items() if not (isinstance(v, list) and not v)}
         )
+
+
+class StageHooks(Protocol):
+    """Extra checks around the stages (shared.privacy.secagg_auth.KeyAuthenticator)."""
+
+    def before(self, stage: str, msg: Message, context: Context, state: GuardState) -> None: ...  # may raise
+
+    def after(self, stage: str, msg: Message, context: Context, reply: Message) -> None: ...  # may edit the reply
 
 
 def _ints(configs: ConfigRecord, key: str) -> list[int]:
@@ -172,9 +186,9 @@ def check_request(state: GuardState, stage: Any, configs: ConfigRecord, node_id:
         _check_unmask(state, configs)
 
 
-def _advance(state: GuardState, stage: str, configs: ConfigRecord, node_id: int) -> None:
+def _advance(state: GuardState, stage: str, configs: ConfigRecord, node_id: int, server_round: str) -> None:
     if stage == Stage.SETUP:
-        state.node_id = node_id
+        state.node_id, state.round = node_id, server_round
         state.share_num, state.threshold = int(configs[Key.SHARE_NUMBER]), int(configs[Key.THRESHOLD])
         state.neighbours, state.share_holders = [], []
     elif stage == Stage.SHARE_KEYS:
@@ -185,22 +199,26 @@ def _advance(state: GuardState, stage: str, configs: ConfigRecord, node_id: int)
 
 
 def _refuse(msg: Message, context: Context, state: GuardState, security_log: SecurityLog, reason: str, stage: Any,
-            event: str) -> Message:
+            event: str, code: str = "") -> Message:
     if not state.refused:
         state.refused = reason
     state.save(context)
     security_log.append({
         "kind": event, "reason": reason, "stage": str(stage), "run_id": context.run_id,
         "node_id": msg.metadata.dst_node_id, "round": msg.metadata.group_id, "message_type": msg.metadata.message_type,
+        **({"code": code} if code else {}),
     })
     text = f"secure aggregation guard refused the {stage} request: {reason}"
-    log(ERROR, text)
+    log(ERROR, f"{security_log.site}: {text}")
+    if code:  # the center learns the reason code; the detail stays in the site's log
+        text = site_decline_reason(security_log.site, "refused", code)
     return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=text), reply_to=msg)
 
 
 def secagg_guard(msg: Message, context: Context, call_next: CallNext, *, security_log: SecurityLog,
-                 expected: SecAggParameters | None) -> Message:
-    """Mod body: check `msg` against the protocol, then let `call_next` (the SecAgg+ mod chain) answer it.
+                 expected: SecAggParameters | None, auth: StageHooks | None = None) -> Message:
+    """Mod body: check `msg` against the protocol (and `auth`'s checks), then let `call_next` (the SecAgg+ mod
+    chain) answer it.
 
     Place it before `secaggplus_mod` in a run that requires secure aggregation."""
     state = GuardState.load(context)
@@ -218,11 +236,16 @@ def secagg_guard(msg: Message, context: Context, call_next: CallNext, *, securit
     node_id = msg.metadata.dst_node_id
     try:
         check_request(state, stage, configs, node_id, expected)
+        if auth is not None and stage != Stage.SETUP:
+            auth.before(str(stage), msg, context, state)
     except ProtocolViolation as violation:
-        return _refuse(msg, context, state, security_log, str(violation), stage, "secagg_request_refused")
+        kind = "secagg_peer_refused" if violation.code else "secagg_request_refused"
+        return _refuse(msg, context, state, security_log, str(violation), stage, kind, violation.code)
     snapshot = ConfigRecord(dict(configs))  # Flower's mod pops the stage key
     reply = call_next(msg, context)
     if not reply.has_error():
-        _advance(state, str(stage), snapshot, node_id)
+        if auth is not None:
+            auth.after(str(stage), msg, context, reply)
+        _advance(state, str(stage), snapshot, node_id, msg.metadata.group_id)
         state.save(context)
     return reply

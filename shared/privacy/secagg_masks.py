@@ -30,6 +30,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 PINNED_FLOWER_VERSION = "1.41.0"
+MASK_ALGORITHM = "chacha20-sha256/v1"  # what a site states (signed) in its SecAgg+ keys; peers must state the same
+STOCK_MASK_ALGORITHM = f"flwr-{PINNED_FLOWER_VERSION}-randomstate32"  # Flower's own 32-bit Mersenne Twister expansion
 _DOMAIN = b"fedcare/secagg+/mask/v1"
 _NONCE = bytes(16)  # every key is used for one stream only: SHA-256 of a fresh per-round secret
 
@@ -70,3 +72,11 @@ for _module in (_utils, _client_mod, _server_workflow):
     if not isinstance(_module, ModuleType) or not hasattr(_module, "pseudo_rand_gen"):
         raise RuntimeError(f"Flower layout changed: {_module!r} no longer uses pseudo_rand_gen")
     _module.pseudo_rand_gen = full_strength_pseudo_rand_gen
+
+
+def mask_algorithm() -> str:
+    """The mask expansion this process's SecAgg+ client mod actually uses (stated in the site's signed keys)."""
+    live = _client_mod.pseudo_rand_gen
+    if live is full_strength_pseudo_rand_gen:
+        return MASK_ALGORITHM
+    return STOCK_MASK_ALGORITHM if live is STOCK_PSEUDO_RAND_GEN else f"unknown ({getattr(live, '__qualname__', live)!r})"

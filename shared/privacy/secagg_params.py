@@ -70,6 +70,28 @@ class SecAggParameters:
         return None
 
 
+def aggregate_problem(params: SecAggParameters, total_weight: int, values: Iterable[np.ndarray],
+                      num_examples: list[int]) -> str | None:
+    """Why an unmasked SecAgg+ sum (Flower's integer vector before dequantisation: the total quantised weight
+    and the summed values) breaks the bounds the parameters imply, or None.
+
+    With every mask cancelled the total weight is exactly the sum of round(n / max_weight x Q) over the sites'
+    reported num_examples n, and every summed value lies in [0, sites x Q]: masks that did not cancel (a site on
+    another mask expansion, a tampered vector) leave uniform noise modulo modulus_range instead."""
+    if any(n > params.max_weight or n < 0 for n in num_examples):
+        return f"a site reported num_examples outside [0, max_weight {params.max_weight:g}]: {sorted(num_examples)}"
+    expected = sum(round(n / params.max_weight * params.quantization_range) for n in num_examples)
+    if int(total_weight) != expected:
+        return (f"total quantised weight {int(total_weight)}, but the {len(num_examples)} sites' num_examples imply "
+                f"{expected}: the masks did not cancel (mixed mask versions or a tampered vector)")
+    ceiling = len(num_examples) * params.quantization_range
+    peak = max((int(np.max(v)) for v in values if np.size(v)), default=0)
+    if peak > ceiling:
+        return (f"a summed value {peak} exceeds {len(num_examples)} sites x quantization_range = {ceiling}: the masks "
+                "did not cancel (mixed mask versions or a tampered vector)")
+    return None
+
+
 def derive_secagg_parameters(cfg: RunConfig) -> SecAggParameters:
     """The protocol parameters for `cfg`, or InputError naming the field that makes them unsafe."""
     s, src = cfg.secure_aggregation, cfg.source

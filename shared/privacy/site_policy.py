@@ -230,10 +230,12 @@ def config_violations(policy: SitePolicy, cfg: RunConfig, site: str) -> list[str
     problems = []
     if policy.site is not None and policy.site != site:
         problems.append(f"the policy is for site {policy.site!r}, not {site!r}")
-    if not p.enabled:
+    if not cfg.dp_enabled(site):  # privacy.enabled false, or a target epsilon of .inf
         problems.append("differential privacy is switched off")
-    if cfg.site_target_epsilon(site) > floor.max_epsilon_per_run:
+    if math.isfinite(cfg.site_target_epsilon(site)) and cfg.site_target_epsilon(site) > floor.max_epsilon_per_run:
         problems.append(f"epsilon {cfg.site_target_epsilon(site):g} > site maximum {floor.max_epsilon_per_run:g}")
+    if p.reproducible_noise:
+        problems.append("DP noise reproducible from the run config (privacy.reproducible_noise)")
     if p.delta > floor.max_delta:
         problems.append(f"delta {p.delta:g} > site maximum {floor.max_delta:g}")
     if p.evaluation.noise_multiplier < floor.min_noise_multiplier:

@@ -6,6 +6,7 @@ it on every reply and sends an error reply instead of anything it refuses.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from logging import ERROR
 from typing import Any
@@ -51,13 +52,19 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
     # un-noised mean over the training data) is never sent.
     | RELEASE_KEYS
 )
-ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason"})
+ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason", "ledger_head"})
 MAX_SITE_TEXT_LENGTH = 200
+# site.ledger_head: the SHA-256 of the last line of the site's privacy ledger, exactly 64 lower-case hex
+# digits; the center keeps it per round so the audit can catch a ledger replaced, truncated or re-signed later
+LEDGER_HEAD_KEY = "ledger_head"
+_LEDGER_HEAD = re.compile(r"[0-9a-f]{64}")
 ARRAYS_RECORD, METRICS_RECORD, SITE_RECORD = "arrays", "metrics", "site"
 # A SecAgg+ stage reply (Flower's legacy format): protocol values, and at the collect stage the fit
 # result whose parameters Flower's mod has emptied (the update leaves only masked, in the protocol values).
 SECAGG_RECORD = "secaggplus_configs"
-SECAGG_REPLY_KEYS: frozenset[str] = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
+# signed_keys: the setup reply's [key statement, Ed25519 signature] (shared/privacy/secagg_auth.py)
+SIGNED_KEYS = "signed_keys"
+SECAGG_REPLY_KEYS: frozenset[str] = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares", SIGNED_KEYS})
 SECAGG_SITE_KEYS: frozenset[str] = frozenset({f"site.{key}" for key in ALLOWED_SITE_KEYS})
 
 
@@ -96,6 +103,8 @@ def _check_site(record: Mapping[str, Any]) -> None:
             raise OutgoingMessageRefused(
                 f"record {SITE_RECORD!r}: key {key!r} must be text of at most {MAX_SITE_TEXT_LENGTH} characters"
             )
+        if key == LEDGER_HEAD_KEY and not _LEDGER_HEAD.fullmatch(value):
+            raise OutgoingMessageRefused(f"record {SITE_RECORD!r}: {key!r} must be 64 lower-case hex digits")
 
 
 def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) -> None:
@@ -103,7 +112,7 @@ def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) ->
 
     Allowed: "arrays" (ArrayRecord, with exactly `expected_array_keys` when given), "metrics"
     (MetricRecord of whitelisted single numbers), "site" (ConfigRecord of short texts under
-    name/status/reason). Each is optional.
+    name/status/reason, and ledger_head as 64 hex digits). Each is optional.
     """
     checks = {
         ARRAYS_RECORD: (ArrayRecord, lambda record: _check_arrays(record, expected_array_keys)),
@@ -121,6 +130,18 @@ def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) ->
         check(record)
 
 
+def _check_signed_keys(value: Any) -> None:
+    """[a key statement in canonical form, a 64-byte signature] and nothing else."""
+    from shared.privacy.secagg_auth import KeyStatement
+
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, bytes) for v in value)) or len(value[1]) != 64:
+        raise OutgoingMessageRefused(f"{SIGNED_KEYS!r} must be [key statement, 64-byte signature]")
+    try:
+        KeyStatement.from_bytes(value[0])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise OutgoingMessageRefused(f"{SIGNED_KEYS!r}: not a key statement ({err})") from None
+
+
 def check_outgoing_secagg(content: RecordDict) -> None:
     """Raise OutgoingMessageRefused unless `content` is a SecAgg+ stage reply holding only protocol values,
     an empty fit-result parameter record, the example count, a status, and whitelisted metrics/site texts."""
@@ -129,6 +150,8 @@ def check_outgoing_secagg(content: RecordDict) -> None:
             unexpected = sorted(set(record.keys()) - SECAGG_REPLY_KEYS)
             if unexpected:
                 raise OutgoingMessageRefused(f"record {name!r}: keys {unexpected} are not SecAgg+ reply values")
+            if SIGNED_KEYS in record:
+                _check_signed_keys(record[SIGNED_KEYS])
         elif name == "fitres.parameters" and isinstance(record, ArrayRecord):
             if len(record):
                 raise OutgoingMessageRefused("a SecAgg+ reply carries model arrays in clear")

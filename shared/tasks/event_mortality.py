@@ -43,7 +43,7 @@ class EventMortalityTask(Task):
         enc_path = state_dir / ENCODER_FILE
         stays = data.stays
         labels = stays["hospital_expire_flag"].to_numpy()
-        train_idx, val_idx = stratified_split(labels, self.cfg.data.val_fraction, self.cfg.data.split_seed)
+        train_idx, val_idx = stratified_split(labels, self.cfg.data.val_fraction, self.cfg.data.split_seed, site_dir)
         if fit or not enc_path.is_file():
             train_ids = stays.index[train_idx]
             encoder = EventEncoder.fit(stays.loc[train_ids], data.events[data.events["stay_id"].isin(train_ids)])

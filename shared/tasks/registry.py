@@ -14,6 +14,8 @@ _TASK_CLASSES = {
     "retain_aki": "shared.tasks.retain_aki:RetainAkiTask",
     "sleep_staging": "shared.tasks.sleep:SleepStagingTask",
     "sleep_diagnosis": "shared.tasks.sleep:SleepDiagnosisTask",
+    "tabular_binary": "shared.tasks.tabular:TabularBinaryTask",
+    "tabular_survival": "shared.tasks.tabular:TabularSurvivalTask",
 }
 
 

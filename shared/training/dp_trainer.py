@@ -10,6 +10,10 @@ Per-sample clipping (TrainSettings.grad_sample_mode):
 - "bookkeeping": shared.training.fast_dp.BookkeepingDP, one backward, no per-sample gradients
   kept; same clipping, noise, expected-batch scaling, Poisson sampler and step count as "hooks";
 - "auto": "bookkeeping" when the model is built only of layers it supports, else "hooks".
+DP randomness (Poisson masks, Gaussian noise) comes from a round's dedicated generators
+(shared.training.dp_rng): secret, from the OS CSPRNG, unless `TrainSettings.dp_seed` is set (the
+recorded `privacy.reproducible_noise` switch). `seed` seeds torch's global generator for everything
+else (dropout, initialisation, shuffling without DP), which the center may well know.
 FedProx's proximal gradient mu (w - w_global) is data-independent: under DP it is added after
 the noise (Opacus alone would overwrite it with the privatised gradient).
 """
@@ -29,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shared.config import GRAD_SAMPLE_MODES
 from shared.training.devices import autocast_for, configure_precision
+from shared.training.dp_rng import DPRandomness, dp_randomness
 from shared.training.fast_dp import BookkeepingDP
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -48,7 +53,8 @@ class TrainSettings:
     device: str = "cpu"
     precision: str = "fp32"
     proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2
-    seed: int | None = None
+    seed: int | None = None  # torch's global generator: dropout, initialisation; never the DP randomness
+    dp_seed: int | None = None  # None: DP randomness from the OS CSPRNG; an int only for privacy.reproducible_noise
 
 
 @dataclass
@@ -157,9 +163,9 @@ class TrainingStep:
 class _OpacusStep(TrainingStep):
     """Opacus hooks/functorch: GradSampleModule per-sample gradients, DPOptimizer clips and noises."""
 
-    def __init__(self, work: nn.Module, dataset: Dataset, s: TrainSettings, mode: str) -> None:
+    def __init__(self, work: nn.Module, dataset: Dataset, s: TrainSettings, mode: str, rng: DPRandomness) -> None:
         optimizer = _optimizer([p for p in work.parameters() if p.requires_grad], s)
-        module, optimizer, loader = _make_private(work, optimizer, dataset, s, mode)
+        module, optimizer, loader = _make_private(work, optimizer, dataset, s, mode, rng)
         _check_sample_rate(loader, dataset, s)
         if s.max_physical_batch_size:
             from opacus.utils.batch_memory_manager import wrap_data_loader
@@ -196,8 +202,8 @@ class _OpacusGhostStep(_OpacusStep):
     gradient times n * c_i gives sum_i c_i grad loss_i, what Opacus' DPTensorFastGradientClipping
     computes (exact for models whose output rows depend on their own sample only, as DP needs)."""
 
-    def __init__(self, work: nn.Module, dataset: Dataset, s: TrainSettings) -> None:
-        super().__init__(work, dataset, s, "ghost")
+    def __init__(self, work: nn.Module, dataset: Dataset, s: TrainSettings, rng: DPRandomness) -> None:
+        super().__init__(work, dataset, s, "ghost", rng)
         self._outputs: list[torch.Tensor] = []
         self.module.register_forward_hook(self._keep_outputs)
 
@@ -259,12 +265,12 @@ class _BookkeepingStep(TrainingStep):
 
     mode = "bookkeeping"
 
-    def __init__(self, work: nn.Module, dataset: Dataset, s: TrainSettings) -> None:
+    def __init__(self, work: nn.Module, dataset: Dataset, s: TrainSettings, rng: DPRandomness) -> None:
         from opacus.data_loader import DPDataLoader
         from opacus.utils.batch_memory_manager import wrap_data_loader
 
         assert s.noise_multiplier is not None
-        base = _logical_loader(dataset, s)
+        base = _logical_loader(dataset, s, rng.sampler)
         # sample rate and expected batch size exactly as PrivacyEngine.make_private derives them
         expected_batch_size = int(len(dataset) * (1 / len(base)))  # type: ignore[arg-type]
         loader: DataLoader = DPDataLoader.from_data_loader(base)
@@ -276,7 +282,7 @@ class _BookkeepingStep(TrainingStep):
             )
         params = [p for p in work.parameters() if p.requires_grad]
         super().__init__(work, _optimizer(params, s), loader, s)
-        self.engine = BookkeepingDP(work, s.max_grad_norm, s.noise_multiplier, expected_batch_size)
+        self.engine = BookkeepingDP(work, s.max_grad_norm, s.noise_multiplier, expected_batch_size, generator=rng.noise)
 
     def backward(self, loss: torch.Tensor) -> torch.Tensor:
         loss.backward()
@@ -295,10 +301,11 @@ class _BookkeepingStep(TrainingStep):
         self.engine.remove()
 
 
-def _logical_loader(dataset: Dataset, s: TrainSettings) -> DataLoader:
-    """The DataLoader Opacus derives Poisson sampling from: q = 1 / len(this loader)."""
+def _logical_loader(dataset: Dataset, s: TrainSettings, sampler: torch.Generator) -> DataLoader:
+    """The DataLoader Opacus derives Poisson sampling from: q = 1 / len(this loader); its generator is
+    the one Opacus' DPDataLoader draws the Poisson masks from."""
     pin = torch.device(s.device).type == "cuda"
-    return DataLoader(dataset, batch_size=s.expected_batch_size, pin_memory=pin)
+    return DataLoader(dataset, batch_size=s.expected_batch_size, pin_memory=pin, generator=sampler)
 
 
 def _check_sample_rate(poisson_loader: Any, dataset: Dataset, s: TrainSettings) -> None:
@@ -308,7 +315,8 @@ def _check_sample_rate(poisson_loader: Any, dataset: Dataset, s: TrainSettings) 
 
 
 def _make_private(
-    work: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, s: TrainSettings, mode: str
+    work: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, s: TrainSettings, mode: str,
+    rng: DPRandomness,
 ) -> Any:
     from opacus import PrivacyEngine
 
@@ -319,32 +327,40 @@ def _make_private(
         private = engine.make_private(
             module=work,
             optimizer=optimizer,
-            data_loader=_logical_loader(dataset, s),
+            data_loader=_logical_loader(dataset, s, rng.sampler),
             noise_multiplier=s.noise_multiplier,
             max_grad_norm=s.max_grad_norm,
             poisson_sampling=True,
             grad_sample_mode=mode,
+            noise_generator=rng.noise,
             **({"criterion": nn.MSELoss()} if mode == "ghost" else {}),  # unused: see _OpacusGhostStep
         )
+    # Opacus' secure-mode noise (discard one draw, sum four) from our generator; without torchcsprng
+    # PrivacyEngine(secure_mode=True) cannot be built, but the optimizer's flag only picks the draw.
+    private[1].secure_mode = True
     if mode == "ghost":
         module, optimizer, _criterion, loader = private
         return module, optimizer, loader
     return private
 
 
-def make_training_step(work: nn.Module, dataset: Dataset, s: TrainSettings) -> TrainingStep:
-    """The optimizer, loader and DP machinery for `work` (already on s.device, in train mode)."""
+def make_training_step(
+    work: nn.Module, dataset: Dataset, s: TrainSettings, rng: DPRandomness | None = None
+) -> TrainingStep:
+    """The optimizer, loader and DP machinery for `work` (already on s.device, in train mode); DP
+    randomness from `rng`, by default fresh generators per `s.dp_seed` (secret unless it is set)."""
     if s.noise_multiplier is None:
         params = [p for p in work.parameters() if p.requires_grad]
         pin = torch.device(s.device).type == "cuda"
         loader = DataLoader(dataset, batch_size=s.expected_batch_size, shuffle=True, pin_memory=pin)
         return TrainingStep(work, _optimizer(params, s), loader, s)
+    rng = rng or dp_randomness(s.device, s.dp_seed)
     mode = resolve_grad_sample_mode(s.grad_sample_mode, work)
     if mode == "bookkeeping":
-        return _BookkeepingStep(work, dataset, s)
+        return _BookkeepingStep(work, dataset, s, rng)
     if mode == "ghost":
-        return _OpacusGhostStep(work, dataset, s)
-    return _OpacusStep(work, dataset, s, mode)
+        return _OpacusGhostStep(work, dataset, s, rng)
+    return _OpacusStep(work, dataset, s, mode, rng)
 
 
 def train_model(model: nn.Module, dataset: Dataset, loss_fn: LossFn, s: TrainSettings) -> TrainResult:

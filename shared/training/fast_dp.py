@@ -11,7 +11,8 @@ keeps the output gradient G. After `loss.backward()`:
    per-sample gradient A_i^T G_i materialised and dropped (T d_in d_out), whichever is cheaper;
 2. one clip factor per sample over ALL parameters, c_i = min(1, C / (||g_i|| + 1e-6)), as Opacus;
 3. per layer ONE contraction sum_i c_i A_i^T G_i (no second backward);
-4. Gaussian noise N(0, (sigma C)^2) on the sum, divided by the expected batch size when
+4. Gaussian noise N(0, (sigma C)^2) on the sum (from `generator`: the site passes its round's secret
+   generator, shared.training.dp_rng), divided by the expected batch size when
    loss_reduction="mean": the same gradient as Opacus' DPOptimizer, same Poisson accounting.
 
 Under bf16/fp16 autocast the products run on the half-precision copies the layers computed with,
@@ -38,6 +39,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shared.training.dp_rng import dp_randomness, gaussian_noise
 
 # Scratch memory one norm computation may take per chunk of samples (grams or per-sample grads).
 _CHUNK_BYTES = 1 << 29
@@ -627,13 +630,19 @@ class BookkeepingDP:
         sums = self._sum_buffers()
         std = self.noise_multiplier * self.max_grad_norm
         for flat in self._flats:
-            if std > 0:
-                flat.add_(torch.empty_like(flat).normal_(0.0, std, generator=self.generator))
+            if std > 0:  # secure-mode draws from the round's dedicated generator (shared.training.dp_rng)
+                flat.add_(gaussian_noise(flat, std, self._noise_generator(flat.device)))
             if self.loss_reduction == "mean":
                 flat.div_(self.expected_batch_size)
         for p in self._params:
             p.grad = sums[id(p)]
         self._sums, self._flats = None, []  # the next logical batch starts from fresh zeros
+
+    def _noise_generator(self, device: torch.device) -> torch.Generator:
+        """The given generator; without one, a secret one (OS CSPRNG) per device, never torch's global one."""
+        if self.generator is None or self.generator.device.type != device.type:
+            self.generator = dp_randomness(device).noise
+        return self.generator
 
     def clear(self) -> None:
         """Drop captured activations/gradients and any partial sum (e.g. after a forward without backward)."""

@@ -63,7 +63,13 @@ def test_bad_site_data_for_synth_check_keeps_earlier_outputs(site, tmp_path, cap
 
 
 @pytest.mark.parametrize(
-    "text, field", [("task: nope\n", "task"), ("privacy: {target_epsilon: -2}\n", "privacy.target_epsilon")]
+    "text, field",
+    [
+        ("task: nope\n", "task"),
+        ("task: event_mortality\nprivacy: {target_epsilon: -2}\n", "privacy.target_epsilon"),
+        ("task: event_mortality\ndata: {sites: [hospital_a, ../../x]}\n", "data.sites"),
+        ("task: event_mortality\ndata: {sites: [.hidden]}\n", "data.sites"),
+    ],
 )
 def test_bad_yaml_fields(tmp_path, capsys, text, field):
     cfg = tmp_path / "run.yaml"
@@ -88,3 +94,55 @@ def test_sleep_site_with_a_corrupt_edf_stops_simulate_with_one_line(tmp_path, ca
     assert main(["simulate", "--config", str(cfg)]) == 2
     assert _error_line(capsys).startswith(f"error: {psg}: psg_file: not a readable EDF/EDF+ file (")
     assert not (tmp_path / "runs").exists()
+
+
+def _no_run_started(tmp_path) -> None:
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "the config is empty"),
+        ("task: event_mortality\n".encode("utf-16"), "UTF-16"),
+        (b"task: event_mortality\n\xff\xfe\n", "not UTF-8"),
+    ],
+)
+def test_empty_or_non_utf8_config_is_one_line(tmp_path, capsys, content, problem):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(content)
+    assert main(["simulate", "--config", str(cfg), "--output", str(tmp_path / "runs")]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: {cfg}") and problem in line
+    _no_run_started(tmp_path)
+
+
+@pytest.mark.parametrize("rounds", ["-1", "0"])
+def test_rounds_below_one_fail_before_anything_starts(tmp_path, capsys, rounds):
+    assert main(["simulate", "--rounds", rounds, "--output", str(tmp_path / "runs")]) == 2
+    assert "--rounds: must be >= 1" in _error_line(capsys)
+    _no_run_started(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "sizes, problem", [("a,b,c", "comma-separated whole numbers"), ("10,0,5", "must be > 0"), ("10,20", "expected 3 values")]
+)
+def test_synth_sizes_are_checked(tmp_path, capsys, sizes, problem):
+    assert main(["synth", "--sizes", sizes, "--out", str(tmp_path / "data")]) == 2
+    line = _error_line(capsys)
+    assert "--sizes" in line and problem in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_every_option_has_help_and_shows_its_default():
+    import argparse
+
+    from fedcare.cli import build_parser, subcommand_parsers
+
+    for parser in subcommand_parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{parser.prog} {'/'.join(action.option_strings) or action.dest}: no help text"
+    simulate = next(p for p in subcommand_parsers(build_parser()) if p.prog.endswith(" simulate"))
+    assert "(default: configs/event_mortality.yaml)" in " ".join(simulate.format_help().split())

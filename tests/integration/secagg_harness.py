@@ -1,17 +1,21 @@
 """A light SecAgg+ federation for protocol tests: real Flower simulation, real SecAgg+ stages, sites whose
 "update" is a fixed known vector, so what a (curious) center can rebuild is checked exactly.
 
-Sites come in groups of three (partition ids 3g, 3g+1, 3g+2). Guarded sites run fedcare's guard before
-Flower's `secaggplus_mod`; stock sites run `secaggplus_mod` alone. Both use fedcare's full-strength masks
-(the center too), as the mask generator must match on both sides. The ServerApp runs one scenario per
-group, one after another, in the same run: honest aggregation, a dropout, or a curious center's attack
-(`CuriousSecAggPlus`), and leaves what it got in `RESULTS` (the ServerApp runs in the test's process).
+Sites come in groups of three (partition ids 3g, 3g+1, 3g+2), site names "p<pid>". Guarded sites run fedcare's
+guard with signed keys (shared/privacy/secagg_auth.py: the same KeyAuthenticator as client/secure_aggregation.py;
+identity keys under <state_root>/p<pid>/keys, the roster is their group) before Flower's `secaggplus_mod`; stock
+sites run `secaggplus_mod` alone. Both use fedcare's full-strength masks (the center too), as the mask generator
+must match on both sides, except "stock-mask" sites, which run Flower's own 32-bit expansion (a site on another
+version). The ServerApp runs one scenario per group, one after another, in the same run: honest aggregation, a
+dropout, or a curious center's attack (`CuriousSecAggPlus`, `KeySubstitutingSecAggPlus`), and leaves what it got
+in `RESULTS` (the ServerApp runs in the test's process). A site that trains leaves a file `trained` in its folder.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import Code, FitIns, FitRes, Status, bytes_to_ndarray, ndarrays_to_parameters
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
 from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_extract, parameters_mod
 from flwr.common.secure_aggregation.quantization import dequantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_separate
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
@@ -32,10 +37,17 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key,
+    bytes_to_public_key,
+    generate_key_pairs,
+    public_key_to_bytes,
+)
 
 import shared.privacy.secagg_masks as masks
-from server.secure_aggregation import SecAggPlusWithEarlyDropouts
+from server.secure_aggregation import AuthenticatedSecAggPlus, _GridHook
+from shared.privacy.keys import generate_site_key, load_private_key, load_public_key
+from shared.privacy.roster import Roster, roster_from_keys
 from shared.privacy.secagg_params import SecAggParameters
 from shared.privacy.security_log import SECURITY_LOG_FILE, SecurityLog
 
@@ -48,15 +60,40 @@ OUTSIDER = 987654321  # a node id that is in no site's neighbour set
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-def security_log(state_root: str | Path, pid: int) -> SecurityLog:
+def security_log(state_root: str | Path, pid: int, key: Any = None) -> SecurityLog:
     """The security log of simulated site `pid` (its own state folder)."""
-    return SecurityLog(Path(state_root) / f"p{pid}" / SECURITY_LOG_FILE, f"p{pid}")
+    return SecurityLog(Path(state_root) / f"p{pid}" / SECURITY_LOG_FILE, f"p{pid}", key)
+
+
+def _key_path(state_root: str | Path, pid: int, impostor: bool = False) -> Path:
+    return Path(state_root) / f"p{pid}" / "keys" / (f"p{pid}.impostor.key" if impostor else f"p{pid}.key")
+
+
+def make_identity_keys(state_root: str | Path, pids: range, impostors: frozenset[int] = frozenset()) -> None:
+    """Each site's identity key (born at the site, as SiteWorker does); an impostor also gets a key the roster lacks."""
+    for pid in pids:
+        for impostor in (False, True) if pid in impostors else (False,):
+            path = _key_path(state_root, pid, impostor)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            generate_site_key(path, path.with_suffix(".pub"))
+
+
+def group_roster(state_root: str | Path, pid: int, not_on_roster: frozenset[int]) -> Roster:
+    """The roster site `pid` holds: its group's sites, less the outsiders (an outsider still lists itself)."""
+    group = range(3 * (pid // 3), 3 * (pid // 3) + 3)
+    return roster_from_keys({f"p{p}": load_public_key(_key_path(state_root, p).with_suffix(".pub"))
+                             for p in group if p == pid or p not in not_on_roster})
+
+
+def trained_marker(state_root: str | Path, pid: int) -> Path:
+    return Path(state_root) / f"p{pid}" / "trained"
 
 
 def site_update(pid: int) -> tuple[list[np.ndarray], int]:
-    """The known 'trained weights' and example count of partition `pid`."""
+    """The known 'trained weights' and example count of partition `pid` (float64, as client/secure_aggregation.py
+    sends them: Flower quantises in the dtype it is given, and float32 holds ~1e9 levels only to ~1e-6)."""
     rng = np.random.default_rng(1000 + pid)
-    return [rng.uniform(-3, 3, size=s).astype(np.float32) for s in SHAPES], 20 + 30 * (pid % 3)
+    return [rng.uniform(-3, 3, size=s) for s in SHAPES], 20 + 30 * (pid % 3)
 
 
 def weighted_mean(pids: list[int]) -> list[np.ndarray]:
@@ -67,32 +104,52 @@ def weighted_mean(pids: list[int]) -> list[np.ndarray]:
 
 # -- sites ------------------------------------------------------------------------------------------
 def build_client_app(state_root: str, guarded_groups: set[int], failing_pids: set[int],
-                     declining_pids: frozenset[int] = frozenset()) -> ClientApp:
-    """`failing_pids` fail while training (after sharing their keys); `declining_pids` refuse at setup."""
+                     declining_pids: frozenset[int] = frozenset(), *, not_on_roster: frozenset[int] = frozenset(),
+                     impostors: frozenset[int] = frozenset(), stock_mask_pids: frozenset[int] = frozenset()) -> ClientApp:
+    """`failing_pids` fail while training (after sharing their keys); `declining_pids` refuse at setup;
+    `not_on_roster` sites are missing from their group's rosters; `impostors` sign with a key that is not their
+    roster key; `stock_mask_pids` run Flower's stock 32-bit mask expansion (and say so in their signed keys)."""
 
     def pid_of(context: Context) -> int:
         return int(context.node_config["partition-id"])
+
+    def guarded(pid: int, msg: Message, context: Context, call_next: Any) -> Message:
+        from flwr.client.mod import secaggplus_mod
+
+        from shared.privacy.secagg_auth import KeyAuthenticator
+        from shared.privacy.secagg_guard import secagg_guard
+
+        key = load_private_key(_key_path(state_root, pid, impostor=pid in impostors))
+        auth = KeyAuthenticator(f"p{pid}", key, lambda: group_roster(state_root, pid, not_on_roster))
+        return secagg_guard(msg, context, lambda m, c: secaggplus_mod(m, c, call_next),
+                            security_log=security_log(state_root, pid, key), expected=PARAMS, auth=auth)
 
     def mod(msg: Message, context: Context, call_next: Any) -> Message:
         from flwr.client.mod import secaggplus_mod
 
         import shared.privacy.secagg_masks  # noqa: F401  (same masks as the center)
-        from shared.privacy.secagg_guard import secagg_guard
 
         pid = pid_of(context)
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
         if pid in declining_pids and configs is not None and configs.get(Key.STAGE) == Stage.SETUP:
             raise RuntimeError(f"site {pid} declines the round at setup")
-        if pid // 3 not in guarded_groups:
-            return secaggplus_mod(msg, context, call_next)
-        return secagg_guard(msg, context, lambda m, c: secaggplus_mod(m, c, call_next),
-                            security_log=security_log(state_root, pid), expected=PARAMS)
+        client_mod = import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+        if pid in stock_mask_pids:  # this site's installation expands masks the stock way, for this call
+            client_mod.pseudo_rand_gen = masks.STOCK_PSEUDO_RAND_GEN
+        try:
+            if pid // 3 not in guarded_groups:
+                return secaggplus_mod(msg, context, call_next)
+            return guarded(pid, msg, context, call_next)
+        finally:
+            client_mod.pseudo_rand_gen = masks.full_strength_pseudo_rand_gen
 
     app = ClientApp(mods=[mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = pid_of(context)
+        trained_marker(state_root, pid).parent.mkdir(parents=True, exist_ok=True)
+        trained_marker(state_root, pid).touch()
         if pid in failing_pids:
             raise RuntimeError(f"site {pid} drops out while training")
         arrays, n = site_update(pid)
@@ -131,12 +188,13 @@ class UnmaskAttempt:
     dropped: dict[int, list[int]]
 
 
-class CuriousSecAggPlus(SecAggPlusWithEarlyDropouts):
-    """A center that runs the first three stages honestly, keeps every masked vector it receives, then
-    sends crafted unmask requests (`attempts`, one after another) to rebuild the victim's own update."""
+class CuriousSecAggPlus(AuthenticatedSecAggPlus):
+    """A center that runs the first three stages honestly (forwarding the sites' signed keys), keeps every masked
+    vector it receives, then sends crafted unmask requests (`attempts`, one after another) to rebuild the
+    victim's own update."""
 
     def __init__(self, scenario: str, victim: int, attempts: list[str]) -> None:
-        super().__init__(**PARAMS.workflow_kwargs())
+        super().__init__(PARAMS, check_versions=False)
         self.scenario, self.victim, self.attempts = scenario, victim, attempts
         self.masked: dict[int, list[np.ndarray]] = {}
 
@@ -238,6 +296,54 @@ def build_server_app(scenarios: list[tuple[str, int, Any]]) -> ServerApp:
             legacy = LegacyContext(context, strategy=GroupStrategy(nodes, grid, name))
             legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: number + 1})
             legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord([np.zeros(1, dtype=np.float32)])
-            make_workflow(nodes)(grid, legacy)
+            workflow = make_workflow(nodes)
+            workflow(grid, legacy)
+            RESULTS[name]["failure"] = getattr(workflow, "failure", None)
 
     return app
+
+
+class KeySubstitutingSecAggPlus(CuriousSecAggPlus):
+    """The key-substitution attack: at the share-keys stage the center gives every site, for every other site, a
+    `pk2` whose private key it holds (it still forwards the sites' real signed keys: it cannot sign). Each
+    pairwise channel then ends at the center: it decrypts every secret share in transit, re-encrypts it for its
+    recipient, runs the round honestly to the end (the aggregate is right, nobody notices) and rebuilds the
+    victim's update from its masked vector and the shares of its private seed and mask key."""
+
+    def __init__(self, scenario: str, victim: int) -> None:
+        super().__init__(scenario, victim, attempts=[])
+        self.fake: dict[tuple[int, int], Any] = {}  # (site that sees it, site it poses as) -> private key
+        self.rd: dict[int, set[bytes]] = {}
+        self.sk: dict[int, set[bytes]] = {}
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        def swap(messages: list[Message]) -> None:
+            for msg in messages:
+                viewer, configs = msg.metadata.dst_node_id, msg.content.config_records[RECORD_KEY_CONFIGS]
+                for name in [k for k in configs if k != Key.STAGE and int(k) != viewer]:
+                    private, public = generate_key_pairs()
+                    self.fake[(viewer, int(name))] = private
+                    configs[name] = [configs[name][0], public_key_to_bytes(public)]
+
+        def relay(replies: list[Message]) -> None:
+            pk2 = {n: bytes_to_public_key(keys[1]) for n, keys in state.nid_to_publickeys.items()}
+            for reply in replies:
+                if reply.has_error():
+                    continue
+                src, res = reply.metadata.src_node_id, reply.content.config_records[RECORD_KEY_CONFIGS]
+                relayed = []
+                for dst, ciphertext in zip(res[Key.DESTINATION_LIST], res[Key.CIPHERTEXT_LIST]):
+                    plaintext = decrypt(generate_shared_key(self.fake[(src, dst)], pk2[src]), ciphertext)
+                    owner, _, rd_share, sk_share = share_keys_plaintext_separate(plaintext)
+                    self.rd.setdefault(owner, set()).add(rd_share)
+                    self.sk.setdefault(owner, set()).add(sk_share)
+                    relayed.append(encrypt(generate_shared_key(self.fake[(dst, src)], pk2[dst]), plaintext))
+                res[Key.CIPHERTEXT_LIST] = relayed
+
+        RESULTS[self.scenario]["substituted"] = True
+        return AuthenticatedSecAggPlus.share_keys_stage(self, _GridHook(grid, on_send=swap, on_reply=relay), context, state)
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        done = AuthenticatedSecAggPlus.unmask_stage(self, grid, context, state)  # honest: the round ends normally
+        RESULTS[self.scenario]["recovered"] = self._rebuild_victim(state, self.rd, self.sk)
+        return done

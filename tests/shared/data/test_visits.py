@@ -129,7 +129,10 @@ def test_missing_label_column(tmp_path: Path) -> None:
     [
         (f"p9,v9,2150-01-01,abc,{LABS.split(',', 1)[1]}", "creatinine", "not a finite number"),
         (f"p9,v9,2150-01-01,{LABS.rsplit(',', 1)[0]},inf", "urine_output", "not a finite number"),
-        (f"p9,v9,2150-01-01,{LABS.rsplit(',', 1)[0]},-0.5", "urine_output", "negative"),
+        (f"p9,v9,2150-01-01,{LABS.rsplit(',', 1)[0]},-0.5", "urine_output", "outside the physiological range 0-50"),
+        # one absurd value would blow the site's creatinine standard deviation up and erase the feature
+        (f"p9,v9,2150-01-01,1e300,{LABS.split(',', 1)[1]}", "creatinine", "outside the physiological range 0-40"),
+        (f"p9,v9,2150-01-01,1.0,15,90,0.2,{LABS.split(',', 4)[4]}", "potassium", "outside the physiological range 0.5-15"),
         (f"p9,v9,2150-01-01,NaN,{LABS.split(',', 1)[1]}", "creatinine", "not a finite number"),
         (f"p9,v9,2150-01-01,1.0,NA,{LABS.split(',', 2)[2]}", "bun", "not a finite number"),
         (f"p9,v9,2150-01-01,1.0,15,90,4.1,139 mmol/L,{LABS.split(',', 5)[5]}", "sodium", "not a finite number"),

@@ -13,7 +13,7 @@ from fedcare.predict import predict_patient_json
 from server.checkpoints import load_checkpoint, save_checkpoint
 from shared.config import RunConfig, config_from_dict, load_config
 from shared.data.visit_features import Z_CLIP, VisitEncoder
-from shared.data.visits import FEATURES, load_visit_site, synthesize_visit_sites, write_visit_site
+from shared.data.visits import FEATURES, LAB_RANGES, load_visit_site, synthesize_visit_sites, write_visit_site
 from shared.errors import InputError
 from shared.losses.classification import FocalLoss, WeightedBCEWithLogits
 from shared.models.retain import Retain
@@ -116,7 +116,7 @@ def test_encoder_is_fitted_on_the_training_split_only(sites: Path, tmp_path: Pat
     def encoder_after(scale_patients: set[str]) -> str:
         visits = original.visits.copy()
         rows = visits["patient_id"].isin(scale_patients)
-        visits.loc[rows, list(FEATURES)] *= 7.0
+        visits.loc[rows, list(FEATURES)] *= 1.2  # stays inside the labs' physiological ranges
         write_visit_site(site, visits, labels)
         build_task(cfg).prepare_site(site, "site", tmp_path / "state")
         return (tmp_path / "state" / ENCODER_FILE).read_text()
@@ -131,7 +131,7 @@ def test_truncation_keeps_recent_visits_and_imputation(tmp_path: Path) -> None:
     times = pd.date_range("2150-01-01", periods=5, freq="D")
     visits = pd.DataFrame({"patient_id": "p1", "visit_id": [f"v{i}" for i in range(5)], "timestamp": times})
     for lab in FEATURES:
-        visits[lab] = 1.0
+        visits[lab] = float(np.mean(LAB_RANGES[lab]))  # a plausible constant value
     visits["creatinine"] = [1.0, 2.0, np.nan, 4.0, 5.0]  # v2 missing: carried forward from v1
     visits["bun"] = [30.0, np.nan, np.nan, np.nan, np.nan]  # carried from a visit the cap drops
     visits["hemoglobin"] = np.nan  # never measured: the training median of the other patient

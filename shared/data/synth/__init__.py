@@ -1,0 +1,1 @@
+"""Synthetic site generators, kept apart from the loaders that read real data."""
