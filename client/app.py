@@ -91,10 +91,10 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
         global_state = msg.content["arrays"].to_torch_state_dict()
         phase = str(msg.content["config"].get("phase", TRAIN_PHASE)) if "config" in msg.content else TRAIN_PHASE
         try:
-            metrics = worker.evaluate(global_state, None if server_round is None else int(server_round), phase)
+            outcome = worker.evaluate_round(global_state, None if server_round is None else int(server_round), phase)
         except Exception as err:
             return _reply(msg, worker, worker.refuse("evaluate", server_round, _site_error(err)))
-        return _reply(msg, worker, RoundOutcome("evaluated", metrics=metrics))
+        return _reply(msg, worker, outcome)
 
     return app
 

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.atomic_write import write_atomically
+from shared.privacy.dp_evaluation import BINARY_SENSITIVITY, EXACT_MARKER, confusion_counts, release_binary, release_confusion
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import NO_DP, REFUSED, SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
@@ -57,6 +58,8 @@ from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per
 LEDGER_FILE = "privacy_ledger.jsonl"
 EXPLANATIONS_DIR = "explanations"
 UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
+RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
+EVALUATE_PHASE = "evaluate"  # extra.phase of a ledger entry recording a DP evaluation release
 
 
 class DataChanged(Exception):
@@ -259,8 +262,8 @@ class SiteWorker:
         prior = self._prior()
         spent = epsilon_opacus(prior, p.delta, p.accountant)
         composed_target = min(self.lifetime_epsilon, spent + self.cfg.site_target_epsilon(self.settings.site))
-        nm = plan_noise_multiplier(
-            composed_target, p.delta, q, run_steps, prior=prior,
+        nm = plan_noise_multiplier(  # the run's DP evaluation releases share the one target with training
+            composed_target, p.delta, q, run_steps, prior=prior + self.planned_evaluation(),
             accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
         )  # raises BudgetTooSmall
         self._save_plan(NoisePlan(nm, q, steps_round, composed_target, pretrain_round, n_train=n))
@@ -289,7 +292,8 @@ class SiteWorker:
                   f"steps per round {plan.steps_per_round} -> {steps_round}")
         try:
             nm = plan_noise_multiplier(
-                plan.composed_target, p.delta, q, remaining, prior=self._trained_history(),
+                plan.composed_target, p.delta, q, remaining,
+                prior=self._trained_history() + self.planned_evaluation(from_round=server_round),
                 accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
             )
         except BudgetTooSmall as err:
@@ -339,8 +343,10 @@ class SiteWorker:
         return self.cfg.seed * 1_000_003 + zlib.crc32(self.settings.site.encode()) % 100_000 * 1000 + server_round
 
     # -- a round asked again (the center resumed, a reply was lost) ------------------------
-    def _ledger_entry(self, server_round: int) -> dict[str, Any] | None:
-        return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id and e["round"] == server_round), None)
+    def _ledger_entry(self, server_round: int, phase: str = TRAIN_PHASE) -> dict[str, Any] | None:
+        """This run's ledger entry of `server_round`: its training (any phase but evaluate) or its evaluation release."""
+        return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id and e["round"] == server_round
+                     and ((e.get("extra") or {}).get("phase") == EVALUATE_PHASE) == (phase == EVALUATE_PHASE)), None)
 
     def _update_path(self) -> Path:
         return self.settings.state_dir / UPDATES_DIR / f"{self.run_id}.pt"
@@ -480,7 +486,8 @@ class SiteWorker:
             "trained",
             arrays=arrays,
             metrics={
-                "num-examples": result.num_examples, "train_loss": result.mean_loss, "epsilon": eps,
+                # no train_loss: an un-noised mean over the training data is outside the guarantee (issue 17)
+                "num-examples": result.num_examples, "epsilon": eps,
                 "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": result.sample_rate,
                 "steps": result.steps,
             },
@@ -508,20 +515,115 @@ class SiteWorker:
         n = sum(len(t) for t in targets)
         return torch.cat(targets).numpy(), torch.cat(outs).numpy(), loss_sum / max(1, n)
 
+    # -- evaluation: noisy sufficient statistics, counted in the ledger (shared/privacy/dp_evaluation.py) ------
+    @property
+    def exact_metrics_allowed(self) -> bool:
+        """The site policy lets this site send exact validation metrics (outside the DP guarantee)."""
+        policy = self.policy
+        return policy is not None and policy.release.exact_metrics
+
+    def releases_evaluation(self) -> bool:
+        """Whether this run's evaluations release DP statistics (binary or multiclass task, no exact metrics,
+        a run with DP: a run without DP sends its exact metrics, marked outside the guarantee)."""
+        return self.task.kind in ("binary", "multiclass") and not self.exact_metrics_allowed and self.dp_enabled
+
+    def planned_evaluation(self, from_round: int = 1) -> list[Mechanism]:
+        """The Gaussian mechanisms this run's evaluations will release (one per evaluated round >= from_round)."""
+        if not self.releases_evaluation():
+            return []
+        noise = self.cfg.privacy.evaluation.noise_multiplier
+        return [Mechanism(noise, 1.0, 1) for r in self.cfg.evaluation_rounds() if r >= from_round]
+
     def evaluate(
         self, global_state: dict[str, torch.Tensor], server_round: int | None = None, phase: str = TRAIN_PHASE
     ) -> dict[str, float]:
-        """Whitelisted validation scalars (pretraining phase: the self-supervised validation loss). After
-        the final round, with `explain.final_round`, the site also writes an explanation report into
-        state_dir/explanations/ (nothing of it is returned)."""
+        """The whitelisted scalars `evaluate_round` releases (see there)."""
+        return self.evaluate_round(global_state, server_round, phase).metrics
+
+    def evaluate_round(
+        self, global_state: dict[str, torch.Tensor], server_round: int | None = None, phase: str = TRAIN_PHASE
+    ) -> RoundOutcome:
+        """What the site releases about the global model on its validation split.
+
+        By default (DP): a noisy score histogram per class (binary tasks) or a noisy confusion matrix
+        (multiclass), one Gaussian mechanism recorded in the ledger (status trained, extra.phase "evaluate",
+        Mechanism(noise_multiplier, 1.0, 1)) and planned with the training noise; the center derives the
+        metrics. Rounds outside `privacy.evaluation.rounds`, survival tasks and the pretraining phase release
+        nothing. With the site policy's `release.exact_metrics`: the exact metrics (and `exact_metrics: 1`),
+        outside the guarantee. After the final round, with `explain.final_round`, the site also writes an
+        explanation report into state_dir/explanations/ (nothing of it is returned)."""
         if phase == PRETRAIN_PHASE:
-            return self.evaluate_pretraining(global_state)
+            if self.exact_metrics_allowed or not self.dp_enabled:
+                return RoundOutcome("evaluated", metrics={**self.evaluate_pretraining(global_state), EXACT_MARKER: 1})
+            return RoundOutcome("evaluated", metrics={})
         model = self._load_global(global_state)
-        y, out, loss = self.predict(model, self.data.val)
-        metrics = {"num-examples": int(len(y)), "val_loss": loss, **self.task.metrics(y, out)}
+        if self.exact_metrics_allowed or not self.dp_enabled:
+            y, out, loss = self.predict(model, self.data.val)
+            outcome = RoundOutcome("evaluated", metrics={"num-examples": int(len(y)), "val_loss": loss,
+                                                         **self.task.metrics(y, out), EXACT_MARKER: 1})
+        else:
+            with self.ledger.lock():  # check -> release -> append: no other run at this site spends meanwhile
+                outcome = self._private_evaluation(model, global_state, server_round)
         if self.cfg.explain.final_round and server_round == self.cfg.total_rounds:
             self.explain(model, f"{self.run_id}_round_{server_round:03d}")
-        return metrics
+        return outcome
+
+    def _release_path(self, server_round: int) -> Path:
+        return self.settings.state_dir / RELEASES_DIR / self.run_id / f"round_{server_round:04d}.json"
+
+    def _private_evaluation(
+        self, model: torch.nn.Module, global_state: dict[str, torch.Tensor], server_round: int | None
+    ) -> RoundOutcome:
+        p, e = self.cfg.privacy, self.cfg.privacy.evaluation
+        if server_round is None:  # an evaluation outside the federation's rounds: the next free round number
+            done = [x["round"] for x in self.ledger.entries() if x["run_id"] == self.run_id
+                    and (x.get("extra") or {}).get("phase") == EVALUATE_PHASE]
+            server_round = max(done + [self.cfg.total_rounds]) + 1
+        elif server_round not in self.cfg.evaluation_rounds():
+            return RoundOutcome("evaluated", metrics={})  # privacy.evaluation.rounds: not released this round
+        if not self.releases_evaluation():
+            return RoundOutcome("evaluated", metrics={})  # survival: no DP validation metric
+        digest = state_digest(global_state)
+        path = self._release_path(server_round)
+        if self._ledger_entry(server_round, EVALUATE_PHASE) is not None:
+            saved = json.loads(path.read_text()) if path.is_file() else None
+            if saved is not None and saved["global_sha256"] == digest:
+                return RoundOutcome("evaluated", metrics=saved["metrics"])  # the same release again: no new cost
+            return RoundOutcome("refused", f"round {server_round} was already evaluated here on another global model")
+        if self.data.n_val == 0:
+            return RoundOutcome("refused", "no validation data at this site")
+        mechanism = Mechanism(e.noise_multiplier, 1.0, 1)
+        try:
+            limit = self.plan().composed_target
+        except BudgetTooSmall as err:
+            return RoundOutcome("refused", f"evaluation not released: {err}"[:200])
+        ok, eps_after = fits_budget(self._trained_history(), mechanism, p.delta, limit, p.accountant)
+        if not ok:
+            return RoundOutcome("refused", f"evaluation would reach epsilon {eps_after:.3f} > budget {limit:.3f}")
+        y, out, _ = self.predict(model, self.data.val)
+        self.task.metrics(y, out)  # only for the reports some tasks write at the site (sleep staging); nothing is sent
+        if self.task.kind == "binary":
+            probs = 1.0 / (1.0 + np.exp(-np.asarray(out, dtype=float)))
+            release = release_binary(y, probs, e.bins, e.noise_multiplier)
+            kind, sensitivity = "binary_score_histograms", BINARY_SENSITIVITY
+        else:
+            n_classes = int(out.shape[-1])
+            units = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1  # scored units (epochs) per record at most
+            matrix = confusion_counts(y, np.asarray(out).argmax(-1), n_classes)  # labels outside 0..K-1: unscored
+            release = release_confusion(matrix, units, e.noise_multiplier)
+            kind, sensitivity = "confusion_matrix", float(units)
+        metrics = {**release, "num-examples": float(max(0, round(sum(release.values()) / max(1.0, sensitivity))))}
+        eps = epsilon_opacus(self._trained_history() + [mechanism], p.delta, p.accountant)
+        # release first, ledger second: a ledger entry always has its release to send again
+        write_atomically(path, json.dumps({"round": server_round, "global_sha256": digest, "metrics": metrics}).encode())
+        self.ledger.append(
+            run_id=self.run_id, round=server_round, status="trained", mechanism=mechanism, delta=p.delta,
+            max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=eps,
+            lifetime_epsilon=self.lifetime_epsilon,
+            extra={"phase": EVALUATE_PHASE, "release": kind, "bins": e.bins if kind.startswith("binary") else 0,
+                   "l2_sensitivity": sensitivity, "neighbouring": "add/remove one record"},
+        )
+        return RoundOutcome("evaluated", metrics=metrics)
 
     def evaluate_pretraining(self, global_state: dict[str, torch.Tensor]) -> dict[str, float]:
         """num-examples and val_loss: the pretraining loss of the global contrastive model on the validation split."""

@@ -1,6 +1,11 @@
 """Federated evaluation at the center: the sites' whitelisted validation scalars combined into
 weighted means, pooled (meta-analysis) estimates with CIs, a pooled calibration curve and the
-decision threshold stored with the model. Only aggregate scalars are used; see POOLING_NOTE."""
+decision threshold stored with the model. Only aggregate scalars are used; see POOLING_NOTE.
+
+Under DP evaluation (the default) sites send noisy score histograms or confusion matrices
+(shared/privacy/dp_evaluation.py); RunHistory derives each site's metrics from its release, and
+`aggregate_metrics` derives the metrics of all validation patients together from the summed releases
+(the pooled-data AUROC, with between-site pairs, which a mean of site AUROCs is not)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.meta_analysis import random_effects_pool, scale_for
+from shared.privacy.dp_evaluation import EXACT_MARKER, aggregate_release, released_metrics
 
 SiteMetrics = Mapping[str, Mapping[str, float]]  # site -> its evaluation scalars (incl. num-examples)
 
@@ -20,8 +26,11 @@ POOLING_NOTE = (
     "95% CIs, a range, not a confidence interval of the mean. "
     "random_effects: DerSimonian-Laird random-effects meta-analysis of the site estimates, with standard "
     "errors from the sites' bootstrap CIs on the logit scale for metrics in [0, 1]; its CI is for the "
-    "mean performance across sites and widens with between-site heterogeneity (tau2, i2)."
+    "mean performance across sites and widens with between-site heterogeneity (tau2, i2). "
+    "aggregate (DP evaluation): the metrics of the sum of the sites' noisy score histograms / confusion "
+    "matrices, i.e. of all validation patients together; sites' DP metrics carry no bootstrap CI."
 )
+EXACT_METRIC_NOTE = "exact validation metrics sent under the site policy's release.exact_metrics: outside the DP guarantee"
 _BIN_KEY = re.compile(r"calib_bin_(\d+)_count")
 
 
@@ -89,7 +98,22 @@ def site_calibration(values: Mapping[str, float]) -> list[dict[str, float]]:
     return pooled_calibration({"site": values})
 
 
-def decision_threshold(sites: SiteMetrics) -> float | None:
-    """The operating threshold stored with the model: the num-examples-weighted mean of the sites'
-    validation thresholds (each site's Youden-optimal cut on its own validation data)."""
+def aggregate_metrics(releases: SiteMetrics) -> dict[str, float]:
+    """Metrics of the element-wise sum of the sites' DP releases (empty without releases)."""
+    total = aggregate_release(releases)
+    return released_metrics(total) if total else {}
+
+
+def decision_threshold(sites: SiteMetrics, releases: SiteMetrics | None = None) -> float | None:
+    """The operating threshold stored with the model: with DP releases, the Youden-optimal bin edge of the
+    summed noisy histograms; otherwise the num-examples-weighted mean of the sites' validation thresholds
+    (each site's Youden-optimal cut on its own validation data)."""
+    aggregate = aggregate_metrics(releases or {})
+    if "threshold" in aggregate:
+        return aggregate["threshold"]
     return weighted_mean(sites, "threshold")
+
+
+def outside_guarantee(sites: SiteMetrics) -> dict[str, list[str]]:
+    """site -> the metrics it sent exactly (its policy allows `release.exact_metrics`), i.e. outside DP."""
+    return {site: sorted(k for k in values if k != EXACT_MARKER) for site, values in sites.items() if values.get(EXACT_MARKER)}

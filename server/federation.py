@@ -16,8 +16,21 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
-from server.checkpoints import checkpoint_path, latest_checkpoint, latest_loadable_checkpoint, save_checkpoint
-from server.evaluation import POOLING_NOTE, decision_threshold, pooled_calibration, pooled_metrics
+from server.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    latest_loadable_checkpoint,
+    save_checkpoint,
+)
+from server.evaluation import (
+    EXACT_METRIC_NOTE,
+    POOLING_NOTE,
+    aggregate_metrics,
+    decision_threshold,
+    outside_guarantee,
+    pooled_calibration,
+    pooled_metrics,
+)
 from server.history import NOT_ASKED, RunHistory, write_json_atomic
 from server.strategy import make_strategy
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig, config_from_json
@@ -25,7 +38,8 @@ from shared.errors import InputError
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.tasks.registry import build_task
 
-THRESHOLD_RULE = "num-examples-weighted mean of the sites' Youden-optimal validation thresholds"
+THRESHOLD_RULE = ("Youden-optimal bin edge of the sites' summed noisy score histograms (DP evaluation); without them, "
+                  "the num-examples-weighted mean of the sites' Youden-optimal validation thresholds")
 
 
 def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = None) -> dict[str, Any]:
@@ -65,7 +79,7 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
         real_round = server_round + start_round
         # Flower calls this after the round's evaluation: the sites' validation thresholds of this
         # very model are known, and their weighted mean is stored with it (`fedcare predict` uses it).
-        threshold = decision_threshold(history.evaluations(real_round))
+        threshold = decision_threshold(history.evaluations(real_round), history.releases(real_round))
         save_checkpoint(
             checkpoint_path(run_dir, real_round), arrays.to_torch_state_dict(),
             {**meta, "round": real_round, "decision_threshold": threshold, "decision_threshold_rule": THRESHOLD_RULE},
@@ -147,8 +161,15 @@ def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path,
         "final_weighted": {m: history.weighted(last, m) for m in history.weighted_metrics()},
         "final_pooled": pooled_metrics(final),
         "final_calibration": pooled_calibration(final),
+        "final_aggregate": aggregate_metrics(history.releases(last)),
         "pooling_note": POOLING_NOTE,
-        "decision_threshold": decision_threshold(final),
+        "decision_threshold": decision_threshold(final, history.releases(last)),
+        "evaluation_privacy": {
+            "mechanism": "Gaussian on score histograms / confusion matrices (shared/privacy/dp_evaluation.py)",
+            "noise_multiplier": cfg.privacy.evaluation.noise_multiplier, "bins": cfg.privacy.evaluation.bins,
+            "rounds": cfg.evaluation_rounds(),
+            "outside_guarantee": outside_guarantee(final), "outside_guarantee_note": EXACT_METRIC_NOTE,
+        },
         "sites": {site: _site_summary(history, site, last) for site in cfg.data.sites},
         "site_level_dp": _site_level_dp_summary(history),
         "secure_aggregation": secure_summary,

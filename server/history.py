@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from server.evaluation import is_calibration_key, weighted_mean
+from shared.privacy.dp_evaluation import EXACT_MARKER, RELEASE_KEYS, released_metrics
 
 NOT_ASKED = "not asked"  # not sent a training request this round (not connected, or out of budget)
 LEDGER_HEADS_FILE = "ledger_heads.json"  # site -> round -> ledger head hash its train reply carried
@@ -58,7 +59,17 @@ class RunHistory:
             self.note(f"round {server_round}: {site} did not train ({status}: {reason}); dropped from aggregation")
 
     def record_evaluate(self, server_round: int, site: str, metrics: dict[str, Any]) -> None:
-        self.site_record(server_round, site)["evaluate"] = {k: float(v) for k, v in metrics.items()}
+        """A site's evaluation reply. A DP release (noisy histograms / confusion matrix) is kept under
+        "release" and the metrics the center derives from it under "evaluate"; exact metrics (a site
+        policy's `release.exact_metrics`) go to "evaluate" as sent."""
+        values = {k: float(v) for k, v in metrics.items()}
+        release = {k: v for k, v in values.items() if k in RELEASE_KEYS}
+        rec = self.site_record(server_round, site)
+        if release:
+            rec["release"] = release
+            rec["evaluate"] = released_metrics(release)
+        else:
+            rec["evaluate"] = values
 
     def record_failure(self, server_round: int, site: str, phase: str, reason: str) -> None:
         rec = self.site_record(server_round, site)
@@ -77,6 +88,10 @@ class RunHistory:
         """site -> the evaluation scalars it sent for this round's global model."""
         return {site: rec["evaluate"] for site, rec in self.rounds.get(server_round, {}).items() if "evaluate" in rec}
 
+    def releases(self, server_round: int) -> dict[str, dict[str, float]]:
+        """site -> the DP evaluation release it sent for this round's global model."""
+        return {site: rec["release"] for site, rec in self.rounds.get(server_round, {}).items() if "release" in rec}
+
     def weighted(self, server_round: int, metric: str) -> float | None:
         return weighted_mean(self.evaluations(server_round), metric)
 
@@ -86,7 +101,7 @@ class RunHistory:
         names = {m for sites in self.rounds.values() for rec in sites.values() for m in rec.get("evaluate", {})}
         return sorted(
             m for m in names
-            if m != "num-examples" and not m.endswith(("_ci_low", "_ci_high")) and not is_calibration_key(m)
+            if m not in ("num-examples", EXACT_MARKER) and not m.endswith(("_ci_low", "_ci_high")) and not is_calibration_key(m)
         )
 
     def print_round(self, server_round: int, total_rounds: int) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 
 import yaml
 
-from server.evaluation import POOLING_NOTE, pooled_calibration, pooled_metrics, site_calibration
+from server.evaluation import POOLING_NOTE, outside_guarantee, pooled_calibration, pooled_metrics, site_calibration
 from shared.errors import InputError
 from shared.privacy.atomic_write import write_atomically
+from shared.privacy.dp_evaluation import EXACT_MARKER
 
 SECTIONS = ("summary", "notes", "metrics", "test", "curves", "calibration", "privacy", "explanations", "config")
 _EXPLANATION_PATTERNS = ("explanations/**/report.html", "explanations/**/report.md")
@@ -179,7 +180,8 @@ def _notes_section(run: RunFolder) -> str:
 def _metric_names(evaluations: dict[str, dict[str, float]], primary: str) -> list[str]:
     names = {
         m for ev in evaluations.values() for m in ev
-        if m not in ("num-examples", "threshold") and not m.endswith(("_ci_low", "_ci_high")) and not m.startswith("calib_bin_")
+        if m not in ("num-examples", "threshold", EXACT_MARKER, "sensitivity", "specificity")
+        and not m.endswith(("_ci_low", "_ci_high")) and not m.startswith(("calib_bin_", "f1_class_"))
     }
     return sorted(names, key=lambda m: (m != primary, m == "val_loss", m))
 
@@ -191,25 +193,35 @@ def _metrics_section(run: RunFolder) -> str:
     primary = run.summary.get("primary_metric", "auroc")
     names = _metric_names(evaluations, primary)
     sites_info = run.summary.get("sites", {})
-    header = ("site", "n val", "rounds trained", "epsilon", *names, "threshold")
+    header = ("site", "released as", "n val", "rounds trained", "epsilon", *names, "threshold")
     rows: list[tuple[Any, ...]] = []
     for site, ev in evaluations.items():
         info = sites_info.get(site, {})
+        released_as = "exact: OUTSIDE the DP guarantee" if ev.get(EXACT_MARKER) else "DP (noisy sufficient statistics)"
         rows.append((
-            site, _num(ev.get("num-examples"), 0), len(info.get("rounds_trained", [])), _num(info.get("epsilon"), 2),
-            *(_with_ci(ev, m) for m in names), _num(ev.get("threshold")),
+            site, released_as, _num(ev.get("num-examples"), 0), len(info.get("rounds_trained", [])),
+            _num(info.get("epsilon"), 2), *(_with_ci(ev, m) for m in names), _num(ev.get("threshold")),
         ))
     pooled = run.summary.get("final_pooled") or pooled_metrics(evaluations)
     weighted = run.summary.get("final_weighted", {})
     total_n = sum(ev.get("num-examples", 0) for ev in evaluations.values())
-    rows.append(("weighted mean", _num(total_n, 0), "", "", *(_num(weighted.get(m)) for m in names),
+    aggregate = run.summary.get("final_aggregate") or {}
+    rows.append(("weighted mean", "", _num(total_n, 0), "", "", *(_num(weighted.get(m)) for m in names),
                  _num(run.summary.get("decision_threshold", weighted.get("threshold")))))
-    rows.append(("range of site CIs", "", "", "", *(_range(pooled.get(m)) for m in names), ""))
-    rows.append(("pooled (random effects)", "", "", "", *(_random_effects(pooled.get(m)) for m in names), ""))
-    table = _table(header, rows, aggregate_rows=3)
+    rows.append(("all patients (summed DP releases)", "", _num(aggregate.get("num-examples"), 0), "", "",
+                 *(_num(aggregate.get(m)) for m in names), _num(aggregate.get("threshold"))))
+    rows.append(("range of site CIs", "", "", "", "", *(_range(pooled.get(m)) for m in names), ""))
+    rows.append(("pooled (random effects)", "", "", "", "", *(_random_effects(pooled.get(m)) for m in names), ""))
+    table = _table(header, rows, aggregate_rows=4)
+    outside = outside_guarantee(evaluations)
+    if outside:
+        table += '<p class="bad">Outside the DP guarantee (the site policy allows exact metrics): ' + "; ".join(
+            f"{_e(site)}: {_e(', '.join(keys))}" for site, keys in outside.items()) + "</p>"
     note = (
-        f'<p class="note">Values of the last round\'s global model on each site\'s validation split; '
-        f"[low, high] = the site's bootstrap 95% CI. {_e(POOLING_NOTE)} tau² and I² describe between-site "
+        f'<p class="note">Values of the last round\'s global model on each site\'s validation split. "DP": '
+        "derived at the center from the site's noisy score histograms (inside its privacy guarantee, counted in "
+        "its ledger; no CI); \"exact\": sent as computed, with the site's bootstrap 95% CI [low, high]. "
+        f"{_e(POOLING_NOTE)} tau² and I² describe between-site "
         "heterogeneity of the pooled estimate.</p>"
     )
     return _section("metrics", "Final metrics per site", table + note)
@@ -287,12 +299,13 @@ def _privacy_section(audits: Sequence[dict[str, Any]] | None) -> str:
         css = "ok" if status in ("ok", "budget_exhausted") else "bad"
         rows.append((
             a.get("site"), _num(target, 4), _num(a.get("recorded_epsilon"), 4), _num(a.get("recomputed_epsilon"), 4),
+            f"{_num(a.get('evaluation_epsilon', 0.0), 4)} ({a.get('evaluation_releases', 0)})",
             "-" if a.get("delta") is None else f"{a['delta']:g}", a.get("rounds_trained"),
             f'<span class="{css}">{_e(status)}</span>',
         ))
         problems.extend(f"{a.get('site')}: {p}" for p in a.get("problems", []))
-    table = _table(("site", "target epsilon", "spent epsilon (ledger)", "recomputed epsilon", "delta", "rounds trained",
-                    "status"), rows, raw_columns={6})
+    table = _table(("site", "target epsilon", "spent epsilon (ledger)", "recomputed epsilon",
+                    "of it evaluation (releases)", "delta", "rounds trained", "status"), rows, raw_columns={7})
     extra = "<ul>" + "".join(f'<li class="bad">{_e(p)}</li>' for p in problems) + "</ul>" if problems else ""
     note = (
         '<p class="note">Each site\'s signed, hash-chained ledger verified, and epsilon recomputed from the '
@@ -331,10 +344,9 @@ def _write_figures(run: RunFolder, figures: Path, page_dir: Path) -> dict[str, s
     rounds, sites = run.rounds, run.sites
     primary = run.summary.get("primary_metric", "auroc")
     if rounds:
-        made["train_loss"] = _round_figure(
-            rounds, {s: [run.record(r, s).get("train", {}).get("train_loss") for r in rounds] for s in sites},
-            "training loss", "Training loss",
-        )
+        losses = {s: [run.record(r, s).get("train", {}).get("train_loss") for r in rounds] for s in sites}
+        if any(v is not None for values in losses.values() for v in values):  # runs from before issue 17 only
+            made["train_loss"] = _round_figure(rounds, losses, "training loss", "Training loss")
         weighted = [run.metrics.get("weighted", {}).get(str(r), {}).get(primary) for r in rounds]
         made["primary_metric"] = _round_figure(
             rounds, {s: [run.record(r, s).get("evaluate", {}).get(primary) for r in rounds] for s in sites},

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from server.history import RunHistory
-from server.site_level_dp import SiteLevelDPAccounting
+from server.site_level_dp import FixedDenominator, SiteLevelDPAccounting
 from shared.config import RunConfig
 from shared.privacy.reason_codes import as_reason_code, is_reason_code
 
@@ -211,8 +211,11 @@ def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) ->
     if not dp.enabled:
         strategy = type(f"Tracked{base.__name__}", (SiteTracking, base), {})(**kwargs)
     else:
-        strategy = _site_level_dp_strategy(cfg, base(**kwargs))
-        strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode)
+        inner = type(f"FixedDenominator{base.__name__}", (FixedDenominator, base), {})(**kwargs)
+        inner.fixed_denominator = len(cfg.data.sites)
+        strategy = _site_level_dp_strategy(cfg, inner)
+        strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode,
+                                            dp.max_site_weight)
     strategy._init_tracking(history, cfg.total_rounds, round_offset, cfg.federation.round_timeout_s)
     return strategy
 

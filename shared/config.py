@@ -30,6 +30,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost", "bookkeeping", "auto")  # see shared/training/dp_trainer.py
 SITE_DP_MODES = ("fixed", "adaptive")
+EVALUATION_ROUNDS = ("all", "final")
+SITE_DP_STRATEGIES = ("fedavg", "fedprox")  # site-level DP bounds a weighted mean (server/site_level_dp.py)
 TRAIN_PHASE, PRETRAIN_PHASE = "train", "pretrain"  # `phase` in a round's train/evaluate message config
 PRETRAINABLE_TASKS = ("sleep_staging", "sleep_diagnosis")  # tasks with a contrastive pretraining phase
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # no path separators, no leading dot
@@ -107,6 +109,22 @@ class SiteLevelDPConfig:
     target_clipped_quantile: float = 0.5  # adaptive only
     clip_norm_lr: float = 0.2  # adaptive only
     clipped_count_stddev: float | None = None  # adaptive only; None = Flower's default (number of sites / 20)
+    # aggregation weight of a site = min(num-examples, max_site_weight) / max_site_weight; None = every site weighs 1.
+    # The mean divides by the number of configured sites, so one site moves it by <= clipping_norm / sites
+    # (server/site_level_dp.py).
+    max_site_weight: float | None = None
+
+
+@dataclass
+class EvaluationPrivacyConfig:
+    """Validation metrics under DP (shared/privacy/dp_evaluation.py): each evaluation a site answers releases
+    noisy score histograms (binary) or a noisy confusion matrix (multiclass), one Gaussian mechanism of
+    noise_multiplier (x the L2 sensitivity) recorded in its ledger and planned with the training noise under
+    the one target. The center computes the metrics. Survival tasks release no validation metric under DP."""
+
+    noise_multiplier: float = 4.0
+    bins: int = 20  # equal-width score bins over [0, 1] (binary tasks)
+    rounds: str = "all"  # "all": every fine-tuning round's model is evaluated; "final": only the last round's
 
 
 @dataclass
@@ -126,6 +144,7 @@ class PrivacyConfig:
     max_noise_multiplier: float = 20.0  # a plan needing more noise than this counts as no budget
     site_targets: dict[str, float] = field(default_factory=dict)  # per-site override of target_epsilon
     site_level_dp: SiteLevelDPConfig = field(default_factory=SiteLevelDPConfig)
+    evaluation: EvaluationPrivacyConfig = field(default_factory=EvaluationPrivacyConfig)
 
 
 @dataclass
@@ -208,6 +227,12 @@ class RunConfig:
     @property
     def total_rounds(self) -> int:
         return self.pretrain_rounds + self.train.rounds
+
+    def evaluation_rounds(self) -> list[int]:
+        """Global rounds whose model the sites evaluate under DP (the fine-tuning rounds, or the last)."""
+        if self.privacy.evaluation.rounds == "final":
+            return [self.total_rounds]
+        return list(range(self.pretrain_rounds + 1, self.total_rounds + 1))
 
     def site_target_epsilon(self, site: str) -> float:
         return float(self.privacy.site_targets.get(site, self.privacy.target_epsilon))
@@ -334,6 +359,11 @@ def _check(cfg: RunConfig) -> None:
         need(site in cfg.data.sites, f"privacy.site_targets.{site}", "not one of data.sites")
         need(eps > 0, f"privacy.site_targets.{site}", f"must be > 0, got {eps}")
     _check_site_level_dp(cfg, need)
+    e = p.evaluation
+    where = "privacy.evaluation"
+    need(e.noise_multiplier > 0, f"{where}.noise_multiplier", f"must be > 0 (no noise, no DP), got {e.noise_multiplier:g}")
+    need(2 <= e.bins <= 50, "privacy.evaluation.bins", f"must be in [2, 50], got {e.bins}")
+    need(e.rounds in EVALUATION_ROUNDS, "privacy.evaluation.rounds", f"one of {', '.join(EVALUATION_ROUNDS)}")
     need(cfg.strategy.name in STRATEGIES, "strategy.name", f"unknown strategy; known: {', '.join(STRATEGIES)}")
     need(cfg.strategy.min_sites >= 1, "strategy.min_sites", "must be >= 1")
     need(cfg.federation.mode in ("simulation", "deployment"), "federation.mode", "simulation or deployment")
@@ -375,6 +405,9 @@ def _check_site_level_dp(cfg: RunConfig, need: Any) -> None:
     need(d.mode in SITE_DP_MODES, f"{where}.mode", f"one of {', '.join(SITE_DP_MODES)}")
     need(0.0 <= d.target_clipped_quantile <= 1.0, f"{where}.target_clipped_quantile", "must be in [0, 1]")
     need(d.clip_norm_lr > 0, f"{where}.clip_norm_lr", "must be > 0")
+    need(d.max_site_weight is None or d.max_site_weight > 0, f"{where}.max_site_weight", "must be > 0")
+    need(cfg.strategy.name in SITE_DP_STRATEGIES, "strategy.name",
+         f"site-level DP needs a weighted-mean strategy ({', '.join(SITE_DP_STRATEGIES)}), not {cfg.strategy.name!r}")
     if d.mode == "adaptive":
         stddev = d.clipped_count_stddev if d.clipped_count_stddev is not None else len(cfg.data.sites) / 20
         need(

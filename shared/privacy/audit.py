@@ -67,6 +67,7 @@ REQUIRED_FIELDS = (
 # Opacus's PRV accountant reports an upper bound within eps_error=0.01 of the estimate; dp-accounting's
 # PLD accountant has its own discretisation error: allow this much absolute slack on top of `tolerance`.
 _PRV_ABSOLUTE_SLACK = 0.02
+EVALUATION_PHASE = "evaluate"
 
 
 @dataclass
@@ -85,6 +86,14 @@ class LedgerAudit:
     status: str
     problems: list[str] = field(default_factory=list)
     epsilon_by_entry: list[float] = field(default_factory=list)
+    evaluation_releases: int = 0  # DP evaluation releases (counted in the epsilons above)
+    evaluation_epsilon: float = 0.0  # the evaluation releases' epsilon alone (dp-accounting), at the last delta
+
+
+def _is_evaluation(entry: dict) -> bool:
+    """A DP evaluation release (client/site_worker.py): status trained, extra.phase "evaluate"."""
+    extra = entry.get("extra")
+    return isinstance(extra, dict) and extra.get("phase") == EVALUATION_PHASE
 
 
 @dataclass
@@ -161,6 +170,8 @@ def _integrity_problems(
             problems.append(signature_problem)
     run_id, round_number = str(entry["run_id"]), entry["round"]
     marker = entry["status"] == NO_AGGREGATE and round_number == last_round_by_run.get(run_id)  # follows its round
+    if _is_evaluation(entry):  # a run's evaluation releases have their own increasing rounds
+        run_id += " (evaluation)"
     if run_id in last_round_by_run and round_number <= last_round_by_run[run_id] and not marker:
         problems.append(
             f"round {round_number} of run {run_id!r} comes after its round {last_round_by_run[run_id]} "
@@ -213,6 +224,7 @@ def audit_ledger(
     kinds_found: set[str] = set()
     site = expected_site
     history: list[Mechanism] = []
+    evaluation_history: list[Mechanism] = []
     recomputed_cache: dict[tuple, float] = {}
     last_round_by_run: dict[str, int] = {}
     last_entry: dict | None = None
@@ -252,6 +264,8 @@ def audit_ledger(
                 report("tampered", number, "trained entry without a valid mechanism")
             else:
                 history.append(mechanism)
+                if _is_evaluation(entry):
+                    evaluation_history.append(mechanism)
                 problem = mechanism_problem(entry, mechanism)
                 if problem is not None:
                     report("mismatch", number, problem)
@@ -304,10 +318,13 @@ def audit_ledger(
         for kind, number, problem in run_problems(parsed, lines, site or "?", run):
             report(kind, number, problem)
     rounds_without_dp = sum(entry["status"] == NO_DP for _, entry in parsed)
-    audit.site, audit.entries, audit.rounds_trained = site or "?", len(lines), len(history) + rounds_without_dp
+    audit.site, audit.entries = site or "?", len(lines)
+    audit.rounds_trained = len(history) - len(evaluation_history) + rounds_without_dp
+    audit.evaluation_releases = len(evaluation_history)
     if last_entry is not None:
         audit.recorded_epsilon = math.inf if without_dp else float(last_entry["cumulative_epsilon"])
         audit.delta = float(last_entry["delta"])
+        audit.evaluation_epsilon = epsilon_independent(evaluation_history, audit.delta, last_entry["accountant"])
         lifetime = last_entry["lifetime_epsilon"]
         audit.lifetime_epsilon = math.inf if lifetime is None else float(lifetime)
     audit.status = next((kind for kind in PROBLEM_KINDS if kind in kinds_found), None) or (
@@ -359,6 +376,13 @@ def run_problems(
         if entry["status"] not in (TRAINED, NO_DP):
             continue
         extra = entry.get("extra") if isinstance(entry.get("extra"), dict) else {}
+        if _is_evaluation(entry):  # a DP evaluation release: the Gaussian mechanism the run config sets
+            expected = {"noise_multiplier": float((privacy.get("evaluation") or {}).get("noise_multiplier", 4.0)),
+                        "sample_rate": 1.0, "steps": 1}
+            if entry["mechanism"] != expected:
+                problems.append(("mismatch", number, f"evaluation release {entry['mechanism']} is not the run config's "
+                                 f"{expected}"))
+            continue
         is_pretrain = extra.get("phase") == "pretrain" or r <= pretrain_rounds
         epochs = pretrain.get("local_epochs") if is_pretrain else train.get("local_epochs")
         for name, expected in (("expected_batch_size", train.get("batch_size")), ("epochs", epochs)):
@@ -458,13 +482,14 @@ def _format_epsilon(value: float | None) -> str:
 
 def audit_table(audits: list[LedgerAudit]) -> str:
     """A plain-text table, one row per site, followed by each site's problems."""
-    header = ("site", "target eps", "spent eps", "recomputed eps", "delta", "rounds", "status")
+    header = ("site", "target eps", "spent eps", "recomputed eps", "of it evaluation eps", "delta", "rounds", "status")
     rows = [
         (
             a.site,
             _format_epsilon(a.target_epsilon if a.target_epsilon is not None else a.lifetime_epsilon),
             _format_epsilon(a.recorded_epsilon),
             _format_epsilon(a.recomputed_epsilon),
+            f"{_format_epsilon(a.evaluation_epsilon)} ({a.evaluation_releases})",
             "-" if a.delta is None else f"{a.delta:g}",
             str(a.rounds_trained),
             a.status,

@@ -37,7 +37,8 @@ from shared.privacy.code_bundle import installed_digest
 from shared.privacy.ledger import canonical_json
 
 HASH_EXCLUDED_CONFIG_FIELDS = ("output_dir", "data.root", "federation.site_state_root", "federation.site_policies")
-_TOP_KEYS = ("site", "allowed_tasks", "allowed_models", "allowed_strategies", "max_rounds", "privacy", "approved_runs")
+_TOP_KEYS = ("site", "allowed_tasks", "allowed_models", "allowed_strategies", "max_rounds", "privacy", "release",
+             "approved_runs")
 _HEX = set("0123456789abcdef")
 
 
@@ -53,6 +54,16 @@ class PrivacyFloor:
 
 
 @dataclass
+class ReleasePolicy:
+    """What the site may release outside the DP guarantee. Default: nothing; validation metrics leave the
+    site only as noisy sufficient statistics (shared/privacy/dp_evaluation.py), counted in its ledger.
+    `exact_metrics: true` sends the exact validation metrics instead (AUROC, AUPRC, Brier, ECE, threshold,
+    calibration bins, CIs, val_loss, num-examples): the report marks them as outside the guarantee."""
+
+    exact_metrics: bool = False
+
+
+@dataclass
 class SitePolicy:
     source: str
     site: str | None = None  # when set, the policy only applies to this site
@@ -61,6 +72,7 @@ class SitePolicy:
     allowed_strategies: list[str] = field(default_factory=lambda: ["fedavg", "fedprox"])
     max_rounds: int = 20
     privacy: PrivacyFloor = field(default_factory=PrivacyFloor)
+    release: ReleasePolicy = field(default_factory=ReleasePolicy)
     approved_runs: list[dict[str, Any]] = field(default_factory=list)
 
     def approved_hashes(self) -> set[str]:
@@ -74,6 +86,7 @@ class SitePolicy:
             "allowed_strategies": self.allowed_strategies,
             "max_rounds": self.max_rounds,
             "privacy": dict(self.privacy.__dict__),
+            "release": dict(self.release.__dict__),
             "approved_runs": self.approved_runs,
         }
 
@@ -126,6 +139,15 @@ def policy_from_dict(raw: Any, source: str) -> SitePolicy:
         setattr(policy.privacy, key, float(_positive(value, source, f"privacy.{key}")))
     if policy.privacy.max_delta >= 1:
         raise InputError(source, "privacy.max_delta", "must be < 1")
+    release = raw.get("release") or {}
+    if not isinstance(release, dict):
+        raise InputError(source, "release", "must be a mapping")
+    for key, value in release.items():
+        if key not in ReleasePolicy.__dataclass_fields__:
+            raise InputError(source, f"release.{key}", f"unknown field; known: {', '.join(ReleasePolicy.__dataclass_fields__)}")
+        if not isinstance(value, bool):
+            raise InputError(source, f"release.{key}", f"must be true or false, got {value!r}")
+        setattr(policy.release, key, value)
     runs = raw.get("approved_runs") or []
     if not isinstance(runs, list):
         raise InputError(source, "approved_runs", "must be a list")
@@ -195,6 +217,9 @@ def config_violations(policy: SitePolicy, cfg: RunConfig, site: str) -> list[str
         problems.append("DP noise reproducible from the run config (privacy.reproducible_noise)")
     if p.delta > floor.max_delta:
         problems.append(f"delta {p.delta:g} > site maximum {floor.max_delta:g}")
+    if p.evaluation.noise_multiplier < floor.min_noise_multiplier:
+        problems.append(f"evaluation noise multiplier {p.evaluation.noise_multiplier:g} < site minimum "
+                        f"{floor.min_noise_multiplier:g}")
     if p.max_grad_norm > floor.max_clip_norm:
         problems.append(f"clip norm {p.max_grad_norm:g} > site maximum {floor.max_clip_norm:g}")
     if cfg.total_rounds > policy.max_rounds:  # pretraining rounds train (and spend budget) too

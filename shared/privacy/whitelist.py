@@ -19,6 +19,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
+from shared.privacy.dp_evaluation import EXACT_MARKER, RELEASE_KEYS
 from shared.privacy.reason_codes import REASON_CODES
 
 _METRICS_WITH_CI = ("auroc", "auprc", "brier", "accuracy", "macro_f1", "kappa", "c_index")
@@ -28,7 +29,6 @@ _CALIBRATION_BIN_KEYS = {f"calib_bin_{i}_{part}" for i in range(10) for part in 
 ALLOWED_METRICS: frozenset[str] = frozenset(
     {
         "num-examples",
-        "train_loss",
         "val_loss",
         "auroc",
         "auprc",
@@ -47,9 +47,14 @@ ALLOWED_METRICS: frozenset[str] = frozenset(
         "budget_exhausted",
         "refused",
         "threshold",
+        EXACT_MARKER,
     }
     | {f"{metric}_ci_{bound}" for metric in _METRICS_WITH_CI for bound in ("low", "high")}
     | _CALIBRATION_BIN_KEYS
+    # DP evaluation (shared/privacy/dp_evaluation.py): noisy score histograms / confusion-matrix cells. Exact
+    # metrics above leave a site only where its policy allows them (`release.exact_metrics`). `train_loss` (an
+    # un-noised mean over the training data) is never sent.
+    | RELEASE_KEYS
 )
 ALLOWED_SITE_KEYS: frozenset[str] = frozenset({"name", "status", "reason", "ledger_head"})
 SITE_STATUSES: frozenset[str] = frozenset({"trained", "evaluated", "budget_exhausted", "refused"})

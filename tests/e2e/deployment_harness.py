@@ -126,9 +126,11 @@ class Deployment:
         generate_auth_key(key, key.with_suffix(".pub"))
         return key
 
-    def ledger(self, site: str) -> list[dict[str, Any]]:
+    def ledger(self, site: str, evaluations: bool = False) -> list[dict[str, Any]]:
+        """The site's ledger lines: its training rounds, or (`evaluations`) its DP evaluation releases."""
         path = self.state_dir(site) / "privacy_ledger.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        return [e for e in lines if ((e.get("extra") or {}).get("phase") == "evaluate") == evaluations]
 
     def run_id(self) -> str:
         return str(json.loads((self.run_dir / "run.json").read_text())["run_id"])

@@ -77,6 +77,9 @@ def test_each_hospital_keeps_a_signed_ledger_with_one_entry_per_round(clean_run)
         entries = dep.ledger(site)
         assert [(e["run_id"], e["round"], e["status"]) for e in entries] == [(dep.run_id(), 1, "trained"),
                                                                               (dep.run_id(), 2, "trained")]
+        releases = dep.ledger(site, evaluations=True)  # each round's validation statistics, released under DP
+        assert [(e["round"], e["mechanism"]["sample_rate"], e["mechanism"]["steps"]) for e in releases] == [(1, 1.0, 1),
+                                                                                                           (2, 1.0, 1)]
         fingerprint = public_key_fingerprint(load_public_key(dep.certs.identity_key(site)))
         assert {e["key_fingerprint"] for e in entries} == {fingerprint}  # signed with the key the hospital created
         assert 0 < entries[0]["cumulative_epsilon"] < entries[1]["cumulative_epsilon"] <= 4.0 + 1e-6

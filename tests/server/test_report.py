@@ -1,6 +1,7 @@
 """The run report on a real run folder: 3 tiny sites x 2 rounds trained by the real site workers
 (DP-SGD, signed ledgers, whitelisted metrics), FedAvg by hand, and the center's own writers
-(history, checkpoints, summary, audit), without Flower's runtime."""
+(history, checkpoints, summary, audit), without Flower's runtime. site_a releases DP evaluation statistics;
+site_b's policy allows exact metrics, which the report marks as outside the guarantee."""
 
 import json
 import re
@@ -21,6 +22,7 @@ from server.history import RunHistory, write_json_atomic
 from server.report import SECTIONS, write_run_report
 from shared.config import config_from_dict
 from shared.errors import InputError
+from shared.privacy.accountant import Mechanism, epsilon_independent
 from shared.privacy.audit import write_audit_json
 from shared.tasks.registry import build_task
 
@@ -46,8 +48,12 @@ def run_dir(tmp_path_factory) -> Path:
     run_dir = root / "runs" / "run-1"
     write_resolved_config(cfg, run_dir)
     history = RunHistory(run_dir, SITES, task.primary_metric)
+    exact_policy = root / "site_b_policy.yaml"
+    exact_policy.write_text("release: {exact_metrics: true}\n")
     workers = {
-        site: SiteWorker(cfg, SiteSettings(site, root / "data" / site, run_dir / "sites" / site), "run-1") for site in SITES
+        site: SiteWorker(cfg, SiteSettings(site, root / "data" / site, run_dir / "sites" / site,
+                                           policy=exact_policy if site == "site_b" else None), "run-1")
+        for site in SITES
     }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: threads only contend
@@ -65,7 +71,7 @@ def run_dir(tmp_path_factory) -> Path:
         share = np.asarray(sizes, dtype=float) / sum(sizes)
         global_state = {k: sum(w * s[k] for w, s in zip(share, states)) for k in states[0]}
         for site, worker in workers.items():
-            history.record_evaluate(server_round, site, worker.evaluate(global_state))
+            history.record_evaluate(server_round, site, worker.evaluate(global_state, server_round))
         save_checkpoint(checkpoint_path(run_dir, server_round), global_state, {"config": cfg.to_dict(), "round": server_round})
         history.save()
     torch.set_num_threads(threads)
@@ -88,7 +94,7 @@ def test_report_has_every_section_and_every_image_exists(run_dir: Path) -> None:
     for key in SECTIONS:
         assert f'<section id="{key}">' in page, key
     images = _images(page)
-    assert {Path(i).name for i in images} == {"train_loss.png", "primary_metric.png", "epsilon.png", "calibration.png"}
+    assert {Path(i).name for i in images} == {"primary_metric.png", "epsilon.png", "calibration.png"}
     for src in images:
         path = out.parent / src
         assert not Path(src).is_absolute() and path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,15 +106,21 @@ def test_report_tables_show_the_run(run_dir: Path) -> None:
     page = write_run_report(run_dir).read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     final = json.loads((run_dir / "metrics.json").read_text())["rounds"]["2"]
-    a = final["site_a"]["evaluate"]
-    assert f"{a['auroc']:.3f} [{a['auroc_ci_low']:.3f}, {a['auroc_ci_high']:.3f}]" in page
+    a, b = final["site_a"]["evaluate"], final["site_b"]["evaluate"]
+    assert "release" in final["site_a"] and "release" not in final["site_b"]  # site_a sent noisy histograms
+    metrics = page[page.index('id="metrics"'):page.index('id="curves"')]
+    assert "<td>site_a</td><td>DP (noisy sufficient statistics)</td>" in metrics and f"{a['auroc']:.3f}" in metrics
+    assert "<td>site_b</td><td>exact: OUTSIDE the DP guarantee</td>" in metrics
+    assert f"{b['auroc']:.3f} [{b['auroc_ci_low']:.3f}, {b['auroc_ci_high']:.3f}]" in metrics
+    assert "Outside the DP guarantee (the site policy allows exact metrics): site_b: auprc" in metrics
+    assert summary["evaluation_privacy"]["outside_guarantee"] == {"site_b": sorted(k for k in b if k != "exact_metrics")}
     assert f"{summary['final_weighted']['auroc']:.3f}" in page
-    pooled = summary["final_pooled"]["auroc"]["random_effects"]
-    assert f"{pooled['estimate']:.3f} [{pooled['ci_low']:.3f}, {pooled['ci_high']:.3f}]" in page
     notes = page[page.index('id="notes"'):page.index('id="metrics"')]
     assert "site_c" in notes and "budget_exhausted" in notes  # the dropped site is named
     privacy = page[page.index('id="privacy"'):page.index('id="explanations"')]
     assert privacy.count('<span class="ok">') == 3 and "recomputed epsilon" in privacy
+    two_releases = epsilon_independent([Mechanism(4.0, 1.0, 1)] * 2, 1e-5)  # site_a's evaluations (site_b: exact)
+    assert f"<td>{two_releases:.4f} (2)</td>" in privacy and f"<td>{0.0:.4f} (0)</td>" in privacy
     assert 'href="sites/site_a/explanations/round_002/report.html"' in page
     assert "target_epsilon: 4.0" in page  # the config block
     calibration = page[page.index('id="calibration"'):page.index('id="privacy"')]

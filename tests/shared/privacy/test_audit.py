@@ -262,13 +262,17 @@ def test_audit_many_sites_report_and_plot(tmp_path: Path, honest_lines: list[str
         "eps",
         "recomputed",
         "eps",
+        "of",
+        "it",
+        "evaluation",
+        "eps",
         "delta",
         "rounds",
         "status",
     ]
     row_a = table[2].split()
     assert row_a[0] == "hospital_a" and row_a[1] == "3.0000" and row_a[-2:] == ["4", "ok"]
-    assert row_a[2] == f"{audits[0].recorded_epsilon:.4f}" and row_a[4] == "1e-05"
+    assert row_a[2] == f"{audits[0].recorded_epsilon:.4f}" and row_a[4:7] == ["0.0000", "(0)", "1e-05"]
     assert table[4].split()[-1] == "tampered" and table[5].startswith("hospital_c: line 1: entry of site")
 
     write_audit_json(audits, tmp_path / "audit.json")

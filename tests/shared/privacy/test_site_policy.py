@@ -34,6 +34,8 @@ def _cfg(**sections):
         ("allowed_strategies: [fedfoo]\n", "allowed_strategies"),
         ("approved_runs: [{hash: abc}]\n", "approved_runs[0].hash"),
         ("allowed_tasks: event_mortality\n", "allowed_tasks"),
+        ("release: {exact_metrics: yes please}\n", "release.exact_metrics"),
+        ("release: {raw_rows: true}\n", "release.raw_rows"),
     ],
 )
 def test_bad_policy_names_file_and_field(tmp_path, text, field):
@@ -116,6 +118,16 @@ def test_config_violations_name_each_weakening():
     assert config_violations(SitePolicy(source="p"), _cfg(), "a") == []
     assert config_violations(SitePolicy(source="p", site="b"), _cfg(), "a") == ["the policy is for site 'b', not 'a'"]
     assert config_violations(SitePolicy(source="p"), _cfg(privacy={"site_targets": {"a": 9.0}}), "a")
+
+
+def test_exact_metrics_only_where_the_policy_says_so_and_evaluation_noise_has_the_floor(tmp_path):
+    assert SitePolicy(source="p").release.exact_metrics is False  # default: validation only as DP releases
+    path = tmp_path / "policy.yaml"
+    path.write_text("release: {exact_metrics: true}\n")
+    policy = load_site_policy(path)
+    assert policy.release.exact_metrics is True and policy.to_dict()["release"] == {"exact_metrics": True}
+    weak = _cfg(privacy={"evaluation": {"noise_multiplier": 0.1}})
+    assert config_violations(SitePolicy(source="p"), weak, "a") == ["evaluation noise multiplier 0.1 < site minimum 0.5"]
 
 
 def test_noise_floor():

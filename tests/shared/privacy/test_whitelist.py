@@ -35,7 +35,7 @@ def _good_reply_content() -> RecordDict:
         {
             "arrays": _arrays(),
             "metrics": MetricRecord(
-                {"num-examples": 120, "train_loss": 0.41, "epsilon": 1.2, "delta": 1e-5, "auroc_ci_low": 0.7}
+                {"num-examples": 120, "hist_pos_3": 4.2, "epsilon": 1.2, "delta": 1e-5, "auroc_ci_low": 0.7}
             ),
             "site": ConfigRecord({"name": "hospital_a", "status": "trained"}),
         }
@@ -73,7 +73,9 @@ def test_whitelist_names() -> None:
     assert "ece_ci_low" not in ALLOWED_METRICS and "predictions" not in ALLOWED_METRICS
     assert {"calib_bin_0_observed", "calib_bin_9_predicted", "calib_bin_4_count"} <= ALLOWED_METRICS
     assert "calib_bin_10_count" not in ALLOWED_METRICS  # 10 bins, fixed
-    assert len(ALLOWED_METRICS) == 20 + 14 + 30
+    # 19 names + exact_metrics marker, 14 CI bounds, 30 calibration-bin keys, 2 x 50 histogram bins, 8 x 8 confusion cells
+    assert len(ALLOWED_METRICS) == 20 + 14 + 30 + 100 + 64
+    assert "train_loss" not in ALLOWED_METRICS  # an un-noised mean over the training data: never sent
 
 
 def test_normal_reply_passes() -> None:
