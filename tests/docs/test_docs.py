@@ -23,3 +23,8 @@ def test_readme_links_every_docs_page():
     linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", (REPO / "README.md").read_text()))
     assert pages <= linked, f"README does not link {sorted(pages - linked)}"
     assert {p.name for p in (REPO / "docs").glob("*.md")} == pages | {"index.md"}, "a docs page is missing from the nav"
+
+
+def test_readme_is_a_short_entry_point():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README has {len(lines)} lines: move detail to docs/"
