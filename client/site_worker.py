@@ -589,17 +589,24 @@ class SiteWorker:
             saved = json.loads(path.read_text()) if path.is_file() else None
             if saved is not None and saved["global_sha256"] == digest:
                 return RoundOutcome("evaluated", metrics=saved["metrics"])  # the same release again: no new cost
-            return RoundOutcome("refused", f"round {server_round} was already evaluated here on another global model")
+            return self._declined(server_round, RoundOutcome(
+                "refused", "round_conflict", metrics={"refused": 1},
+                detail=f"round {server_round} was already evaluated here on another global model"))
         if self.data.n_val == 0:
-            return RoundOutcome("refused", "no validation data at this site")
+            return self._declined(server_round, RoundOutcome(
+                "refused", "no_validation_data", metrics={"refused": 1}, detail="no validation data at this site"))
         mechanism = Mechanism(e.noise_multiplier, 1.0, 1)
         try:
             limit = self.plan().composed_target
         except BudgetTooSmall as err:
-            return RoundOutcome("refused", f"evaluation not released: {err}"[:200])
+            return self._declined(server_round, RoundOutcome(
+                "refused", "budget_exhausted", metrics={"refused": 1},
+                detail=f"evaluation not released: {err}"))
         ok, eps_after = fits_budget(self._trained_history(), mechanism, p.delta, limit, p.accountant)
         if not ok:
-            return RoundOutcome("refused", f"evaluation would reach epsilon {eps_after:.3f} > budget {limit:.3f}")
+            return self._declined(server_round, RoundOutcome(
+                "refused", "budget_exhausted", metrics={"refused": 1},
+                detail=f"evaluation would reach epsilon {eps_after:.3f} > budget {limit:.3f}"))
         y, out, _ = self.predict(model, self.data.val)
         self.task.metrics(y, out)  # only for the reports some tasks write at the site (sleep staging); nothing is sent
         if self.task.kind == "binary":

@@ -22,6 +22,7 @@ process's output at the site.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
@@ -142,7 +143,10 @@ class AppLauncher(threading.Thread):
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-P", "-m", "fedcare.clientapp_process", "--runtime-api-address", self.runtime_address,
                 "--site-config", str(self.site_yaml)]
-        return subprocess.Popen(argv, env=self.env, stdin=subprocess.PIPE)
+        # under the process guard: it dies with the `fedcare client` wrapper, even one killed with SIGKILL;
+        # the guard does not read stdin, so the token written to the pipe reaches the app process
+        guarded = [sys.executable, "-P", "-m", "fedcare.process_guard", str(os.getpid()), "--", *argv]
+        return subprocess.Popen(guarded, env=self.env, stdin=subprocess.PIPE)
 
     def run(self) -> None:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest

@@ -10,6 +10,7 @@ REASON_CODES: frozenset[str] = frozenset({
     "",                        # no reason (a trained or evaluated reply)
     "data_error",              # the site's data could not be loaded or is invalid
     "no_training_data",        # the site has no training rows
+    "no_validation_data",      # the site has no validation rows to evaluate on
     "budget_exhausted",        # the round does not fit in the site's privacy budget
     "bundle_refused",          # the run's code (app bundle) differs from what the site approved
     "no_policy",               # deployment without a site policy: nothing is approved

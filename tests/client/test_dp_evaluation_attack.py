@@ -93,7 +93,9 @@ def test_dp_release_contains_no_patients_value_and_is_counted_in_the_ledger_and_
     assert set(metrics) == {HIST_POS.format(b) for b in range(bins)} | {HIST_NEG.format(b) for b in range(bins)} | {
         "num-examples"}
     released = np.array(list(metrics.values()))
-    assert np.abs(released[:, None] - scores[None, :]).min() > 1e-4  # no number is any patient's score
+    # no number is any patient's score to the precision the exact-metric attack reached (1e-6); a noisy count
+    # lands that close to one of the scores by chance with probability ~1e-3 (41 values, 120 scores, sigma 4)
+    assert np.abs(released[:, None] - scores[None, :]).min() > 1e-6
     # what the center derives: a threshold on the bin grid, never a patient's value
     history = RunHistory(site[1] / "center", [SITE])
     history.record_evaluate(1, SITE, metrics)

@@ -153,7 +153,7 @@ def test_policy_and_roster_in_site_yaml(site_yaml, certs, tmp_path):
     from shared.privacy.site_policy import SitePolicy, save_site_policy
 
     save_site_policy(SitePolicy(source="p"), tmp_path / "policy.yaml")
-    save_roster(roster_from_keys({"hospital_a": load_public_key(certs.ledger_key("hospital_a").with_suffix(".pub"))}),
+    save_roster(roster_from_keys({"hospital_a": load_public_key(certs.hospital_a.identity_public)}),
                 tmp_path / "roster.yaml")
     s = load_site_config(site_yaml(policy="policy.yaml", roster="roster.yaml"))
     assert (s.policy, s.roster, s.deployment) == (tmp_path / "policy.yaml", tmp_path / "roster.yaml", True)

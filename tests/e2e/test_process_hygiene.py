@@ -2,7 +2,8 @@
 with its SuperLink, SuperExec and ServerApp up and site_a's SuperNode connected,
 
 1. `fedcare server --resume` on the same run folder is refused with one line and changes nothing;
-2. `kill -9` of the `fedcare client` wrapper leaves none of its processes running (SuperNode, SuperExec);
+2. `kill -9` of the `fedcare client` wrapper leaves none of its processes running (SuperNode, the site's
+   own ClientApp process);
 3. `kill -9` of the `fedcare server` wrapper leaves none of its processes running (SuperLink, SuperExec,
    ServerApp, `flwr run`), and the run folder is free again.
 SIGKILL gives a wrapper no chance to clean up: its children must die with it by themselves.
@@ -55,7 +56,8 @@ def facts(tmp_path_factory):
         dep.wait_until_registered()
         client = dep.start_client("site_a")
         dep.wait_for("the ServerApp to start", lambda: _has(server, "flwr-serverapp"), timeout_s=180)
-        dep.wait_for("site_a's SuperNode and its SuperExec", lambda: _has(client, "flower-superexec"), timeout_s=180)
+        dep.wait_for("site_a's SuperNode and its ClientApp process",
+                     lambda: _has(client, "flower-supernode") and _has(client, "fedcare.clientapp_process"), timeout_s=180)
 
         before = sorted(p.name for p in dep.run_dir.iterdir())
         resume = dep._start("resume", "server", "--resume", str(dep.run_dir), "--certs", str(dep.certs.root),
@@ -87,7 +89,8 @@ def test_resume_while_the_run_is_alive_is_refused_with_one_line(facts):
 
 def test_kill_9_of_the_client_wrapper_leaves_no_orphan(facts):
     family = facts["client_family"]
-    assert any("flower-supernode" in c for c in family.values()) and any("flower-superexec" in c for c in family.values())
+    assert any("flower-supernode" in c for c in family.values())
+    assert any("fedcare.clientapp_process" in c for c in family.values())
     assert facts["client_survivors"] == {}
 
 

@@ -186,7 +186,7 @@ def trust(tmp_path_factory):
     center = Center(opts, Console(file=center_log, width=120))
     try:
         roster = root / "roster.yaml"
-        save_roster(roster_from_keys({s: load_public_key(dep.certs.ledger_key(s).with_suffix(".pub")) for s in SITES}),
+        save_roster(roster_from_keys({s: load_public_key(dep.keys(s).identity_public) for s in SITES}),
                     roster)
         center.start_superlink()
         center.register_sites(supernode_keys(dep.certs.root, list(SITES)))
