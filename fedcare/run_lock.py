@@ -35,6 +35,8 @@ def _command(pid: int) -> str:
     words = [Path(a.decode(errors="replace")).name for a in argv[:4] if a]
     if len(words) > 2 and words[1] == "-m" and words[2] == "fedcare.process_guard":
         return "fedcare process guard"
+    if len(words) > 2 and words[1] == "-m" and words[2] == "fedcare.superlink_guard":
+        return "flower-superlink"  # Flower's SuperLink, run with its control plane closed (fedcare/superlink_guard.py)
     flower = next((w for w in words if w.startswith(("flower-", "flwr"))), None)
     return flower or " ".join(words[:2])
 
