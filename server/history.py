@@ -107,13 +107,14 @@ class RunHistory:
     def print_round(self, server_round: int, total_rounds: int) -> None:
         table = Table(title=f"round {server_round}/{total_rounds}", title_justify="left")
         pm = self.primary_metric
-        for col in ("site", "status", "train loss", f"val {pm}", "val loss", "epsilon (cum.)", "n val"):
+        # no training loss: sites do not send it (an un-noised mean over their training data)
+        for col in ("site", "status", "noise mult.", f"val {pm}", "val loss", "epsilon (cum.)", "n val"):
             table.add_column(col, justify="left" if col in ("site", "status") else "right")
         for site in self.sites:
             rec = self.rounds.get(server_round, {}).get(site, {"status": NOT_ASKED})
             tr, ev = rec.get("train", {}), rec.get("evaluate", {})
             table.add_row(
-                site, rec.get("status", "-"), _fmt(tr.get("train_loss")), _fmt(ev.get(pm)),
+                site, rec.get("status", "-"), _fmt(tr.get("noise_multiplier")), _fmt(ev.get(pm)),
                 _fmt(ev.get("val_loss")), _fmt(tr.get("epsilon"), 2), _fmt(ev.get("num-examples"), 0),
             )
         table.add_row("weighted", "", "", _fmt(self.weighted(server_round, pm)),
