@@ -74,6 +74,7 @@ def run_federation(cfg: RunConfig, state_root: Path, dp: bool = True) -> Federat
                 epochs=t.local_epochs, expected_batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
                 optimizer=t.optimizer, noise_multiplier=noise[site] if dp else None, max_grad_norm=p.max_grad_norm,
                 seed=cfg.seed * 1000 + server_round * 10 + k,
+                dp_seed=cfg.seed * 1000 + server_round * 10 + k,  # utility checks: reproducible DP draws
             )
             result = train_model(model, data.train, site_task.loss, settings)
             mechanisms[site].append(Mechanism(noise[site], result.sample_rate, result.steps))

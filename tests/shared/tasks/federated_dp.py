@@ -55,7 +55,7 @@ def run_federation(cfg: RunConfig, state_root: Path) -> dict:
             settings = TrainSettings(
                 epochs=t.local_epochs, expected_batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
                 optimizer=t.optimizer, noise_multiplier=plans[site][0], max_grad_norm=p.max_grad_norm,
-                seed=cfg.seed * 1000 + rnd,
+                seed=cfg.seed * 1000 + rnd, dp_seed=cfg.seed * 1000 + rnd,  # utility checks: reproducible DP draws
             )
             result = train_model(model, data[site].train, tasks[site].loss, settings)
             steps_done[site] += result.steps

@@ -75,6 +75,7 @@ def run_fedavg(cfg: RunConfig, data_root: Path, state_root: Path) -> tuple[dict[
                 epochs=t.local_epochs, expected_batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
                 optimizer=t.optimizer, noise_multiplier=nm, max_grad_norm=p.max_grad_norm,
                 grad_sample_mode=p.grad_sample_mode, seed=cfg.seed * 1000 + server_round,
+                dp_seed=cfg.seed * 1000 + server_round,  # a utility check: reproducible DP draws, not secret ones
             )
             result = train_model(model, d.train, tasks[site].loss, settings)
             plans[site] = (nm, q, steps + result.steps)

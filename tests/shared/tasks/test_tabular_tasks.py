@@ -102,7 +102,8 @@ def test_dp_training_learns_the_planted_signal(tmp_path: Path, task_name: str) -
     data = task.prepare_site(tmp_path / "a", "a", tmp_path / "state")
     model = task.build_model()
     settings = TrainSettings(epochs=6, expected_batch_size=128 if task_name == "tabular_survival" else 64, lr=0.05,
-                             optimizer="adamw", noise_multiplier=1.0, max_grad_norm=1.0, seed=0)
+                             optimizer="adamw", noise_multiplier=1.0, max_grad_norm=1.0, seed=0,
+                             dp_seed=0)  # a utility check: reproducible DP draws
     train_model(model, data.train, task.loss, settings)
     model.eval()
     x, y = data.test.tensors
