@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from fedcare.evaluate import model_outputs as site_outputs  # targets and outputs over a dataset
 from shared.config import RunConfig, load_config
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.planner import plan_noise_multiplier
@@ -34,17 +34,6 @@ class FederatedResult:
     per_site: dict[str, dict[str, float]]
     epsilon: dict[str, float]  # spent per site over the run
     noise_multiplier: dict[str, float]
-
-
-def site_outputs(task: Task, model: torch.nn.Module, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and outputs of `model` over `dataset` (eval mode, no gradients)."""
-    model.eval()
-    outs, targets = [], []
-    with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=512):
-            outs.append(task.forward(model, batch).float())
-            targets.append(task.targets(batch))
-    return torch.cat(targets).numpy(), torch.cat(outs).numpy()
 
 
 def run_federation(cfg: RunConfig, state_root: Path, dp: bool = True) -> FederatedResult:
