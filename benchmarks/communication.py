@@ -44,8 +44,8 @@ from benchmarks.federated_training import StateDict, evaluate, train_federated  
 from client.app import _reply  # noqa: E402
 from client.site_worker import RoundOutcome  # noqa: E402
 from shared.config import load_config  # noqa: E402
+from shared.io import write_json  # noqa: E402
 from shared.models.registry import build_model  # noqa: E402
-from shared.privacy.atomic_write import write_atomically  # noqa: E402
 from shared.privacy.whitelist import check_outgoing  # noqa: E402
 from shared.tasks.registry import build_task  # noqa: E402
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                   "per_site_round = train request + train reply + evaluate request + evaluate reply",
         "sizes": sizes, "float16_utility": utility, "notes": notes,
     }
-    write_atomically(out, (json.dumps(payload, indent=1) + "\n").encode())
+    write_json(out, payload)
     print(f"wrote {out} ({payload['wall_time_s']} s)")
     return 0
 

@@ -28,7 +28,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.dp_overhead import device_name, write_json  # noqa: E402
+from benchmarks.dp_overhead import device_name  # noqa: E402
+from shared.io import write_json, write_text  # noqa: E402
 from tests.e2e import deployment_harness  # noqa: E402
 
 SEED_MODEL = {"name": "event_transformer", "d_model": 256, "layers": 4, "heads": 8, "ff": 512, "pooling_heads": 4,
@@ -52,7 +53,7 @@ def run(device: str, model: str, rounds: int, sizes: list[int], batch_size: int,
             for site in dep.sites:
                 path = dep.site_yaml(site)
                 site_cfg = yaml.safe_load(path.read_text()) | {"device": device}
-                path.write_text(yaml.safe_dump(site_cfg))
+                write_text(path, yaml.safe_dump(site_cfg))
                 dep.start_client(site, path)
             summary_path = dep.run_dir / "summary.json"
             dep.wait_for("the run to finish", lambda: summary_path.is_file(), timeout_s * (rounds + 1))
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     result |= {"device_name": device_name(torch.device("cuda" if args.device.startswith("cuda") else "cpu")),
                "command": "python benchmarks/deployment_rounds.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"deployment_rounds_{args.device}.json"
-    write_json(out, result)
+    write_json(out, result, indent=2)
     print(json.dumps({k: v for k, v in result.items() if k != "log_tails"}, indent=2))
     return 0 if result["complete"] else 1
 

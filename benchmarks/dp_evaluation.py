@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.checkpoints import checkpoint_path, load_checkpoint  # noqa: E402
 from shared.config import config_from_dict, load_config  # noqa: E402
+from shared.io import write_json  # noqa: E402
 from shared.metrics import auroc  # noqa: E402
 from shared.privacy.accountant import Mechanism, epsilon_opacus  # noqa: E402
 from shared.privacy.dp_evaluation import aggregate_release, binary_metrics, release_binary, score_histograms  # noqa: E402
@@ -170,10 +171,7 @@ def main() -> int:
         result["baseline_exact_auroc"] = base_exact
         result["baseline_exact_weighted_auroc"] = weighted(base_exact, {s: len(y) for s, (y, _) in base.items()})
     print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

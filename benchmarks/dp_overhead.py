@@ -40,7 +40,6 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared.io import write_json  # noqa: E402
 from shared.models.event_transformer import EventTransformer, EventTransformerConfig  # noqa: E402
 from shared.training.devices import configure_precision  # noqa: E402
 from shared.training.dp_trainer import TrainingStep, TrainSettings, make_training_step  # noqa: E402
@@ -329,15 +329,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -460,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             "notes": notes,
             "rows": rows,
         },
+        indent=2,
     )
     print(f"wrote {out}")
     return 0

@@ -63,8 +63,8 @@ from benchmarks.federated_training import (  # noqa: E402
 )
 from shared.config import load_config  # noqa: E402
 from shared.data.heart_disease import FEATURES, find_heart_disease_dir, load_heart_disease, site_splits  # noqa: E402
+from shared.io import write_json  # noqa: E402
 from shared.models.registry import build_model  # noqa: E402
-from shared.privacy.atomic_write import write_atomically  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                   "both scored on the union of the sites' validation splits",
         "workloads": described, "notes": notes, "rows": rows, "targets": targets,
     }
-    write_atomically(out, (json.dumps(payload, indent=1, default=str) + "\n").encode())
+    write_json(out, payload, default=str)
     print(f"wrote {out} ({payload['wall_time_s']} s)")
     return 0
 

@@ -40,8 +40,8 @@ from benchmarks.dp_overhead import (  # noqa: E402
     measure,
     set_transformer_workload,
     table,
-    write_json,
 )
+from shared.io import write_json  # noqa: E402
 
 EVENT_MIN_DP_SAMPLES_PER_S = 30_000  # bf16, batch 2048
 EVENT_MAX_RATIO = 1.3  # batch >= 512
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in checks:
             print(f"{'met ' if c['met'] else 'MISS'}  {c['target']}: {c['value']}")
         if args.out:
-            write_json(Path(args.out), data | {"targets": checks})
+            write_json(Path(args.out), data | {"targets": checks}, indent=2)
         return 0
 
     device = torch.device(args.device)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "rows": rows,
         "targets": checks,
-    })
+    }, indent=2)
     print(f"wrote {out}")
     return 0
 

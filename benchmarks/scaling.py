@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.federated_training import fedavg  # noqa: E402
 from shared.config import load_config  # noqa: E402
-from shared.privacy.atomic_write import write_atomically  # noqa: E402
+from shared.io import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SITE_COUNTS = (2, 4, 8, 16, 32)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "wall_time_s": round(time.perf_counter() - started, 1), "note": note, "rows": rows,
     }
-    write_atomically(out, (json.dumps(payload, indent=1) + "\n").encode())
+    write_json(out, payload)
     print(f"wrote {out} ({payload['wall_time_s']} s)")
     return 0
 

@@ -17,7 +17,6 @@ Prints a table and writes benchmarks/results/secure_rng_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -32,8 +31,8 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared.io import write_json  # noqa: E402
 from shared.models.event_transformer import EventTransformer, EventTransformerConfig  # noqa: E402
-from shared.privacy.atomic_write import write_atomically  # noqa: E402
 from shared.training import fast_dp  # noqa: E402
 from shared.training.dp_rng import dp_randomness, gaussian_noise  # noqa: E402
 from shared.training.dp_trainer import TrainSettings, make_training_step  # noqa: E402
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"secure_rng_{device.type}.json"
     payload = {"device": str(device), "torch": torch.__version__, "machine": platform.machine(),
                "threads": args.threads, "rows": rows}
-    write_atomically(out, (json.dumps(payload, indent=1) + "\n").encode())
+    write_json(out, payload)
     print(f"wrote {out}")
     return 0
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from client.site_worker import SiteSettings
 from shared.config import PRECISIONS
 from shared.errors import InputError
+from shared.io import load_yaml
 from shared.privacy.keys import load_private_key
 from shared.privacy.roster import load_roster
 from shared.privacy.site_policy import load_site_policy
@@ -144,16 +144,7 @@ def _where(err: InputError) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(path, None, "site config not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise InputError(path, f"line {mark.line + 1}" if mark else None,
-                         f"not valid YAML ({getattr(err, 'problem', err)})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, None, f"cannot read ({err})") from None
+    raw = load_yaml(path, "site config")
     if not isinstance(raw, dict):
         raise InputError(path, None, f"expected a mapping of settings, got {type(raw).__name__}")
     return raw

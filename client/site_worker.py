@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import traceback
 import zlib
 from dataclasses import dataclass, field
@@ -33,11 +32,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
+from shared.io import atomic_file, write_bytes
 from shared.privacy.accountant import Mechanism, epsilon_opacus
-from shared.privacy.atomic_write import write_atomically
 from shared.privacy.dp_evaluation import BINARY_SENSITIVITY, EXACT_MARKER, confusion_counts, release_binary, release_confusion
 from shared.privacy.keys import generate_site_key, load_private_key
-from shared.privacy.ledger import NO_DP, REFUSED, SiteLedger
+from shared.privacy.ledger import LEDGER_FILE, NO_DP, REFUSED, SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
 from shared.privacy.roster import load_roster
 from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
@@ -55,7 +54,6 @@ from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
 from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per_epoch, train_model
 
-LEDGER_FILE = "privacy_ledger.jsonl"
 EXPLANATIONS_DIR = "explanations"
 UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
@@ -274,7 +272,7 @@ class SiteWorker:
 
     def _save_plan(self, plan: NoisePlan) -> None:
         self._plan = plan
-        write_atomically(self._plan_path(), json.dumps(plan.__dict__).encode(), 0o600)
+        write_bytes(self._plan_path(), json.dumps(plan.__dict__).encode(), 0o600)
 
     def _replan_if_data_changed(self, plan: NoisePlan, server_round: int) -> NoisePlan:
         """The plan for the data the site has now. When the sample rate or the steps per round differ from
@@ -352,12 +350,9 @@ class SiteWorker:
         return self.settings.state_dir / UPDATES_DIR / f"{self.run_id}.pt"
 
     def _save_update(self, server_round: int, global_digest: str, outcome: RoundOutcome) -> None:
-        path = self._update_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
-                    "metrics": outcome.metrics}, tmp)
-        os.replace(tmp, path)
+        with atomic_file(self._update_path(), 0o600) as handle:
+            torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
+                        "metrics": outcome.metrics}, handle)
 
     def _repeat_round(self, server_round: int, entry: dict[str, Any], global_digest: str) -> RoundOutcome:
         """The ledger already holds this (run, round): never train or spend budget twice. Send the
@@ -622,7 +617,7 @@ class SiteWorker:
         metrics = {**release, "num-examples": float(max(0, round(sum(release.values()) / max(1.0, sensitivity))))}
         eps = epsilon_opacus(self._trained_history() + [mechanism], p.delta, p.accountant)
         # release first, ledger second: a ledger entry always has its release to send again
-        write_atomically(path, json.dumps({"round": server_round, "global_sha256": digest, "metrics": metrics}).encode())
+        write_bytes(path, json.dumps({"round": server_round, "global_sha256": digest, "metrics": metrics}).encode())
         self.ledger.append(
             run_id=self.run_id, round=server_round, status="trained", mechanism=mechanism, delta=p.delta,
             max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=eps,
@@ -661,6 +656,6 @@ class SiteWorker:
         except Exception:  # any failure stays at the site, in its log
             message = traceback.format_exc()
             logging.getLogger(__name__).error("site %s: explanation failed:\n%s", self.settings.site, message)
-            write_atomically(out_dir / "explanation_error.txt", message.encode(), 0o600)
+            write_bytes(out_dir / "explanation_error.txt", message.encode(), 0o600)
             return None
         return out_dir

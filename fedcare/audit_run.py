@@ -6,25 +6,22 @@ runs the empirical membership-inference audit of a checkpoint at a site."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.errors import InputError
+from shared.io import load_json, load_yaml
 from shared.privacy.audit import LedgerAudit, RunRecord, audit_ledgers, security_log_problems
 from shared.privacy.keys import load_public_key
-from shared.privacy.ledger import SiteLedger
+from shared.privacy.ledger import LEDGER_FILE, SiteLedger
 from shared.privacy.security_log import SECURITY_LOG_FILE
 
 if TYPE_CHECKING:
     import numpy as np
 
     from shared.privacy.mia import MembershipAudit
-
-LEDGER_FILE = "privacy_ledger.jsonl"
 
 
 def find_ledgers(path: Path, site: str | None = None) -> tuple[dict[str, Path], dict[str, Path], dict[str, float]]:
@@ -45,7 +42,7 @@ def find_ledgers(path: Path, site: str | None = None) -> tuple[dict[str, Path], 
     sites_root = path / "sites" if (path / "sites").is_dir() else path
     cfg_file = path / "config.yaml"
     if cfg_file.is_file():
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        cfg = load_yaml(cfg_file) or {}
         privacy = cfg.get("privacy", {})
         for site in cfg.get("data", {}).get("sites", []):
             targets[site] = float(privacy.get("site_targets", {}).get(site, privacy.get("target_epsilon")))
@@ -76,12 +73,9 @@ def run_records(path: Path) -> dict[str, RunRecord]:
     cfg_file, metrics_file = path / "config.yaml", path / "metrics.json"
     if not (cfg_file.is_file() and metrics_file.is_file()):
         return {}
-    try:
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
-        metrics = json.loads(metrics_file.read_text())
-        summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise InputError(path, None, f"cannot read the run's records ({error})") from None
+    cfg = load_yaml(cfg_file) or {}
+    metrics = load_json(metrics_file)
+    summary = load_json(path / "summary.json") if (path / "summary.json").is_file() else {}
     run_id = str(summary.get("run_id") or path.name)
     records: dict[str, RunRecord] = {}
     for round_text, sites in (metrics.get("rounds") or {}).items():

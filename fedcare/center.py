@@ -40,6 +40,7 @@ from fedcare.simulation import write_resolved_config
 from server.history import RunHistory
 from shared.config import RunConfig
 from shared.errors import InputError
+from shared.io import write_json, write_text
 
 CONNECTION = "fedcare"  # the SuperLink connection name in the private FLWR_HOME
 RUN_FILE = "run.json"  # run id and resume history, next to config.yaml in the run folder
@@ -127,7 +128,7 @@ class Center:
         else:
             conn["root-certificates"] = str(self.ca.resolve())
         text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}})
-        (self.flwr_home / "config.toml").write_text(text)
+        write_text(self.flwr_home / "config.toml", text)
 
     def start_superlink(self) -> None:
         # Flower's SuperLink with the control plane closed to non-local clients (fedcare/superlink_guard.py)
@@ -188,7 +189,7 @@ class Center:
             "resume": self.opts.resume,
         }
         rc_file = self.flwr_home / "run_config.toml"
-        rc_file.write_text(tomli_w.dumps(rc))
+        write_text(rc_file, tomli_w.dumps(rc))
         argv = [flower_executable("flwr"), "run", str(project_dir()), CONNECTION, "--run-config", str(rc_file), "--stream"]
         run = FlowerProcess("flwr run", argv, self.env, self.logs / "flower-run.log")
         self.processes.append(run)
@@ -238,9 +239,7 @@ def prepare_run_dir(opts: CenterOptions) -> None:
     record_path = opts.run_dir / RUN_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"run_id": opts.run_id, "starts": []}
     record["starts"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": opts.resume})
-    tmp = record_path.with_name(RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(record_path)
+    write_json(record_path, record)
     if not opts.resume:
         write_resolved_config(opts.cfg, opts.run_dir)
 

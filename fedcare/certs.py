@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 from shared.privacy.keys import load_public_key
 from shared.privacy.roster import Roster, roster_from_keys, save_roster
 
@@ -145,8 +145,8 @@ def _issue_ca(paths: DeploymentPaths, now: dt.datetime) -> tuple[x509.Certificat
         .sign(key, hashes.SHA384())
     )
     paths.ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomically(paths.ca_key, _private_pem(key), 0o600)
-    write_atomically(paths.ca_cert, _cert_pem(cert), 0o644)
+    write_bytes(paths.ca_key, _private_pem(key), 0o600)
+    write_bytes(paths.ca_cert, _cert_pem(cert), 0o644)
     return cert, key
 
 
@@ -174,8 +174,8 @@ def _issue_server_cert(paths: DeploymentPaths, hosts: list[str], ca_cert: x509.C
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    write_atomically(paths.server_key, _private_pem(key), 0o600)
-    write_atomically(paths.server_cert, _cert_pem(cert), 0o644)
+    write_bytes(paths.server_key, _private_pem(key), 0o600)
+    write_bytes(paths.server_cert, _cert_pem(cert), 0o644)
 
 
 def server_cert_hosts(path: Path) -> list[str]:
@@ -292,7 +292,7 @@ def assemble_roster(out: Path, public_dirs: list[Path], roster_path: Path | None
         for name, data in files.items():
             target = folder / name
             if not target.is_file() or target.read_bytes() != data:
-                write_atomically(target, data, 0o644)
+                write_bytes(target, data, 0o644)
                 report.written.append(target)
         for stale in folder.glob("*.pub"):
             if stale.name not in files:

@@ -104,14 +104,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         site = args.site or Path(args.data).name
         report, _ = evaluate_site(Path(args.checkpoint), Path(args.data), Path(args.state), site)
         from server.checkpoints import load_checkpoint
-        from shared.privacy.atomic_write import write_atomically
+        from shared.io import write_json
 
         ckpt = load_checkpoint(Path(args.checkpoint))
         kind = "survival" if ckpt["config"]["task"] == "tabular_survival" else "binary"
         console.print(test_table({"kind": kind, "round": ckpt["round"], "sites": {site: report}}))
         out = Path(args.state) / TEST_METRICS_FILE
         record = {"site": site, "checkpoint": args.checkpoint, "round": ckpt["round"], "report": report}
-        write_atomically(out, (json.dumps(record, indent=1) + "\n").encode())
+        write_json(out, record)
         console.print(f"wrote {out}")
         return 0
     run_dir = Path(args.run)
@@ -166,7 +166,7 @@ def _site_identity(site_yaml: Path, site_flag: str | None) -> tuple[str, Any]:
 
 def cmd_audit_membership(args: argparse.Namespace) -> int:
     from fedcare.audit_run import membership_audit_at_site
-    from shared.privacy.atomic_write import write_atomically
+    from shared.io import write_json
     from shared.privacy.mia import membership_table
 
     for flag in ("checkpoint", "data", "state"):
@@ -175,7 +175,7 @@ def cmd_audit_membership(args: argparse.Namespace) -> int:
     audit = membership_audit_at_site(Path(args.checkpoint), Path(args.data), Path(args.state))
     console.print(membership_table(audit))
     if args.json:
-        write_atomically(Path(args.json), json.dumps(audit.to_dict(), indent=1).encode())
+        write_json(Path(args.json), audit.to_dict())
     return 1 if audit.auc_bound is not None and audit.auc > audit.auc_bound else 0
 
 

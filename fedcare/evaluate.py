@@ -30,7 +30,7 @@ from server.checkpoints import latest_checkpoint, load_checkpoint
 from shared.config import TABULAR_TASKS, config_from_dict
 from shared.errors import InputError
 from shared.evaluation_report import not_available, test_split_report
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_json
 from shared.survival_baseline import BASELINE_FILE, BaselineHazard
 from shared.tasks.base import Task
 from shared.tasks.registry import build_task
@@ -83,12 +83,12 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, n_boot: int = N_
         "round": int(ckpt["round"]), "run_id": ckpt.get("run_id"), "sites": sites, "pooled": pooled,
         "pooled_note": POOLED_NOTE, "ci": f"percentile bootstrap 95 %, {n_boot} resamples",
     }
-    write_atomically(run_dir / TEST_METRICS_FILE, (json.dumps(result, indent=1) + "\n").encode())
+    write_json(run_dir / TEST_METRICS_FILE, result)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         summary["test"] = result
-        write_atomically(summary_path, (json.dumps(summary, indent=1) + "\n").encode())
+        write_json(summary_path, summary)
     return result
 
 

@@ -27,7 +27,7 @@ from rich.table import Table
 from server.checkpoints import load_checkpoint
 from shared.config import config_from_dict
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 from shared.tasks.registry import build_task
 
 
@@ -105,7 +105,7 @@ def predict_to_csv(
         threshold = ckpt.get("decision_threshold")
         if threshold is not None:  # chosen on the sites' validation data and stored with the model
             frame["predicted_label"] = (frame["probability"] >= float(threshold)).astype(int)
-    write_atomically(out, frame.to_csv(index=False).encode())
+    write_bytes(out, frame.to_csv(index=False).encode())
     return len(frame)
 
 

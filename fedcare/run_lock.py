@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fedcare.flower_processes import is_running
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 
 PID_FILE = "center.pid"
 
@@ -78,7 +78,7 @@ def claim_run_dir(run_dir: Path) -> None:
         shown = ", ".join(f"{name} (pid {pid})" for pid, name in alive[:4]) + (" ..." if len(alive) > 4 else "")
         raise InputError(run_dir, None, f"this run is still running: {shown}; stop it before starting it again")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_atomically(Path(run_dir) / PID_FILE,
+    write_bytes(Path(run_dir) / PID_FILE,
                      json.dumps({"pid": os.getpid(), "start_time": _start_time(os.getpid())}).encode())
 
 

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from shared.config import RunConfig
 from shared.errors import InputError
+from shared.io import write_text
 
 
 def new_run_id() -> str:
@@ -40,10 +41,7 @@ def ensure_site_data(cfg: RunConfig, console: Console) -> None:
 
 
 def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, run_dir / "config.yaml")
+    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def simulate(cfg: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> tuple[Path, dict[str, Any]]:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedcare.certs import SITE_NAME
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 from shared.privacy.keys import generate_site_key, load_private_key
 
 
@@ -64,8 +64,8 @@ def generate_auth_key(private_path: Path, public_path: Path) -> None:
     private key as an OpenSSH PEM (`load_ssh_private_key`), public key as one OpenSSH line."""
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    write_atomically(private_path, private, 0o600)
-    write_atomically(public_path, _auth_public(key), 0o644)
+    write_bytes(private_path, private, 0o600)
+    write_bytes(public_path, _auth_public(key), 0o644)
 
 
 def _auth_public(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -97,7 +97,7 @@ def init_site_keys(site: str, out: Path) -> SiteKeysReport:
         report.kept.append(paths.auth_key)
         public = _auth_public(_load_auth_key(paths.auth_key))
         if not paths.auth_public.is_file() or paths.auth_public.read_bytes() != public:
-            write_atomically(paths.auth_public, public, 0o644)
+            write_bytes(paths.auth_public, public, 0o644)
             report.written.append(paths.auth_public)
     else:
         generate_auth_key(paths.auth_key, paths.auth_public)
@@ -106,7 +106,7 @@ def init_site_keys(site: str, out: Path) -> SiteKeysReport:
         report.kept.append(paths.identity_key)
         public = _identity_public(paths.identity_key)
         if not paths.identity_public.is_file() or paths.identity_public.read_bytes() != public:
-            write_atomically(paths.identity_public, public, 0o644)
+            write_bytes(paths.identity_public, public, 0o644)
             report.written.append(paths.identity_public)
     else:
         generate_site_key(paths.identity_key, paths.identity_public, overwrite=True)

@@ -1,14 +1,14 @@
-"""Global model checkpoints: one file per round, written atomically (temp file + rename)."""
+"""Global model checkpoints: one file per round, written atomically (shared.io)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared.errors import InputError
+from shared.io import atomic_file
 
 
 def checkpoint_path(run_dir: Path, server_round: int) -> Path:
@@ -16,10 +16,8 @@ def checkpoint_path(run_dir: Path, server_round: int) -> Path:
 
 
 def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **meta}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **meta}, handle)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -3,9 +3,7 @@ metrics, printed as a table each round and saved as JSON (atomically) after each
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from server.evaluation import is_calibration_key, weighted_mean
+from shared.io import load_json, write_json
 from shared.privacy.dp_evaluation import EXACT_MARKER, RELEASE_KEYS, released_metrics
 
 NOT_ASKED = "not asked"  # not sent a training request this round (not connected, or out of budget)
@@ -38,7 +37,7 @@ class RunHistory:
         history = cls(run_dir, sites, primary_metric)
         path = run_dir / "metrics.json"
         if path.is_file():
-            saved = json.loads(path.read_text())
+            saved = load_json(path)
             history.rounds = {int(r): v for r, v in saved.get("rounds", {}).items() if int(r) <= last_round}
             history.events = [e for e in saved.get("events", []) if _event_round(e) is None or _event_round(e) <= last_round]
         history.note(f"resumed after round {last_round} (its global checkpoint); later rounds run again")
@@ -158,10 +157,8 @@ def _event_round(text: str) -> int | None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    """A run folder's JSON file (numpy scalars written as numbers)."""
+    write_json(path, obj, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

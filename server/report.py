@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from server.evaluation import POOLING_NOTE, outside_guarantee, pooled_calibration, pooled_metrics, site_calibration
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import load_json, parse_yaml, read_text, write_bytes, write_text
 from shared.privacy.dp_evaluation import EXACT_MARKER
 
 SECTIONS = ("summary", "notes", "metrics", "test", "curves", "calibration", "privacy", "explanations", "config")
@@ -59,19 +56,12 @@ class RunFolder:
             raise InputError(run_dir, None, "no such run folder")
         loaded: dict[str, Any] = {}
         for name in ("metrics.json", "summary.json"):
-            path = run_dir / name
-            if not path.is_file():
-                raise InputError(path, None, "missing: not a finished fedcare run folder")
-            try:
-                loaded[name] = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise InputError(path, f"line {err.lineno}", "not valid JSON") from None
+            if not (run_dir / name).is_file():
+                raise InputError(run_dir / name, None, "missing: not a finished fedcare run folder")
+            loaded[name] = load_json(run_dir / name)
         config_file = run_dir / "config.yaml"
-        config_text = config_file.read_text() if config_file.is_file() else ""
-        try:
-            config = yaml.safe_load(config_text) or {}
-        except yaml.YAMLError:
-            raise InputError(config_file, None, "not valid YAML") from None
+        config_text = read_text(config_file) if config_file.is_file() else ""
+        config = parse_yaml(config_text, config_file) or {}
         return cls(run_dir, config_text, config, loaded["metrics.json"], loaded["summary.json"])
 
     @property
@@ -117,7 +107,7 @@ def write_run_report(run_dir: Path, out: Path | None = None, audits: Sequence[di
     out = Path(out) if out is not None else default_report_path(run.path)
     figures = figures_dir_for(out)
     if audits is None and (run.path / "audit.json").is_file():
-        audits = json.loads((run.path / "audit.json").read_text())
+        audits = load_json(run.path / "audit.json")
     images = _write_figures(run, figures, out.parent)
     body = [
         _summary_section(run),
@@ -137,7 +127,7 @@ def write_run_report(run_dir: Path, out: Path | None = None, audits: Sequence[di
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    write_atomically(out, page.encode("utf-8"))
+    write_text(out, page)
     return out
 
 
@@ -365,7 +355,7 @@ def _write_figures(run: RunFolder, figures: Path, page_dir: Path) -> dict[str, s
         path = figures / f"{name}.png"
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
-        write_atomically(path, buffer.getvalue())
+        write_bytes(path, buffer.getvalue())
         paths[name] = Path(os.path.relpath(path, page_dir)).as_posix()
     return paths
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from shared.errors import InputError
+from shared.io import load_yaml
 
 TASKS = (
     "event_mortality", "retain_aki", "sleep_staging", "sleep_diagnosis", "multimodal", "tabular_binary", "tabular_survival",
@@ -426,21 +425,7 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, "config file not found")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        hint = " (it looks like UTF-16: save it as UTF-8)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise InputError(path, None, f"not UTF-8 text at byte {err.start}{hint}") from None
-    except OSError as err:
-        raise InputError(path, None, f"cannot read ({err.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise InputError(path, where, f"not valid YAML ({getattr(err, 'problem', err)})") from None
+    raw = load_yaml(path, "config file")
     if raw is None:  # an empty file must not silently become the default event config
         raise InputError(path, None, "the config is empty; it needs at least `task:` (see configs/)")
     return config_from_dict(raw, str(path))

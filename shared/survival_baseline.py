@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_json
 
 BASELINE_FILE = "breslow_baseline.json"
 
@@ -58,7 +58,7 @@ class BaselineHazard:
         return np.exp(-self.at(horizons)[None, :] * np.exp(np.asarray(risk, float))[:, None])
 
     def save(self, path: Path) -> None:
-        write_atomically(Path(path), json.dumps(asdict(self), indent=1).encode(), 0o600)
+        write_json(Path(path), asdict(self), 0o600)
 
     @classmethod
     def load(cls, path: Path) -> BaselineHazard:

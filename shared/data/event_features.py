@@ -13,7 +13,6 @@ Only the most recent `max_events` events of a stay are kept; how many stays were
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 
 from shared.data.event_schema import EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC
 from shared.data.text_embedding import CachedEmbedder
+from shared.io import write_json
 
 
 def static_dim() -> int:
@@ -72,10 +72,7 @@ class EventEncoder:
         return cls(mean, std, float(t.mean()), float(t.std()) if t.std() > 1e-6 else 1.0, value_stats)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> EventEncoder:

@@ -60,7 +60,6 @@ Stays without events are kept: the model sees an empty sequence.
 
 from __future__ import annotations
 
-import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +81,7 @@ from shared.data.event_schema import (
 )
 from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.errors import InputError
+from shared.io import atomic_file, write_text
 
 STAYS_FILE = "stays"
 EVENTS_FILE = "events"
@@ -271,7 +271,7 @@ def _parse_events(df: pd.DataFrame, path: Path, stays: pd.DataFrame) -> tuple[pd
 def write_event_site(
     site_dir: Path, stays: pd.DataFrame, events: pd.DataFrame, compress: bool = False
 ) -> Path:
-    """Write one site folder in the format above; each file via a temp file and os.replace.
+    """Write one site folder in the format above; each file atomically (shared.io).
 
     stays: a `stay_id` column or index plus the format's columns (extra columns are not written);
     events: the format's event columns. `compress` writes .csv.gz instead of .csv (and removes a
@@ -282,8 +282,8 @@ def write_event_site(
     stays = stays.reset_index() if "stay_id" not in stays.columns else stays
     stay_cols = [c for c in (*STAY_REQUIRED_COLUMNS, *STAY_OPTIONAL_COLUMNS) if c in stays.columns]
     event_cols = [c for c in (*EVENT_REQUIRED_COLUMNS, *EVENT_OPTIONAL_COLUMNS) if c in events.columns]
-    _write_csv_atomic(_format_datetimes(stays[stay_cols]), site_dir, STAYS_FILE, compress)
-    _write_csv_atomic(_format_datetimes(events[event_cols]), site_dir, EVENTS_FILE, compress)
+    _write_csv(_format_datetimes(stays[stay_cols]), site_dir, STAYS_FILE, compress)
+    _write_csv(_format_datetimes(events[event_cols]), site_dir, EVENTS_FILE, compress)
     return site_dir
 
 
@@ -295,12 +295,11 @@ def _format_datetimes(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _write_csv_atomic(df: pd.DataFrame, site_dir: Path, name: str, compress: bool) -> None:
+def _write_csv(df: pd.DataFrame, site_dir: Path, name: str, compress: bool) -> None:
     final = site_dir / (f"{name}.csv.gz" if compress else f"{name}.csv")
     stale = site_dir / (f"{name}.csv" if compress else f"{name}.csv.gz")
-    tmp = site_dir / f".{final.name}.{os.getpid()}.tmp"
-    df.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0} if compress else None)
-    os.replace(tmp, final)
+    with atomic_file(final) as handle:
+        df.to_csv(handle, index=False, compression={"method": "gzip", "mtime": 0} if compress else None)
     stale.unlink(missing_ok=True)
 
 
@@ -521,8 +520,8 @@ def synthesize_event_sites(
             write_event_site(out_dir / name, stays.drop(columns=list(profile.omitted_columns)), events)
         )
         truths.append(pd.DataFrame({"site": name, "stay_id": stays["stay_id"], "true_logit": true_logit}))
-    _write_csv_atomic(pd.concat(truths, ignore_index=True), out_dir, TRUTH_FILE, False)
-    (out_dir / "README.txt").write_text(_SYNTHETIC_README.format(seed=seed, n_sites=n_sites, sizes=sizes))
+    _write_csv(pd.concat(truths, ignore_index=True), out_dir, TRUTH_FILE, False)
+    write_text(out_dir / "README.txt", _SYNTHETIC_README.format(seed=seed, n_sites=n_sites, sizes=sizes))
     return site_dirs
 
 

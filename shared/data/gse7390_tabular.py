@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from shared.data.gse7390 import _probe_columns, read_gse7390
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 
 GRADES = ["well differentiated", "intermediate", "poorly differentiated", "unkown"]
 ER = ["positive", "negative"]
@@ -54,6 +54,6 @@ def write_gse7390_sites(
         _, test = train_test_split(np.arange(len(event)), test_size=test_fraction, random_state=seed, stratify=event)
         site_table["split"] = np.where(np.isin(np.arange(len(event)), test), "test", "train")
         site = f"hospital_{string.ascii_lowercase[k]}"
-        write_atomically(Path(out_dir) / site / "table.csv", site_table.to_csv(index=False).encode())
+        write_bytes(Path(out_dir) / site / "table.csv", site_table.to_csv(index=False).encode())
         sites.append(site)
     return sites, data_config

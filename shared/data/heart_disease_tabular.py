@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from shared.data.heart_disease import load_heart_disease
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 
 NUMERIC = {"age": (53.0, 9.4), "trestbps": (133.0, 18.6), "chol": (220.0, 94.0), "thalach": (139.0, 26.0),
            "oldpeak": (0.9, 1.1)}
@@ -50,5 +50,5 @@ def write_heart_disease_sites(uci_dir: Path, out_dir: Path, test_fraction: float
             table[name] = frame[name].astype(int).astype(str).to_numpy()
         table["label"] = y
         table["split"] = np.where(np.isin(np.arange(len(y)), test), "test", "train")
-        write_atomically(Path(out_dir) / site / "table.csv", table.to_csv(index=False).encode())
+        write_bytes(Path(out_dir) / site / "table.csv", table.to_csv(index=False).encode())
     return list(frames)

@@ -38,7 +38,6 @@ day of intime and outtime; its charttime stays the midnight (the loader accepts 
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -51,6 +50,7 @@ from shared.data.event_schema import LABEL
 from shared.data.events import EVENT_COLUMNS, write_event_site
 from shared.data.tables import read_csv_as_text
 from shared.errors import InputError
+from shared.io import write_text
 
 # What an event table's rows become: (event_type, event_text, value or None).
 EventSpec = Callable[[pd.DataFrame], tuple[str, pd.Series, "pd.Series | None"]]
@@ -110,9 +110,7 @@ def convert_mimic_iv(
         write_event_site(out_dir / str(site), site_stays, site_events, compress=True)
         counts[str(site)] = len(site_stays)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(
-        out_dir / "README.txt", _MIMIC_README.format(mimic_dir=mimic_dir.resolve(), counts=counts)
-    )
+    write_text(out_dir / "README.txt", _MIMIC_README.format(mimic_dir=mimic_dir.resolve(), counts=counts))
     return counts
 
 
@@ -462,9 +460,3 @@ def _read_table_chunks(
         raise InputError(
             path, None, f"cannot read MIMIC-IV table {table}: {type(err).__name__}: {err}"
         ) from None
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import string
 import warnings
 import zlib
@@ -80,6 +79,7 @@ import pandas as pd
 from shared.data.tables import first_bad, require_columns
 from shared.data.text_embedding import TextEmbedder
 from shared.errors import InputError
+from shared.io import atomic_file, write_json, write_text
 
 PATIENT_ID = "patient_id"
 LABEL, TIME, EVENT = "label", "time", "event"
@@ -389,10 +389,7 @@ class SitePreprocessing:
     text: TextStandardizer
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"omics": self.omics.to_dict(), "text": asdict(self.text)}))
-        os.replace(tmp, path)
+        write_json(path, {"omics": self.omics.to_dict(), "text": asdict(self.text)}, indent=None)
 
     @classmethod
     def load(cls, path: Path) -> SitePreprocessing:
@@ -428,7 +425,7 @@ def patient_text_vectors(
 
 
 def write_multimodal_site(site_dir: Path, labels: pd.DataFrame, omics: pd.DataFrame, notes: pd.DataFrame) -> Path:
-    """Write one site folder (labels.csv, omics.csv, notes.csv), each via a temp file and os.replace.
+    """Write one site folder (labels.csv, omics.csv, notes.csv), each atomically (shared.io).
 
     Each frame has a `patient_id` column; `omics` holds the feature columns beside it, `notes` a
     `text` column. Missing omics values (NaN) are written as empty fields.
@@ -436,10 +433,8 @@ def write_multimodal_site(site_dir: Path, labels: pd.DataFrame, omics: pd.DataFr
     site_dir = Path(site_dir)
     site_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in ((LABELS_TABLE, labels), (OMICS_TABLE, omics), (NOTES_TABLE, notes)):
-        final = site_dir / f"{name}.csv"
-        tmp = site_dir / f".{final.name}.{os.getpid()}.tmp"
-        frame.to_csv(tmp, index=False, float_format="%.10g")
-        os.replace(tmp, final)
+        with atomic_file(site_dir / f"{name}.csv") as handle:
+            frame.to_csv(handle, index=False, float_format="%.10g")
     return site_dir
 
 
@@ -542,10 +537,9 @@ def synthesize_multimodal_sites(
         labels, omics, notes, truth = _simulate_multimodal_site(profile, panel, int(sizes[k]), k, label, rng)
         site_dirs.append(write_multimodal_site(out_dir / name, labels, omics, notes))
         truths.append(truth.assign(site=name)[["site", PATIENT_ID, "true_logit"]])
-    truth_tmp = out_dir / f".synthetic_truth.csv.{os.getpid()}.tmp"
-    pd.concat(truths, ignore_index=True).to_csv(truth_tmp, index=False, float_format="%.6g")
-    os.replace(truth_tmp, out_dir / "synthetic_truth.csv")
-    (out_dir / "README.txt").write_text(_SYNTHETIC_README.format(seed=seed, n_sites=n_sites, sizes=sizes, label=label))
+    with atomic_file(out_dir / "synthetic_truth.csv") as handle:
+        pd.concat(truths, ignore_index=True).to_csv(handle, index=False, float_format="%.6g")
+    write_text(out_dir / "README.txt", _SYNTHETIC_README.format(seed=seed, n_sites=n_sites, sizes=sizes, label=label))
     return site_dirs
 
 

@@ -105,6 +105,7 @@ import numpy as np
 import pandas as pd
 
 from shared.errors import InputError
+from shared.io import atomic_file
 
 EPOCH_SECONDS = 30
 TARGET_HZ = 128
@@ -689,10 +690,8 @@ def synthesize_psg_sites(
         (site_dir / "edf").mkdir(parents=True)
         rng = np.random.default_rng([seed, k])
         rows = [_synthesize_record(site_dir, f"s{k}r{i:04d}", profile, n_epochs, rng, i) for i in range(sizes[k])]
-        frame = pd.DataFrame(rows)
-        tmp = site_dir / f".{RECORDINGS_FILE}.tmp"
-        frame.to_csv(tmp, index=False)
-        tmp.replace(site_dir / RECORDINGS_FILE)
+        with atomic_file(site_dir / RECORDINGS_FILE) as handle:
+            pd.DataFrame(rows).to_csv(handle, index=False)
         folders.append(site_dir)
     return folders
 

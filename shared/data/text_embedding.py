@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from shared.errors import InputError
+from shared.io import atomic_file
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -110,11 +110,9 @@ class CachedEmbedder:
     def _save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.npz")
         keys = list(self._cache)
-        np.savez(tmp, keys=json.dumps(keys), vectors=np.stack([self._cache[k] for k in keys]))
-        os.replace(tmp, self.path)
+        with atomic_file(self.path) as handle:
+            np.savez(handle, keys=json.dumps(keys), vectors=np.stack([self._cache[k] for k in keys]))
 
 
 def make_text_embedder(text_model: str | None, text_dim: int, cache_dir: Path | None, device: str = "cpu") -> CachedEmbedder:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from shared.data.visits import FEATURES
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_json
 
 LOG_FEATURES: tuple[str, ...] = ("creatinine", "bun", "urine_output")
 Z_CLIP = 5.0
@@ -51,7 +51,7 @@ class VisitEncoder:
         )
 
     def save(self, path: Path) -> None:
-        write_atomically(Path(path), json.dumps(asdict(self), indent=1).encode())
+        write_json(Path(path), asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> VisitEncoder:

@@ -89,7 +89,6 @@ and standard deviation and clipped to +-5.
 
 from __future__ import annotations
 
-import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +98,7 @@ import pandas as pd
 
 from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.errors import InputError
+from shared.io import atomic_file, write_text
 
 VISITS_FILE = "visits"
 LABELS_FILE = "labels"
@@ -304,7 +304,7 @@ def _record_id(value: object, source: str | Path, where: str) -> str:
 
 
 def write_visit_site(site_dir: Path, visits: pd.DataFrame, labels: pd.DataFrame | None) -> Path:
-    """Write one site folder in the format above; each file via a temp file and os.replace.
+    """Write one site folder in the format above; each file atomically (shared.io).
 
     visits: the ``VISIT_COLUMNS`` (extra columns are not written); labels: patient_id and aki,
     or None to write visits.csv only (new patients to predict).
@@ -314,16 +314,15 @@ def write_visit_site(site_dir: Path, visits: pd.DataFrame, labels: pd.DataFrame 
     visits = visits[list(VISIT_COLUMNS)].copy()
     if pd.api.types.is_datetime64_any_dtype(visits["timestamp"]):
         visits["timestamp"] = visits["timestamp"].dt.strftime(_DATETIME_FORMAT)
-    _write_csv_atomic(visits, site_dir / f"{VISITS_FILE}.csv")
+    _write_csv(visits, site_dir / f"{VISITS_FILE}.csv")
     if labels is not None:
-        _write_csv_atomic(labels[list(LABEL_COLUMNS)], site_dir / f"{LABELS_FILE}.csv")
+        _write_csv(labels[list(LABEL_COLUMNS)], site_dir / f"{LABELS_FILE}.csv")
     return site_dir
 
 
-def _write_csv_atomic(df: pd.DataFrame, final: Path) -> None:
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False, float_format="%.4g")
-    os.replace(tmp, final)
+def _write_csv(df: pd.DataFrame, final: Path) -> None:
+    with atomic_file(final) as handle:
+        df.to_csv(handle, index=False, float_format="%.4g")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,8 +394,8 @@ def synthesize_visit_sites(out_dir: Path, n_sites: int = 3, sizes: list[int] | N
         visits, labels, true_logit = _simulate_site(profile, int(sizes[k]), k, rng)
         site_dirs.append(write_visit_site(out_dir / name, visits, labels))
         truths.append(pd.DataFrame({"site": name, "patient_id": labels["patient_id"], "true_logit": true_logit}))
-    _write_csv_atomic(pd.concat(truths, ignore_index=True), out_dir / TRUTH_FILE)
-    (out_dir / "README.txt").write_text(_SYNTHETIC_README.format(seed=seed, n_sites=n_sites, sizes=sizes))
+    _write_csv(pd.concat(truths, ignore_index=True), out_dir / TRUTH_FILE)
+    write_text(out_dir / "README.txt", _SYNTHETIC_README.format(seed=seed, n_sites=n_sites, sizes=sizes))
     return site_dirs
 
 

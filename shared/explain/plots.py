@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 
 MAX_LABEL_CHARS = 48
 
@@ -159,5 +159,5 @@ def axis_labels(fig: Figure) -> tuple[list[str], list[str]]:
 def save_png(fig: Figure, path: Path, mode: int = 0o644) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    write_atomically(Path(path), buffer.getvalue(), mode)
+    write_bytes(Path(path), buffer.getvalue(), mode)
     return Path(path)

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from shared.explain.plots import save_png
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes, write_text
 
 FIGURES_DIR = "figures"
 FILE_MODE = 0o600  # per-patient content: readable by the site's service account only
@@ -192,7 +192,7 @@ def write_site_report(out_dir: Path, exp: SiteExplanation) -> ReportFiles:
         raise ValueError(f"figures referenced but not built: {sorted(missing)}")
     written = [save_png(exp.figures[key], out_dir / FIGURES_DIR / f"{key}.png", FILE_MODE) for key in sorted(referenced)]
     md, page, numbers = out_dir / "report.md", out_dir / "report.html", out_dir / "explanations.json"
-    write_atomically(md, _markdown(exp).encode(), FILE_MODE)
-    write_atomically(page, _html(exp).encode(), FILE_MODE)
-    write_atomically(numbers, json.dumps(_json(exp), indent=1).encode(), FILE_MODE)
+    write_text(md, _markdown(exp), FILE_MODE)
+    write_text(page, _html(exp), FILE_MODE)
+    write_bytes(numbers, json.dumps(_json(exp), indent=1).encode(), FILE_MODE)
     return ReportFiles(out_dir, md, page, numbers, written)

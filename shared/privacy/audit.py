@@ -25,8 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.errors import InputError
+from shared.io import write_bytes, write_json
 from shared.privacy.accountant import ACCOUNTANTS, Mechanism, epsilon_independent, merged_history
-from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import load_public_key, public_key_fingerprint
 from shared.privacy.ledger import (
     BUDGET_EXHAUSTED,
@@ -509,7 +509,7 @@ def audit_table(audits: list[LedgerAudit]) -> str:
 def write_audit_json(audits: list[LedgerAudit], path: Path) -> None:
     """All audits as a JSON list (written atomically)."""
     records = [{**asdict(audit), "path": str(audit.path)} for audit in audits]
-    write_atomically(Path(path), (json.dumps(records, indent=2) + "\n").encode("utf-8"))
+    write_json(Path(path), records, indent=2)
 
 
 def plot_epsilon(audits: list[LedgerAudit], png_path: Path) -> None:
@@ -535,4 +535,4 @@ def plot_epsilon(audits: list[LedgerAudit], png_path: Path) -> None:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    write_atomically(Path(png_path), buffer.getvalue())
+    write_bytes(Path(png_path), buffer.getvalue())

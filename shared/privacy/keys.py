@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 
 
 def generate_site_key(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
@@ -32,8 +32,8 @@ def generate_site_key(private_path: Path, public_path: Path, overwrite: bool = F
     public_pem = private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    write_atomically(private_path, private_pem, 0o600)
-    write_atomically(public_path, public_pem, 0o644)
+    write_bytes(private_path, private_pem, 0o600)
+    write_bytes(public_path, public_pem, 0o644)
 
 
 def _read_key_file(path: Path) -> bytes:

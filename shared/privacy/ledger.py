@@ -27,10 +27,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.errors import InputError
+from shared.io import write_text
 from shared.privacy.accountant import Mechanism, epsilon_opacus
-from shared.privacy.atomic_write import write_atomically
 from shared.privacy.keys import public_key_fingerprint
 
+LEDGER_FILE = "privacy_ledger.jsonl"  # in the site's state folder
 LEDGER_VERSION = 1
 GENESIS_HASH = "0" * 64
 TRAINED = "trained"
@@ -251,5 +252,5 @@ def append_chained_entry(path: Path, lines: list[str], entry: dict[str, Any], si
         entry["key_fingerprint"] = public_key_fingerprint(signing_key.public_key())
         entry["signature"] = signing_key.sign(signed_payload(entry)).hex()
     text = "".join(f"{line}\n" for line in lines + [canonical_json(entry)])
-    write_atomically(path, text.encode("utf-8"))
+    write_text(path, text)
     return entry

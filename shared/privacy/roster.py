@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import load_yaml, write_text
 from shared.privacy.ledger import canonical_json
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -103,15 +103,7 @@ def roster_from_dict(raw: object, source: str) -> Roster:
 
 def load_roster(path: Path) -> Roster:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, None, "roster file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, None, f"cannot read ({err})") from None
-    except yaml.YAMLError as err:
-        raise InputError(path, None, f"not valid YAML ({getattr(err, 'problem', err)})") from None
-    return roster_from_dict(raw, str(path))
+    return roster_from_dict(load_yaml(path, "roster file"), str(path))
 
 
 def roster_from_keys(identity_keys: dict[str, Ed25519PublicKey], supernode_keys: dict[str, str] | None = None) -> Roster:
@@ -126,4 +118,4 @@ def roster_from_keys(identity_keys: dict[str, Ed25519PublicKey], supernode_keys:
 
 def save_roster(roster: Roster, path: Path) -> None:
     header = "# fedcare roster: the federation's sites and their identity public keys (no private key)\n"
-    write_atomically(Path(path), (header + yaml.safe_dump(roster.to_dict(), sort_keys=True)).encode())
+    write_text(Path(path), header + yaml.safe_dump(roster.to_dict(), sort_keys=True))

@@ -32,7 +32,7 @@ import yaml
 
 from shared.config import STRATEGIES, RunConfig
 from shared.errors import InputError
-from shared.privacy.atomic_write import write_atomically
+from shared.io import load_yaml, write_text
 from shared.privacy.code_bundle import installed_digest
 from shared.privacy.ledger import canonical_json
 
@@ -161,21 +161,14 @@ def policy_from_dict(raw: Any, source: str) -> SitePolicy:
 
 def load_site_policy(path: Path) -> SitePolicy:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, "site policy file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise InputError(path, f"line {mark.line + 1}" if mark else None, "not valid YAML") from None
-    return policy_from_dict(raw, str(path))
+    return policy_from_dict(load_yaml(path, "site policy file"), str(path))
 
 
 def save_site_policy(policy: SitePolicy, path: Path) -> None:
     """Write the policy (atomically: a reader sees the old or the new file, never half of one)."""
     header = "# fedcare site policy (see README: For hospitals: what runs on your data)\n"
     text = header + yaml.safe_dump(policy.to_dict(), sort_keys=False)
-    write_atomically(Path(path), text.encode("utf-8"))
+    write_text(Path(path), text)
 
 
 # -- the run hash ----------------------------------------------------------------------------

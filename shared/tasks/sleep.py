@@ -27,7 +27,6 @@ site), so `prediction_inputs` needs no saved encoder: age is scaled as (age - 50
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,10 +49,10 @@ from shared.data.psg import (
     synthesize_psg_sites,
 )
 from shared.errors import InputError
+from shared.io import write_bytes, write_json
 from shared.losses.contrastive import within_sample_info_nce
 from shared.metrics import accuracy, add_with_ci, c_index, cohen_kappa, confusion, macro_f1, per_class_f1
 from shared.models.sleep_heads import SLEEP_MODALITIES
-from shared.privacy.atomic_write import write_atomically
 from shared.tasks.base import SiteData, Task
 
 REPORTS_DIR = "reports"
@@ -194,9 +193,9 @@ class _SleepTask(Task):
     def _write_report(self, name: str, report: dict, png: bytes | None = None) -> None:
         if self.report_dir is None:
             return
-        write_atomically(self.report_dir / f"{name}.json", (json.dumps(report, indent=2) + "\n").encode())
+        write_json(self.report_dir / f"{name}.json", report, indent=2)
         if png is not None:
-            write_atomically(self.report_dir / f"{name}_confusion.png", png)
+            write_bytes(self.report_dir / f"{name}_confusion.png", png)
 
 
 class SleepStagingTask(_SleepTask):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.privacy.atomic_write import write_atomically
+from shared.io import write_bytes
 
 DEFAULT_SIZES = (800, 500, 250)
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train, val, test
@@ -108,6 +108,6 @@ def synthesize_tabular_sites(
         rng = np.random.default_rng([seed, k])
         frame = _site_rows(rng, int(n), k, outcome)
         folder = Path(out_dir) / site
-        write_atomically(folder / "table.csv", frame.to_csv(index=False).encode())
+        write_bytes(folder / "table.csv", frame.to_csv(index=False).encode())
         made.append(folder)
     return made
