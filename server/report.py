@@ -12,7 +12,6 @@ audit records handed in), and the site folders inside the run folder (simulation
 from __future__ import annotations
 
 import html
-import io
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 from server.evaluation import POOLING_NOTE, outside_guarantee, pooled_calibration, pooled_metrics, site_calibration
 from shared.errors import InputError
-from shared.io import load_json, parse_yaml, read_text, write_bytes, write_text
+from shared.io import load_json, parse_yaml, read_text, write_text
 from shared.privacy.dp_evaluation import EXACT_MARKER
 
 SECTIONS = ("summary", "notes", "metrics", "test", "curves", "calibration", "privacy", "explanations", "config")
@@ -330,34 +329,30 @@ def _write_figures(run: RunFolder, figures: Path, page_dir: Path) -> dict[str, s
     """Draws the PNGs; returns name -> path relative to the page."""
     from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
 
+    from shared.plots import epsilon_figure, save_png, series_figure
+
     made: dict[str, Figure] = {}
     rounds, sites = run.rounds, run.sites
     primary = run.summary.get("primary_metric", "auroc")
+
+    def per_site(phase: str, metric: str) -> dict[str, list[tuple[int, float | None]]]:
+        return {s: [(r, run.record(r, s).get(phase, {}).get(metric)) for r in rounds] for s in sites}
+
     if rounds:
-        losses = {s: [run.record(r, s).get("train", {}).get("train_loss") for r in rounds] for s in sites}
-        if any(v is not None for values in losses.values() for v in values):  # runs from before issue 17 only
-            made["train_loss"] = _round_figure(rounds, losses, "training loss", "Training loss")
-        weighted = [run.metrics.get("weighted", {}).get(str(r), {}).get(primary) for r in rounds]
-        made["primary_metric"] = _round_figure(
-            rounds, {s: [run.record(r, s).get("evaluate", {}).get(primary) for r in rounds] for s in sites},
-            f"validation {primary}", f"Validation {primary} per round", extra=("weighted mean", weighted),
+        losses = per_site("train", "train_loss")
+        if any(v is not None for points in losses.values() for _, v in points):  # runs from before issue 17 only
+            made["train_loss"] = series_figure(losses, "training loss", "Training loss")
+        weighted = [(r, run.metrics.get("weighted", {}).get(str(r), {}).get(primary)) for r in rounds]
+        made["primary_metric"] = series_figure(
+            per_site("evaluate", primary), f"validation {primary}", f"Validation {primary} per round",
+            extra=("weighted mean", weighted),
         )
-        targets = _site_targets(run.config, sites)
-        made["epsilon"] = _round_figure(
-            rounds, {s: [run.record(r, s).get("train", {}).get("epsilon") for r in rounds] for s in sites},
-            "cumulative epsilon", "Privacy spent per site", targets=targets,
-        )
+        made["epsilon"] = epsilon_figure(per_site("train", "epsilon"), _site_targets(run.config, sites))
     evaluations = run.final_evaluations()
     if any(site_calibration(ev) for ev in evaluations.values()):
         made["calibration"] = _calibration_figure(evaluations)
-    paths = {}
-    for name, figure in made.items():
-        path = figures / f"{name}.png"
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        write_bytes(path, buffer.getvalue())
-        paths[name] = Path(os.path.relpath(path, page_dir)).as_posix()
-    return paths
+    return {name: Path(os.path.relpath(save_png(figure, figures / f"{name}.png"), page_dir)).as_posix()
+            for name, figure in made.items()}
 
 
 def _site_targets(config: dict[str, Any], sites: Iterable[str]) -> dict[str, float]:
@@ -365,41 +360,6 @@ def _site_targets(config: dict[str, Any], sites: Iterable[str]) -> dict[str, flo
     if "target_epsilon" not in privacy:
         return {}
     return {s: float((privacy.get("site_targets") or {}).get(s, privacy["target_epsilon"])) for s in sites}
-
-
-def _round_figure(
-    rounds: list[int],
-    series: dict[str, list[float | None]],
-    ylabel: str,
-    title: str,
-    extra: tuple[str, list[float | None]] | None = None,
-    targets: dict[str, float] | None = None,
-) -> Any:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 3.6), dpi=110)
-    axes = figure.add_subplot()
-    for index, (site, values) in enumerate(series.items()):
-        points = [(r, v) for r, v in zip(rounds, values) if v is not None]
-        color = f"C{index % 10}"
-        if points:
-            axes.plot(*zip(*points), marker="o", color=color, label=site)
-        if targets and site in targets:
-            axes.axhline(targets[site], linestyle="--", linewidth=0.8, color=color)
-    if extra is not None:
-        points = [(r, v) for r, v in zip(rounds, extra[1]) if v is not None]
-        if points:
-            axes.plot(*zip(*points), marker="s", color="black", linewidth=2, label=extra[0])
-    if targets:
-        axes.set_ylim(bottom=0)
-    axes.set_xlabel("round")
-    axes.set_ylabel(ylabel)
-    axes.set_xticks(rounds)
-    axes.set_title(title)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small")
-    figure.tight_layout()
-    return figure
 
 
 def _calibration_figure(evaluations: dict[str, dict[str, float]]) -> Any:

@@ -2,20 +2,16 @@
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot state, safe in worker threads
 and on machines without a display). Every builder returns the Figure, so its tick labels can be
-checked before `save_png` writes it atomically.
+checked before `shared.plots.save_png` writes it atomically.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from shared.io import write_bytes
 
 MAX_LABEL_CHARS = 48
 
@@ -154,10 +150,3 @@ def axis_labels(fig: Figure) -> tuple[list[str], list[str]]:
     """(x tick labels, y tick labels) of the figure's first axes."""
     ax = fig.axes[0]
     return [t.get_text() for t in ax.get_xticklabels()], [t.get_text() for t in ax.get_yticklabels()]
-
-
-def save_png(fig: Figure, path: Path, mode: int = 0o644) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    write_bytes(Path(path), buffer.getvalue(), mode)
-    return Path(path)

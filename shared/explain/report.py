@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from shared.explain.plots import save_png
 from shared.io import write_bytes, write_text
+from shared.plots import save_png
 
 FIGURES_DIR = "figures"
 FILE_MODE = 0o600  # per-patient content: readable by the site's service account only

@@ -15,7 +15,6 @@ DP randomness reproducible from the config are "reproducible_noise": not private
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.errors import InputError
-from shared.io import write_bytes, write_json
+from shared.io import write_json
 from shared.privacy.accountant import ACCOUNTANTS, Mechanism, epsilon_independent, merged_history
 from shared.privacy.keys import load_public_key, public_key_fingerprint
 from shared.privacy.ledger import (
@@ -513,26 +512,15 @@ def write_audit_json(audits: list[LedgerAudit], path: Path) -> None:
 
 
 def plot_epsilon(audits: list[LedgerAudit], png_path: Path) -> None:
-    """Cumulative epsilon per ledger entry for each site, with each site's target as a dashed line."""
-    from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
+    """Cumulative epsilon per ledger entry for each site, with each site's target as a dashed line
+    (the run report's privacy figure, shared.plots.epsilon_figure)."""
+    from shared.plots import epsilon_figure, save_png  # matplotlib only when a figure is asked for
 
-    figure = Figure(figsize=(7, 4), dpi=120)
-    axes = figure.add_subplot()
-    for index, audit in enumerate(audits):
-        color = f"C{index % 10}"
-        entries = range(1, len(audit.epsilon_by_entry) + 1)
-        axes.plot(
-            entries, audit.epsilon_by_entry, marker="o", color=color, label=f"{audit.site} ({audit.status})"
-        )
+    series, targets = {}, {}
+    for audit in audits:
+        label = f"{audit.site} ({audit.status})"
+        series[label] = list(enumerate(audit.epsilon_by_entry, start=1))
         target = audit.target_epsilon if audit.target_epsilon is not None else audit.lifetime_epsilon
         if target is not None:
-            axes.axhline(target, linestyle="--", color=color, label=f"{audit.site} target {target:g}")
-    axes.set_ylim(bottom=0)
-    axes.set_xlabel("ledger entry (rounds, across runs)")
-    axes.set_ylabel("cumulative epsilon")
-    axes.set_title("Privacy spent per site")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    write_bytes(Path(png_path), buffer.getvalue())
+            targets[label] = target
+    save_png(epsilon_figure(series, targets, "ledger entry (rounds, across runs)"), Path(png_path))

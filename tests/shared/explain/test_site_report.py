@@ -21,10 +21,10 @@ from shared.explain.plots import (
     importance_figure,
     psg_figure,
     retain_figure,
-    save_png,
 )
 from shared.explain.registry import ExplainOptions, explain_site, site_explainer
 from shared.explain.report import PatientExplanation, SiteExplanation, write_site_report
+from shared.plots import save_png
 from shared.tasks.registry import build_task
 from tests.shared.explain.explain_fixtures import tiny_model, tiny_site
 
