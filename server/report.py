@@ -11,7 +11,6 @@ audit records handed in), and the site folders inside the run folder (simulation
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,20 +21,10 @@ from server.evaluation import POOLING_NOTE, outside_guarantee, pooled_calibratio
 from shared.errors import InputError
 from shared.io import load_json, parse_yaml, read_text, write_text
 from shared.privacy.dp_evaluation import EXACT_MARKER
+from shared.templating import render
 
 SECTIONS = ("summary", "notes", "metrics", "test", "curves", "calibration", "privacy", "explanations", "config")
 _EXPLANATION_PATTERNS = ("explanations/**/report.html", "explanations/**/report.md")
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;line-height:1.4}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}tr.agg td{background:#fafafa;font-style:italic}
-pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:.85em}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}
-.bad{color:#b00020;font-weight:bold}.ok{color:#1b5e20}.note{color:#555;font-size:.9em}
-"""
 
 
 @dataclass
@@ -108,62 +97,49 @@ def write_run_report(run_dir: Path, out: Path | None = None, audits: Sequence[di
     if audits is None and (run.path / "audit.json").is_file():
         audits = load_json(run.path / "audit.json")
     images = _write_figures(run, figures, out.parent)
-    body = [
-        _summary_section(run),
-        _notes_section(run),
-        _metrics_section(run),
-        _test_section(run),
-        _curves_section(images),
-        _calibration_section(run, images.get("calibration")),
-        _privacy_section(audits),
-        _explanations_section(run, out.parent),
-        _config_section(run),
-    ]
-    title = f"fedcare run {run.summary.get('run_id', run.path.name)}"
-    page = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>\n<h1>{_e(title)}</h1>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
+    page = render(
+        "run_report.html.j2",
+        title=f"fedcare run {run.summary.get('run_id', run.path.name)}",
+        summary=_summary(run),
+        notes=_notes(run),
+        metrics=_metrics(run),
+        test=_test(run),
+        curves=_curves(images),
+        calibration=_calibration(run, images.get("calibration")),
+        privacy=_privacy(audits),
+        explanations=_explanations(run, out.parent),
+        config_text=run.config_text or "(config.yaml missing)",
     )
     write_text(out, page)
     return out
 
 
-# ---------------------------------------------------------------- sections
+# ---------------------------------------------------------------- sections: the template's values
 
 
-def _section(key: str, title: str, content: str) -> str:
-    return f'<section id="{key}">\n<h2>{_e(title)}</h2>\n{content}\n</section>'
-
-
-def _summary_section(run: RunFolder) -> str:
+def _summary(run: RunFolder) -> list[tuple[str, Any]]:
     s = run.summary
     pm = s.get("primary_metric", "auroc")
-    threshold = s.get("decision_threshold")
-    rows = [
+    return [
         ("task", s.get("task")),
         ("sites", ", ".join(run.sites)),
         ("rounds planned / with training", f"{s.get('rounds_planned', '-')} / {s.get('rounds_with_training', '-')}"),
         ("complete", s.get("complete")),
         ("wall time", f"{s.get('wall_time_s', '-')} s"),
         (f"final weighted {pm}", _num(s.get("final_weighted", {}).get(pm))),
-        ("decision threshold (stored with the model)", _num(threshold)),
+        ("decision threshold (stored with the model)", _num(s.get("decision_threshold"))),
         ("final checkpoint", s.get("final_checkpoint")),
     ]
-    return _section("summary", "Summary", _table(("", ""), rows, show_header=False))
 
 
-def _notes_section(run: RunFolder) -> str:
+def _notes(run: RunFolder) -> list[str]:
     events = run.summary.get("events") or run.metrics.get("events") or []
     stopped = [
         f"{site}: stopped in round {stop['round']} ({stop['status']}: {stop.get('reason', '')})"
         for site, info in run.summary.get("sites", {}).items()
         if (stop := info.get("first_stop"))
     ]
-    notes = list(dict.fromkeys([*events, *stopped]))
-    content = "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else "<p>No site was dropped; no notes.</p>"
-    return _section("notes", "Run notes", content)
+    return list(dict.fromkeys([*events, *stopped]))
 
 
 def _metric_names(evaluations: dict[str, dict[str, float]], primary: str) -> list[str]:
@@ -175,14 +151,13 @@ def _metric_names(evaluations: dict[str, dict[str, float]], primary: str) -> lis
     return sorted(names, key=lambda m: (m != primary, m == "val_loss", m))
 
 
-def _metrics_section(run: RunFolder) -> str:
+def _metrics(run: RunFolder) -> dict[str, Any] | None:
     evaluations = run.final_evaluations()
     if not evaluations:
-        return _section("metrics", "Final metrics per site", "<p>No site evaluated the final model.</p>")
+        return None
     primary = run.summary.get("primary_metric", "auroc")
     names = _metric_names(evaluations, primary)
     sites_info = run.summary.get("sites", {})
-    header = ("site", "released as", "n val", "rounds trained", "epsilon", *names, "threshold")
     rows: list[tuple[Any, ...]] = []
     for site, ev in evaluations.items():
         info = sites_info.get(site, {})
@@ -201,27 +176,19 @@ def _metrics_section(run: RunFolder) -> str:
                  *(_num(aggregate.get(m)) for m in names), _num(aggregate.get("threshold"))))
     rows.append(("range of site CIs", "", "", "", "", *(_range(pooled.get(m)) for m in names), ""))
     rows.append(("pooled (random effects)", "", "", "", "", *(_random_effects(pooled.get(m)) for m in names), ""))
-    table = _table(header, rows, aggregate_rows=4)
-    outside = outside_guarantee(evaluations)
-    if outside:
-        table += '<p class="bad">Outside the DP guarantee (the site policy allows exact metrics): ' + "; ".join(
-            f"{_e(site)}: {_e(', '.join(keys))}" for site, keys in outside.items()) + "</p>"
-    note = (
-        f'<p class="note">Values of the last round\'s global model on each site\'s validation split. "DP": '
-        "derived at the center from the site's noisy score histograms (inside its privacy guarantee, counted in "
-        "its ledger; no CI); \"exact\": sent as computed, with the site's bootstrap 95% CI [low, high]. "
-        f"{_e(POOLING_NOTE)} tau² and I² describe between-site "
-        "heterogeneity of the pooled estimate.</p>"
-    )
-    return _section("metrics", "Final metrics per site", table + note)
+    return {
+        "columns": ("site", "released as", "n val", "rounds trained", "epsilon", *names, "threshold"),
+        "rows": rows,
+        "outside": outside_guarantee(evaluations),
+        "pooling_note": POOLING_NOTE,
+    }
 
 
-def _test_section(run: RunFolder) -> str:
+def _test(run: RunFolder) -> dict[str, Any] | None:
     """The final model on the sites' fixed test splits (summary.json `test`, written by `fedcare evaluate`)."""
     test = run.summary.get("test")
     if not test:
-        return _section("test", "Test split", "<p>No fixed test split was evaluated in this run (tabular tasks: a "
-                                              "<code>split</code> column, then <code>fedcare evaluate --run RUN_DIR</code>).</p>")
+        return None
     survival = test.get("kind") == "survival"
     metrics = ["c_index"] if survival else ["auroc", "auprc", "brier", "ece"]
 
@@ -236,90 +203,57 @@ def _test_section(run: RunFolder) -> str:
         (site, report.get("n", 0), report.get("n_events" if survival else "n_positive", "-"), *(cell(report, m) for m in metrics))
         for site, report in [*test.get("sites", {}).items(), ("pooled", test.get("pooled", {}))]
     ]
-    columns = ("site", "n", "events" if survival else "positives", *metrics)
-    note = (f"<p>Global model of round {_e(test.get('round'))}; {_e(test.get('ci', ''))}. "
-            f"{_e(test.get('pooled_note', ''))}.</p>")
-    return _section("test", "Test split", note + _table(columns, rows, aggregate_rows=1))
+    return {"round": test.get("round"), "ci": test.get("ci", ""), "pooled_note": test.get("pooled_note", ""),
+            "columns": ("site", "n", "events" if survival else "positives", *metrics), "rows": rows}
 
 
-def _curves_section(images: dict[str, str]) -> str:
-    captions = {
-        "train_loss": "Training loss per site and round (mean over the round's DP-SGD steps).",
-        "primary_metric": "Validation metric of each round's global model per site, and the weighted mean.",
-        "epsilon": "Cumulative privacy spent (epsilon) per site after each round; dashed: each site's target.",
-    }
-    parts = [
-        f'<figure><img src="{_e(images[key])}" alt="{_e(key)}"><figcaption>{_e(text)}</figcaption></figure>'
-        for key, text in captions.items() if key in images
-    ]
-    return _section("curves", "Per-round curves", "\n".join(parts) or "<p>No rounds recorded.</p>")
+_CURVE_CAPTIONS = {
+    "train_loss": "Training loss per site and round (mean over the round's DP-SGD steps).",
+    "primary_metric": "Validation metric of each round's global model per site, and the weighted mean.",
+    "epsilon": "Cumulative privacy spent (epsilon) per site after each round; dashed: each site's target.",
+}
 
 
-def _calibration_section(run: RunFolder, image: str | None) -> str:
+def _curves(images: dict[str, str]) -> list[dict[str, str]]:
+    return [{"src": images[key], "alt": key, "caption": text} for key, text in _CURVE_CAPTIONS.items() if key in images]
+
+
+def _calibration(run: RunFolder, image: str | None) -> dict[str, Any] | None:
     if image is None:
-        return _section("calibration", "Calibration", "<p>No site reported calibration bins for the final model.</p>")
+        return None
     bins = run.summary.get("final_calibration") or pooled_calibration(run.final_evaluations())
     rows = [
         (f"[{b['bin'] / 10:.1f}, {(b['bin'] + 1) / 10:.1f})", _num(b["count"], 0), b["n_sites"], _num(b["predicted"]),
          _num(b["observed"]))
         for b in bins
     ]
-    table = _table(("prediction bin", "patients", "sites", "mean predicted", "observed rate"), rows)
-    note = (
-        '<p class="note">Reliability bins as sent by the sites: 10 equal-width bins of the predicted '
-        "probability; a site sends a bin only when it holds at least 10 validation patients, so small bins "
-        "are missing. The pooled curve sums counts over the sites that sent a bin.</p>"
-    )
-    return _section(
-        "calibration", "Calibration",
-        f'<figure><img src="{_e(image)}" alt="calibration"><figcaption>Observed event rate against mean '
-        "predicted probability per bin (marker area ~ patients).</figcaption></figure>" + table + note,
-    )
+    return {"image": image, "rows": rows}
 
 
-def _privacy_section(audits: Sequence[dict[str, Any]] | None) -> str:
+def _privacy(audits: Sequence[dict[str, Any]] | None) -> dict[str, Any] | None:
     if not audits:
-        return _section("privacy", "Privacy audit", "<p>No audit available (no ledgers found).</p>")
-    rows = []
-    problems = []
+        return None
+    rows, problems = [], []
     for a in audits:
         target = a.get("target_epsilon") if a.get("target_epsilon") is not None else a.get("lifetime_epsilon")
         status = str(a.get("status"))
-        css = "ok" if status in ("ok", "budget_exhausted") else "bad"
         rows.append((
             a.get("site"), _num(target, 4), _num(a.get("recorded_epsilon"), 4), _num(a.get("recomputed_epsilon"), 4),
             f"{_num(a.get('evaluation_epsilon', 0.0), 4)} ({a.get('evaluation_releases', 0)})",
             "-" if a.get("delta") is None else f"{a['delta']:g}", a.get("rounds_trained"),
-            f'<span class="{css}">{_e(status)}</span>',
+            {"text": status, "css": "ok" if status in ("ok", "budget_exhausted") else "bad"},
         ))
         problems.extend(f"{a.get('site')}: {p}" for p in a.get("problems", []))
-    table = _table(("site", "target epsilon", "spent epsilon (ledger)", "recomputed epsilon",
-                    "of it evaluation (releases)", "delta", "rounds trained", "status"), rows, raw_columns={7})
-    extra = "<ul>" + "".join(f'<li class="bad">{_e(p)}</li>' for p in problems) + "</ul>" if problems else ""
-    note = (
-        '<p class="note">Each site\'s signed, hash-chained ledger verified, and epsilon recomputed from the '
-        "recorded mechanisms with an independent accountant (dp-accounting).</p>"
-    )
-    return _section("privacy", "Privacy audit", table + extra + note)
+    return {"rows": rows, "problems": problems}
 
 
-def _explanations_section(run: RunFolder, page_dir: Path) -> str:
-    links = []
-    for site, state in run.site_state_dirs().items():
-        for pattern in _EXPLANATION_PATTERNS:
-            for path in sorted(state.glob(pattern)):
-                rel = os.path.relpath(path, page_dir)
-                links.append(f'<li>{_e(site)}: <a href="{_e(rel)}">{_e(str(path.relative_to(state)))}</a></li>')
-    content = (
-        "<ul>" + "".join(links) + "</ul>" if links
-        else "<p>No site explanation report in this run folder (explanations are written at each site).</p>"
-    )
-    return _section("explanations", "Site explanation reports", content)
-
-
-def _config_section(run: RunFolder) -> str:
-    text = run.config_text or "(config.yaml missing)"
-    return _section("config", "Configuration", f"<pre>{_e(text)}</pre>")
+def _explanations(run: RunFolder, page_dir: Path) -> list[dict[str, str]]:
+    return [
+        {"site": site, "href": os.path.relpath(path, page_dir), "text": str(path.relative_to(state))}
+        for site, state in run.site_state_dirs().items()
+        for pattern in _EXPLANATION_PATTERNS
+        for path in sorted(state.glob(pattern))
+    ]
 
 
 # ---------------------------------------------------------------- figures
@@ -388,10 +322,6 @@ def _calibration_figure(evaluations: dict[str, dict[str, float]]) -> Any:
 # ---------------------------------------------------------------- formatting
 
 
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return "-"
@@ -417,23 +347,3 @@ def _random_effects(pooled: dict[str, Any] | None) -> str:
         return ""
     return (f"{_num(re_['estimate'])} [{_num(re_['ci_low'])}, {_num(re_['ci_high'])}] "
             f"(sites {re_['n_sites']}, tau² {re_['tau2']:.3g}, I² {100 * re_['i2']:.0f}%)")
-
-
-def _table(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]], show_header: bool = True, aggregate_rows: int = 0,
-    raw_columns: set[int] | None = None,
-) -> str:
-    """An HTML table; cells are escaped except in `raw_columns`; the last `aggregate_rows` rows are styled
-    as aggregates."""
-    raw_columns = raw_columns or set()
-    lines = ["<table>"]
-    if show_header:
-        lines.append("<tr>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>")
-    for index, row in enumerate(rows):
-        css = ' class="agg"' if index >= len(rows) - aggregate_rows else ""
-        cells = "".join(
-            f"<td>{cell if i in raw_columns else _e('' if cell is None else cell)}</td>" for i, cell in enumerate(row)
-        )
-        lines.append(f"<tr{css}>{cells}</tr>")
-    lines.append("</table>")
-    return "\n".join(lines)

@@ -36,20 +36,19 @@ def series_figure(
     and for each series with a target a dashed line in its colour; x ticks are whole numbers."""
     figure = Figure(figsize=(7, 4), dpi=110)
     axes = figure.add_subplot()
-    target_label = "dashed: target"
     for index, (label, points) in enumerate(series.items()):
         shown = [(x, y) for x, y in points if y is not None]
         color = f"C{index % 10}"
         if shown:
             axes.plot(*zip(*shown), marker="o", color=color, label=label)
         if targets and label in targets:
-            axes.axhline(targets[label], linestyle="--", linewidth=0.8, color=color, label=target_label)
-            target_label = "_"  # one legend entry for all the targets
+            axes.axhline(targets[label], linestyle="--", linewidth=0.8, color=color)
     if extra is not None:
         shown = [(x, y) for x, y in extra[1] if y is not None]
         if shown:
             axes.plot(*zip(*shown), marker="s", color="black", linewidth=2, label=extra[0])
     if targets:
+        axes.plot([], [], linestyle="--", linewidth=0.8, color="grey", label="dashed: each site's target")  # one legend entry
         axes.set_ylim(bottom=0)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.set_xlabel(xlabel)

@@ -9,8 +9,6 @@ atomically; nothing here is sent anywhere. Layout of a report folder:
 
 from __future__ import annotations
 
-import html
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +17,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from shared.io import write_bytes, write_text
+from shared.io import write_json, write_text
 from shared.plots import save_png
+from shared.templating import render
 
 FIGURES_DIR = "figures"
 FILE_MODE = 0o600  # per-patient content: readable by the site's service account only
@@ -123,43 +122,23 @@ def _markdown(exp: SiteExplanation) -> str:
 
 
 def _html(exp: SiteExplanation) -> str:
-    e = html.escape
+    def images(keys: list[str]) -> list[dict[str, str]]:
+        return [{"src": f"{FIGURES_DIR}/{key}.png", "alt": exp.figure_titles.get(key, key)} for key in keys]
 
-    def img(key: str) -> str:
-        return f'<figure><img src="{FIGURES_DIR}/{e(key)}.png" alt="{e(exp.figure_titles.get(key, key))}"></figure>'
-
-    parts = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8">',
-        f"<title>Site explanation report: {e(exp.task)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}</style>",
-        "</head><body>",
-        f"<h1>Site explanation report: {e(exp.task)}</h1>",
-        f"<p>Model <code>{e(exp.model)}</code> from <code>{e(exp.source)}</code>. "
-        "Computed at this site; nothing in this folder leaves it.</p>",
-        "<h2>Methods</h2><ul>",
-        *[f"<li>{e(m)}</li>" for m in exp.methods],
-        "</ul>",
-        f"<h2>Cohort importance ({exp.cohort_size} patients)</h2>",
-    ]
-    for method, values in exp.cohort.items():
-        parts.append(f"<h3>{e(method)}</h3><table><tr><th>group</th><th>mean abs. value</th></tr>")
-        parts += [f"<tr><td>{e(name)}</td><td>{value:.4f}</td></tr>" for name, value in values.items()]
-        parts.append("</table>")
-    parts += [img(key) for key in exp.cohort_figures]
-    parts.append("<h2>Patients</h2>")
-    for p in exp.patients:
-        parts += [
-            f"<h3>Patient {e(p.patient_id)}</h3>",
-            f"<p>{e(exp.output_name)}: <b>{p.output:.3f}</b></p>",
-            "<p>Why:</p><ol>",
-            *[f"<li>{e(reason)}</li>" for reason in p.reasons],
-            "</ol>",
-            *[img(key) for key in p.figures],
-        ]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return render(
+        "site_explanation.html.j2",
+        title=f"Site explanation report: {exp.task}",
+        model=exp.model,
+        source=exp.source,
+        methods=exp.methods,
+        cohort_size=exp.cohort_size,
+        cohort=[{"method": method, "rows": [(name, f"{value:.4f}") for name, value in values.items()]}
+                for method, values in exp.cohort.items()],
+        cohort_figures=images(exp.cohort_figures),
+        output_name=exp.output_name,
+        patients=[{"id": p.patient_id, "output": f"{p.output:.3f}", "reasons": p.reasons, "figures": images(p.figures)}
+                  for p in exp.patients],
+    )
 
 
 def _json(exp: SiteExplanation) -> dict[str, Any]:
@@ -194,5 +173,5 @@ def write_site_report(out_dir: Path, exp: SiteExplanation) -> ReportFiles:
     md, page, numbers = out_dir / "report.md", out_dir / "report.html", out_dir / "explanations.json"
     write_text(md, _markdown(exp), FILE_MODE)
     write_text(page, _html(exp), FILE_MODE)
-    write_bytes(numbers, json.dumps(_json(exp), indent=1).encode(), FILE_MODE)
+    write_json(numbers, _json(exp), FILE_MODE)
     return ReportFiles(out_dir, md, page, numbers, written)
