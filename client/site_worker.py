@@ -56,6 +56,7 @@ from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per
 
 EXPLANATIONS_DIR = "explanations"
 UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
+REPORTS_DIR = "reports"  # site-only evaluation reports (Task.site_report)
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
 EVALUATE_PHASE = "evaluate"  # extra.phase of a ledger entry recording a DP evaluation release
 
@@ -555,13 +556,23 @@ class SiteWorker:
         if self.exact_metrics_allowed or not self.dp_enabled:
             y, out, loss = self.predict(model, self.data.val)
             outcome = RoundOutcome("evaluated", metrics={"num-examples": int(len(y)), "val_loss": loss,
-                                                         **self.task.metrics(y, out), EXACT_MARKER: 1})
+                                                         **self._metrics(y, out), EXACT_MARKER: 1})
         else:
             with self.ledger.lock():  # check -> release -> append: no other run at this site spends meanwhile
                 outcome = self._private_evaluation(model, global_state, server_round)
         if self.cfg.explain.final_round and server_round == self.cfg.total_rounds:
             self.explain(model, f"{self.run_id}_round_{server_round:03d}")
         return outcome
+
+    def _metrics(self, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
+        """The task's metrics; the site-only report files the task makes of them go to state_dir/reports/."""
+        metrics = self.task.metrics(y, out)
+        reports = self.task.site_report(y, out, metrics)
+        if reports:
+            from shared.plots import write_report_files  # matplotlib only for a task that has reports
+
+            write_report_files(self.settings.state_dir / REPORTS_DIR, reports)
+        return metrics
 
     def _release_path(self, server_round: int) -> Path:
         return self.settings.state_dir / RELEASES_DIR / self.run_id / f"round_{server_round:04d}.json"
@@ -603,7 +614,7 @@ class SiteWorker:
                 "refused", "budget_exhausted", metrics={"refused": 1},
                 detail=f"evaluation would reach epsilon {eps_after:.3f} > budget {limit:.3f}"))
         y, out, _ = self.predict(model, self.data.val)
-        self.task.metrics(y, out)  # only for the reports some tasks write at the site (sleep staging); nothing is sent
+        self._metrics(y, out)  # only for the reports some tasks make at the site (sleep staging); nothing is sent
         if self.task.kind == "binary":
             probs = 1.0 / (1.0 + np.exp(-np.asarray(out, dtype=float)))
             release = release_binary(y, probs, e.bins, e.noise_multiplier)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from shared.io import atomic_file
+from shared.io import atomic_file, write_json
 
 Points = Sequence[tuple[int, float | None]]  # (round or entry number, value); None: nothing recorded
 
@@ -22,6 +23,15 @@ def save_png(figure: Figure, path: Path, mode: int = 0o644) -> Path:
     with atomic_file(path, mode) as handle:
         figure.savefig(handle, format="png")
     return Path(path)
+
+
+def write_report_files(folder: Path, files: Mapping[str, Any]) -> list[Path]:
+    """Write a report's files into `folder`: a dict as JSON, a Figure as PNG (Task.site_report's files)."""
+    written = []
+    for name, content in files.items():
+        path = Path(folder) / name
+        written.append(save_png(content, path) if isinstance(content, Figure) else write_json(path, content, indent=2))
+    return written
 
 
 def series_figure(

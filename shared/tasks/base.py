@@ -109,6 +109,12 @@ class Task(ABC):
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
         """Whitelisted aggregate scalars computed at the site."""
 
+    def site_report(self, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, float]) -> dict[str, Any]:
+        """Site-only report files of an evaluation: file name -> a JSON-ready dict (*.json) or a matplotlib
+        Figure (*.png). The caller writes them into the site's reports folder (shared.plots.write_report_files);
+        nothing of them is sent. None by default."""
+        return {}
+
     def targets(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         return batch[-1]
 

@@ -7,11 +7,10 @@ privacy unit), in a fixed channel-slot layout x (C, N*6, 640) with channel and e
   ``weighted_ce`` or ``focal_ce`` (class weights from the site's training stages; unscored and
   padded epochs ignored). Reports accuracy, macro-F1 and Cohen's kappa over the scored
   validation epochs, each with a 95% bootstrap CI over recordings. Per-stage F1 and the
-  confusion matrix (JSON + PNG) are written at the site, in ``<state_dir>/reports/``.
+  confusion matrix (JSON + PNG) are its `site_report`, which the site writes to ``<state_dir>/reports/``.
 * `SleepDiagnosisTask` ("sleep_diagnosis"): K hazards (one per ``data.outcomes``) from the night
   plus age and sex, CoxPH loss (Breslow ties by default, ``train.loss_params.ties``). Reports the
-  C-index averaged over the outcomes with a bootstrap CI; per-outcome C-indices go to the site's
-  reports folder.
+  C-index averaged over the outcomes with a bootstrap CI; per-outcome C-indices are its `site_report`.
 
 DP caveat (diagnosis): the Cox partial likelihood couples the samples of a batch through their
 risk sets, so a sample's clipped per-sample gradient bounds its own term's contribution but not
@@ -26,10 +25,10 @@ site), so `prediction_inputs` needs no saved encoder: age is scaled as (age - 50
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -49,13 +48,14 @@ from shared.data.psg import (
     synthesize_psg_sites,
 )
 from shared.errors import InputError
-from shared.io import write_bytes, write_json
 from shared.losses.contrastive import within_sample_info_nce
 from shared.metrics import accuracy, add_with_ci, c_index, cohen_kappa, confusion, macro_f1, per_class_f1
 from shared.models.sleep_heads import SLEEP_MODALITIES
 from shared.tasks.base import SiteData, Task
 
-REPORTS_DIR = "reports"
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 N_BOOT = 200
 STAGING_LOSSES = ("ce", "weighted_ce", "focal_ce")
 DIAGNOSIS_LOSSES = ("coxph",)
@@ -92,14 +92,12 @@ def _mean_c_index(times: np.ndarray, events: np.ndarray, risks: np.ndarray) -> f
     return float(np.mean(values))
 
 
-def _confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> Figure:
+    from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
 
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=120)
+    fig = Figure(figsize=(4.6, 4.0), dpi=120)
+    ax = fig.add_subplot()
     image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
@@ -111,10 +109,7 @@ def _confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> byt
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="fraction of the scored stage")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return fig
 
 
 class _SleepTask(Task):
@@ -126,7 +121,6 @@ class _SleepTask(Task):
         if cfg.train.loss not in self.allowed_losses:
             allowed = ", ".join(self.allowed_losses)
             raise InputError(cfg.source, "train.loss", f"{cfg.train.loss!r} does not fit {self.name}; use one of {allowed}")
-        self.report_dir: Path | None = None  # set by prepare_site: where site-only reports go
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,13 +184,6 @@ class _SleepTask(Task):
         present = net.modality_present(channel_valid, modality)  # (B, M)
         return within_sample_info_nce(z.float(), present, epoch_valid, net.modalities, self.cfg.pretrain.temperature)
 
-    def _write_report(self, name: str, report: dict, png: bytes | None = None) -> None:
-        if self.report_dir is None:
-            return
-        write_json(self.report_dir / f"{name}.json", report, indent=2)
-        if png is not None:
-            write_bytes(self.report_dir / f"{name}_confusion.png", png)
-
 
 class SleepStagingTask(_SleepTask):
     """Dataset tensors: x (R, C, N*6, 640), channel_valid (R, C), epoch_valid (R, N),
@@ -243,7 +230,6 @@ class SleepStagingTask(_SleepTask):
         data = self.load(site_dir)
         train_idx, val_idx = self.split(len(data.record_ids))
         self.criterion = self.build_criterion(data.stages[train_idx])
-        self.report_dir = Path(state_dir) / REPORTS_DIR
         info = {**data.counts, "train_recordings": len(train_idx), "val_recordings": len(val_idx)}
         return SiteData(self.dataset(data, train_idx), self.dataset(data, val_idx), info)
 
@@ -283,33 +269,31 @@ class SleepStagingTask(_SleepTask):
         return self.criterion.to(logits.device)(logits, batch[-1])
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-        """accuracy, macro_f1, kappa (+ CIs) over scored epochs; also writes the site-only
-        report (per-stage F1, confusion matrix JSON + PNG) when prepare_site set a state folder."""
+        """accuracy, macro_f1, kappa (+ CIs) over scored epochs."""
         stages = np.asarray(targets).astype(np.int64)
         predicted = np.asarray(outputs).argmax(-1)
         report: dict[str, float] = {}
         for name, fn in (("accuracy", accuracy), ("macro_f1", macro_f1), ("kappa", cohen_kappa)):
             add_with_ci(report, name, _scored(fn), stages, predicted, n_boot=N_BOOT, seed=self.cfg.seed)
-        self.write_site_report(stages, predicted, report)
         return report
 
-    def write_site_report(self, stages: np.ndarray, predicted: np.ndarray, summary: dict[str, float]) -> None:
+    def site_report(self, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, float]) -> dict[str, Any]:
+        """sleep_staging.json (the metrics, per-stage F1, confusion matrix) and its confusion-matrix figure."""
+        stages = np.asarray(targets).astype(np.int64)
+        predicted = np.asarray(outputs).argmax(-1)
         keep = stages != UNSCORED
         y, p = stages[keep], predicted[keep]
         matrix = confusion(y, p, len(STAGE_NAMES))
         f1 = per_class_f1(y, p, len(STAGE_NAMES))
         report = {
-            **summary,
+            **metrics,
             "recordings": int(stages.shape[0]),
             "scored_epochs": int(keep.sum()),
             "per_stage_f1": {name: (float(v) if np.isfinite(v) else None) for name, v in zip(STAGE_NAMES, f1)},
             "confusion": {"rows_scored_columns_predicted": list(STAGE_NAMES), "counts": matrix.tolist()},
         }
-        png = None
-        if self.report_dir is not None:
-            title = f"sleep staging (kappa {summary['kappa']:.2f})" if "kappa" in summary else "sleep staging"
-            png = _confusion_png(matrix, STAGE_NAMES, title)
-        self._write_report("sleep_staging", report, png)
+        title = f"sleep staging (kappa {metrics['kappa']:.2f})" if "kappa" in metrics else "sleep staging"
+        return {"sleep_staging.json": report, "sleep_staging_confusion.png": _confusion_figure(matrix, STAGE_NAMES, title)}
 
 
 class SleepDiagnosisTask(_SleepTask):
@@ -355,7 +339,6 @@ class SleepDiagnosisTask(_SleepTask):
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self.load(site_dir, outcomes=self.outcomes)
         train_idx, val_idx = self.split(len(data.record_ids), stratify=data.events.max(axis=1))
-        self.report_dir = Path(state_dir) / REPORTS_DIR
         info = {
             **data.counts,
             "train_recordings": len(train_idx),
@@ -388,23 +371,24 @@ class SleepDiagnosisTask(_SleepTask):
         return self.criterion(risks, batch[4], batch[5])
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-        """c_index (mean over outcomes, + bootstrap CI over recordings); per-outcome C-indices
-        are written to the site's report folder."""
+        """c_index (mean over outcomes, + bootstrap CI over recordings)."""
         targets = np.asarray(targets, dtype=float)
         times, events, risks = targets[..., 0], targets[..., 1], np.asarray(outputs, dtype=float)
         report: dict[str, float] = {}
         add_with_ci(report, "c_index", _mean_c_index, times, events, risks, n_boot=N_BOOT, seed=self.cfg.seed)
+        return report
+
+    def site_report(self, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, float]) -> dict[str, Any]:
+        """sleep_diagnosis.json: the metrics and the C-index of each outcome."""
+        targets = np.asarray(targets, dtype=float)
+        times, events, risks = targets[..., 0], targets[..., 1], np.asarray(outputs, dtype=float)
         per_outcome = {}
         for k, outcome in enumerate(self.outcomes):
             try:
                 per_outcome[outcome] = c_index(times[:, k], events[:, k], risks[:, k])
             except ValueError:
                 per_outcome[outcome] = None
-        self._write_report(
-            "sleep_diagnosis",
-            {
-                **report, "recordings": int(times.shape[0]), "events": events.sum(0).astype(int).tolist(),
-                "c_index_per_outcome": per_outcome,
-            },
-        )
-        return report
+        return {"sleep_diagnosis.json": {
+            **metrics, "recordings": int(times.shape[0]), "events": events.sum(0).astype(int).tolist(),
+            "c_index_per_outcome": per_outcome,
+        }}

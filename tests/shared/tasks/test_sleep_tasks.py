@@ -13,6 +13,7 @@ import torch
 from shared.config import config_from_dict, load_config
 from shared.data.psg import UNSCORED
 from shared.errors import InputError
+from shared.plots import write_report_files
 from shared.privacy.whitelist import ALLOWED_METRICS
 from shared.tasks.registry import build_task
 from shared.tasks.sleep import SleepDiagnosisTask, SleepStagingTask
@@ -87,7 +88,10 @@ def test_staging_site_preparation_loss_metrics_and_site_report(sleep_root: Path,
     report = task.metrics(y, logits)
     assert report["accuracy"] == 1.0 and report["kappa"] == 1.0 and report["macro_f1"] == 1.0
     assert {"kappa_ci_low", "kappa_ci_high", "accuracy_ci_low"} <= set(report) <= ALLOWED_METRICS
+    assert not (tmp_path / "state" / "reports").exists()  # metrics compute; the caller writes the site report
+    write_report_files(tmp_path / "state" / "reports", task.site_report(y, logits, report))
     written = json.loads((tmp_path / "state" / "reports" / "sleep_staging.json").read_text())
+    assert written["kappa"] == report["kappa"]
     assert written["scored_epochs"] == 7 and written["per_stage_f1"]["N3"] == 1.0
     assert written["confusion"]["counts"][2][2] == 2
     png = (tmp_path / "state" / "reports" / "sleep_staging_confusion.png").read_bytes()
@@ -133,6 +137,8 @@ def test_diagnosis_site_loss_metrics_and_prediction(sleep_root: Path, tmp_path: 
     event = np.array([[1, 1], [1, 0], [0, 1], [1, 1]], dtype=float)
     report = task.metrics(np.stack([time, event], axis=-1), -time)
     assert report["c_index"] == 1.0 and set(report) <= ALLOWED_METRICS
+    assert not (tmp_path / "state" / "reports").exists()
+    write_report_files(tmp_path / "state" / "reports", task.site_report(np.stack([time, event], axis=-1), -time, report))
     per_outcome = json.loads((tmp_path / "state" / "reports" / "sleep_diagnosis.json").read_text())["c_index_per_outcome"]
     assert per_outcome == {"cvd": 1.0, "death": 1.0}
     ids, dataset = task.prediction_inputs(sleep_root / "a", None)
