@@ -29,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.dp_overhead import device_name  # noqa: E402
-from shared.io import write_json, write_text  # noqa: E402
+from shared.io import load_yaml, write_json, write_text  # noqa: E402
 from tests.e2e import deployment_harness  # noqa: E402
 
 SEED_MODEL = {"name": "event_transformer", "d_model": 256, "layers": 4, "heads": 8, "ff": 512, "pooling_heads": 4,
@@ -52,7 +52,7 @@ def run(device: str, model: str, rounds: int, sizes: list[int], batch_size: int,
             dep.wait_until_registered()
             for site in dep.sites:
                 path = dep.site_yaml(site)
-                site_cfg = yaml.safe_load(path.read_text()) | {"device": device}
+                site_cfg = load_yaml(path) | {"device": device}
                 write_text(path, yaml.safe_dump(site_cfg))
                 dep.start_client(site, path)
             summary_path = dep.run_dir / "summary.json"

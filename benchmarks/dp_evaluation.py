@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.checkpoints import checkpoint_path, load_checkpoint  # noqa: E402
 from shared.config import config_from_dict, load_config  # noqa: E402
-from shared.io import write_json  # noqa: E402
+from shared.io import load_yaml, write_json  # noqa: E402
 from shared.metrics import auroc  # noqa: E402
 from shared.privacy.accountant import Mechanism, epsilon_opacus  # noqa: E402
 from shared.privacy.dp_evaluation import aggregate_release, binary_metrics, release_binary, score_histograms  # noqa: E402
@@ -71,9 +71,8 @@ def exact_scores(run_dir: Path) -> tuple[Any, dict[str, tuple[np.ndarray, np.nda
 
 
 def _config_of(run_dir: Path) -> dict[str, Any]:
-    import yaml
 
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
+    return load_yaml(run_dir / "config.yaml")
 
 
 def _ledger_epsilon(run_dir: Path, cfg: Any, site: str) -> float | None:

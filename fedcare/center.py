@@ -40,7 +40,7 @@ from fedcare.simulation import write_resolved_config
 from server.history import RunHistory
 from shared.config import RunConfig
 from shared.errors import InputError
-from shared.io import write_json, write_text
+from shared.io import load_json, write_json, write_text
 
 CONNECTION = "fedcare"  # the SuperLink connection name in the private FLWR_HOME
 RUN_FILE = "run.json"  # run id and resume history, next to config.yaml in the run folder
@@ -237,7 +237,7 @@ def _saved_history(metrics: Path) -> dict[str, Any]:
 def prepare_run_dir(opts: CenterOptions) -> None:
     opts.run_dir.mkdir(parents=True, exist_ok=True)
     record_path = opts.run_dir / RUN_FILE
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"run_id": opts.run_id, "starts": []}
+    record = load_json(record_path) if record_path.is_file() else {"run_id": opts.run_id, "starts": []}
     record["starts"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": opts.resume})
     write_json(record_path, record)
     if not opts.resume:
@@ -274,4 +274,4 @@ def run_center(opts: CenterOptions, console: Console) -> dict[str, Any]:
         log = (opts.run_dir / "logs" / "flower-run.log")
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.is_file() else ""
         raise RuntimeError(f"the run ended without a summary (flwr run exit {code}); see {center.logs}\n{tail}")
-    return json.loads(summary_path.read_text())
+    return load_json(summary_path)

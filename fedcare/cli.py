@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from shared.errors import InputError
+from shared.io import load_json, write_json
 
 DEFAULT_CONFIG = "configs/event_mortality.yaml"
 console = Console(highlight=False)
@@ -104,7 +105,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         site = args.site or Path(args.data).name
         report, _ = evaluate_site(Path(args.checkpoint), Path(args.data), Path(args.state), site)
         from server.checkpoints import load_checkpoint
-        from shared.io import write_json
 
         ckpt = load_checkpoint(Path(args.checkpoint))
         kind = "survival" if ckpt["config"]["task"] == "tabular_survival" else "binary"
@@ -166,7 +166,6 @@ def _site_identity(site_yaml: Path, site_flag: str | None) -> tuple[str, Any]:
 
 def cmd_audit_membership(args: argparse.Namespace) -> int:
     from fedcare.audit_run import membership_audit_at_site
-    from shared.io import write_json
     from shared.privacy.mia import membership_table
 
     for flag in ("checkpoint", "data", "state"):
@@ -430,9 +429,9 @@ def _serve(args: argparse.Namespace, run_dir: Path, cfg: Any, run_id: str) -> in
         if cfg.secure_aggregation.enabled:  # Flower's legacy SecAgg+ workflow numbers its rounds from 1
             raise InputError(run_dir / "config.yaml", "secure_aggregation.enabled",
                              "a run with secure aggregation cannot be resumed")
-        run_id = str(json.loads((run_dir / RUN_FILE).read_text())["run_id"])
+        run_id = str(load_json(run_dir / RUN_FILE)["run_id"])
         summary_path = run_dir / "summary.json"
-        if summary_path.is_file() and json.loads(summary_path.read_text()).get("complete"):
+        if summary_path.is_file() and load_json(summary_path).get("complete"):
             console.print(f"run {run_id} is already complete ({summary_path})")
             return 0
     elif args.rounds is not None:

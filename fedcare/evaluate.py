@@ -17,7 +17,6 @@ center's meta-analysis of site metrics (summary.json `final_pooled`) is what it 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from server.checkpoints import latest_checkpoint, load_checkpoint
 from shared.config import TABULAR_TASKS, config_from_dict
 from shared.errors import InputError
 from shared.evaluation_report import not_available, test_split_report
-from shared.io import write_json
+from shared.io import load_json, write_json
 from shared.survival_baseline import BASELINE_FILE, BaselineHazard
 from shared.tasks.base import Task
 from shared.tasks.registry import build_task
@@ -86,7 +85,7 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, n_boot: int = N_
     write_json(run_dir / TEST_METRICS_FILE, result)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = load_json(summary_path)
         summary["test"] = result
         write_json(summary_path, summary)
     return result

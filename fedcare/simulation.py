@@ -16,7 +16,7 @@ from rich.console import Console
 
 from shared.config import RunConfig
 from shared.errors import InputError
-from shared.io import write_text
+from shared.io import load_json, write_text
 
 
 def new_run_id() -> str:
@@ -64,9 +64,7 @@ def simulate(cfg: RunConfig, run_dir: Path | None = None, console: Console | Non
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise RuntimeError(f"the federation ended without a summary (see the log above); run folder: {run_dir}")
-    import json
-
-    summary = json.loads(summary_path.read_text())
+    summary = load_json(summary_path)
     if not summary.get("complete"):
         secure = summary.get("secure_aggregation") or {}
         if secure.get("failure") or secure.get("rounds_failed"):

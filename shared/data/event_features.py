@@ -12,7 +12,6 @@ Only the most recent `max_events` events of a stay are kept; how many stays were
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 
 from shared.data.event_schema import EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC
 from shared.data.text_embedding import CachedEmbedder
-from shared.io import write_json
+from shared.io import load_json, write_json
 
 
 def static_dim() -> int:
@@ -76,7 +75,7 @@ class EventEncoder:
 
     @classmethod
     def load(cls, path: Path) -> EventEncoder:
-        return cls(**json.loads(Path(path).read_text()))
+        return cls(**load_json(path, "saved event encoder"))
 
     def statics(self, stays: pd.DataFrame) -> np.ndarray:
         cols = []
