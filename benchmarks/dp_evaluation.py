@@ -41,6 +41,7 @@ from shared.io import load_yaml, write_json  # noqa: E402
 from shared.metrics import auroc  # noqa: E402
 from shared.privacy.accountant import Mechanism, epsilon_opacus  # noqa: E402
 from shared.privacy.dp_evaluation import aggregate_release, binary_metrics, release_binary, score_histograms  # noqa: E402
+from shared.privacy.ledger import LEDGER_FILE  # noqa: E402
 from shared.privacy.planner import plan_noise_multiplier  # noqa: E402
 from shared.tasks.registry import build_task  # noqa: E402
 from shared.training.dp_trainer import sample_rate_for, steps_per_epoch  # noqa: E402
@@ -78,7 +79,7 @@ def _config_of(run_dir: Path) -> dict[str, Any]:
 def _ledger_epsilon(run_dir: Path, cfg: Any, site: str) -> float | None:
     """The last cumulative epsilon of the site's ledger (training and evaluation releases)."""
     root = Path(cfg.federation.site_state_root) if cfg.federation.site_state_root else run_dir / "sites"
-    path = root / site / "privacy_ledger.jsonl"
+    path = root / site / LEDGER_FILE
     lines = path.read_text().splitlines() if path.is_file() else []
     return float(json.loads(lines[-1])["cumulative_epsilon"]) if lines else None
 
