@@ -19,24 +19,14 @@ console = Console(highlight=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.config import TABULAR_TASKS, TASKS, RunConfig, config_from_dict
-    from shared.tasks.registry import build_task, task_class
+    # only the generators: writing synthetic data needs no loader, task, model or config
+    from shared.data.synth import synthesize_sites
 
     task = {"events": "event_mortality"}.get(args.task, args.task)
-    loss = task_class(task).default_loss if task in TASKS else "bce"  # an unknown task fails in config_from_dict
-    data: dict[str, Any] = {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}
-    model: dict[str, Any] = {}
-    if task in TABULAR_TASKS:  # the synthetic tables' covariates (the configs carry the same declaration)
-        from shared.data.synth.tabular import synthetic_data_config
-
-        data.update(synthetic_data_config("survival" if task == "tabular_survival" else "binary"))
-        model = {"name": "linear"}
-    cfg: RunConfig = config_from_dict(
-        {"task": task, "data": data, "model": model, "train": {"loss": loss}}, "<command line>",
-    )
-    if args.sizes:
-        cfg.data.synth_sizes = _positive_ints(args.sizes, "--sizes", args.sites)
-    build_task(cfg).synthesize(Path(args.out), list(cfg.data.sites), args.seed)
+    if args.sites < 1:
+        raise InputError("<command line>", "--sites", f"must be >= 1, got {args.sites}")
+    sizes = _positive_ints(args.sizes, "--sizes", args.sites) if args.sizes else None
+    synthesize_sites(task, Path(args.out), [f"hospital_{chr(97 + i)}" for i in range(args.sites)], args.seed, sizes)
     console.print(f"wrote {args.sites} synthetic {task} sites to {args.out}")
     return 0
 

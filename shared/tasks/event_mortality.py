@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.data.event_features import EventEncoder, EventTensors, encode_events, event_dim, static_dim
-from shared.data.events import load_event_site, synthesize_event_sites
+from shared.data.events import load_event_site
+from shared.data.synth import synthesize_sites
 from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.tasks.base import BINARY_REPORTED_METRICS as REPORTED_METRICS
 from shared.tasks.base import SiteData, Task, stratified_split
@@ -30,13 +30,7 @@ class EventMortalityTask(Task):
         return {"event_dim": event_dim(text_model_dim(d.text_model, d.text_dim)), "static_dim": static_dim()}
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        made = synthesize_event_sites(out_dir, n_sites=len(sites), sizes=self.cfg.data.synth_sizes, seed=seed)
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites("event_mortality", out_dir, sites, seed, self.cfg.data.synth_sizes)
 
     def encode(self, site_dir: Path, site: str, state_dir: Path, fit: bool) -> tuple[EventTensors, dict]:
         data = load_event_site(site_dir, site)

@@ -25,7 +25,6 @@ no notes) is flagged in `present` and the model predicts from what is there.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ from shared.config import RunConfig
 from shared.data.omics import (
     EVENT,
     LABEL,
-    LABEL_TYPES,
     TIME,
     MultimodalSiteData,
     OmicsPreprocessor,
@@ -50,8 +48,9 @@ from shared.data.omics import (
     load_multimodal_site,
     omics_input_dim,
     patient_text_vectors,
-    synthesize_multimodal_sites,
 )
+from shared.data.omics_schema import LABEL_TYPES
+from shared.data.synth import synthesize_sites
 from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.errors import InputError
 from shared.tasks.base import SiteData, Task
@@ -158,15 +157,7 @@ class MultimodalTask(Task):
 
     # -- data ------------------------------------------------------------------------------
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        made = synthesize_multimodal_sites(
-            out_dir, n_sites=len(sites), sizes=self.cfg.data.synth_sizes, seed=seed, label=self.kind
-        )
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites("multimodal", out_dir, sites, seed, self.cfg.data.synth_sizes, label=self.kind)
 
     def _load(self, site_dir: Path, site: str | None, label_type: str | None) -> MultimodalSiteData:
         data = load_multimodal_site(site_dir, self.features, label_type, site)

@@ -19,7 +19,6 @@ contributions to the logit.
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.config import RunConfig
+from shared.data.synth import synthesize_sites
 from shared.data.visit_features import VisitEncoder, VisitTensors, encode_visits
-from shared.data.visits import FEATURES, load_visit_site, synthesize_visit_sites, visits_from_records
+from shared.data.visits import FEATURES, load_visit_site, visits_from_records
 from shared.errors import InputError
 from shared.losses.classification import pos_weight_from_labels
 from shared.losses.registry import build_loss
@@ -77,13 +77,7 @@ class RetainAkiTask(Task):
         return model
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        made = synthesize_visit_sites(out_dir, n_sites=len(sites), sizes=self.cfg.data.synth_sizes, seed=seed)
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites("retain_aki", out_dir, sites, seed, self.cfg.data.synth_sizes)
 
     # -- data -----------------------------------------------------------------------------
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:

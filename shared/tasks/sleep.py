@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,15 +39,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.data.psg import (
-    DEFAULT_SYNTH_MINUTES,
     PATCHES_PER_EPOCH,
     STAGE_NAMES,
     UNSCORED,
     PSGSite,
     load_psg_site,
     slot_modality,
-    synthesize_psg_sites,
 )
+from shared.data.synth import synthesize_sites
 from shared.errors import InputError
 from shared.losses.contrastive import within_sample_info_nce
 from shared.metrics import accuracy, add_with_ci, c_index, cohen_kappa, confusion, macro_f1, per_class_f1
@@ -130,16 +128,7 @@ class _SleepTask(Task):
         self.report_dir: Path | None = None  # set by prepare_site: where site-only reports go
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        d = self.cfg.data
-        made = synthesize_psg_sites(
-            out_dir, n_sites=len(sites), sizes=d.synth_sizes, seed=seed, minutes=d.synth_minutes or DEFAULT_SYNTH_MINUTES
-        )
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites(self.cfg.task, out_dir, sites, seed, self.cfg.data.synth_sizes, minutes=self.cfg.data.synth_minutes)
 
     def load(
         self, site_dir: Path, outcomes: Sequence[str] = (), require_hypnogram: bool = True, max_epochs: int | None = None

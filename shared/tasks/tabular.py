@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.config import RunConfig
-from shared.data.synth.tabular import synthesize_tabular_sites
+from shared.data.synth import synthesize_sites
 from shared.data.tabular import TEST_FOLDER, TabularSchema, TabularSite, load_tabular_site, schema_from_config
 from shared.errors import InputError
 from shared.tasks.base import BINARY_REPORTED_METRICS, SiteData, Task, stratified_split
@@ -63,7 +63,7 @@ class TabularTask(Task):
         return {"n_features": self.schema.n_inputs}
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        synthesize_tabular_sites(Path(out_dir), sites, self.schema.outcome, self.cfg.data.synth_sizes, seed)
+        synthesize_sites(self.cfg.task, out_dir, sites, seed, self.cfg.data.synth_sizes)
 
     # -- data ------------------------------------------------------------------------------
     def _strata(self, site: TabularSite) -> np.ndarray:

@@ -13,17 +13,16 @@ from sklearn.metrics import roc_auc_score
 
 from shared.data.omics import (
     DROP_REASONS,
-    SYNTHETIC_GENES,
     OmicsPreprocessor,
     SitePreprocessing,
     TextStandardizer,
     load_multimodal_site,
     omics_input_dim,
     patient_text_vectors,
-    synthesize_multimodal_sites,
-    write_multimodal_site,
 )
+from shared.data.synth.omics import SYNTHETIC_GENES, synthesize_multimodal_sites
 from shared.data.text_embedding import make_text_embedder
+from shared.data.writers import write_multimodal_site
 from shared.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from fedcare.predict import predict_patient_json
 from server.checkpoints import load_checkpoint, save_checkpoint
 from shared.config import RunConfig, config_from_dict, load_config
+from shared.data.synth.visits import synthesize_visit_sites
 from shared.data.visit_features import Z_CLIP, VisitEncoder
-from shared.data.visits import FEATURES, LAB_RANGES, load_visit_site, synthesize_visit_sites, write_visit_site
+from shared.data.visits import FEATURES, LAB_RANGES, load_visit_site
+from shared.data.writers import write_visit_site
 from shared.errors import InputError
 from shared.losses.classification import FocalLoss, WeightedBCEWithLogits
 from shared.models.retain import Retain
