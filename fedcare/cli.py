@@ -52,6 +52,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcare.audit_run import audit_path
     from fedcare.simulation import simulate
     from shared.config import TABULAR_TASKS, load_config
+    from shared.data.splits import site_has_split
     from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     _check_rounds(args.rounds)  # before anything is started or written
@@ -71,7 +72,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
     for text in summary["events"]:
         console.print(f"  note: {text}")
-    if cfg.task in TABULAR_TASKS:  # tasks with a fixed test split: the final model on the sites' test rows
+    if cfg.task in TABULAR_TASKS or any(site_has_split(Path(cfg.data.root) / s, cfg.task) for s in cfg.data.sites):
+        # a fixed test split (tabular tasks always report, "n/a" without one): the final model on the test rows
         from fedcare.evaluate import POOLED_NOTE, evaluate_run, test_table
 
         console.print(test_table(evaluate_run(run_dir)))
@@ -94,10 +96,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         site = args.site or Path(args.data).name
         report, _ = evaluate_site(Path(args.checkpoint), Path(args.data), Path(args.state), site)
         from server.checkpoints import load_checkpoint
+        from shared.config import config_from_dict
         from shared.privacy.atomic_write import write_atomically
+        from shared.tasks.registry import build_task
 
         ckpt = load_checkpoint(Path(args.checkpoint))
-        kind = "survival" if ckpt["config"]["task"] == "tabular_survival" else "binary"
+        kind = build_task(config_from_dict(ckpt["config"], f"{args.checkpoint} (config)")).kind
         console.print(test_table({"kind": kind, "round": ckpt["round"], "sites": {site: report}}))
         out = Path(args.state) / TEST_METRICS_FILE
         record = {"site": site, "checkpoint": args.checkpoint, "round": ckpt["round"], "report": report}

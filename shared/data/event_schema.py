@@ -93,6 +93,7 @@ STAY_REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 STAY_OPTIONAL_COLUMNS: tuple[str, ...] = (
     "subject_id",
+    "split",  # a fixed train / val / test split (shared/data/splits.py)
     "race",
     "marital_status",
     "insurance",

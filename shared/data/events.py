@@ -79,6 +79,7 @@ from shared.data.event_schema import (
     STAYS_FILE,
     UNKNOWN_CATEGORY,
 )
+from shared.data.splits import parse_split
 from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.errors import InputError
 
@@ -108,12 +109,15 @@ class EventSiteData:
     one of EVENT_TYPES), event_text (str, stripped, non-empty), value (float, NaN where absent);
     sorted by stay_id then charttime (file order within ties), index 0..n-1.
     dropped: rows left out while loading, by reason (every key of DROP_REASONS present).
+    split: the fixed split of each stay in `stays` order (shared/data/splits.py), None without a
+    ``split`` column.
     """
 
     site: str
     stays: pd.DataFrame
     events: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)
+    split: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +142,10 @@ def load_event_site(site_dir: Path, site: str | None = None, require_label: bool
         stays_table[LABEL] = "-1"
     stays = _parse_stays(stays_table, stays_path, allowed_labels=(0.0, 1.0) if require_label else (0.0, 1.0, -1.0))
     events, dropped = _parse_events(read_csv_as_text(events_path), events_path, stays)
-    return EventSiteData(site=site or site_dir.name, stays=stays, events=events, dropped=dropped)
+    split = parse_split(stays_table, stays_path, require_train=require_label)
+    if split is not None:  # into `stays` order (sorted by stay_id)
+        split = split[np.argsort(pd.to_numeric(stays_table["stay_id"].str.strip()).to_numpy(), kind="stable")]
+    return EventSiteData(site=site or site_dir.name, stays=stays, events=events, dropped=dropped, split=split)
 
 
 def _parse_datetime(df: pd.DataFrame, col: str, path: Path) -> pd.Series:

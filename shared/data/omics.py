@@ -76,6 +76,7 @@ import numpy as np
 import pandas as pd
 
 from shared.data.omics_schema import EVENT, LABEL, LABELS_TABLE, NOTE_TEXT, NOTES_TABLE, OMICS_TABLE, PATIENT_ID, TIME
+from shared.data.splits import parse_split
 from shared.data.tables import first_bad, read_csv_as_text, require_columns
 from shared.data.text_embedding import TextEmbedder
 from shared.errors import InputError
@@ -96,6 +97,8 @@ class MultimodalSiteData:
     notes: columns ``patient_id`` and ``text`` (stripped, non-empty), known patients, file order.
     dropped: rows left out while loading, by reason (every key of DROP_REASONS present).
     ignored_omics_columns: omics columns that are not pinned features.
+    split: the fixed split of each patient in `labels` order (labels.csv's ``split`` column,
+    shared/data/splits.py), None without one.
     """
 
     site: str
@@ -105,6 +108,7 @@ class MultimodalSiteData:
     omics_path: Path
     dropped: dict[str, int] = field(default_factory=dict)
     ignored_omics_columns: list[str] = field(default_factory=list)
+    split: np.ndarray | None = None
 
     @property
     def patient_ids(self) -> np.ndarray:
@@ -140,15 +144,18 @@ def load_multimodal_site(
         ids = pd.concat([_patient_ids(omics_raw, omics_path), _patient_ids(notes_raw, notes_path)])
         labels = pd.DataFrame(index=pd.Index(sorted(set(ids)), name=PATIENT_ID))
         labels_path = site_dir / f"{LABELS_TABLE}.csv"
+        split = None
     else:
         labels_path = find_table(site_dir, LABELS_TABLE, (".csv", ".csv.gz"))
-        labels = _parse_labels(_read_table(labels_path), labels_path, label_type)
+        labels_table = _read_table(labels_path)
+        labels = _parse_labels(labels_table, labels_path, label_type)
+        split = parse_split(labels_table, labels_path, require_train=label_type is not None)
     if len(labels) == 0:
         raise InputError(labels_path, PATIENT_ID, "the site has no patients")
     dropped = dict.fromkeys(DROP_REASONS, 0)
     omics, ignored = _parse_omics(omics_raw, omics_path, features, labels.index, dropped)
     notes = _parse_notes(notes_raw, notes_path, labels.index, dropped)
-    return MultimodalSiteData(site or site_dir.name, labels, omics, notes, omics_path, dropped, ignored)
+    return MultimodalSiteData(site or site_dir.name, labels, omics, notes, omics_path, dropped, ignored, split)
 
 
 def _table_variants(site_dir: Path, name: str, suffixes: tuple[str, ...]) -> list[Path]:

@@ -104,6 +104,7 @@ import numpy as np
 import pandas as pd
 
 from shared.data.psg_schema import EPOCH_SECONDS, RECORDINGS_FILE
+from shared.data.splits import parse_split
 from shared.data.tables import read_csv_as_text, require_columns
 from shared.errors import InputError
 
@@ -451,7 +452,8 @@ class PSGSite:
     signals (R, C, N*6, 640) float32; channel_valid (R, C); epoch_valid (R, N); stages (R, N);
     epoch_onset_s (R, N); age (R,) years; male (R,) 0/1; times (R, K) days and events (R, K) 0/1
     for `outcomes` (K = 0 when not loaded); counts: what was dropped/cut/missing, for the site's
-    own report.
+    own report; split: each recording's fixed split (recordings.csv's ``split`` column,
+    shared/data/splits.py), None without one.
     """
 
     record_ids: np.ndarray
@@ -466,6 +468,7 @@ class PSGSite:
     events: np.ndarray
     outcomes: tuple[str, ...] = ()
     counts: dict = field(default_factory=dict)
+    split: np.ndarray | None = None
 
 
 def _numbers(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
@@ -558,6 +561,7 @@ def load_psg_site(
         times=times,
         events=events,
         outcomes=outcomes,
+        split=parse_split(df, path, require_train=require_hypnogram),
         counts=_site_counts(records, channel_slots),
     )
 

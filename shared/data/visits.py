@@ -95,6 +95,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared.data.splits import parse_split
 from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.data.visit_schema import (
     FEATURES,
@@ -122,6 +123,8 @@ class VisitSiteData:
     labels: aki (int64 0/1) indexed by patient_id, aligned with `patients`; None when loaded
     without labels.
     dropped: rows left out while loading, by reason (every key of DROP_REASONS present).
+    split: the fixed split of each patient in `patients` order (labels.csv's ``split`` column,
+    shared/data/splits.py), None without one.
     """
 
     site: str
@@ -129,6 +132,7 @@ class VisitSiteData:
     patients: pd.Index
     labels: pd.Series | None
     dropped: dict[str, int] = field(default_factory=dict)
+    split: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +158,9 @@ def load_visit_site(site_dir: Path, site: str | None = None, require_label: bool
         return VisitSiteData(site or site_dir.name, visits, patients, None, dropped)
 
     labels_path = find_site_table(site_dir, LABELS_FILE)
-    labels = _parse_labels(read_csv_as_text(labels_path), labels_path)
+    labels_table = read_csv_as_text(labels_path)
+    labels = _parse_labels(labels_table, labels_path)
+    split = parse_split(labels_table, labels_path)
     has_visits = labels.index.isin(visits["patient_id"])
     dropped["labels_unknown_patient"] = int((~has_visits).sum())
     labels = labels[has_visits]
@@ -164,7 +170,9 @@ def load_visit_site(site_dir: Path, site: str | None = None, require_label: bool
     if visits.empty:
         raise InputError(labels_path, "patient_id", "no patient of visits.csv has a label here")
     patients = pd.Index(np.sort(visits["patient_id"].unique()), name="patient_id")
-    return VisitSiteData(site or site_dir.name, visits, patients, labels.reindex(patients), dropped)
+    if split is not None:
+        split = pd.Series(split, index=labels_table["patient_id"].str.strip().to_numpy()).reindex(patients).to_numpy(dtype=str)
+    return VisitSiteData(site or site_dir.name, visits, patients, labels.reindex(patients), dropped, split)
 
 
 def _parse_text(df: pd.DataFrame, col: str, path: Path) -> pd.Series:

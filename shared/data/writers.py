@@ -51,8 +51,8 @@ def write_event_site(site_dir: Path, stays: pd.DataFrame, events: pd.DataFrame, 
 def write_visit_site(site_dir: Path, visits: pd.DataFrame, labels: pd.DataFrame | None) -> Path:
     """Write one AKI visit site folder.
 
-    visits: the ``VISIT_COLUMNS`` (extra columns are not written); labels: patient_id and aki,
-    or None to write visits.csv only (new patients to predict).
+    visits: the ``VISIT_COLUMNS`` (extra columns are not written); labels: patient_id and aki (and
+    an optional fixed ``split``), or None to write visits.csv only (new patients to predict).
     """
     s = visit_schema
     site_dir = Path(site_dir)
@@ -62,7 +62,8 @@ def write_visit_site(site_dir: Path, visits: pd.DataFrame, labels: pd.DataFrame 
         visits["timestamp"] = visits["timestamp"].dt.strftime(s.DATETIME_FORMAT)
     write_csv(visits, site_dir / f"{s.VISITS_FILE}.csv", float_format="%.4g")
     if labels is not None:
-        write_csv(labels[list(s.LABEL_COLUMNS)], site_dir / f"{s.LABELS_FILE}.csv", float_format="%.4g")
+        columns = [*s.LABEL_COLUMNS, *(["split"] if "split" in labels.columns else [])]
+        write_csv(labels[columns], site_dir / f"{s.LABELS_FILE}.csv", float_format="%.4g")
     return site_dir
 
 

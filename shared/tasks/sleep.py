@@ -46,6 +46,7 @@ from shared.data.psg import (
     load_psg_site,
     slot_modality,
 )
+from shared.data.splits import split_rows
 from shared.data.synth import synthesize_sites
 from shared.errors import InputError
 from shared.losses.contrastive import within_sample_info_nce
@@ -157,6 +158,13 @@ class _SleepTask(Task):
         d = self.cfg.data
         return train_test_split(idx, test_size=d.val_fraction, random_state=d.split_seed, stratify=stratify)
 
+    def split_recordings(self, data: PSGSite, source: Path, stratify: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """(train, val, test) recording indices: recordings.csv's fixed split when it has one, else `split`."""
+        if data.split is None:
+            return (*self.split(len(data.record_ids), stratify), np.zeros(0, dtype=int))
+        strata = np.zeros(len(data.record_ids)) if stratify is None else stratify
+        return split_rows(data.split, strata, self.cfg.data.val_fraction, self.cfg.data.split_seed, source)
+
     def channel_modality(self) -> torch.Tensor:
         """(C,) long: index in SLEEP_MODALITIES of each channel slot's modality."""
         return torch.tensor([SLEEP_MODALITIES.index(slot_modality(s)) for s in self.cfg.data.channel_slots])
@@ -231,11 +239,12 @@ class SleepStagingTask(_SleepTask):
 
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self.load(site_dir)
-        train_idx, val_idx = self.split(len(data.record_ids))
+        train_idx, val_idx, test_idx = self.split_recordings(data, site_dir)
         self.criterion = self.build_criterion(data.stages[train_idx])
         self.report_dir = Path(state_dir) / REPORTS_DIR
-        info = {**data.counts, "train_recordings": len(train_idx), "val_recordings": len(val_idx)}
-        return SiteData(self.dataset(data, train_idx), self.dataset(data, val_idx), info)
+        info = {**data.counts, "train_recordings": len(train_idx), "val_recordings": len(val_idx), "test": len(test_idx)}
+        test = self.dataset(data, test_idx) if len(test_idx) else None
+        return SiteData(self.dataset(data, train_idx), self.dataset(data, val_idx), info, test)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path | None = None) -> tuple[np.ndarray, TensorDataset]:
         """New recordings (hypnogram_file optional; no encoder needed): ids and the dataset."""
@@ -344,7 +353,7 @@ class SleepDiagnosisTask(_SleepTask):
 
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self.load(site_dir, outcomes=self.outcomes)
-        train_idx, val_idx = self.split(len(data.record_ids), stratify=data.events.max(axis=1))
+        train_idx, val_idx, test_idx = self.split_recordings(data, site_dir, stratify=data.events.max(axis=1))
         self.report_dir = Path(state_dir) / REPORTS_DIR
         info = {
             **data.counts,
@@ -352,8 +361,10 @@ class SleepDiagnosisTask(_SleepTask):
             "val_recordings": len(val_idx),
             "events": {o: int(data.events[:, k].sum()) for k, o in enumerate(self.outcomes)},
         }
+        info["test"] = len(test_idx)
         n = len(self.outcomes)
-        return SiteData(self.dataset(data, n, train_idx), self.dataset(data, n, val_idx), info)
+        test = self.dataset(data, n, test_idx) if len(test_idx) else None
+        return SiteData(self.dataset(data, n, train_idx), self.dataset(data, n, val_idx), info, test)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path | None = None) -> tuple[np.ndarray, TensorDataset]:
         """New recordings (no hypnogram or outcome columns needed): ids and the dataset."""
