@@ -26,6 +26,7 @@ race                   no        MIMIC-IV admissions.race
 marital_status         no        ``MARRIED`` / ``SINGLE`` / ``WIDOWED`` / ``DIVORCED``
 insurance              no        ``Medicare`` / ``Medicaid`` / ``Private`` / ``Other`` / ``No charge``
 admission_location     no        MIMIC-IV admissions.admission_location
+split                  no        ``train`` / ``val`` / ``test``: a fixed split (shared/data/splits.py)
 =====================  ========  =====================================================================
 
 ``events.csv`` - one row per clinical event.

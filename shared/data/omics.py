@@ -17,6 +17,7 @@ patient_id     yes       text, non-empty, unique in the file
 label          binary    0 or 1 (binary runs)
 time           survival  follow-up in days, a finite number >= 0 (survival runs)
 event          survival  1 = the event happened at ``time``, 0 = censored at ``time``
+split          no        ``train`` / ``val`` / ``test``: a fixed split (shared/data/splits.py)
 =============  ========  ===========================================================================
 
 Which label columns are read follows the run (``label_type``, see shared/tasks/multimodal.py);

@@ -20,6 +20,7 @@ age                    yes        years, 0-120
 sex                    yes        ``M`` or ``F`` (case ignored)
 time_<outcome>         diagnosis  days from the recording to the event or censoring, >= 0
 event_<outcome>        diagnosis  1 = the event happened at time_<outcome>, 0 = censored then
+split                  no         ``train`` / ``val`` / ``test``: a fixed split (shared/data/splits.py)
 =====================  =========  ====================================================================
 
 One ``time_<outcome>`` / ``event_<outcome>`` pair per outcome of the diagnosis task

@@ -53,6 +53,7 @@ column        required  content
 patient_id    yes       as in visits.csv, unique in the file
 aki           yes       the label: 1 if the patient developed acute kidney injury (KDIGO stage >= 1)
                         within 48 h after the last visit in visits.csv, else 0; no missing values
+split         no        ``train`` / ``val`` / ``test``: a fixed split (shared/data/splits.py)
 ============  ========  ===========================================================================
 
 Other columns are ignored. Only an empty field is missing (``NA`` or ``null`` are values, and
