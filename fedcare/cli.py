@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="override output_dir (the config's, runs/ by default)")
     s.set_defaults(fn=cmd_simulate)
 
-    s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits (tabular tasks)")
+    s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits")
     s.add_argument("--run", help="a run folder (runs/<id>): every site of a simulation, and pooled")
     s.add_argument("--checkpoint", help="another checkpoint of the run (default: the last round's); without --run: "
                                         "the checkpoint to score at one site")

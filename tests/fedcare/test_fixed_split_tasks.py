@@ -38,7 +38,7 @@ def _assign_split(labels: pd.DataFrame, rng: np.random.Generator, one_class_test
 def retain_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("split")
     data = root / "data"
-    synthesize_sites("retain_aki", data, SITES, seed=2, sizes=[160, 120])
+    synthesize_sites("retain_aki", data, SITES, seed=2, sizes=[120, 60])
     rng = np.random.default_rng(0)
     for k, site in enumerate(SITES):
         path = data / site / "labels.csv"
@@ -109,3 +109,21 @@ def test_event_stays_split_and_bad_split_values(tmp_path: Path):
     stays.to_csv(site / "stays.csv", index=False)
     with pytest.raises(InputError, match=r"stays.csv: split: data row 4 \(line 5\): 'holdout' must be one of train, val, test"):
         load_event_site(site)
+
+
+def test_sleep_recordings_split(tmp_path: Path):
+    (site,) = synthesize_sites("sleep_diagnosis", tmp_path / "data", ["a"], seed=0, sizes=[8], minutes=1.0)
+    recordings = pd.read_csv(site / "recordings.csv")
+    recordings["split"] = ["train", "train", "train", "train", "val", "val", "test", "test"]
+    recordings.to_csv(site / "recordings.csv", index=False)
+    cfg = config_from_dict({
+        "task": "sleep_diagnosis", "data": {"root": str(tmp_path / "data"), "sites": ["a"], "max_epochs": 2,
+                                            "channel_slots": ["BAS1", "EMG"]},
+        "model": {"name": "set_transformer_diagnosis", "d_model": 8, "n_heads": 2, "n_layers": 1, "dropout": 0.0},
+        "train": {"loss": "coxph"},
+    }, "<test>")  # fmt: skip
+    task = build_task(cfg)
+    data = task.prepare_site(site, "a", tmp_path / "state")
+    assert (len(data.train), len(data.val), len(data.test)) == (4, 2, 2)
+    times = recordings[[f"time_{o}" for o in task.outcomes]].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(data.test.tensors[4].numpy(), times[6:])  # the last two recordings, in file order
