@@ -83,7 +83,7 @@ def synthesize_psg_sites(
     seed: int = 0,
     minutes: float = DEFAULT_SYNTH_MINUTES,
 ) -> list[Path]:
-    """Write `n_sites` site folders `site_<k>` (format in the module docstring) under `out_dir`:
+    """Write `n_sites` site folders `site_<k>` (format: shared/data/psg.py) under `out_dir`:
     real EDF signal files and EDF+ annotation hypnograms, plus recordings.csv with age, sex and
     survival outcomes `cvd` and `death`. Returns the folders.
 
