@@ -68,7 +68,7 @@ def _cached_planner(plan: Callable[..., float]) -> Callable[..., float]:
 def _synthesize(root: Path, sites: list[str], sizes: list[int], seed: int) -> None:
     """Synthetic event sites named `sites`; the generator makes at most 26 per call, so in chunks
     (site profiles repeat across chunks, with other random draws)."""
-    from shared.data.events import synthesize_event_sites
+    from shared.data.synth.events import synthesize_event_sites
 
     for start in range(0, len(sites), 16):
         chunk = sites[start : start + 16]

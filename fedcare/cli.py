@@ -20,24 +20,14 @@ console = Console(highlight=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.config import TABULAR_TASKS, TASKS, RunConfig, config_from_dict
-    from shared.tasks.registry import build_task, task_class
+    # only the generators: writing synthetic data needs no loader, task, model or config
+    from shared.data.synth import synthesize_sites
 
     task = {"events": "event_mortality"}.get(args.task, args.task)
-    loss = task_class(task).default_loss if task in TASKS else "bce"  # an unknown task fails in config_from_dict
-    data: dict[str, Any] = {"sites": [f"hospital_{chr(97 + i)}" for i in range(args.sites)]}
-    model: dict[str, Any] = {}
-    if task in TABULAR_TASKS:  # the synthetic tables' covariates (the configs carry the same declaration)
-        from shared.data.synth.tabular import synthetic_data_config
-
-        data.update(synthetic_data_config("survival" if task == "tabular_survival" else "binary"))
-        model = {"name": "linear"}
-    cfg: RunConfig = config_from_dict(
-        {"task": task, "data": data, "model": model, "train": {"loss": loss}}, "<command line>",
-    )
-    if args.sizes:
-        cfg.data.synth_sizes = _positive_ints(args.sizes, "--sizes", args.sites)
-    build_task(cfg).synthesize(Path(args.out), list(cfg.data.sites), args.seed)
+    if args.sites < 1:
+        raise InputError("<command line>", "--sites", f"must be >= 1, got {args.sites}")
+    sizes = _positive_ints(args.sizes, "--sizes", args.sites) if args.sizes else None
+    synthesize_sites(task, Path(args.out), [f"hospital_{chr(97 + i)}" for i in range(args.sites)], args.seed, sizes)
     console.print(f"wrote {args.sites} synthetic {task} sites to {args.out}")
     return 0
 
@@ -63,6 +53,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcare.audit_run import audit_path
     from fedcare.simulation import simulate
     from shared.config import TABULAR_TASKS, load_config
+    from shared.data.splits import site_has_split
     from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     _check_rounds(args.rounds)  # before anything is started or written
@@ -82,7 +73,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
     for text in summary["events"]:
         console.print(f"  note: {text}")
-    if cfg.task in TABULAR_TASKS:  # tasks with a fixed test split: the final model on the sites' test rows
+    if cfg.task in TABULAR_TASKS or any(site_has_split(Path(cfg.data.root) / s, cfg.task) for s in cfg.data.sites):
+        # a fixed test split (tabular tasks always report, "n/a" without one): the final model on the test rows
         from fedcare.evaluate import POOLED_NOTE, evaluate_run, test_table
 
         console.print(test_table(evaluate_run(run_dir)))
@@ -105,9 +97,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         site = args.site or Path(args.data).name
         report, _ = evaluate_site(Path(args.checkpoint), Path(args.data), Path(args.state), site)
         from server.checkpoints import load_checkpoint
+        from shared.config import config_from_dict
+        from shared.tasks.registry import build_task
 
         ckpt = load_checkpoint(Path(args.checkpoint))
-        kind = "survival" if ckpt["config"]["task"] == "tabular_survival" else "binary"
+        kind = build_task(config_from_dict(ckpt["config"], f"{args.checkpoint} (config)")).kind
         console.print(test_table({"kind": kind, "round": ckpt["round"], "sites": {site: report}}))
         out = Path(args.state) / TEST_METRICS_FILE
         record = {"site": site, "checkpoint": args.checkpoint, "round": ckpt["round"], "report": report}
@@ -519,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="override output_dir (the config's, runs/ by default)")
     s.set_defaults(fn=cmd_simulate)
 
-    s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits (tabular tasks)")
+    s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits")
     s.add_argument("--run", help="a run folder (runs/<id>): every site of a simulation, and pooled")
     s.add_argument("--checkpoint", help="another checkpoint of the run (default: the last round's); without --run: "
                                         "the checkpoint to score at one site")

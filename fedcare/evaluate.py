@@ -2,8 +2,11 @@
 the sites' fixed test splits, per site and pooled, with bootstrap 95 % CIs; writes
 ``RUN_DIR/test_metrics.json`` and adds it to ``summary.json`` under ``test``.
 
-Each site's report is computed from its own test rows (the ``split`` column, shared/data/tabular.py);
+Each site's report is computed from its own test samples only (the ``split`` column of the table that
+defines the task's samples, shared/data/splits.py; a tabular site may also hold a ``test/`` folder);
 a site whose rows cannot support a metric says so (``"n/a: no events"``, ``"n/a: one class (all 0)"``).
+Binary and single-outcome survival tasks get a report; sleep staging (multiclass) and sleep diagnosis
+(several outcomes) keep their test recordings out of training and validation but report "n/a" here.
 For survival tasks each site also estimates the Breslow baseline hazard of the final model on its
 training and validation rows and keeps it in its state folder (`fedcare predict --horizons` there).
 
@@ -26,7 +29,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from server.checkpoints import latest_checkpoint, load_checkpoint
-from shared.config import TABULAR_TASKS, config_from_dict
+from shared.config import config_from_dict
 from shared.errors import InputError
 from shared.evaluation_report import not_available, test_split_report
 from shared.io import load_json, write_json
@@ -94,8 +97,6 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, n_boot: int = N_
 def _load_model(checkpoint: Path) -> tuple[dict[str, Any], Any, Task, torch.nn.Module]:
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], f"{checkpoint} (config)")
-    if cfg.task not in TABULAR_TASKS:
-        raise InputError(checkpoint, "task", f"fixed test splits exist for {', '.join(TABULAR_TASKS)} so far, not {cfg.task}")
     task = build_task(cfg)
     model = task.build_model()
     model.load_state_dict(ckpt["state_dict"])
@@ -120,6 +121,8 @@ def evaluate_site(
     if data.test is None or len(data.test) == 0:  # type: ignore[arg-type]
         return {"n": 0, "note": "n/a: no test split (no `split` column with test rows)"}, None
     y, out = model_outputs(site_task, model, data.test)
+    if out.ndim > 1:  # several outcomes per sample (sleep_diagnosis)
+        return {"n": int(len(y)), "note": "n/a: no test report for several outcomes yet"}, None
     return test_split_report(site_task.kind, y, out, n_boot=n_boot, seed=cfg.seed), (y, out)
 
 
@@ -128,6 +131,8 @@ def _save_baseline(task: Task, model: torch.nn.Module, data: Any, state_dir: Pat
     parts = [model_outputs(task, model, part) for part in (data.train, data.val) if len(part)]
     y = np.concatenate([p[0] for p in parts])
     risk = np.concatenate([p[1] for p in parts])
+    if risk.ndim > 1:  # several outcomes (sleep_diagnosis): no single baseline hazard
+        return
     baseline = BaselineHazard.estimate(y[:, 0], y[:, 1], risk, run_id=ckpt.get("run_id"), round=int(ckpt["round"]))
     baseline.save(state_dir / BASELINE_FILE)
 

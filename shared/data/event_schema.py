@@ -93,6 +93,7 @@ STAY_REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 STAY_OPTIONAL_COLUMNS: tuple[str, ...] = (
     "subject_id",
+    "split",  # a fixed train / val / test split (shared/data/splits.py)
     "race",
     "marital_status",
     "insurance",
@@ -108,3 +109,9 @@ UNKNOWN_CATEGORY = "unknown"
 # ICU transfer, charting lag after it); events outside are dropped and counted.
 EVENT_HOURS_BEFORE_INTIME = 24.0
 EVENT_HOURS_AFTER_OUTTIME = 1.0
+
+# The site folder's two tables (each .csv or .csv.gz) and the event columns in load order.
+STAYS_FILE = "stays"
+EVENTS_FILE = "events"
+EVENT_COLUMNS: tuple[str, ...] = ("stay_id", "charttime", "event_type", "event_text", "value")
+DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"

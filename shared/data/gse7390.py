@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.data.omics import EVENT, NOTE_TEXT, PATIENT_ID, TIME, write_multimodal_site
+from shared.data.omics import EVENT, NOTE_TEXT, PATIENT_ID, TIME
+from shared.data.writers import write_multimodal_site
 from shared.errors import InputError
 
 CLINICAL_COLUMNS = {"age": "age_years", "size": "tumour_size_cm"}

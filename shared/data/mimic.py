@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 
 from shared.data.event_schema import LABEL
-from shared.data.events import EVENT_COLUMNS, write_event_site
+from shared.data.events import EVENT_COLUMNS
 from shared.data.tables import read_csv_as_text
+from shared.data.writers import write_event_site
 from shared.errors import InputError
 from shared.io import write_text
 

@@ -63,13 +63,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.data.splits import SPLIT_COLUMN, parse_split
 from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.errors import InputError
 
 TABLE_NAME = "table"  # <root>/<site>/table.csv or table.csv.gz
 TEST_FOLDER = "test"  # optional <root>/<site>/test/table.csv: test rows kept apart
-SPLIT_COLUMN = "split"
-SPLITS = ("train", "val", "test")
 COVARIATE_TYPES = ("numeric", "categorical")
 COVARIATE_KEYS = ("name", "type", "levels", "inputs")  # inputs: derived, shown in the resolved config
 MISSING_TEXT = frozenset({"na", "nan", "n/a", "null", "none"})  # read as missing (then rejected)
@@ -290,14 +289,5 @@ def load_tabular_site(
                 raise first_bad(path, schema.time_column, frame[schema.time_column], time < 0, "is negative (times must be >= 0)")
             event = _zero_one(path, schema.event_column, frame[schema.event_column])
             outcome = np.stack([time, event], axis=1).astype(np.float32)
-    split = None
-    if SPLIT_COLUMN in frame.columns:
-        raw = frame[SPLIT_COLUMN]
-        text = raw.fillna("").str.strip().str.lower().to_numpy(dtype=str)
-        bad = ~np.isin(text, SPLITS)
-        if bad.any():
-            raise first_bad(path, SPLIT_COLUMN, raw, bad, f"must be one of {', '.join(SPLITS)}")
-        if require_outcome and require_train and not (text == "train").any():
-            raise InputError(path, SPLIT_COLUMN, "no 'train' row: this site has nothing to train on")
-        split = text
+    split = parse_split(frame, path, require_train=require_outcome and require_train)
     return TabularSite(path, ids, x, outcome, split)

@@ -8,7 +8,6 @@ site's training split, which are saved in the site's state folder and never leav
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,30 +20,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shared.config import RunConfig
-from shared.errors import InputError
 
 # aggregate validation scalars a binary task's site reports (all on the outgoing whitelist)
 BINARY_REPORTED_METRICS = frozenset({
     "auroc", "auprc", "brier", "ece", "sens_at_spec", "threshold",
     "auroc_ci_low", "auroc_ci_high", "auprc_ci_low", "auprc_ci_high", "brier_ci_low", "brier_ci_high",
 })
-
-
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int, source: str | Path | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val), stratified by label when each class has at least two rows. A site too
-    small to give both splits a row is an InputError naming `source` (the site folder)."""
-    from sklearn.model_selection import train_test_split
-
-    n_val = math.ceil(val_fraction * len(labels))  # sklearn's own rounding
-    if n_val < 1 or len(labels) - n_val < 1:
-        raise InputError(source, None, f"{len(labels)} patient(s) cannot be split into training and validation "
-                                       f"(val_fraction {val_fraction:g}): the site needs more")
-    idx = np.arange(len(labels))
-    _, counts = np.unique(labels, return_counts=True)
-    stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
-    return train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,10 +11,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.data.event_features import EventEncoder, EventTensors, encode_events, event_dim, static_dim
-from shared.data.events import load_event_site, synthesize_event_sites
+from shared.data.events import load_event_site
+from shared.data.splits import split_rows
+from shared.data.synth import synthesize_sites
 from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.tasks.base import BINARY_REPORTED_METRICS as REPORTED_METRICS
-from shared.tasks.base import SiteData, Task, stratified_split
+from shared.tasks.base import SiteData, Task
 
 ENCODER_FILE = "event_encoder.json"
 
@@ -30,20 +31,15 @@ class EventMortalityTask(Task):
         return {"event_dim": event_dim(text_model_dim(d.text_model, d.text_dim)), "static_dim": static_dim()}
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        made = synthesize_event_sites(out_dir, n_sites=len(sites), sizes=self.cfg.data.synth_sizes, seed=seed)
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites("event_mortality", out_dir, sites, seed, self.cfg.data.synth_sizes)
 
     def encode(self, site_dir: Path, site: str, state_dir: Path, fit: bool) -> tuple[EventTensors, dict]:
         data = load_event_site(site_dir, site)
         enc_path = state_dir / ENCODER_FILE
         stays = data.stays
         labels = stays["hospital_expire_flag"].to_numpy()
-        train_idx, val_idx = stratified_split(labels, self.cfg.data.val_fraction, self.cfg.data.split_seed, site_dir)
+        d = self.cfg.data
+        train_idx, val_idx, test_idx = split_rows(data.split, labels, d.val_fraction, d.split_seed, site_dir)
         if fit or not enc_path.is_file():
             train_ids = stays.index[train_idx]
             encoder = EventEncoder.fit(stays.loc[train_ids], data.events[data.events["stay_id"].isin(train_ids)])
@@ -57,7 +53,7 @@ class EventMortalityTask(Task):
             "stays": int(len(stays)),
             "truncated_stays": tensors.truncated_stays,
             "max_events": self.cfg.data.max_events,
-            "split": (train_idx, val_idx),
+            "split": (train_idx, val_idx, test_idx),
         }
         return tensors, info
 
@@ -66,8 +62,10 @@ class EventMortalityTask(Task):
 
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         tensors, info = self.encode(site_dir, site, state_dir, fit=True)
-        train_idx, val_idx = info.pop("split")
-        return SiteData(self.dataset(tensors, train_idx), self.dataset(tensors, val_idx), info)
+        train_idx, val_idx, test_idx = info.pop("split")
+        info |= {"train": int(train_idx.size), "val": int(val_idx.size), "test": int(test_idx.size)}
+        test = self.dataset(tensors, test_idx) if test_idx.size else None
+        return SiteData(self.dataset(tensors, train_idx), self.dataset(tensors, val_idx), info, test)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path) -> tuple[np.ndarray, TensorDataset]:
         """New stays (label column optional) encoded with a site's saved encoder."""

@@ -25,7 +25,6 @@ no notes) is flagged in `present` and the model predicts from what is there.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import expit
-from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -41,7 +39,6 @@ from shared.config import RunConfig
 from shared.data.omics import (
     EVENT,
     LABEL,
-    LABEL_TYPES,
     TIME,
     MultimodalSiteData,
     OmicsPreprocessor,
@@ -50,8 +47,10 @@ from shared.data.omics import (
     load_multimodal_site,
     omics_input_dim,
     patient_text_vectors,
-    synthesize_multimodal_sites,
 )
+from shared.data.omics_schema import LABEL_TYPES
+from shared.data.splits import split_rows
+from shared.data.synth import synthesize_sites
 from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.errors import InputError
 from shared.tasks.base import SiteData, Task
@@ -158,15 +157,7 @@ class MultimodalTask(Task):
 
     # -- data ------------------------------------------------------------------------------
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        made = synthesize_multimodal_sites(
-            out_dir, n_sites=len(sites), sizes=self.cfg.data.synth_sizes, seed=seed, label=self.kind
-        )
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites("multimodal", out_dir, sites, seed, self.cfg.data.synth_sizes, label=self.kind)
 
     def _load(self, site_dir: Path, site: str | None, label_type: str | None) -> MultimodalSiteData:
         data = load_multimodal_site(site_dir, self.features, label_type, site)
@@ -175,13 +166,9 @@ class MultimodalTask(Task):
             raise InputError(data.omics_path, col, "negative value, but model.log1p is on (log1p needs values >= 0)")
         return data
 
-    def _split(self, data: MultimodalSiteData) -> tuple[np.ndarray, np.ndarray]:
+    def _split(self, data: MultimodalSiteData, site_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         strata = data.labels[LABEL if self.kind == "binary" else EVENT].to_numpy()
-        idx = np.arange(len(strata))
-        _, counts = np.unique(strata, return_counts=True)
-        stratify = strata if len(counts) > 1 and counts.min() >= 2 else None
-        d = self.cfg.data
-        return train_test_split(idx, test_size=d.val_fraction, random_state=d.split_seed, stratify=stratify)
+        return split_rows(data.split, strata, self.cfg.data.val_fraction, self.cfg.data.split_seed, site_dir)
 
     def _inputs(
         self, data: MultimodalSiteData, state_dir: Path, fit_rows: np.ndarray | None
@@ -221,7 +208,7 @@ class MultimodalTask(Task):
 
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self._load(site_dir, site, self.kind)
-        train_idx, val_idx = self._split(data)
+        train_idx, val_idx, test_idx = self._split(data, site_dir)
         inputs = self._inputs(data, state_dir, fit_rows=train_idx)
         targets = self._targets(data)
         if self.kind == "binary":
@@ -237,10 +224,10 @@ class MultimodalTask(Task):
             "without_any_modality": int((~present.any(axis=1)).sum()),
             "ignored_omics_columns": len(data.ignored_omics_columns),
             "notes": int(len(data.notes)),
+            "train": int(train_idx.size), "val": int(val_idx.size), "test": int(test_idx.size),
         }
-        train = TensorDataset(*(t[train_idx] for t in inputs), targets[train_idx])
-        val = TensorDataset(*(t[val_idx] for t in inputs), targets[val_idx])
-        return SiteData(train, val, info)
+        train, val, test = (TensorDataset(*(t[idx] for t in inputs), targets[idx]) for idx in (train_idx, val_idx, test_idx))
+        return SiteData(train, val, info, test if test_idx.size else None)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path) -> tuple[np.ndarray, TensorDataset]:
         """New patients (labels.csv optional) featurised with a site's saved preprocessing and cache.

@@ -19,7 +19,6 @@ contributions to the logit.
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,16 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.config import RunConfig
+from shared.data.splits import split_rows
+from shared.data.synth import synthesize_sites
 from shared.data.visit_features import VisitEncoder, VisitTensors, encode_visits
-from shared.data.visits import FEATURES, load_visit_site, synthesize_visit_sites, visits_from_records
+from shared.data.visits import FEATURES, load_visit_site, visits_from_records
 from shared.errors import InputError
 from shared.losses.classification import pos_weight_from_labels
 from shared.losses.registry import build_loss
 from shared.models.retain import Retain
 from shared.tasks.base import BINARY_REPORTED_METRICS as REPORTED_METRICS
-from shared.tasks.base import SiteData, Task, stratified_split
+from shared.tasks.base import SiteData, Task
 
 ENCODER_FILE = "retain_encoder.json"
 MAX_VISITS = 32  # default cap of `predict_patient` (the task itself uses data.max_events)
@@ -46,12 +47,6 @@ MAX_VISITS = 32  # default cap of `predict_patient` (the task itself uses data.m
 # with the most abnormal labs lowest, and the noisy, short training rarely recovers from it.
 INITIAL_AKI_RATE = 0.15
 LOSSES = ("bce", "weighted_bce", "focal")
-
-
-def stratified_patient_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val) of `stratified_split`, each in file order."""
-    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
-    return np.sort(train_idx), np.sort(val_idx)
 
 
 class RetainAkiTask(Task):
@@ -77,13 +72,7 @@ class RetainAkiTask(Task):
         return model
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        made = synthesize_visit_sites(out_dir, n_sites=len(sites), sizes=self.cfg.data.synth_sizes, seed=seed)
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites("retain_aki", out_dir, sites, seed, self.cfg.data.synth_sizes)
 
     # -- data -----------------------------------------------------------------------------
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
@@ -92,7 +81,8 @@ class RetainAkiTask(Task):
         labels = data.labels.to_numpy()
         if len(labels) < 2:
             raise InputError(site_dir, "patient_id", f"needs at least 2 labelled patients, found {len(labels)}")
-        train_idx, val_idx = stratified_patient_split(labels, self.cfg.data.val_fraction, self.cfg.data.split_seed)
+        d = self.cfg.data
+        train_idx, val_idx, test_idx = split_rows(data.split, labels, d.val_fraction, d.split_seed, site_dir)
         train_patients = data.patients[train_idx]
         encoder = VisitEncoder.fit(data.visits[data.visits["patient_id"].isin(train_patients)])
         encoder.save(Path(state_dir) / ENCODER_FILE)
@@ -104,8 +94,10 @@ class RetainAkiTask(Task):
             "patients": int(len(labels)),
             "truncated_patients": tensors.truncated_patients,
             "max_visits": self.cfg.data.max_events,
+            "train": int(train_idx.size), "val": int(val_idx.size), "test": int(test_idx.size),
         }
-        return SiteData(self.dataset(tensors, labels, train_idx), self.dataset(tensors, labels, val_idx), info)
+        test = self.dataset(tensors, labels, test_idx) if test_idx.size else None
+        return SiteData(self.dataset(tensors, labels, train_idx), self.dataset(tensors, labels, val_idx), info, test)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path) -> tuple[np.ndarray, TensorDataset]:
         """New patients (visits.csv; labels.csv not read) encoded with a site's saved encoder.

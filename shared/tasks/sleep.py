@@ -25,7 +25,6 @@ site), so `prediction_inputs` needs no saved encoder: age is scaled as (age - 50
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,15 +37,15 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.data.psg import (
-    DEFAULT_SYNTH_MINUTES,
     PATCHES_PER_EPOCH,
     STAGE_NAMES,
     UNSCORED,
     PSGSite,
     load_psg_site,
     slot_modality,
-    synthesize_psg_sites,
 )
+from shared.data.splits import split_rows
+from shared.data.synth import synthesize_sites
 from shared.errors import InputError
 from shared.losses.contrastive import within_sample_info_nce
 from shared.metrics import accuracy, add_with_ci, c_index, cohen_kappa, confusion, macro_f1, per_class_f1
@@ -123,16 +122,7 @@ class _SleepTask(Task):
             raise InputError(cfg.source, "train.loss", f"{cfg.train.loss!r} does not fit {self.name}; use one of {allowed}")
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        d = self.cfg.data
-        made = synthesize_psg_sites(
-            out_dir, n_sites=len(sites), sizes=d.synth_sizes, seed=seed, minutes=d.synth_minutes or DEFAULT_SYNTH_MINUTES
-        )
-        for path, site in zip(made, sites):
-            if path.name != site:
-                if (out_dir / site).exists():
-                    shutil.rmtree(out_dir / site)
-                path.rename(out_dir / site)
+        synthesize_sites(self.cfg.task, out_dir, sites, seed, self.cfg.data.synth_sizes, minutes=self.cfg.data.synth_minutes)
 
     def load(
         self, site_dir: Path, outcomes: Sequence[str] = (), require_hypnogram: bool = True, max_epochs: int | None = None
@@ -160,6 +150,13 @@ class _SleepTask(Task):
             stratify = None
         d = self.cfg.data
         return train_test_split(idx, test_size=d.val_fraction, random_state=d.split_seed, stratify=stratify)
+
+    def split_recordings(self, data: PSGSite, source: Path, stratify: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """(train, val, test) recording indices: recordings.csv's fixed split when it has one, else `split`."""
+        if data.split is None:
+            return (*self.split(len(data.record_ids), stratify), np.zeros(0, dtype=int))
+        strata = np.zeros(len(data.record_ids)) if stratify is None else stratify
+        return split_rows(data.split, strata, self.cfg.data.val_fraction, self.cfg.data.split_seed, source)
 
     def channel_modality(self) -> torch.Tensor:
         """(C,) long: index in SLEEP_MODALITIES of each channel slot's modality."""
@@ -228,10 +225,11 @@ class SleepStagingTask(_SleepTask):
 
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self.load(site_dir)
-        train_idx, val_idx = self.split(len(data.record_ids))
+        train_idx, val_idx, test_idx = self.split_recordings(data, site_dir)
         self.criterion = self.build_criterion(data.stages[train_idx])
-        info = {**data.counts, "train_recordings": len(train_idx), "val_recordings": len(val_idx)}
-        return SiteData(self.dataset(data, train_idx), self.dataset(data, val_idx), info)
+        info = {**data.counts, "train_recordings": len(train_idx), "val_recordings": len(val_idx), "test": len(test_idx)}
+        test = self.dataset(data, test_idx) if len(test_idx) else None
+        return SiteData(self.dataset(data, train_idx), self.dataset(data, val_idx), info, test)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path | None = None) -> tuple[np.ndarray, TensorDataset]:
         """New recordings (hypnogram_file optional; no encoder needed): ids and the dataset."""
@@ -338,15 +336,17 @@ class SleepDiagnosisTask(_SleepTask):
 
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self.load(site_dir, outcomes=self.outcomes)
-        train_idx, val_idx = self.split(len(data.record_ids), stratify=data.events.max(axis=1))
+        train_idx, val_idx, test_idx = self.split_recordings(data, site_dir, stratify=data.events.max(axis=1))
         info = {
             **data.counts,
             "train_recordings": len(train_idx),
             "val_recordings": len(val_idx),
             "events": {o: int(data.events[:, k].sum()) for k, o in enumerate(self.outcomes)},
         }
+        info["test"] = len(test_idx)
         n = len(self.outcomes)
-        return SiteData(self.dataset(data, n, train_idx), self.dataset(data, n, val_idx), info)
+        test = self.dataset(data, n, test_idx) if len(test_idx) else None
+        return SiteData(self.dataset(data, n, train_idx), self.dataset(data, n, val_idx), info, test)
 
     def prediction_inputs(self, data_dir: Path, encoder_dir: Path | None = None) -> tuple[np.ndarray, TensorDataset]:
         """New recordings (no hypnogram or outcome columns needed): ids and the dataset."""

@@ -32,10 +32,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from shared.config import RunConfig
-from shared.data.synth.tabular import synthesize_tabular_sites
+from shared.data.splits import split_rows
+from shared.data.synth import synthesize_sites
 from shared.data.tabular import TEST_FOLDER, TabularSchema, TabularSite, load_tabular_site, schema_from_config
 from shared.errors import InputError
-from shared.tasks.base import BINARY_REPORTED_METRICS, SiteData, Task, stratified_split
+from shared.tasks.base import BINARY_REPORTED_METRICS, SiteData, Task
 
 BINARY_LOSSES = ("bce", "weighted_bce", "focal")
 SURVIVAL_LOSSES = ("coxph",)
@@ -63,7 +64,7 @@ class TabularTask(Task):
         return {"n_features": self.schema.n_inputs}
 
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
-        synthesize_tabular_sites(Path(out_dir), sites, self.schema.outcome, self.cfg.data.synth_sizes, seed)
+        synthesize_sites(self.cfg.task, out_dir, sites, seed, self.cfg.data.synth_sizes)
 
     # -- data ------------------------------------------------------------------------------
     def _strata(self, site: TabularSite) -> np.ndarray:
@@ -71,20 +72,8 @@ class TabularTask(Task):
         return site.outcome if self.kind == "binary" else site.outcome[:, 1]
 
     def split_rows(self, site: TabularSite) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Row indices (train, val, test), each in file order. Fixed by the ``split`` column when the
-        table has one (no ``val`` rows: data.val_fraction of the train rows); else a stratified random
-        train/val split and no test rows."""
-        d, strata = self.cfg.data, self._strata(site)
-        if site.split is None:
-            train, val = stratified_split(strata, d.val_fraction, d.split_seed)
-            return np.sort(train), np.sort(val), np.zeros(0, dtype=int)
-        train, val, test = (np.flatnonzero(site.split == s) for s in ("train", "val", "test"))
-        if val.size == 0:
-            if train.size < 2:
-                raise InputError(site.path, "split", "no 'val' rows and fewer than 2 'train' rows to set some aside")
-            keep, held = stratified_split(strata[train], d.val_fraction, d.split_seed)
-            train, val = np.sort(train[keep]), np.sort(train[held])
-        return train, val, test
+        """Row indices (train, val, test), each in file order (shared/data/splits.py)."""
+        return split_rows(site.split, self._strata(site), self.cfg.data.val_fraction, self.cfg.data.split_seed, site.path)
 
     def _targets(self, site: TabularSite) -> torch.Tensor:
         assert site.outcome is not None

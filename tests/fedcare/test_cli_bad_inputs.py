@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from fedcare.cli import main
-from shared.data.events import synthesize_event_sites
+from shared.data.synth.events import synthesize_event_sites
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_bad_yaml_fields(tmp_path, capsys, text, field):
 
 
 def test_sleep_site_with_a_corrupt_edf_stops_simulate_with_one_line(tmp_path, capsys):
-    from shared.data.psg import synthesize_psg_sites
+    from shared.data.synth.psg import synthesize_psg_sites
 
     (site_dir,) = synthesize_psg_sites(tmp_path / "data", n_sites=1, sizes=[3], seed=2, minutes=1.0)
     psg = site_dir / pd.read_csv(site_dir / "recordings.csv")["psg_file"][1]

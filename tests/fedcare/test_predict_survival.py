@@ -13,7 +13,7 @@ import torch
 from fedcare.predict import predict_to_csv
 from server.checkpoints import save_checkpoint
 from shared.config import config_from_dict
-from shared.data.omics import SYNTHETIC_GENES
+from shared.data.synth.omics import SYNTHETIC_GENES
 from shared.errors import InputError
 from shared.tasks.registry import build_task
 

@@ -19,15 +19,9 @@ from shared.data.event_schema import (
     STATIC_CATEGORICAL,
     STAY_REQUIRED_COLUMNS,
 )
-from shared.data.events import (
-    DROP_REASONS,
-    EVENT_COLUMNS,
-    STAY_COLUMNS,
-    EventSiteData,
-    load_event_site,
-    synthesize_event_sites,
-    write_event_site,
-)
+from shared.data.events import DROP_REASONS, EVENT_COLUMNS, STAY_COLUMNS, EventSiteData, load_event_site
+from shared.data.synth.events import synthesize_event_sites
+from shared.data.writers import write_event_site
 from shared.errors import InputError
 
 # --------------------------------------------------------------------------------------------

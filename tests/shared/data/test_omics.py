@@ -13,17 +13,16 @@ from sklearn.metrics import roc_auc_score
 
 from shared.data.omics import (
     DROP_REASONS,
-    SYNTHETIC_GENES,
     OmicsPreprocessor,
     SitePreprocessing,
     TextStandardizer,
     load_multimodal_site,
     omics_input_dim,
     patient_text_vectors,
-    synthesize_multimodal_sites,
-    write_multimodal_site,
 )
+from shared.data.synth.omics import SYNTHETIC_GENES, synthesize_multimodal_sites
 from shared.data.text_embedding import make_text_embedder
+from shared.data.writers import write_multimodal_site
 from shared.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -98,7 +97,7 @@ def test_parquet_and_gzip_variants(tmp_path: Path) -> None:
 
 MALFORMED = [  # (table, content, label type, expected message)
     ("omics", "patient_id,G1,G2,G3\np1,1,high,3\n", "binary", r"omics\.csv: G2: data row 1 \(line 2\): 'high' is not a number"),
-    ("omics", "patient_id,G1,G2,G3\np1,1,2,3\np2,1,2,inf\n", "binary", r"omics\.csv: G3: data row 2 .*: inf is not a finite"),
+    ("omics", "patient_id,G1,G2,G3\np1,1,2,3\np2,1,2,inf\n", "binary", r"omics\.csv: G3: data row 2 .*: 'inf' is not a finite"),
     ("omics", "patient_id,G1,G3\np1,1,3\n", "binary", r"omics\.csv: G2: pinned feature column missing \(1 of 3 absent: G2\)"),
     ("omics", "patient_id,G1,G2,G3\np1,1,2,3\np1,4,5,6\n", "binary", r"omics\.csv: patient_id: data row 2 .*'p1' is a dup"),
     ("labels", "patient_id,outcome\np1,1\n", "binary", r"labels\.csv: label: missing required column"),

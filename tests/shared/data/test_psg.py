@@ -20,10 +20,9 @@ from shared.data.psg import (
     resolve_channel_map,
     slot_modality,
     stage_code,
-    synthesize_psg_sites,
-    write_edf,
-    write_hypnogram,
 )
+from shared.data.synth.psg import synthesize_psg_sites
+from shared.data.writers import write_edf, write_hypnogram
 from shared.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

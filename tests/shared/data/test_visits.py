@@ -5,14 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.data.visits import (
-    FEATURES,
-    LAB_FEATURES,
-    VISIT_COLUMNS,
-    load_visit_site,
-    synthesize_visit_sites,
-    visits_from_records,
-)
+from shared.data.synth.visits import synthesize_visit_sites
+from shared.data.visits import FEATURES, LAB_FEATURES, VISIT_COLUMNS, load_visit_site, visits_from_records
 from shared.errors import InputError
 from shared.metrics import auroc
 

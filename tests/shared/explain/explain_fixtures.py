@@ -12,11 +12,13 @@ import torch
 from shared.config import RunConfig, config_from_dict
 from shared.data.event_features import EventEncoder, encode_events
 from shared.data.event_schema import EVENT_TYPES
-from shared.data.events import load_event_site, synthesize_event_sites
-from shared.data.omics import SYNTHETIC_GENES
+from shared.data.events import load_event_site
+from shared.data.synth.events import synthesize_event_sites
+from shared.data.synth.omics import SYNTHETIC_GENES
+from shared.data.synth.visits import TRUTH_FILE, synthesize_visit_sites
 from shared.data.text_embedding import CachedEmbedder, HashedBagOfWords
 from shared.data.visit_features import VisitEncoder, encode_visits
-from shared.data.visits import FEATURES, TRUTH_FILE, load_visit_site, synthesize_visit_sites
+from shared.data.visits import FEATURES, load_visit_site
 from shared.models.registry import build_model
 from shared.tasks.registry import build_task
 

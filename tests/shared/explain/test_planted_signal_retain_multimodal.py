@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared.data.omics import _INFORMATIVE_GENES, LABEL, SYNTHETIC_GENES, load_multimodal_site
+from shared.data.omics import LABEL, load_multimodal_site
+from shared.data.synth.omics import _INFORMATIVE_GENES, SYNTHETIC_GENES
 from shared.data.visits import FEATURES
 from shared.explain.ablation import multimodal_ablation, retain_ablation
 from shared.explain.cohort import cohort_importance, summed_over_steps

@@ -16,7 +16,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from shared.config import RunConfig, config_from_dict, load_config
-from shared.data.omics import SYNTHETIC_GENES, SitePreprocessing, write_multimodal_site
+from shared.data.omics import SitePreprocessing
+from shared.data.synth.omics import SYNTHETIC_GENES
+from shared.data.writers import write_multimodal_site
 from shared.errors import InputError
 from shared.losses.classification import FocalLoss, WeightedBCEWithLogits
 from shared.privacy.whitelist import ALLOWED_METRICS

@@ -12,8 +12,11 @@ import torch.nn.functional as F
 from fedcare.predict import predict_patient_json
 from server.checkpoints import load_checkpoint, save_checkpoint
 from shared.config import RunConfig, config_from_dict, load_config
+from shared.data.splits import split_rows
+from shared.data.synth.visits import synthesize_visit_sites
 from shared.data.visit_features import Z_CLIP, VisitEncoder
-from shared.data.visits import FEATURES, LAB_RANGES, load_visit_site, synthesize_visit_sites, write_visit_site
+from shared.data.visits import FEATURES, LAB_RANGES, load_visit_site
+from shared.data.writers import write_visit_site
 from shared.errors import InputError
 from shared.losses.classification import FocalLoss, WeightedBCEWithLogits
 from shared.models.retain import Retain
@@ -25,7 +28,6 @@ from shared.tasks.retain_aki import (
     REPORTED_METRICS,
     RetainAkiTask,
     predict_patient,
-    stratified_patient_split,
 )
 from tests.shared.tasks.retain_fedavg import run_fedavg
 
@@ -57,7 +59,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _val_patients(site_dir: Path, cfg: RunConfig) -> set[str]:
     data = load_visit_site(site_dir)
-    _, val_idx = stratified_patient_split(data.labels.to_numpy(), cfg.data.val_fraction, cfg.data.split_seed)
+    _, val_idx, _ = split_rows(None, data.labels.to_numpy(), cfg.data.val_fraction, cfg.data.split_seed)
     return set(data.patients[val_idx])
 
 
@@ -158,7 +160,7 @@ def test_prediction_inputs_match_the_site_encoding(sites: Path, tmp_path: Path) 
     data = task.prepare_site(sites / "hospital_c", "hospital_c", tmp_path)
     ids, dataset = task.prediction_inputs(sites / "hospital_c", tmp_path)
     loaded = load_visit_site(sites / "hospital_c")
-    train_idx, _ = stratified_patient_split(loaded.labels.to_numpy(), 0.25, 0)
+    train_idx, _, _ = split_rows(None, loaded.labels.to_numpy(), 0.25, 0)
     assert list(ids) == list(loaded.patients)
     torch.testing.assert_close(dataset.tensors[0][train_idx], data.train.tensors[0])
     torch.testing.assert_close(dataset.tensors[1][train_idx], data.train.tensors[1])
