@@ -180,7 +180,15 @@ def cmd_audit_membership(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fedcare.predict import parse_horizons, patient_tables, predict_patient_json, predict_to_csv
+    from fedcare.predict import (
+        describe_calibration,
+        parse_horizons,
+        patient_tables,
+        predict_patient_json,
+        predict_to_csv,
+        stored_calibration,
+    )
+    from server.checkpoints import load_checkpoint
 
     encoder = Path(args.encoder) if args.encoder else None
     if args.patient:
@@ -197,6 +205,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("<command line>", "--json", "only with --patient (--data writes a CSV to --out)")
     n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder, parse_horizons(args.horizons))
     console.print(f"wrote {n} predictions to {args.out}")
+    cmap = stored_calibration(load_checkpoint(Path(args.checkpoint)))
+    if cmap:
+        console.print(describe_calibration(cmap))
     return 0
 
 

@@ -166,6 +166,13 @@ class FederationConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    # binary tasks: the calibration map fitted at the center on the sites' released validation histograms
+    # (shared/calibration.py; no privacy cost), stored with every checkpoint and applied by `fedcare predict`
+    recalibrate: str = "platt"  # platt | temperature | none
+
+
+@dataclass
 class ExplainConfig:
     final_round: bool = False  # after the last round's evaluation each site writes an explanation report locally
     patients: int = 10  # stays explained one by one (the highest predicted risks)
@@ -202,6 +209,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     device: str = "auto"
     precision: str = "fp32"
@@ -369,6 +377,10 @@ def _check(cfg: RunConfig) -> None:
     need(cfg.federation.mode in ("simulation", "deployment"), "federation.mode", "simulation or deployment")
     need(cfg.federation.cpus_per_site > 0, "federation.cpus_per_site", "must be > 0")
     need(cfg.federation.gpus_per_site >= 0, "federation.gpus_per_site", "must be >= 0")
+    from shared.calibration import RECALIBRATION_METHODS
+
+    need(cfg.evaluation.recalibrate in RECALIBRATION_METHODS, "evaluation.recalibrate",
+         f"one of {', '.join(RECALIBRATION_METHODS)}")
     need(cfg.explain.patients >= 1, "explain.patients", f"must be >= 1, got {cfg.explain.patients}")
     if cfg.explain.final_round:
         from shared.explain.registry import explainable_tasks
