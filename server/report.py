@@ -284,8 +284,36 @@ def _calibration_section(run: RunFolder, image: str | None) -> str:
     return _section(
         "calibration", "Calibration",
         f'<figure><img src="{_e(image)}" alt="calibration"><figcaption>Observed event rate against mean '
-        "predicted probability per bin (marker area ~ patients).</figcaption></figure>" + table + note,
+        "predicted probability per bin (marker area ~ patients).</figcaption></figure>" + table + note
+        + _recalibration_html(run.summary.get("recalibration")),
     )
+
+
+def recalibration_rows(recal: dict[str, Any] | None) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]] | None:
+    """The data of the report's recalibration part (summary.json `recalibration`): (ECE rows: what, value),
+    (reliability rows after recalibration: bin, patients, mean predicted, observed rate). None without a fit."""
+    if not recal:
+        return None
+    cmap = recal.get("map")
+    how = (f"{cmap['method']}: sigmoid({cmap['slope']:.3f} x logit + {cmap['intercept']:+.3f})" if cmap
+           else f"{recal.get('method')}: no map fitted")
+    summary = [("recalibration", how), ("fitted on", f"{recal.get('fitted_on')} ({_num(recal.get('patients'), 0)} patients)"),
+               ("ECE before", _num(recal.get("ece_before"))), ("ECE after", _num(recal.get("ece_after"))),
+               ("ECE after, each site under a map fitted on the others", _num(recal.get("ece_after_held_out_sites")))]
+    bins = [(f"[{b['bin'] / 10:.1f}, {(b['bin'] + 1) / 10:.1f})", _num(b["count"], 0), _num(b["predicted"]),
+             _num(b["observed"])) for b in recal.get("bins_after", [])]
+    return summary, bins
+
+
+def _recalibration_html(recal: dict[str, Any] | None) -> str:
+    data = recalibration_rows(recal)
+    if data is None:
+        return ""
+    summary, bins = data
+    html = "<h3>Federated recalibration</h3>" + _table(("", "value"), summary)
+    if bins:
+        html += _table(("recalibrated bin", "patients", "mean predicted (recalibrated)", "observed rate"), bins)
+    return html + f'<p class="note">{_e(recal.get("note", ""))}. `fedcare predict` applies the map.</p>'
 
 
 def _privacy_section(audits: Sequence[dict[str, Any]] | None) -> str:
