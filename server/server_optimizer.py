@@ -10,8 +10,8 @@ FedAvgM). Pure post-processing of the aggregate: no privacy cost, nothing else l
 Why the defaults differ from the papers': with DP-SGD at the sites every coordinate of Δ_t carries Gaussian
 noise, and Adam's per-coordinate normalisation turns a coordinate that is pure noise into a full-size step
 (at τ -> 0 the first step is η·sign(Δ)). A τ at the scale of a typical update keeps small, noisy coordinates
-on a FedAvg-like step η/τ·Δ, and a linear warm-up of η over the first rounds keeps the early steps (v from
-one or two samples) small. The defaults (`DEFAULTS`) are the tuned values of benchmarks/server_optimizers.py.
+on a FedAvg-like step η/τ·Δ, and warm-up rounds (plain FedAvg steps while m and v gather samples) keep
+the first adaptive steps from resting on a v of one or two noisy samples. The defaults (`DEFAULTS`) are the tuned values of benchmarks/server_optimizers.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi")
 # name -> (server_lr, server_momentum (μ for fedavgm, β1 for adam/yogi), tau, warmup_rounds)
 DEFAULTS: dict[str, tuple[float, float, float, int]] = {
-    "fedavgm": (1.0, 0.5, 0.0, 0),
-    "fedadam": (0.03, 0.9, 0.03, 2),
-    "fedyogi": (0.03, 0.9, 0.03, 2),
+    "fedavgm": (0.5, 0.5, 0.0, 0),  # lr = 1 - momentum: FedAvg's long-run step size, the noise averaged over rounds
+    "fedadam": (0.1, 0.9, 0.03, 2),
+    "fedyogi": (0.1, 0.9, 0.03, 2),
 }
 BETA_2 = 0.99
 
@@ -62,7 +62,7 @@ class ServerOptimizer:
         (counters) take the mean's value."""
         self.steps += 1
         t = self.steps
-        lr = self.lr * min(1.0, t / self.warmup_rounds) if self.warmup_rounds else self.lr
+        warming_up = t <= self.warmup_rounds  # plain FedAvg steps while m and v gather their first samples
         out = {}
         for key, new in averaged.items():
             old = current[key]
@@ -72,7 +72,7 @@ class ServerOptimizer:
             delta = np.asarray(new, dtype=np.float64) - np.asarray(old, dtype=np.float64)
             if self.name == "fedavgm":
                 m = self._m[key] = self.momentum * self._m.get(key, np.zeros_like(delta)) + delta
-                update = lr * m
+                update = delta if warming_up else self.lr * m
             else:
                 m = self._m[key] = self.momentum * self._m.get(key, np.zeros_like(delta)) + (1 - self.momentum) * delta
                 sq = delta**2
@@ -84,7 +84,7 @@ class ServerOptimizer:
                     v = self._v[key] = prev - (1 - self.beta_2) * sq * np.sign(prev - sq)
                     v_hat = v
                 m_hat = m / (1 - self.momentum**t) if self.momentum < 1 else m
-                update = lr * m_hat / (np.sqrt(np.maximum(v_hat, 0.0)) + self.tau)
+                update = delta if warming_up else self.lr * m_hat / (np.sqrt(np.maximum(v_hat, 0.0)) + self.tau)
             out[key] = (np.asarray(old, dtype=np.float64) + update).astype(np.asarray(old).dtype)
         return out
 

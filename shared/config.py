@@ -156,7 +156,7 @@ class StrategyConfig:
     server_lr: float | None = None
     server_momentum: float | None = None  # fedavgm: momentum; fedadam/fedyogi: beta_1
     server_tau: float | None = None  # fedadam/fedyogi: added to sqrt(v); keeps noisy coordinates' steps small
-    server_warmup_rounds: int | None = None  # the server lr rises linearly over these rounds
+    server_warmup_rounds: int | None = None  # first rounds: plain FedAvg steps while the optimiser's state fills
 
 
 @dataclass

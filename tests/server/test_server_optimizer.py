@@ -41,10 +41,13 @@ def test_adam_at_tiny_tau_takes_sign_steps_and_a_large_tau_keeps_noise_small() -
     assert abs(damped[0]) < 1e-4 and abs(damped[1]) > 0.05
 
 
-def test_yogi_and_warm_up() -> None:
-    opt = ServerOptimizer("fedyogi", lr=0.2, momentum=0.0, tau=0.0, warmup_rounds=4)
+def test_warm_up_takes_fedavg_steps_then_yogi_adapts() -> None:
+    opt = ServerOptimizer("fedyogi", lr=0.2, momentum=0.0, tau=0.0, warmup_rounds=1)
     first = opt.step({"w": np.zeros(2)}, {"w": np.array([0.5, -0.5])})["w"]
-    assert np.allclose(first, 0.05 * np.array([1.0, -1.0]))  # lr x 1/4 in the first warm-up round, v = Δ²
+    assert np.allclose(first, [0.5, -0.5])  # warm-up: the FedAvg mean itself; v starts at Δ² = 0.25
+    second = opt.step({"w": first}, {"w": first + np.array([0.1, 0.1])})["w"]
+    # v = 0.25 - 0.01 x (1 - 0.99) x sign(0.25 - 0.01), Δ = 0.1: step 0.2 x 0.1 / sqrt(v)
+    assert np.allclose(second - first, 0.2 * 0.1 / np.sqrt(0.25 - 0.01 * 0.01), rtol=1e-9)
     assert ServerOptimizer.create("fedyogi").settings()["lr"] == DEFAULTS["fedyogi"][0]
     with pytest.raises(ValueError, match="unknown server optimiser"):
         ServerOptimizer.create("sgd")
