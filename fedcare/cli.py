@@ -79,6 +79,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
     parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
+    _print_recalibration(summary.get("recalibration"))
     for text in summary["events"]:
         console.print(f"  note: {text}")
     if cfg.task in TABULAR_TASKS:  # tasks with a fixed test split: the final model on the sites' test rows
@@ -481,6 +482,13 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def _print_recalibration(recal: dict[str, Any] | None) -> None:
+    if recal and recal.get("map"):
+        console.print(f"calibration: ECE {_f(recal.get('ece_before'))} -> {_f(recal.get('ece_after'))} after {recal['method']} "
+                      f"recalibration (fitted at the center on {recal['fitted_on']}, no privacy cost; stored with the "
+                      "checkpoints, `fedcare predict` applies it)")
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
