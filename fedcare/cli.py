@@ -496,6 +496,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
     parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
+    _print_recalibration(summary.get("recalibration"))
     for site, info in summary["sites"].items():
         missed = ", ".join(f"{r} ({s})" for r, s in info.get("rounds_missed", {}).items())
         console.print(f"  {site}: trained rounds {info['rounds_trained']}" + (f"; missed {missed}" if missed else ""))
