@@ -25,8 +25,10 @@ SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi")
 # name -> (server_lr, server_momentum (μ for fedavgm, β1 for adam/yogi), tau, warmup_rounds)
 DEFAULTS: dict[str, tuple[float, float, float, int]] = {
     "fedavgm": (0.5, 0.5, 0.0, 0),  # lr = 1 - momentum: FedAvg's long-run step size, the noise averaged over rounds
-    "fedadam": (0.1, 0.9, 0.03, 2),
-    "fedyogi": (0.1, 0.9, 0.03, 2),
+    # tau = lr: a coordinate whose update is small against tau (noise, mostly) gets about FedAvg's step, one with
+    # large consistent updates at most ~lr per round
+    "fedadam": (0.3, 0.9, 0.3, 3),
+    "fedyogi": (0.3, 0.9, 0.3, 3),
 }
 BETA_2 = 0.99
 
