@@ -3,7 +3,8 @@
 Federated: every round each site starts from the global weights and trains with the local trainer
 (shared.training.dp_trainer.train_model, DP-SGD at the noise multiplier planned once per site for
 the whole run with shared.privacy.planner.plan_noise_multiplier, or without DP at epsilon = inf);
-the center averages the weights by training-set size (FedAvg). An optional `transfer` function is
+the center averages the weights by training-set size (FedAvg), optionally followed by a server optimiser
+step (server/server_optimizer.py: FedAvgM, FedAdam, FedYogi, as the Flower strategy does it). An optional `transfer` function is
 applied to each site's weights before averaging and to the averaged weights (upload and download,
 e.g. a float16 round trip).
 Pooled: one model trained without DP on all sites' training data together for the same number of
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
+from server.server_optimizer import ServerOptimizer
 from shared import metrics as m
 from shared.config import RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
@@ -59,7 +61,7 @@ class Workload:
     forward: Callable[[nn.Module, Batch], torch.Tensor]
     targets: Callable[[Batch], torch.Tensor]
     site_loss: dict[str, LossFn]  # a site's loss may hold site state (e.g. its class weights)
-    metric: str  # auroc | kappa | c_index
+    metric: str  # auroc | accuracy | kappa | c_index
     plan: TrainPlan
     note: str = ""
 
@@ -77,9 +79,11 @@ class FederatedRun:
 
 
 def score(metric: str, targets: np.ndarray, outputs: np.ndarray) -> float:
-    """AUROC of logits, Cohen's kappa of the argmax class, or Harrell's C-index of risks."""
+    """AUROC of logits, accuracy at logit 0, Cohen's kappa of the argmax class, or Harrell's C-index of risks."""
     if metric == "auroc":
         return m.auroc(targets, outputs)
+    if metric == "accuracy":  # at probability 0.5 (logit 0), as FLamby scores Fed-Heart-Disease
+        return float(np.mean((np.asarray(outputs).reshape(-1) > 0) == (np.asarray(targets).reshape(-1) > 0.5)))
     if metric == "kappa":
         return m.cohen_kappa(targets, outputs.argmax(axis=1))
     if metric == "c_index":
@@ -127,8 +131,10 @@ def fedavg(states: list[StateDict], weights: list[float]) -> StateDict:
 
 
 def train_federated(
-    wl: Workload, epsilon: float, seed: int, transfer: Callable[[StateDict], StateDict] | None = None
+    wl: Workload, epsilon: float, seed: int, transfer: Callable[[StateDict], StateDict] | None = None,
+    server: ServerOptimizer | None = None,
 ) -> FederatedRun:
+    """`server`: the center's optimiser applied to the weighted mean (server/server_optimizer.py); None = FedAvg."""
     p = wl.plan
     noise = plan_noise(wl, epsilon)
     torch.manual_seed(seed)
@@ -149,6 +155,10 @@ def train_federated(
             states.append(transfer(state) if transfer else state)
             weights.append(result.num_examples)
         averaged = fedavg(states, weights)
+        if server is not None:
+            current = {k: v.numpy() for k, v in global_model.state_dict().items()}
+            averaged = {k: torch.from_numpy(np.asarray(v)) for k, v in server.step(current, {
+                k: v.numpy() for k, v in averaged.items()}).items()}
         global_model.load_state_dict(transfer(averaged) if transfer else averaged)  # the next round's download
         seconds.append(time.perf_counter() - started)
     spent = {s: epsilon_opacus(mech, p.delta, "rdp") if mech else math.inf for s, mech in mechanisms.items()}

@@ -71,6 +71,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
     parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
+    _print_recalibration(summary.get("recalibration"))
     for text in summary["events"]:
         console.print(f"  note: {text}")
     if cfg.task in TABULAR_TASKS or any(site_has_split(Path(cfg.data.root) / s, cfg.task) for s in cfg.data.sites):
@@ -173,7 +174,15 @@ def cmd_audit_membership(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fedcare.predict import parse_horizons, patient_tables, predict_patient_json, predict_to_csv
+    from fedcare.predict import (
+        describe_calibration,
+        parse_horizons,
+        patient_tables,
+        predict_patient_json,
+        predict_to_csv,
+        stored_calibration,
+    )
+    from server.checkpoints import load_checkpoint
 
     encoder = Path(args.encoder) if args.encoder else None
     if args.patient:
@@ -190,6 +199,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("<command line>", "--json", "only with --patient (--data writes a CSV to --out)")
     n = predict_to_csv(Path(args.checkpoint), Path(args.data), Path(args.out), encoder, parse_horizons(args.horizons))
     console.print(f"wrote {n} predictions to {args.out}")
+    cmap = stored_calibration(load_checkpoint(Path(args.checkpoint)))
+    if cmap:
+        console.print(describe_calibration(cmap))
     return 0
 
 
@@ -465,11 +477,19 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _print_recalibration(recal: dict[str, Any] | None) -> None:
+    if recal and recal.get("map"):
+        console.print(f"calibration: ECE {_f(recal.get('ece_before'))} -> {_f(recal.get('ece_after'))} after {recal['method']} "
+                      f"recalibration (fitted at the center on {recal['fitted_on']}, no privacy cost; stored with the "
+                      "checkpoints, `fedcare predict` applies it)")
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     fw = summary["final_weighted"]
     shown = [summary.get("primary_metric", "auroc")] + [m for m in ("auprc", "brier", "macro_f1", "accuracy") if m in fw]
     parts = ", ".join(f"{m} {_f(fw.get(m))}" for m in dict.fromkeys(shown))
     console.print(f"\n[bold]final global model[/bold] (validation, weighted by site size): {parts}")
+    _print_recalibration(summary.get("recalibration"))
     for site, info in summary["sites"].items():
         missed = ", ".join(f"{r} ({s})" for r, s in info.get("rounds_missed", {}).items())
         console.print(f"  {site}: trained rounds {info['rounds_trained']}" + (f"; missed {missed}" if missed else ""))

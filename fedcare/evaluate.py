@@ -29,10 +29,12 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from server.checkpoints import latest_checkpoint, load_checkpoint
+from shared.calibration import CalibrationMap, sigmoid
 from shared.config import config_from_dict
 from shared.errors import InputError
 from shared.evaluation_report import not_available, test_split_report
 from shared.io import load_json, write_json
+from shared.metrics import brier, expected_calibration_error
 from shared.survival_baseline import BASELINE_FILE, BaselineHazard
 from shared.tasks.base import Task
 from shared.tasks.registry import build_task
@@ -123,7 +125,15 @@ def evaluate_site(
     y, out = model_outputs(site_task, model, data.test)
     if out.ndim > 1:  # several outcomes per sample (sleep_diagnosis)
         return {"n": int(len(y)), "note": "n/a: no test report for several outcomes yet"}, None
-    return test_split_report(site_task.kind, y, out, n_boot=n_boot, seed=cfg.seed), (y, out)
+    cmap = ckpt.get("calibration") if site_task.kind == "binary" else None
+    if cmap:  # the probabilities `fedcare predict` writes: recalibrated (ranks, hence AUROC, unchanged)
+        prob = sigmoid(np.asarray(out, float).reshape(-1))
+        uncalibrated = {"ece": expected_calibration_error(y.reshape(-1), prob), "brier": brier(y.reshape(-1), prob)}
+        out = CalibrationMap.from_dict(cmap).apply_logits(out)
+    report = test_split_report(site_task.kind, y, out, n_boot=n_boot, seed=cfg.seed)
+    if cmap:
+        report["recalibration"] = {"map": cmap, "uncalibrated": uncalibrated}
+    return report, (y, out)
 
 
 def _save_baseline(task: Task, model: torch.nn.Module, data: Any, state_dir: Path, ckpt: dict[str, Any]) -> None:

@@ -3,7 +3,10 @@
 Output columns (CSV, one row per patient, the task's id column first):
 - binary tasks: `probability`, and a 0/1 `predicted_label` at the checkpoint's decision threshold when
   it has one (`decision_threshold`, the num-examples-weighted mean of the sites' Youden-optimal
-  validation thresholds).
+  validation thresholds). When the checkpoint holds a recalibration map (`calibration`, fitted at the
+  center on the sites' released validation histograms: `evaluation.recalibrate`, shared/calibration.py),
+  `probability` is the recalibrated one and `uncalibrated_probability` the model's own; the map keeps the
+  order of patients, so `predicted_label` is the same either way.
 - survival tasks: `risk_score`, the model's log relative hazard (higher = earlier event; only its
   differences between patients are meaningful for a model whose baseline is not estimated); a model
   with K outcomes writes `risk_score_<k>`. No probability is made up from a hazard. With `--horizons
@@ -25,6 +28,7 @@ import torch
 from rich.table import Table
 
 from server.checkpoints import load_checkpoint
+from shared.calibration import CalibrationMap, sigmoid
 from shared.config import config_from_dict
 from shared.errors import InputError
 from shared.io import write_bytes
@@ -77,6 +81,18 @@ def survival_columns(
     return columns
 
 
+def stored_calibration(ckpt: dict[str, Any]) -> CalibrationMap | None:
+    """The checkpoint's recalibration map (None: none stored, e.g. `evaluation.recalibrate: none`)."""
+    raw = ckpt.get("calibration")
+    return CalibrationMap.from_dict(raw) if raw else None
+
+
+def describe_calibration(cmap: CalibrationMap) -> str:
+    return (f"probabilities recalibrated ({cmap.method}: sigmoid({cmap.slope:.3f} x logit + {cmap.intercept:+.3f}), "
+            "fitted at the center on the sites' released validation histograms); the model's own in "
+            "uncalibrated_probability")
+
+
 def predict_to_csv(
     checkpoint: Path, data_dir: Path, out: Path, encoder_dir: Path | None = None, horizons: list[float] | None = None
 ) -> int:
@@ -101,10 +117,14 @@ def predict_to_csv(
     else:
         if horizons:
             raise InputError("<command line>", "--horizons", f"only for survival tasks, not {cfg.task}")
-        frame = pd.DataFrame({task.id_column: ids, "probability": 1.0 / (1.0 + np.exp(-logits))})
+        raw = sigmoid(logits)
+        cmap = stored_calibration(ckpt)
+        frame = pd.DataFrame({task.id_column: ids, "probability": cmap.apply(raw) if cmap else raw})
         threshold = ckpt.get("decision_threshold")
-        if threshold is not None:  # chosen on the sites' validation data and stored with the model
-            frame["predicted_label"] = (frame["probability"] >= float(threshold)).astype(int)
+        if threshold is not None:  # chosen on the sites' validation data (uncalibrated scores) and stored with the model
+            frame["predicted_label"] = (raw >= float(threshold)).astype(int)
+        if cmap:
+            frame["uncalibrated_probability"] = raw
     write_bytes(out, frame.to_csv(index=False).encode())
     return len(frame)
 
@@ -135,10 +155,17 @@ def predict_patient_json(checkpoint: Path, json_path: Path, encoder_dir: Path | 
     model.load_state_dict(ckpt["state_dict"])
     encoder = VisitEncoder.load(Path(encoder_dir) / ENCODER_FILE)
     result = predict_patient(model, records, encoder, max_visits=cfg.data.max_events, source=json_path)
+    raw = float(result["probability"])
     threshold = ckpt.get("decision_threshold")
     if threshold is not None:
         result["decision_threshold"] = float(threshold)
-        result["predicted_label"] = int(result["probability"] >= float(threshold))
+        result["predicted_label"] = int(raw >= float(threshold))
+    cmap = stored_calibration(ckpt)
+    if cmap:
+        result["uncalibrated_probability"], result["probability"] = raw, float(cmap.apply(np.array([raw]))[0])
+        result["calibration"] = cmap.to_dict()
+        if threshold is not None:  # the same cut on the recalibrated scale
+            result["decision_threshold"] = float(cmap.apply(np.array([float(threshold)]))[0])
     return result
 
 

@@ -26,10 +26,12 @@ from server.evaluation import (
     EXACT_METRIC_NOTE,
     POOLING_NOTE,
     aggregate_metrics,
+    calibration_map,
     decision_threshold,
     outside_guarantee,
     pooled_calibration,
     pooled_metrics,
+    recalibration,
 )
 from server.history import NOT_ASKED, RunHistory, write_json_atomic
 from server.strategy import make_strategy
@@ -80,9 +82,13 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
         # Flower calls this after the round's evaluation: the sites' validation thresholds of this
         # very model are known, and their weighted mean is stored with it (`fedcare predict` uses it).
         threshold = decision_threshold(history.evaluations(real_round), history.releases(real_round))
+        # the recalibration map of this model, from the same released statistics (`fedcare predict` applies it)
+        cmap = calibration_map(recalibration(history.evaluations(real_round), history.releases(real_round),
+                                             cfg.evaluation.recalibrate))
         save_checkpoint(
             checkpoint_path(run_dir, real_round), arrays.to_torch_state_dict(),
-            {**meta, "round": real_round, "decision_threshold": threshold, "decision_threshold_rule": THRESHOLD_RULE},
+            {**meta, "round": real_round, "decision_threshold": threshold, "decision_threshold_rule": THRESHOLD_RULE,
+             "calibration": cmap.to_dict() if cmap else None},
         )
         return None
 
@@ -162,6 +168,7 @@ def run_summary(history: RunHistory, cfg: RunConfig, run_id: str, run_dir: Path,
         "final_pooled": pooled_metrics(final),
         "final_calibration": pooled_calibration(final),
         "final_aggregate": aggregate_metrics(history.releases(last)),
+        "recalibration": recalibration(final, history.releases(last), cfg.evaluation.recalibrate),
         "pooling_note": POOLING_NOTE,
         "decision_threshold": decision_threshold(final, history.releases(last)),
         "evaluation_privacy": {

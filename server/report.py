@@ -227,7 +227,31 @@ def _calibration(run: RunFolder, image: str | None) -> dict[str, Any] | None:
          _num(b["observed"]))
         for b in bins
     ]
-    return {"image": image, "rows": rows}
+    return {"image": image, "rows": rows, "recalibration": _recalibration(run.summary.get("recalibration"))}
+
+
+def _recalibration_rows(recal: dict[str, Any] | None) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]] | None:
+    """The data of the report's recalibration part (summary.json `recalibration`): (ECE rows: what, value),
+    (reliability rows after recalibration: bin, patients, mean predicted, observed rate). None without a fit."""
+    if not recal:
+        return None
+    cmap = recal.get("map")
+    how = (f"{cmap['method']}: sigmoid({cmap['slope']:.3f} x logit + {cmap['intercept']:+.3f})" if cmap
+           else f"{recal.get('method')}: no map fitted")
+    summary = [("recalibration", how), ("fitted on", f"{recal.get('fitted_on')} ({_num(recal.get('patients'), 0)} patients)"),
+               ("ECE before", _num(recal.get("ece_before"))), ("ECE after", _num(recal.get("ece_after"))),
+               ("ECE after, each site under a map fitted on the others", _num(recal.get("ece_after_held_out_sites")))]
+    bins = [(f"[{b['bin'] / 10:.1f}, {(b['bin'] + 1) / 10:.1f})", _num(b["count"], 0), _num(b["predicted"]),
+             _num(b["observed"])) for b in recal.get("bins_after", [])]
+    return summary, bins
+
+
+def _recalibration(recal: dict[str, Any] | None) -> dict[str, Any] | None:
+    data = _recalibration_rows(recal)
+    if data is None:
+        return None
+    summary, bins = data
+    return {"summary": summary, "bins": bins, "note": recal.get("note", "")}
 
 
 def _privacy(audits: Sequence[dict[str, Any]] | None) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
 from server.history import RunHistory
+from server.server_optimizer import SERVER_OPTIMIZERS, ServerOptimized, ServerOptimizer
 from server.site_level_dp import FixedDenominator, SiteLevelDPAccounting
 from shared.config import RunConfig
 from shared.privacy.reason_codes import as_reason_code, is_reason_code
@@ -189,8 +190,6 @@ class SiteTracking:
 _BASES: dict[str, type] = {
     "fedavg": fl.FedAvg,
     "fedprox": fl.FedProx,
-    "fedadam": fl.FedAdam,
-    "fedyogi": fl.FedYogi,
     "fedmedian": fl.FedMedian,
     "trimmed_mean": fl.FedTrimmedAvg,
     "krum": fl.Krum,
@@ -201,14 +200,19 @@ def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) ->
     """The configured strategy with site tracking in front; with site-level DP, Flower's server-side DP
     wrapper sits between the tracking (which keeps replies without weights out) and the strategy.
     `round_offset`: rounds already done (a resumed run)."""
-    base = _BASES[cfg.strategy.name]
+    base = _BASES.get(cfg.strategy.name, fl.FedAvg)
     n = cfg.strategy.min_sites
     kwargs: dict[str, Any] = dict(
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n
     )
     kwargs.update(cfg.strategy.params)
     dp = cfg.privacy.site_level_dp
-    if not dp.enabled:
+    if cfg.strategy.name in SERVER_OPTIMIZERS:  # FedAvg's weighted mean, then the center's optimiser step
+        sc = cfg.strategy
+        strategy = type(f"Tracked{sc.name}", (SiteTracking, ServerOptimized, fl.FedAvg), {})(**kwargs)
+        strategy.server_optimizer = ServerOptimizer.create(sc.name, sc.server_lr, sc.server_momentum, sc.server_tau,
+                                                           sc.server_warmup_rounds)
+    elif not dp.enabled:
         strategy = type(f"Tracked{base.__name__}", (SiteTracking, base), {})(**kwargs)
     else:
         inner = type(f"FixedDenominator{base.__name__}", (FixedDenominator, base), {})(**kwargs)

@@ -23,7 +23,7 @@ TASKS = (
     "event_mortality", "retain_aki", "sleep_staging", "sleep_diagnosis", "multimodal", "tabular_binary", "tabular_survival",
 )
 TABULAR_TASKS = ("tabular_binary", "tabular_survival")  # one table.csv per site (shared/data/tabular.py)
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean", "krum")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedmedian", "trimmed_mean", "krum")
 ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -150,7 +150,12 @@ class PrivacyConfig:
 class StrategyConfig:
     name: str = "fedavg"
     min_sites: int = 2
-    params: dict[str, Any] = field(default_factory=dict)  # e.g. proximal_mu, eta, trim_beta
+    params: dict[str, Any] = field(default_factory=dict)  # e.g. proximal_mu, trim_beta
+    # fedavgm / fedadam / fedyogi (server/server_optimizer.py); None = the optimiser's DP-tuned default
+    server_lr: float | None = None
+    server_momentum: float | None = None  # fedavgm: momentum; fedadam/fedyogi: beta_1
+    server_tau: float | None = None  # fedadam/fedyogi: added to sqrt(v); keeps noisy coordinates' steps small
+    server_warmup_rounds: int | None = None  # first rounds: plain FedAvg steps while the optimiser's state fills
 
 
 @dataclass
@@ -162,6 +167,13 @@ class FederationConfig:
     wait_for_sites_s: float = 300.0  # deployment: how long the first round waits for every site to connect
     site_state_root: str | None = None  # persistent per-site state (lifetime ledgers); None = inside the run dir
     site_policies: dict[str, str] = field(default_factory=dict)  # simulation: site -> its site policy YAML
+
+
+@dataclass
+class EvaluationConfig:
+    # binary tasks: the calibration map fitted at the center on the sites' released validation histograms
+    # (shared/calibration.py; no privacy cost), stored with every checkpoint and applied by `fedcare predict`
+    recalibrate: str = "platt"  # platt | temperature | none
 
 
 @dataclass
@@ -201,6 +213,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     device: str = "auto"
     precision: str = "fp32"
@@ -365,9 +378,18 @@ def _check(cfg: RunConfig) -> None:
     need(e.rounds in EVALUATION_ROUNDS, "privacy.evaluation.rounds", f"one of {', '.join(EVALUATION_ROUNDS)}")
     need(cfg.strategy.name in STRATEGIES, "strategy.name", f"unknown strategy; known: {', '.join(STRATEGIES)}")
     need(cfg.strategy.min_sites >= 1, "strategy.min_sites", "must be >= 1")
+    sc = cfg.strategy
+    need(sc.server_lr is None or sc.server_lr > 0, "strategy.server_lr", "must be > 0")
+    need(sc.server_momentum is None or 0 <= sc.server_momentum < 1, "strategy.server_momentum", "must be in [0, 1)")
+    need(sc.server_tau is None or sc.server_tau >= 0, "strategy.server_tau", "must be >= 0")
+    need(sc.server_warmup_rounds is None or sc.server_warmup_rounds >= 0, "strategy.server_warmup_rounds", "must be >= 0")
     need(cfg.federation.mode in ("simulation", "deployment"), "federation.mode", "simulation or deployment")
     need(cfg.federation.cpus_per_site > 0, "federation.cpus_per_site", "must be > 0")
     need(cfg.federation.gpus_per_site >= 0, "federation.gpus_per_site", "must be >= 0")
+    from shared.calibration import RECALIBRATION_METHODS
+
+    need(cfg.evaluation.recalibrate in RECALIBRATION_METHODS, "evaluation.recalibrate",
+         f"one of {', '.join(RECALIBRATION_METHODS)}")
     need(cfg.explain.patients >= 1, "explain.patients", f"must be >= 1, got {cfg.explain.patients}")
     if cfg.explain.final_round:
         from shared.explain.registry import explainable_tasks

@@ -261,3 +261,12 @@ def aggregate_release(sites: Mapping[str, Mapping[str, float]]) -> dict[str, flo
             if key in RELEASE_KEYS and math.isfinite(value):
                 total[key] = total.get(key, 0.0) + float(value)
     return total if len(shapes) == 1 else {}
+
+
+def histogram_calibration(pos: np.ndarray, neg: np.ndarray, predicted: np.ndarray | None = None) -> dict[str, float]:
+    """ECE and reliability bins (as `binary_metrics`) of (noisy) score histograms whose patients are taken to
+    have probability `predicted[b]` in bin b: the bin centres by default, or the centres mapped through a
+    recalibration (shared/calibration.py). Noisy counts are clipped at 0."""
+    pos, neg = np.clip(np.asarray(pos, float), 0, None), np.clip(np.asarray(neg, float), 0, None)
+    mid = bin_centers(pos.size) if predicted is None else np.asarray(predicted, float)
+    return _calibration(pos, neg, mid)

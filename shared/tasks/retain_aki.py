@@ -139,11 +139,12 @@ class RetainAkiTask(Task):
         return self._loss_fn(logits, batch[-1].float())
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-        from shared.metrics import binary_report
+        from shared.metrics import binary_report, calibration_bins
 
         probs = 1.0 / (1.0 + np.exp(-outputs))
         report = binary_report(targets, probs, n_boot=200, seed=self.cfg.seed)
-        return {k: v for k, v in report.items() if k in REPORTED_METRICS}
+        # reliability bins as the other binary tasks send them (exact path; under DP the histograms carry them)
+        return {k: v for k, v in report.items() if k in REPORTED_METRICS} | calibration_bins(targets, probs)
 
 
 def predict_patient(

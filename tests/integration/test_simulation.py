@@ -162,9 +162,22 @@ def test_predict_from_checkpoint_matches_in_memory_model(run, tmp_path):
     site_dir = run_dir.parent.parent / "data" / "site_a"
     n = predict_to_csv(ckpt_path, site_dir, out, run_dir / "sites" / "site_a")
     frame = pd.read_csv(out)
-    assert n == len(frame) == 160 and list(frame.columns) == ["stay_id", "probability", "predicted_label"]
-    threshold = load_checkpoint(ckpt_path)["decision_threshold"]
-    np.testing.assert_array_equal(frame["predicted_label"], (frame["probability"] >= threshold).astype(int))
+    ckpt = load_checkpoint(ckpt_path)
+    # the Platt map the center fitted on the round's released histograms (default on); none when the noisy
+    # histograms of this tiny run give no increasing map
+    cmap = ckpt["calibration"]
+    assert n == len(frame) == 160
+    if cmap is None:
+        assert list(frame.columns) == ["stay_id", "probability", "predicted_label"]
+        frame["uncalibrated_probability"] = frame["probability"]
+    else:
+        assert list(frame.columns) == ["stay_id", "probability", "predicted_label", "uncalibrated_probability"]
+        assert cmap["method"] == "platt" and cmap["slope"] > 0
+        z = np.log(frame["uncalibrated_probability"]) - np.log1p(-frame["uncalibrated_probability"])
+        np.testing.assert_allclose(frame["probability"], 1 / (1 + np.exp(-(cmap["slope"] * z + cmap["intercept"]))),
+                                   rtol=1e-6)
+    threshold = ckpt["decision_threshold"]
+    np.testing.assert_array_equal(frame["predicted_label"], (frame["uncalibrated_probability"] >= threshold).astype(int))
     task = build_task(cfg)
     model = task.build_model()
     model.load_state_dict(load_checkpoint(ckpt_path)["state_dict"])
@@ -172,7 +185,7 @@ def test_predict_from_checkpoint_matches_in_memory_model(run, tmp_path):
     ids, dataset = task.prediction_inputs(site_dir, run_dir / "sites" / "site_a")
     with torch.no_grad():
         probs = torch.sigmoid(task.forward(model, dataset.tensors)).numpy()
-    np.testing.assert_allclose(frame["probability"].to_numpy(), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(frame["uncalibrated_probability"].to_numpy(), probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(frame["stay_id"].to_numpy(), ids)
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from lifelines.utils import concordance_index
 from sklearn.metrics import roc_auc_score
 
 from fedcare.cli import main
+from server.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = ["hospital_a", "hospital_b", "hospital_c"]
@@ -91,9 +93,12 @@ def test_reported_numbers_match_sklearn_and_lifelines_on_the_saved_predictions(r
             expected = concordance_index(rows["days to event"], -rows["risk_score"], rows["event observed"])
             assert reported["c_index"]["value"] == pytest.approx(expected, abs=1e-9)
         else:
-            assert list(predictions.columns) == ["patient id", "probability", "predicted_label"]
+            calibrated = ["uncalibrated_probability"] if load_checkpoint(checkpoint).get("calibration") else []
+            assert list(predictions.columns) == ["patient id", "probability", "predicted_label", *calibrated]
             expected = roc_auc_score(rows["outcome"], rows["probability"])
             assert reported["auroc"]["value"] == pytest.approx(expected, abs=1e-6)
+            # evaluate scores what predict writes: the recalibrated probabilities
+            assert reported["brier"]["value"] == pytest.approx(np.mean((rows["probability"] - rows["outcome"]) ** 2), abs=1e-6)
     # one hospital on its own data (deployment): the same report as in the run's file, written to its state folder
     state = run["root"] / "hospital_b_state"
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(run["data"] / "hospital_b"),

@@ -127,6 +127,9 @@ def test_report_tables_show_the_run(run_dir: Path) -> None:
     assert summary["final_calibration"]
     for b in summary["final_calibration"]:
         assert f"<td>{b['count']:.0f}</td><td>{b['n_sites']}</td>" in calibration
+    recal = summary["recalibration"]  # fitted on site_a's noisy histograms (site_b sent exact bins: not mixed in)
+    assert recal["method"] == "platt" and recal["fitted_on"] == "dp_score_histograms"
+    assert "Federated recalibration" in calibration and f"<td>ECE before</td><td>{recal['ece_before']:.3f}</td>" in calibration
 
 
 def test_cli_report_elsewhere_reruns_the_audit_when_absent(run_dir: Path, tmp_path: Path) -> None:

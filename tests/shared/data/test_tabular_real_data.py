@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from shared.config import config_from_dict
@@ -39,6 +40,22 @@ def test_heart_disease_sites_through_tabular_binary(tmp_path: Path) -> None:
         assert len(data.test) == pytest.approx(0.25 * ROWS_AFTER_PREPROCESSING[site], abs=1)
     switzerland = task.prepare_site(tmp_path / "switzerland", "switzerland", tmp_path / "state" / "switzerland")
     assert set(np.unique(switzerland.test.tensors[1].numpy())) == {1.0}  # one class: its test AUROC is n/a
+
+
+def test_flamby_split_has_flambys_test_sizes(tmp_path: Path) -> None:
+    """FLamby's Fed-Heart-Disease README: train/test 199/104, 172/89, 30/16, 85/45 (Cleveland, Hungary,
+    Switzerland, VA): the split FLamby's published accuracies are measured on."""
+    uci = find_heart_disease_dir()
+    if uci is None:
+        pytest.skip("shared/data/uci-heart-disease not found")
+    sites = write_heart_disease_sites(uci, tmp_path, split="flamby")
+    sizes = {}
+    for site in sites:
+        split = pd.read_csv(tmp_path / site / "table.csv")["split"]
+        sizes[site] = (int((split == "train").sum()), int((split == "test").sum()))
+    assert sizes == {"cleveland": (199, 104), "hungarian": (172, 89), "switzerland": (30, 16), "va": (85, 45)}
+    with pytest.raises(ValueError, match="split must be"):
+        write_heart_disease_sites(uci, tmp_path, split="random")
 
 
 def test_gse7390_sites_through_tabular_survival(tmp_path: Path) -> None:
