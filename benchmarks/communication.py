@@ -43,6 +43,7 @@ from benchmarks.fed_vs_pooled import events_workload, heart_workload  # noqa: E4
 from benchmarks.federated_training import StateDict, evaluate, train_federated  # noqa: E402
 from client.app import _reply  # noqa: E402
 from client.site_worker import RoundOutcome  # noqa: E402
+from fedcare.configs import CONFIG_DIR  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.models.registry import build_model  # noqa: E402
 from shared.privacy.atomic_write import write_atomically  # noqa: E402
@@ -55,12 +56,12 @@ REPO = Path(__file__).resolve().parents[1]
 def models(quick: bool) -> dict[str, tuple[nn.Module, str]]:
     found: dict[str, tuple[nn.Module, str]] = {}
     found["tabular_mlp"] = (build_model("tabular_mlp", n_features=10, hidden=[32, 16]), "heart disease (10 features)")
-    found["event_transformer"] = (build_task(load_config(REPO / "configs" / "event_mortality.yaml")).build_model(),
-                                  "configs/event_mortality.yaml")
+    found["event_transformer"] = (build_task(load_config(CONFIG_DIR / "event_mortality.yaml")).build_model(),
+                                  "event_mortality")
     found["event_transformer_seed"] = (build_model("event_transformer", event_dim=774, static_dim=60),
                                        "seed size: d_model 256, 4 layers, 768-d text")
-    mm = load_config(REPO / "configs" / "multimodal.yaml")
-    found["multimodal"] = (build_task(mm).build_model(), "configs/multimodal.yaml")
+    mm = load_config(CONFIG_DIR / "multimodal.yaml")
+    found["multimodal"] = (build_task(mm).build_model(), "multimodal")
     found["retain"] = (build_model("retain", n_features=32), "32 lab features, defaults")
     if not quick:
         found["set_transformer_staging"] = (build_model("set_transformer_staging"), "seed size (sleep staging)")

@@ -61,6 +61,7 @@ from benchmarks.federated_training import (  # noqa: E402
     train_federated,
     train_pooled,
 )
+from fedcare.configs import CONFIG_DIR  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.data.heart_disease import FEATURES, find_heart_disease_dir, load_heart_disease, site_splits  # noqa: E402
 from shared.models.registry import build_model  # noqa: E402
@@ -82,7 +83,7 @@ def shared_data(name: str) -> Path | None:
 
 
 def events_workload(tmp: Path, quick: bool) -> Workload:
-    cfg = load_config(REPO / "configs" / "event_mortality.yaml")
+    cfg = load_config(CONFIG_DIR / "event_mortality.yaml")
     cfg.data.root = str(tmp / "events")
     if quick:
         cfg.data.synth_sizes = [300, 200, 100]
@@ -185,7 +186,7 @@ def gse7390_workload(tmp: Path, quick: bool) -> Workload | str:
     from shared.data.gse7390 import convert_gse7390
 
     _, features = convert_gse7390(folder / "breast_cancer_GSE7390-metastasis.arff", tmp / "gse", n_sites=3, seed=0)
-    cfg = load_config(REPO / "configs" / "multimodal_survival.yaml")
+    cfg = load_config(CONFIG_DIR / "multimodal_survival.yaml")
     cfg.data.root = str(tmp / "gse")
     cfg.model.params.update(features=features, log1p=False)
     cfg.train.batch_size = 32

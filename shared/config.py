@@ -442,7 +442,7 @@ def load_config(path: str | Path) -> RunConfig:
         where = f"line {mark.line + 1}" if mark else None
         raise InputError(path, where, f"not valid YAML ({getattr(err, 'problem', err)})") from None
     if raw is None:  # an empty file must not silently become the default event config
-        raise InputError(path, None, "the config is empty; it needs at least `task:` (see configs/)")
+        raise InputError(path, None, "the config is empty; it needs at least `task:` (see fedcare/configs/)")
     return config_from_dict(raw, str(path))
 
 
