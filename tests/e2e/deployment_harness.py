@@ -163,7 +163,7 @@ class Deployment:
         port = free_port()
         self.ports.append(port)
         return self._start(name or site, "client", "--site-config", str(site_yaml or self.site_yaml(site)),
-                           "--runtime-port", str(port), *extra)
+                           "--runtime-port", str(port), "--health-port", str(free_port()), *extra)
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
