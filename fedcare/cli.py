@@ -300,7 +300,8 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     else:
         console.print(f"[cyan]{policy_path} does not exist: starting from the strict default policy[/cyan]")
         policy = SitePolicy(source=str(policy_path))
-    cfg = load_config(resolve_config(args.config))
+    config_path = resolve_config(args.config)  # the operator sees which file a name picked
+    cfg = load_config(config_path)
     site = args.site or policy.site or cfg.data.sites[0]
     model = build_task(cfg).build_model()
     parameters = sum(p.numel() for p in model.parameters())
@@ -308,7 +309,7 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     digest = run_hash(cfg, code)
     roster = load_roster(Path(args.roster)) if args.roster else None
     p = cfg.privacy
-    console.print(f"[bold]run to approve[/bold] ({args.config}) for site {site}")
+    console.print(f"[bold]run to approve[/bold] ({config_path}) for site {site}")
     console.print(f"  task:          {cfg.task}")
     console.print(f"  model:         {cfg.model.name}, {parameters:,} parameters")
     console.print(f"  rounds:        {cfg.train.rounds} x {cfg.train.local_epochs} local epoch(s), batch {cfg.train.batch_size}")
