@@ -102,8 +102,9 @@ def round_messages(model: nn.Module, dtype: torch.dtype) -> dict[str, int]:
         metadata=metadata,
         content=RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": 1})}),
     )
-    site = SimpleNamespace(settings=SimpleNamespace(site="hospital_a"))  # _reply reads only the site's name
-    train_metrics = {"num-examples": 300, "train_loss": 0.41, "epsilon": 3.2, "delta": 1e-5, "noise_multiplier": 1.1,
+    # _reply reads only the site's name and its ledger head (a SHA-256 hex digest: the real size)
+    site = SimpleNamespace(settings=SimpleNamespace(site="hospital_a"), ledger=SimpleNamespace(head=lambda: "0" * 64))
+    train_metrics = {"num-examples": 300, "epsilon": 3.2, "delta": 1e-5, "noise_multiplier": 1.1,
                      "sample_rate": 0.2, "steps": 10}
     train_reply = _reply(request, site, RoundOutcome("trained", arrays=state, metrics=train_metrics))
     eval_metrics = {"num-examples": 100, "val_loss": 0.5, "auroc": 0.8, "auroc_ci_low": 0.7, "auroc_ci_high": 0.9,
@@ -210,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    sizes = size_rows(args.quick)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     data_root = Path(args.data) if args.data else None
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if heart_dir(data_root) is None and not args.skip_missing:  # before minutes of measuring
         parser.error(f"UCI heart disease not found in {data_root or 'shared/data/ in or above the checkout'}/uci-heart-disease "
                      "(give --data, or pass --skip-missing)")
+    sizes = size_rows(args.quick)
     utility, notes = utility_rows(args.quick, list(range(args.seeds)), data_root, args.skip_missing)
     print()
     print(tables(sizes, utility))

@@ -103,3 +103,13 @@ def test_fed_vs_pooled_table_never_prints_a_fake_zero_spread() -> None:
     assert "0.800 (n=1)" in table([row]) and "±" not in table([row])
     several = row | {"federated_sd": 0.02, "per_seed": {"federated": [0.78, 0.82], "pooled": [0.9, 0.9]}}
     assert "0.800 ± 0.020" in table([several])
+
+
+def test_communication_refuses_missing_real_data_before_measuring(tmp_path: Path, capsys) -> None:
+    from benchmarks.communication import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--data", str(tmp_path), "--out", str(tmp_path / "c.json")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{tmp_path}/uci-heart-disease" in err and "--skip-missing" in err
+    assert not (tmp_path / "c.json").exists()
