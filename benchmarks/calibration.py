@@ -1,6 +1,6 @@
 """Is the demo's final model calibrated after federated recalibration? (issue 20)
 
-Runs `fedcare simulate` on the demo config (configs/event_mortality.yaml: event_mortality, epsilon 8 per site,
+Runs `fedcare simulate` on the demo config (fedcare/configs/event_mortality.yaml: event_mortality, epsilon 8 per site,
 DP evaluation histograms; `evaluation.recalibrate: platt`) once per seed, or scores finished runs
 (`--run-dir`, repeatable). Per run:
 
@@ -64,7 +64,7 @@ def simulate(seed: int, out_root: Path) -> Path:
     from fedcare.simulation import simulate as run_simulation
     from shared.config import load_config
 
-    cfg = load_config(REPO / "configs" / "event_mortality.yaml")
+    cfg = load_config(REPO / "fedcare" / "configs" / "event_mortality.yaml")
     cfg.seed = seed
     run_dir, _ = run_simulation(cfg, out_root / f"seed{seed}")
     return run_dir
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     met = all(r["exact_ece_after"] is not None and r["exact_ece_after"] <= TARGET_ECE
               and r["reported_ece_after"] is not None and r["reported_ece_after"] <= TARGET_ECE for r in rows)
     print(f"target: ECE after recalibration <= {TARGET_ECE} (exact and reported, every run) -> {'met' if met else 'NOT met'}")
-    payload = {"benchmark": "calibration", "config": "configs/event_mortality.yaml", "rows": rows, "mean_sd": means,
+    payload = {"benchmark": "calibration", "config": "fedcare/configs/event_mortality.yaml", "rows": rows, "mean_sd": means,
                "target": {"ece_after_max": TARGET_ECE, "met": met}, "wall_time_s": round(time.perf_counter() - started, 1)}
     write_bytes(Path(args.out), (json.dumps(payload, indent=1, default=str) + "\n").encode())
     print(f"wrote {args.out}")

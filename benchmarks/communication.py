@@ -16,8 +16,12 @@ sending and back to float32 on arrival, in both directions. Its size is measured
 its effect on utility by training the same federation (benchmarks/federated_training.py, FedAvg of
 DP-SGD sites) with and without the float16 round trip, same seeds.
 
-    python benchmarks/communication.py --quick      # < 1 min on 2 CPU cores
-    python benchmarks/communication.py
+    python benchmarks/communication.py --quick      # no SetTransformer
+    python benchmarks/communication.py [--seeds 3] [--data DIR] [--skip-missing]
+
+The utility check trains on UCI heart disease (real: --data DIR holds uci-heart-disease/; default the
+first shared/data/ in or above the checkout; missing data are an error unless --skip-missing) and on
+synthetic ICU events; mean ± sd over the seeds.
 
 Prints two tables and writes benchmarks/results/communication.json (communication_quick.json with --quick).
 """
@@ -28,6 +32,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -39,10 +44,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fed_vs_pooled import events_workload, heart_workload  # noqa: E402
+from benchmarks.fed_vs_pooled import events_workload, heart_dir, heart_workload  # noqa: E402
 from benchmarks.federated_training import StateDict, evaluate, train_federated  # noqa: E402
 from client.app import _reply  # noqa: E402
 from client.site_worker import RoundOutcome  # noqa: E402
+from fedcare.configs import CONFIG_DIR  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.io import write_json  # noqa: E402
 from shared.models.registry import build_model  # noqa: E402
@@ -55,12 +61,12 @@ REPO = Path(__file__).resolve().parents[1]
 def models(quick: bool) -> dict[str, tuple[nn.Module, str]]:
     found: dict[str, tuple[nn.Module, str]] = {}
     found["tabular_mlp"] = (build_model("tabular_mlp", n_features=10, hidden=[32, 16]), "heart disease (10 features)")
-    found["event_transformer"] = (build_task(load_config(REPO / "configs" / "event_mortality.yaml")).build_model(),
-                                  "configs/event_mortality.yaml")
+    found["event_transformer"] = (build_task(load_config(CONFIG_DIR / "event_mortality.yaml")).build_model(),
+                                  "event_mortality")
     found["event_transformer_seed"] = (build_model("event_transformer", event_dim=774, static_dim=60),
                                        "seed size: d_model 256, 4 layers, 768-d text")
-    mm = load_config(REPO / "configs" / "multimodal.yaml")
-    found["multimodal"] = (build_task(mm).build_model(), "configs/multimodal.yaml")
+    mm = load_config(CONFIG_DIR / "multimodal.yaml")
+    found["multimodal"] = (build_task(mm).build_model(), "multimodal")
     found["retain"] = (build_model("retain", n_features=32), "32 lab features, defaults")
     if not quick:
         found["set_transformer_staging"] = (build_model("set_transformer_staging"), "seed size (sleep staging)")
@@ -96,8 +102,9 @@ def round_messages(model: nn.Module, dtype: torch.dtype) -> dict[str, int]:
         metadata=metadata,
         content=RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": 1})}),
     )
-    site = SimpleNamespace(settings=SimpleNamespace(site="hospital_a"))  # _reply reads only the site's name
-    train_metrics = {"num-examples": 300, "train_loss": 0.41, "epsilon": 3.2, "delta": 1e-5, "noise_multiplier": 1.1,
+    # _reply reads only the site's name and its ledger head (a SHA-256 hex digest: the real size)
+    site = SimpleNamespace(settings=SimpleNamespace(site="hospital_a"), ledger=SimpleNamespace(head=lambda: "0" * 64))
+    train_metrics = {"num-examples": 300, "epsilon": 3.2, "delta": 1e-5, "noise_multiplier": 1.1,
                      "sample_rate": 0.2, "steps": 10}
     train_reply = _reply(request, site, RoundOutcome("trained", arrays=state, metrics=train_metrics))
     eval_metrics = {"num-examples": 100, "val_loss": 0.5, "auroc": 0.8, "auroc_ci_low": 0.7, "auroc_ci_high": 0.9,
@@ -145,12 +152,15 @@ def size_rows(quick: bool) -> list[dict]:
     return rows
 
 
-def utility_rows(quick: bool, seeds: list[int]) -> tuple[list[dict], list[str]]:
+def utility_rows(quick: bool, seeds: list[int], data_root: Path | None = None,
+                 skip_missing: bool = False) -> tuple[list[dict], list[str]]:
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp_name:
-        workloads = [heart_workload("label", quick), events_workload(Path(tmp_name), quick=True)]
+        workloads = [heart_workload("label", quick, data_root), events_workload(Path(tmp_name), quick=True)]
         for wl in workloads:
             if isinstance(wl, str):
+                if not skip_missing:
+                    raise SystemExit(f"error: {wl} (pass --skip-missing to skip it)")
                 notes.append(wl)
                 continue
             for eps in (8.0, math.inf):
@@ -158,9 +168,11 @@ def utility_rows(quick: bool, seeds: list[int]) -> tuple[list[dict], list[str]]:
                 for seed in seeds:
                     scores["float32"].append(evaluate(wl, train_federated(wl, eps, seed).model))
                     scores["float16"].append(evaluate(wl, train_federated(wl, eps, seed, transfer=float16_round_trip).model))
-                f32, f16 = (sum(v) / len(v) for v in (scores["float32"], scores["float16"]))
+                f32, f16 = (statistics.fmean(v) for v in (scores["float32"], scores["float16"]))
+                diffs = [b - a for a, b in zip(scores["float32"], scores["float16"])]
                 rows.append({"workload": wl.name, "metric": wl.metric, "epsilon": eps, "float32": f32, "float16": f16,
-                             "difference": f16 - f32, "per_seed": scores})
+                             "difference": f16 - f32, "difference_sd": statistics.stdev(diffs) if len(diffs) > 1 else None,
+                             "n": len(seeds), "per_seed": scores})
                 print(json.dumps({k: rows[-1][k] for k in ("workload", "epsilon", "float32", "float16")}), flush=True)
     return rows, notes
 
@@ -181,20 +193,34 @@ def tables(sizes: list[dict], utility: list[dict]) -> str:
     lines += ["", f"{'workload':<20}{'metric':<8}{'epsilon':>8}{'float32':>10}{'float16':>10}{'difference':>12}"]
     for r in utility:
         eps = "inf" if math.isinf(r["epsilon"]) else f"{r['epsilon']:g}"
-        lines.append(f"{r['workload']:<20}{r['metric']:<8}{eps:>8}{r['float32']:>10.4f}{r['float16']:>10.4f}{r['difference']:>+12.4f}")
+        spread = f" ± {r['difference_sd']:.4f}" if r.get("difference_sd") is not None else f" (n={r.get('n', 1)})"
+        lines.append(f"{r['workload']:<20}{r['metric']:<8}{eps:>8}{r['float32']:>10.4f}{r['float16']:>10.4f}"
+                     f"{r['difference']:>+12.4f}{spread}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="no SetTransformer, one seed (< 1 min on 2 cores)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds for the float16 utility check (default 1 quick, 3)")
+    parser.add_argument("--quick", action="store_true", help="no SetTransformer")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for the float16 utility check: mean ± sd (default 3)")
+    parser.add_argument("--data", default=None, help="folder holding uci-heart-disease/ (default: the first shared/data/ "
+                        "in or above the checkout)")
+    parser.add_argument("--skip-missing", action="store_true", help="skip the real workload when its data are missing "
+                        "(default: an error)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/communication[_quick].json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    data_root = Path(args.data) if args.data else None
+    if data_root is not None and not data_root.is_dir():
+        parser.error(f"--data {data_root}: not a folder")
+    if heart_dir(data_root) is None and not args.skip_missing:  # before minutes of measuring
+        parser.error(f"UCI heart disease not found in {data_root or 'shared/data/ in or above the checkout'}/uci-heart-disease "
+                     "(give --data, or pass --skip-missing)")
     sizes = size_rows(args.quick)
-    utility, notes = utility_rows(args.quick, list(range(args.seeds or (1 if args.quick else 3))))
+    utility, notes = utility_rows(args.quick, list(range(args.seeds)), data_root, args.skip_missing)
     print()
     print(tables(sizes, utility))
     for note in notes:

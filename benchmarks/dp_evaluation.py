@@ -1,6 +1,6 @@
 """What does moving validation inside the privacy guarantee cost? (issue 17)
 
-The demo (`configs/event_mortality.yaml`, what `fedcare simulate` runs) at epsilon 8 per site in total:
+The demo (the shipped `event_mortality` config, what `fedcare simulate` runs) at epsilon 8 per site in total:
 training plus the DP evaluation releases (noisy score histograms, shared/privacy/dp_evaluation.py), planned
 under the one target. For a finished run (or one this script starts) it reports:
 
@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedcare.configs import resolve_config  # noqa: E402
 from server.checkpoints import checkpoint_path, load_checkpoint  # noqa: E402
 from shared.config import config_from_dict, load_config  # noqa: E402
 from shared.io import load_yaml, write_json  # noqa: E402
@@ -129,7 +130,7 @@ def noise_price(cfg: Any, sizes_train: dict[str, int]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/event_mortality.yaml")
+    parser.add_argument("--config", default="event_mortality", help="a shipped config name or a YAML path")
     parser.add_argument("--run-dir", type=Path, help="score this finished run instead of starting one")
     parser.add_argument("--baseline-run-dir", type=Path, help="a run with evaluation unaccounted (the code before)")
     parser.add_argument("--out", type=Path, default=RESULTS / "dp_evaluation.json")
@@ -140,7 +141,7 @@ def main() -> int:
     if run_dir is None:
         from fedcare.simulation import simulate
 
-        run_dir, _ = simulate(load_config(args.config))
+        run_dir, _ = simulate(load_config(resolve_config(args.config)))
     wall = time.time() - started
     cfg, scores = exact_scores(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -31,12 +31,13 @@ Workloads
   size, metastasis-free time) dealt to 3 pseudo-hospitals, the multimodal model with a CoxPH loss
   (risk set = the Poisson batch). Skipped without the shared data.
 
-    python benchmarks/fed_vs_pooled.py --quick        # ~2 min on 2 CPU cores, one seed
-    python benchmarks/fed_vs_pooled.py --seeds 3      # full settings, mean and SD over seeds
+    python benchmarks/fed_vs_pooled.py --quick        # small models, 3 seeds (--seeds 1: one, printed "n=1")
+    python benchmarks/fed_vs_pooled.py                # full settings, mean ± sd over 3 seeds
     python benchmarks/fed_vs_pooled.py --workloads heart-disease-tabular --seeds 5 [--data DIR]
 
-Real data come from ../shared/data (or --data: the folder holding UCI's processed.*.data files); a
-real workload whose data are missing is an error unless --skip-missing.
+Real data come from --data DIR (the folder holding uci-heart-disease/ and breast-cancer-gse7390/;
+default: the first shared/data/ in the checkout or a folder above it); a real workload whose data are
+missing is an error unless --skip-missing.
 
 Prints a table and writes benchmarks/results/fed_vs_pooled.json (fed_vs_pooled_quick.json with --quick).
 """
@@ -68,6 +69,7 @@ from benchmarks.federated_training import (  # noqa: E402
     train_federated,
     train_pooled,
 )
+from fedcare.configs import CONFIG_DIR  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.data.heart_disease import FEATURES, find_heart_disease_dir, load_heart_disease, site_splits  # noqa: E402
 from shared.io import write_json  # noqa: E402
@@ -86,15 +88,33 @@ FLAMBY_SOURCE = "owkin/FLamby flamby/results/results_benchmark_fed_heart_disease
 BEAT_FLAMBY = {"heart-disease-flamby": 8.0}  # workload -> epsilon at which federated DP must beat FLamby's FedAvg mean
 
 
-def shared_data(name: str) -> Path | None:
+def shared_data(name: str, data_root: Path | None = None) -> Path | None:
+    """The data set folder `name` under --data DIR, else under the first shared/data/ above the checkout."""
+    if data_root is not None:
+        return data_root / name if (data_root / name).is_dir() else None
     for folder in (REPO, *REPO.parents):
         if (folder / "shared" / "data" / name).is_dir():
             return folder / "shared" / "data" / name
     return None
 
 
+def _where(name: str, data_root: Path | None) -> str:
+    if data_root is not None:
+        return str(data_root / name)
+    return f"shared/data/{name} (looked in the checkout and above; give --data)"
+
+
+def heart_dir(data_root: Path | None) -> Path | None:
+    from shared.data.heart_disease import SITES, site_file
+
+    if data_root is None:
+        return find_heart_disease_dir()
+    folder = data_root / "uci-heart-disease"
+    return folder if all(site_file(folder, s).is_file() for s in SITES) else None
+
+
 def events_workload(tmp: Path, quick: bool) -> Workload:
-    cfg = load_config(REPO / "configs" / "event_mortality.yaml")
+    cfg = load_config(CONFIG_DIR / "event_mortality.yaml")
     cfg.data.root = str(tmp / "events")
     if quick:
         cfg.data.synth_sizes = [300, 200, 100]
@@ -107,10 +127,10 @@ def events_workload(tmp: Path, quick: bool) -> Workload:
     )
 
 
-def heart_workload(target: str, quick: bool) -> Workload | str:
-    root = find_heart_disease_dir()
+def heart_workload(target: str, quick: bool, data_root: Path | None = None) -> Workload | str:
+    root = heart_dir(data_root)
     if root is None:
-        return "heart disease: shared/data/uci-heart-disease not found, skipped"
+        return f"heart disease: UCI files not found in {_where('uci-heart-disease', data_root)}"
     splits = site_splits(load_heart_disease(root), target=target, seed=0)
     n_outputs = 1 if target == "label" else 5
     arrays = {
@@ -132,14 +152,13 @@ def heart_workload(target: str, quick: bool) -> Workload | str:
     return tensor_workload(name, "real", arrays, model, loss, metric, plan, note)
 
 
-def heart_flamby_workload(tmp: Path, quick: bool, data_dir: Path | None) -> Workload | str:
+def heart_flamby_workload(tmp: Path, quick: bool, data_root: Path | None) -> Workload | str:
     """UCI heart disease through tabular_binary on FLamby's split, scored by FLamby's metric (accuracy)."""
-    from shared.data.heart_disease import SITES, site_file
     from shared.data.heart_disease_tabular import HEART_DATA_CONFIG, write_heart_disease_sites
 
-    root = data_dir if data_dir is not None else find_heart_disease_dir()
-    if root is None or not all(site_file(root, s).is_file() for s in SITES):
-        return f"heart disease (FLamby split): UCI files not found in {root or 'shared/data/uci-heart-disease'}"
+    root = heart_dir(data_root)
+    if root is None:
+        return f"heart disease (FLamby split): UCI files not found in {_where('uci-heart-disease', data_root)}"
     sites = write_heart_disease_sites(root, tmp / "heart-flamby", split="flamby")
     raw = {
         "task": "tabular_binary", "data": {"root": str(tmp / "heart-flamby"), "sites": sites, **HEART_DATA_CONFIG},
@@ -172,14 +191,13 @@ def tabular_test_workload(name: str, raw_cfg: dict, state_root: Path, metric: st
     return Workload(name, "real", prepared, task.build_model, task.forward, task.targets, losses, metric, plan, note)
 
 
-def heart_tabular_workload(tmp: Path, quick: bool, data_dir: Path | None) -> Workload | str:
+def heart_tabular_workload(tmp: Path, quick: bool, data_root: Path | None) -> Workload | str:
     """UCI heart disease through the tabular_binary task: train on each hospital's train rows, score on test rows."""
-    from shared.data.heart_disease import SITES, site_file
     from shared.data.heart_disease_tabular import HEART_DATA_CONFIG, write_heart_disease_sites
 
-    root = data_dir if data_dir is not None else find_heart_disease_dir()
-    if root is None or not all(site_file(root, s).is_file() for s in SITES):
-        return f"heart disease (tabular): UCI files not found in {root or 'shared/data/uci-heart-disease'}"
+    root = heart_dir(data_root)
+    if root is None:
+        return f"heart disease (tabular): UCI files not found in {_where('uci-heart-disease', data_root)}"
     sites = write_heart_disease_sites(root, tmp / "heart-tabular")
     raw = {
         "task": "tabular_binary", "data": {"root": str(tmp / "heart-tabular"), "sites": sites, **HEART_DATA_CONFIG},
@@ -191,13 +209,13 @@ def heart_tabular_workload(tmp: Path, quick: bool, data_dir: Path | None) -> Wor
     return tabular_test_workload("heart-disease-tabular", raw, tmp / "heart-tabular-state", "auroc", note)
 
 
-def gse7390_tabular_workload(tmp: Path, quick: bool) -> Workload | str:
+def gse7390_tabular_workload(tmp: Path, quick: bool, data_root: Path | None = None) -> Workload | str:
     """GSE7390 through the tabular_survival task (Cox linear model), 3 pseudo-hospitals, fixed test rows."""
     from shared.data.gse7390_tabular import write_gse7390_sites
 
-    folder = shared_data("breast-cancer-gse7390")
+    folder = shared_data("breast-cancer-gse7390", data_root)
     if folder is None:
-        return "gse7390 (tabular): shared/data/breast-cancer-gse7390 not found"
+        return f"gse7390 (tabular): not found in {_where('breast-cancer-gse7390', data_root)}"
     sites, data_config = write_gse7390_sites(folder / "breast_cancer_GSE7390-metastasis.arff", tmp / "gse-tabular")
     raw = {
         "task": "tabular_survival", "data": {"root": str(tmp / "gse-tabular"), "sites": sites, **data_config},
@@ -210,14 +228,14 @@ def gse7390_tabular_workload(tmp: Path, quick: bool) -> Workload | str:
     return tabular_test_workload("gse7390-tabular-survival", raw, tmp / "gse-tabular-state", "c_index", note)
 
 
-def gse7390_workload(tmp: Path, quick: bool) -> Workload | str:
-    folder = shared_data("breast-cancer-gse7390")
+def gse7390_workload(tmp: Path, quick: bool, data_root: Path | None = None) -> Workload | str:
+    folder = shared_data("breast-cancer-gse7390", data_root)
     if folder is None:
-        return "gse7390: shared/data/breast-cancer-gse7390 not found, skipped"
+        return f"gse7390: not found in {_where('breast-cancer-gse7390', data_root)}"
     from shared.data.gse7390 import convert_gse7390
 
     _, features = convert_gse7390(folder / "breast_cancer_GSE7390-metastasis.arff", tmp / "gse", n_sites=3, seed=0)
-    cfg = load_config(REPO / "configs" / "multimodal_survival.yaml")
+    cfg = load_config(CONFIG_DIR / "multimodal_survival.yaml")
     cfg.data.root = str(tmp / "gse")
     cfg.model.params.update(features=features, log1p=False)
     cfg.train.batch_size = 32
@@ -274,30 +292,40 @@ def target_checks(rows: list[dict]) -> list[dict]:
     return out
 
 
+def mean_sd(mean: float, sd: float, n: int) -> str:
+    """`mean ± sd` over n seeds; one seed has no spread to show, so it says n=1 instead of a fake ± 0.000."""
+    return f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f} (n=1)"
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'workload':<26}{'data':<10}{'metric':<9}{'epsilon':>8}{'federated':>16}{'pooled':>16}{'ratio':>8}"]
     for r in rows:
         eps = "inf" if math.isinf(r["epsilon"]) else f"{r['epsilon']:g}"
-        fed = f"{r['federated']:.3f} ± {r['federated_sd']:.3f}"
-        pooled = f"{r['pooled']:.3f} ± {r['pooled_sd']:.3f}"
+        n = len(r["per_seed"]["federated"])
+        fed, pooled = mean_sd(r["federated"], r["federated_sd"], n), mean_sd(r["pooled"], r["pooled_sd"], n)
         lines.append(f"{r['workload']:<26}{r['data']:<10}{r['metric']:<9}{eps:>8}{fed:>16}{pooled:>16}{r['ratio']:>8.3f}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller models and fewer rounds, one seed (< 3 min on 2 cores)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 1 with --quick, else 3)")
+    parser.add_argument("--quick", action="store_true", help="smaller models and fewer rounds")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per setting: mean ± sd (default 3; 1 prints n=1)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {','.join(WORKLOADS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 avoids contention)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fed_vs_pooled[_quick].json)")
-    parser.add_argument("--data", default=None, help="folder with UCI heart disease's processed.*.data files "
-                                                     "(default: ../shared/data/uci-heart-disease)")
+    parser.add_argument("--data", default=None, help="folder holding the real data sets (uci-heart-disease/, "
+                        "breast-cancer-gse7390/); default: the first shared/data/ in or above the checkout")
     parser.add_argument("--skip-missing", action="store_true", help="skip a real workload whose data are missing "
                                                                    "(default: an error)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    seeds = list(range(args.seeds))
+    data_root = Path(args.data) if args.data else None
+    if data_root is not None and not data_root.is_dir():
+        parser.error(f"--data {data_root}: not a folder")
     wanted = [w for w in args.workloads.split(",") if w]
     if set(wanted) - set(WORKLOADS):
         parser.error(f"unknown workload(s) {sorted(set(wanted) - set(WORKLOADS))}")
@@ -307,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         builders = {
             "events-synthetic": lambda: events_workload(tmp, args.quick),
-            "heart-disease": lambda: heart_workload("label", args.quick),
-            "heart-disease-severity": lambda: heart_workload("num", args.quick),
-            "heart-disease-tabular": lambda: heart_tabular_workload(tmp, args.quick, Path(args.data) if args.data else None),
-            "heart-disease-flamby": lambda: heart_flamby_workload(tmp, args.quick, Path(args.data) if args.data else None),
-            "gse7390-survival": lambda: gse7390_workload(tmp, args.quick),
-            "gse7390-tabular-survival": lambda: gse7390_tabular_workload(tmp, args.quick),
+            "heart-disease": lambda: heart_workload("label", args.quick, data_root),
+            "heart-disease-severity": lambda: heart_workload("num", args.quick, data_root),
+            "heart-disease-tabular": lambda: heart_tabular_workload(tmp, args.quick, data_root),
+            "heart-disease-flamby": lambda: heart_flamby_workload(tmp, args.quick, data_root),
+            "gse7390-survival": lambda: gse7390_workload(tmp, args.quick, data_root),
+            "gse7390-tabular-survival": lambda: gse7390_tabular_workload(tmp, args.quick, data_root),
         }
         for name in wanted:
             wl = builders[name]()
@@ -327,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                 "sites": {s: {"train": len(t), "val": len(v)} for s, (t, v) in wl.sites.items()},
             }
             rows += run_workload(wl, seeds, EPSILONS)
+    if not rows:  # an empty table that exits 0 would read as a result
+        parser.error("no workload ran: " + "; ".join(notes))
     targets = target_checks(rows)
     text = table(rows)
     print()

@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.federated_training import fedavg  # noqa: E402
+from fedcare.configs import CONFIG_DIR  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.io import write_json  # noqa: E402
 
@@ -111,7 +112,7 @@ def measure(k: int, total: int, rounds: int, quick: bool) -> dict:
 
     torch.set_num_threads(1)
     site_worker.plan_noise_multiplier = _cached_planner(site_worker.plan_noise_multiplier)
-    cfg = load_config(REPO / "configs" / "event_mortality.yaml")
+    cfg = load_config(CONFIG_DIR / "event_mortality.yaml")
     sites = [f"site_{i:02d}" for i in range(k)]
     sizes = [total // k + (1 if i < total % k else 0) for i in range(k)]
     cfg.data.sites, cfg.data.synth_sizes, cfg.train.rounds = sites, sizes, rounds + 1  # +1: the traced round

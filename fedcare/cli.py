@@ -12,10 +12,12 @@ from typing import Any
 
 from rich.console import Console
 
+from fedcare.configs import resolve_config
 from shared.errors import InputError
 from shared.io import load_json, write_json
 
-DEFAULT_CONFIG = "configs/event_mortality.yaml"
+DEFAULT_CONFIG = "event_mortality"  # a shipped config (fedcare/configs/); a path works too
+CONFIG_HELP = "a shipped config name (e.g. retain_aki, sleep_diagnosis) or a YAML path: "
 console = Console(highlight=False)
 
 
@@ -57,7 +59,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from shared.privacy.audit import audit_table, plot_epsilon, write_audit_json
 
     _check_rounds(args.rounds)  # before anything is started or written
-    cfg = load_config(args.config)
+    cfg = load_config(resolve_config(args.config))
     if args.rounds is not None:
         cfg.train.rounds = args.rounds
     if args.output:
@@ -303,7 +305,8 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     else:
         console.print(f"[cyan]{policy_path} does not exist: starting from the strict default policy[/cyan]")
         policy = SitePolicy(source=str(policy_path))
-    cfg = load_config(args.config)
+    config_path = resolve_config(args.config)  # the operator sees which file a name picked
+    cfg = load_config(config_path)
     site = args.site or policy.site or cfg.data.sites[0]
     model = build_task(cfg).build_model()
     parameters = sum(p.numel() for p in model.parameters())
@@ -311,7 +314,7 @@ def cmd_client_approve(args: argparse.Namespace) -> int:
     digest = run_hash(cfg, code)
     roster = load_roster(Path(args.roster)) if args.roster else None
     p = cfg.privacy
-    console.print(f"[bold]run to approve[/bold] ({args.config}) for site {site}")
+    console.print(f"[bold]run to approve[/bold] ({config_path}) for site {site}")
     console.print(f"  task:          {cfg.task}")
     console.print(f"  model:         {cfg.model.name}, {parameters:,} parameters")
     console.print(f"  rounds:        {cfg.train.rounds} x {cfg.train.local_epochs} local epoch(s), batch {cfg.train.batch_size}")
@@ -414,7 +417,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                 raise InputError(run_dir / name, None, "missing: not a fedcare deployment run folder")
         cfg, run_id = None, ""
     else:
-        cfg, run_id = load_config(args.config), new_run_id()
+        cfg, run_id = load_config(resolve_config(args.config)), new_run_id()
         run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / run_id
     claim_run_dir(run_dir)  # refused while a SuperLink or ServerApp of this run is alive
     try:
@@ -465,7 +468,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     if not args.site_config:
         raise InputError("<command line>", "--site-config", "give the hospital's site.yaml (or use `client init|approve|policy`)")
     _stop_on_sigterm()
-    return run_hospital(Path(args.site_config), args.runtime_port, args.max_restarts, console)
+    health_port = args.health_port or None  # 0: no health endpoint
+    return run_hospital(Path(args.site_config), args.runtime_port, args.max_restarts, console, health_port)
 
 
 def _stop_on_sigterm() -> None:
@@ -528,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("simulate", help="run a local federation simulation, then audit the budgets")
-    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config (task, data, model, training, privacy)")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help=CONFIG_HELP + "the run (task, data, model, training, privacy)")
     s.add_argument("--rounds", type=int, help="override train.rounds")
     s.add_argument("--output", help="override output_dir (the config's, runs/ by default)")
     s.set_defaults(fn=cmd_simulate)
@@ -568,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_roster)
 
     s = sub.add_parser("server", help="coordinating center: SuperLink + one federated run (deployment)")
-    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the hospitals approved")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help=CONFIG_HELP + "the run the hospitals approved")
     s.add_argument("--certs", default="certs", help="the `fedcare certs --out` folder ")
     s.add_argument("--insecure", action="store_true", help="development only: no TLS, no SuperNode authentication")
     s.add_argument("--address", default="127.0.0.1:9092", help="HOST:PORT the SuperLink listens on")
@@ -582,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--site-config", help="the hospital's site.yaml (starts the site's SuperNode)")
     s.add_argument("--runtime-port", type=int, default=9094, help="local port of the SuperNode's app API")
+    s.add_argument("--health-port", type=int, default=9095,
+                   help="local port of GET /health: 200 only while the SuperNode runs and reaches the SuperLink (0: off)")
     s.add_argument("--max-restarts", type=int, help="give up after the SuperNode exited this many times (default: never)")
     s.set_defaults(fn=cmd_client)
 
@@ -630,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_sub = client.add_subparsers(dest="client_command", required=False)
     s = client_sub.add_parser("approve", help="show what a run will do at this site and record its hash as approved")
     s.add_argument("--policy", required=True, help="the site policy YAML (created with strict defaults if absent)")
-    s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config the coordinator sent")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help=CONFIG_HELP + "the run the coordinator sent")
     s.add_argument("--site", help="this site's name (default: the policy's site, else the config's first site)")
     s.add_argument("--roster", help="the federation roster this approval pins (the site.yaml's roster:)")
     s.add_argument("--state-dir", help="the site's state folder: also log the approval in its security log")

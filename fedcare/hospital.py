@@ -9,7 +9,9 @@ refuses a run whose app bundle differs from them (fedcare/clientapp_process.py).
 Runtime API listens on 127.0.0.1 only. The wrapper starts the SuperNode again whenever it exits:
 the SuperLink restarted (the node's old id is unknown to it), the network dropped, or the
 SuperLink still counts a crashed earlier instance of this node as online (activation is refused
-until its heartbeat expires, about a minute).
+until its heartbeat expires, about a minute). Meanwhile `fedcare.link_health` probes the SuperLink
+itself: the health check (--health-port) fails while it is unreachable, and a plaintext site against
+a TLS center (or the reverse) gets a one-line hint instead of silent retries.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.console import Console
 from client.site_config import SiteDeployment, load_site_deployment
 from fedcare.clientapp_process import AppLauncher
 from fedcare.flower_processes import FlowerProcess, flower_env, flower_executable
+from fedcare.link_health import LinkMonitor
 from shared.training.devices import resolve_device
 
 FIRST_RETRY_S, MAX_RETRY_S = 2.0, 30.0
@@ -36,7 +39,8 @@ def supernode_argv(site: SiteDeployment, site_yaml: Path, runtime_port: int) -> 
     return argv + ["--root-certificates", str(site.root_certificates), "--auth-supernode-private-key", str(site.auth_key)]
 
 
-def run_hospital(site_yaml: Path, runtime_port: int, max_restarts: int | None, console: Console) -> int:
+def run_hospital(site_yaml: Path, runtime_port: int, max_restarts: int | None, console: Console,
+                 health_port: int | None = None) -> int:
     """Blocks until stopped (Ctrl-C / SIGTERM: returns 0) or, with `max_restarts`, until the
     SuperNode has exited that many times more (returns 1)."""
     site = load_site_deployment(site_yaml)
@@ -52,19 +56,28 @@ def run_hospital(site_yaml: Path, runtime_port: int, max_restarts: int | None, c
     if settings.policy is None:
         console.print("[yellow]! no policy in site.yaml: this site refuses every run (reason no_policy)[/yellow]")
     launcher = AppLauncher(f"127.0.0.1:{runtime_port}", site_yaml.resolve(), env)
-    launcher.start()
+    current: dict[str, FlowerProcess] = {}  # the SuperNode running now (it is restarted)
+    monitor = LinkMonitor(site.superlink, None if site.insecure else site.root_certificates,
+                          lambda: "node" in current and current["node"].alive(), console.print)
+    monitor.start(health_port)  # first: a health port in use is a one-line error before anything runs
     try:
-        return _keep_supernode_running(argv, env, settings.site, max_restarts, console)
+        launcher.start()
+        try:
+            return _keep_supernode_running(argv, env, settings.site, max_restarts, console, current)
+        finally:
+            launcher.stop()
     finally:
-        launcher.stop()
+        monitor.stop()
 
 
 def _keep_supernode_running(argv: list[str], env: dict[str, str], site: str, max_restarts: int | None,
-                            console: Console) -> int:
+                            console: Console, current: dict[str, FlowerProcess] | None = None) -> int:
     restarts, delay = 0, FIRST_RETRY_S
     while True:
         started = time.time()
         node = FlowerProcess("supernode", argv, env, None)  # output goes to this console / the container log
+        if current is not None:
+            current["node"] = node
         try:
             code = node.proc.wait()
         finally:

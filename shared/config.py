@@ -449,7 +449,7 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     raw = load_yaml(path, "config file")
     if raw is None:  # an empty file must not silently become the default event config
-        raise InputError(path, None, "the config is empty; it needs at least `task:` (see configs/)")
+        raise InputError(path, None, "the config is empty; it needs at least `task:` (see fedcare/configs/)")
     return config_from_dict(raw, str(path))
 
 

@@ -3,7 +3,7 @@
 Data: the visit site format of shared/data/visits.py (visits.csv + labels.csv per site). Features
 (shared/data/visit_features.py): the eight labs per visit, imputed and standardised with scalers
 fitted on the site's training split, saved in the site's state folder as ``retain_encoder.json``.
-``data.max_events`` caps the visits per patient (the most recent are kept; configs/retain_aki.yaml
+``data.max_events`` caps the visits per patient (the most recent are kept; fedcare/configs/retain_aki.yaml
 sets 32); tensors are padded to min(cap, the site's longest history). Batches are
 (x (B, T, F) float32, valid (B, T) bool, aki (B,) float32).
 

@@ -142,7 +142,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_the_example_site_yaml_uses_only_known_keys():
     from client.site_config import KEYS
 
-    example = Path(__file__).resolve().parents[2] / "configs" / "site.example.yaml"
+    example = Path(__file__).resolve().parents[2] / "fedcare" / "configs" / "site.example.yaml"
     raw = yaml.safe_load(example.read_text())
     assert set(raw) <= set(KEYS) and set(raw["budget"]) == {"lifetime_epsilon", "delta"}
 

@@ -75,6 +75,7 @@ class Deployment:
         self.port = free_port()
         self.run_dir = root / "runs" / "run"
         self.ports: list[int] = [self.port]
+        self.health_ports: dict[str, int] = {}
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.logs = root / "logs"
         self.logs.mkdir()
@@ -160,10 +161,24 @@ class Deployment:
 
     def start_client(self, site: str, site_yaml: Path | None = None, name: str | None = None,
                      *extra: str) -> subprocess.Popen[bytes]:
-        port = free_port()
+        port, health = free_port(), free_port()
         self.ports.append(port)
+        self.health_ports[name or site] = health
         return self._start(name or site, "client", "--site-config", str(site_yaml or self.site_yaml(site)),
-                           "--runtime-port", str(port), *extra)
+                           "--runtime-port", str(port), "--health-port", str(health), *extra)
+
+    def health(self, name: str) -> tuple[int, str]:
+        """A hospital's `fedcare client` health check: (HTTP status, body); (0, reason) when it does not answer."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_ports[name]}/health", timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+        except OSError as err:
+            return 0, str(err)
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"

@@ -27,13 +27,18 @@ def clean_run(tmp_path_factory):
         dep.wait_until_registered()
         for site in dep.sites:
             dep.start_client(site)
+        healthy: list[tuple[int, str]] = []  # a running hospital's health check, while the center is up
+        dep.wait_for("site_a's health check to pass", lambda: healthy.append(dep.health(dep.sites[0])) or
+                     healthy[-1][0] == 200, timeout_s=120)
         unregistered = dep.start_client("site_d", None, None, "--max-restarts", "0")
         impostor = dep.start_client("site_a", dep.site_yaml("site_a", dep.impostor_key(), name="impostor"), "impostor",
                                     "--max-restarts", "0")
         refusals = {"site_d": unregistered.wait(timeout=240), "impostor": impostor.wait(timeout=240)}
         code = server.wait(timeout=330)
         center_left = [pid for pid in dep.ours() if _is_center_process(pid, dep.port)]
-        yield dep, code, refusals, center_left
+        dep.wait_for("site_a's health check to fail without the center", lambda: healthy.append(dep.health(dep.sites[0]))
+                     or healthy[-1][0] == 503, timeout_s=120)
+        yield dep, code, refusals, center_left, healthy
     finally:
         dep.stop_all()
 
@@ -49,7 +54,7 @@ def _is_center_process(pid: int, port: int) -> bool:
 
 
 def test_run_completes_with_every_site_in_every_round(clean_run):
-    dep, code, _, _ = clean_run
+    dep, code, _, _, _ = clean_run
     assert code == 0, dep.diagnostics()
     summary = json.loads((dep.run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["rounds_planned"] == 2 and summary["run_id"] == dep.run_id()
@@ -60,8 +65,16 @@ def test_run_completes_with_every_site_in_every_round(clean_run):
     assert re.search(r"round 2/2", dep.log("server"))  # progress streamed from metrics.json
 
 
+def test_a_hospitals_health_check_follows_its_superlink(clean_run):
+    dep, _, _, _, healthy = clean_run
+    assert (200, "ok\n") in healthy  # TLS probe of the real SuperLink, through the control-plane guard
+    status, body = healthy[-1]  # the center has stopped: Flower's own SuperNode /health would still say 200
+    assert status == 503 and body.startswith(f"cannot reach the SuperLink at 127.0.0.1:{dep.port}"), healthy[-3:]
+    assert "cannot reach the SuperLink" in dep.log(dep.sites[0])
+
+
 def test_global_checkpoints_are_complete_and_change(clean_run):
-    dep, _, _, _ = clean_run
+    dep, _, _, _, _ = clean_run
     model_keys = set(build_task(dep.cfg).build_model().state_dict())
     ckpts = [load_checkpoint(dep.run_dir / "checkpoints" / f"round_{r:03d}.pt") for r in range(3)]
     assert sorted(p.name for p in (dep.run_dir / "checkpoints").iterdir()) == [f"round_{r:03d}.pt" for r in range(3)]
@@ -72,7 +85,7 @@ def test_global_checkpoints_are_complete_and_change(clean_run):
 
 
 def test_each_hospital_keeps_a_signed_ledger_with_one_entry_per_round(clean_run):
-    dep, _, _, _ = clean_run
+    dep, _, _, _, _ = clean_run
     for site in dep.sites:
         entries = dep.ledger(site)
         assert [(e["run_id"], e["round"], e["status"]) for e in entries] == [(dep.run_id(), 1, "trained"),
@@ -88,7 +101,7 @@ def test_each_hospital_keeps_a_signed_ledger_with_one_entry_per_round(clean_run)
 
 
 def test_unregistered_and_wrong_key_supernodes_are_refused(clean_run):
-    dep, _, refusals, _ = clean_run
+    dep, _, refusals, _, _ = clean_run
     assert refusals == {"site_d": 1, "impostor": 1}
     for name in ("site_d", "impostor"):
         log = dep.log(name)
@@ -100,7 +113,7 @@ def test_unregistered_and_wrong_key_supernodes_are_refused(clean_run):
 
 
 def test_server_stops_its_own_processes(clean_run):
-    _, _, _, center_left = clean_run
+    _, _, _, center_left, _ = clean_run
     assert center_left == []
 
 

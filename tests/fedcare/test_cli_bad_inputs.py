@@ -145,4 +145,4 @@ def test_every_option_has_help_and_shows_its_default():
                 continue
             assert action.help, f"{parser.prog} {'/'.join(action.option_strings) or action.dest}: no help text"
     simulate = next(p for p in subcommand_parsers(build_parser()) if p.prog.endswith(" simulate"))
-    assert "(default: configs/event_mortality.yaml)" in " ".join(simulate.format_help().split())
+    assert "(default: event_mortality)" in " ".join(simulate.format_help().split())

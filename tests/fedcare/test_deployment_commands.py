@@ -97,7 +97,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "run.json").write_text('{"run_id": "r", "starts": []}')
     assert main(["server", "--resume", str(tmp_path)]) == 2
     assert "checkpoints: nothing to resume" in capsys.readouterr().out
-    config = Path(__file__).resolve().parents[2] / "configs" / "event_mortality.yaml"
+    config = Path(__file__).resolve().parents[2] / "fedcare" / "configs" / "event_mortality.yaml"
     assert main(["server", "--config", str(config), "--certs", str(tmp_path / "none")]) == 2
     assert "--certs: folder not found" in capsys.readouterr().out
     assert main(["client", "--site-config", str(tmp_path / "site.yaml")]) == 2

@@ -35,7 +35,7 @@ def test_bad_cell_stops_simulate_with_one_line(tmp_path: Path, capsys: pytest.Ca
     table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
     table.loc[2, column] = value
     table.to_csv(table_path, index=False)
-    raw = yaml.safe_load((REPO / "configs" / "tabular_binary.yaml").read_text())
+    raw = yaml.safe_load((REPO / "fedcare" / "configs" / "tabular_binary.yaml").read_text())
     raw["data"] |= {"root": str(tmp_path / "data"), "sites": ["hospital_a", "hospital_b"]}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     capsys.readouterr()
@@ -45,7 +45,7 @@ def test_bad_cell_stops_simulate_with_one_line(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_bad_declaration_stops_simulate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = yaml.safe_load((REPO / "configs" / "tabular_survival.yaml").read_text())
+    raw = yaml.safe_load((REPO / "fedcare" / "configs" / "tabular_survival.yaml").read_text())
     del raw["data"]["standardize"]["BMI kg/m^2"]
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     capsys.readouterr()

@@ -33,7 +33,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         table = pd.read_csv(data / "hospital_c" / "table.csv")
         table.loc[table["split"] == "test", "event observed"] = 0
         table.to_csv(data / "hospital_c" / "table.csv", index=False)
-    raw = yaml.safe_load((REPO / "configs" / f"{task}.yaml").read_text())
+    raw = yaml.safe_load((REPO / "fedcare" / "configs" / f"{task}.yaml").read_text())
     raw["data"]["root"] = str(data)
     raw["train"]["rounds"] = 2
     config = root / "run.yaml"

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_shipped_config_loads():
-    for path in sorted((REPO / "configs").glob("*.yaml")):
+    for path in sorted((REPO / "fedcare" / "configs").glob("*.yaml")):
         if path.name.startswith("site") or path.parent.name != "configs":
             continue
         cfg = load_config(path)

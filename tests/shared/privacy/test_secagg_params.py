@@ -4,6 +4,7 @@ import torch
 from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine, factor_extract, parameters_mod
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
+from fedcare.configs import CONFIG_DIR
 from shared.config import config_from_dict
 from shared.errors import InputError
 from shared.privacy.secagg_params import derive_secagg_parameters
@@ -119,7 +120,7 @@ def test_the_default_event_model_aggregates_like_fedavg_within_1e_5():
     from shared.config import load_config
     from shared.tasks.registry import build_task
 
-    cfg = load_config("configs/event_mortality.yaml")
+    cfg = load_config(CONFIG_DIR / "event_mortality.yaml")
     cfg.secure_aggregation.enabled, cfg.secure_aggregation.max_num_examples = True, max(cfg.data.synth_sizes)
     params = derive_secagg_parameters(cfg)
     torch.manual_seed(cfg.seed)

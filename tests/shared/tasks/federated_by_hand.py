@@ -3,7 +3,7 @@ for the whole run (shared.privacy.planner), trains each round with the DP traine
 weights, and the center averages the results weighted by training-set size (FedAvg). Evaluation
 weights the sites' validation metrics by validation-set size.
 
-    PYTHONPATH=. python -m tests.shared.tasks.federated_by_hand configs/multimodal.yaml [--epsilon 8]
+    PYTHONPATH=. python -m tests.shared.tasks.federated_by_hand fedcare/configs/multimodal.yaml [--epsilon 8]
 """
 
 from __future__ import annotations

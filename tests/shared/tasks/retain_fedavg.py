@@ -1,4 +1,4 @@
-"""FedAvg + DP-SGD across synthetic AKI sites without Flower: the utility check for configs/retain_aki.yaml.
+"""FedAvg + DP-SGD across synthetic AKI sites without Flower: the utility check for fedcare/configs/retain_aki.yaml.
 
 Each site prepares its data with the task, plans its noise multiplier for the whole run at the
 config's target epsilon (as client/site_worker.py does), trains `local_epochs` per round from the
@@ -6,7 +6,7 @@ global weights with shared.training.dp_trainer; the global weights are the n_tra
 the sites' weights. Reports the final global model's validation AUROC per site, the n_val-weighted
 AUROC (as the server's round table) and each site's epsilon.
 
-    PYTHONPATH=. python -m tests.shared.tasks.retain_fedavg configs/retain_aki.yaml [--seeds 0,1,2]
+    PYTHONPATH=. python -m tests.shared.tasks.retain_fedavg fedcare/configs/retain_aki.yaml [--seeds 0,1,2]
 """
 
 from __future__ import annotations

@@ -70,15 +70,15 @@ def _prepared(tmp_path: Path, **cfg_kwargs: Any) -> tuple[MultimodalTask, Any, P
 
 
 def test_shipped_configs_fix_the_layout_without_data() -> None:
-    binary = build_task(load_config(REPO / "configs" / "multimodal.yaml"))
-    survival = build_task(load_config(REPO / "configs" / "multimodal_survival.yaml"))
+    binary = build_task(load_config(REPO / "fedcare" / "configs" / "multimodal.yaml"))
+    survival = build_task(load_config(REPO / "fedcare" / "configs" / "multimodal_survival.yaml"))
     assert (binary.kind, binary.primary_metric, survival.kind, survival.primary_metric) == (
         "binary", "auroc", "survival", "c_index"
     )
     assert binary.id_column == "patient_id"
     assert binary.cfg.model.params["features"] == GENES
     assert binary.input_dims() == {"omics_dim": 200, "text_dim": 128}  # 100 genes + 100 missing indicators
-    center, site = binary.build_model(), build_task(load_config(REPO / "configs" / "multimodal.yaml")).build_model()
+    center, site = binary.build_model(), build_task(load_config(REPO / "fedcare" / "configs" / "multimodal.yaml")).build_model()
     assert {k: v.shape for k, v in center.state_dict().items()} == {k: v.shape for k, v in site.state_dict().items()}
     assert center.omics_encoder[0].weight.shape == (16, 200)
 
@@ -201,7 +201,7 @@ def test_metrics_are_whitelisted_aggregates(tmp_path: Path) -> None:
 
 
 def test_binary_utility_at_epsilon_8(tmp_path: Path) -> None:
-    cfg = load_config(REPO / "configs" / "multimodal.yaml")
+    cfg = load_config(REPO / "fedcare" / "configs" / "multimodal.yaml")
     cfg.data.root = str(tmp_path / "data")
     result = run_federation(cfg, tmp_path / "state")
     assert all(eps <= 8.0 + 1e-6 for eps in result.epsilon.values())
@@ -210,7 +210,7 @@ def test_binary_utility_at_epsilon_8(tmp_path: Path) -> None:
 
 
 def test_survival_utility_at_epsilon_8(tmp_path: Path) -> None:
-    cfg = load_config(REPO / "configs" / "multimodal_survival.yaml")
+    cfg = load_config(REPO / "fedcare" / "configs" / "multimodal_survival.yaml")
     cfg.data.root = str(tmp_path / "data")
     result = run_federation(cfg, tmp_path / "state")
     assert all(eps <= 8.0 + 1e-6 for eps in result.epsilon.values())

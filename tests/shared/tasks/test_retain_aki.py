@@ -78,7 +78,7 @@ def test_registry_and_input_dims() -> None:
 
 
 def test_shipped_config_loads() -> None:
-    cfg = load_config(Path(__file__).parents[3] / "configs" / "retain_aki.yaml")
+    cfg = load_config(Path(__file__).parents[3] / "fedcare" / "configs" / "retain_aki.yaml")
     assert cfg.task == "retain_aki" and cfg.model.name == "retain" and cfg.privacy.target_epsilon <= 8
     assert isinstance(build_task(cfg).build_model(), Retain)
 
@@ -324,7 +324,7 @@ def test_patient_json_errors(sites: Path, tmp_path: Path) -> None:
 
 
 def test_fedavg_with_dp_learns_at_epsilon_8(tmp_path: Path) -> None:
-    """Small, fast version of the configs/retain_aki.yaml check (python -m tests.shared.tasks.retain_fedavg)."""
+    """Small, fast version of the fedcare/configs/retain_aki.yaml check (python -m tests.shared.tasks.retain_fedavg)."""
     cfg = _cfg(
         data={"sites": SITES[:2], "synth_sizes": [240, 160]},
         train={"rounds": 3, "local_epochs": 2, "batch_size": 64, "lr": 0.01},

@@ -46,7 +46,7 @@ def sleep_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_shipped_configs_build_their_tasks_and_models() -> None:
     for name, cls, out_dims in (("sleep_staging", SleepStagingTask, 3), ("sleep_diagnosis", SleepDiagnosisTask, 2)):
-        cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+        cfg = load_config(REPO_ROOT / "fedcare" / "configs" / f"{name}.yaml")
         task = build_task(cfg)
         assert isinstance(task, cls) and task.name == name and task.id_column == "record_id"
         assert cfg.privacy.target_epsilon == 8.0 and cfg.model.params["preset"] == "small"

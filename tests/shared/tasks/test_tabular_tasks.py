@@ -35,8 +35,8 @@ def _cfg(task: str, root: Path, model: str = "linear", **train: Any):  # noqa: A
 
 
 def test_shipped_configs_build_one_layout_without_data() -> None:
-    binary = build_task(load_config(REPO / "configs" / "tabular_binary.yaml"))
-    survival = build_task(load_config(REPO / "configs" / "tabular_survival.yaml"))
+    binary = build_task(load_config(REPO / "fedcare" / "configs" / "tabular_binary.yaml"))
+    survival = build_task(load_config(REPO / "fedcare" / "configs" / "tabular_survival.yaml"))
     assert isinstance(binary, TabularBinaryTask) and isinstance(survival, TabularSurvivalTask)
     assert (binary.kind, binary.primary_metric) == ("binary", "auroc")
     assert (survival.kind, survival.primary_metric) == ("survival", "c_index")
