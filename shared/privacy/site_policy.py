@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from shared.config import STRATEGIES, RunConfig
+from shared.config_schema import STRATEGIES, RunConfig
 from shared.errors import InputError
 from shared.privacy.atomic_write import write_atomically
 from shared.privacy.code_bundle import installed_digest

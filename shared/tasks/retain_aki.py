@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from shared.config import RunConfig
+from shared.config_schema import RetainDataConfig, RunConfig
 from shared.data.visit_features import VisitEncoder, VisitTensors, encode_visits
 from shared.data.visits import FEATURES, load_visit_site, synthesize_visit_sites, visits_from_records
 from shared.errors import InputError
@@ -57,6 +57,8 @@ def stratified_patient_split(labels: np.ndarray, val_fraction: float, seed: int)
 class RetainAkiTask(Task):
     name = "retain_aki"
     kind = "binary"
+    data_config = RetainDataConfig
+    models = ("retain",)
     primary_metric = "auroc"
     id_column = "patient_id"
 

@@ -39,6 +39,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from shared.config_schema import RunConfig, SleepDiagnosisDataConfig, SleepStagingDataConfig
 from shared.data.psg import (
     DEFAULT_SYNTH_MINUTES,
     PATCHES_PER_EPOCH,
@@ -118,11 +119,14 @@ def _confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> byt
     return buffer.getvalue()
 
 
-class _SleepTask(Task):
+class SleepTask(Task):
+    """What the two PSG tasks share: the channel slots and their modalities, the pretraining phase."""
+
     id_column = "record_id"
+    pretrainable = True
     allowed_losses: tuple[str, ...] = ()
 
-    def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         if cfg.train.loss not in self.allowed_losses:
             allowed = ", ".join(self.allowed_losses)
@@ -174,9 +178,10 @@ class _SleepTask(Task):
 
     def build_pretrain_model(self) -> nn.Module:
         """The contrastive pretrainer on the same encoder (config `model:`), projection `pretrain.projection_dim`."""
-        from shared.models.registry import build_model
+        from shared.models.registry import build_model, model_params
 
-        params = dict(self.cfg.model.params)
+        encoder = model_params("set_transformer_contrastive").model_fields  # the encoder's keys, not the task head's
+        params = {k: v for k, v in self.model_params().items() if k in encoder}
         if self.cfg.pretrain.projection_dim is not None:
             params["projection_dim"] = self.cfg.pretrain.projection_dim
         return build_model("set_transformer_contrastive", **params)
@@ -199,12 +204,14 @@ class _SleepTask(Task):
             write_atomically(self.report_dir / f"{name}_confusion.png", png)
 
 
-class SleepStagingTask(_SleepTask):
+class SleepStagingTask(SleepTask):
     """Dataset tensors: x (R, C, N*6, 640), channel_valid (R, C), epoch_valid (R, N),
     epoch_onset_s (R, N) (seconds from the PSG start, NaN on padding), stages (R, N)."""
 
     name = "sleep_staging"
     kind = "multiclass"
+    data_config = SleepStagingDataConfig
+    models = ("set_transformer_staging",)
     primary_metric = "kappa"
     allowed_losses = STAGING_LOSSES
     default_loss = "weighted_ce"
@@ -313,12 +320,14 @@ class SleepStagingTask(_SleepTask):
         self._write_report("sleep_staging", report, png)
 
 
-class SleepDiagnosisTask(_SleepTask):
+class SleepDiagnosisTask(SleepTask):
     """Dataset tensors: x (R, C, N*6, 640), channel_valid (R, C), epoch_valid (R, N),
     demographics (R, 2), times (R, K) days, events (R, K) 0/1; targets() = (B, K, 2) [time, event]."""
 
     name = "sleep_diagnosis"
     kind = "survival"
+    data_config = SleepDiagnosisDataConfig
+    models = ("set_transformer_diagnosis",)
     primary_metric = "c_index"
     allowed_losses = DIAGNOSIS_LOSSES
     default_loss = "coxph"
