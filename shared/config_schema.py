@@ -142,7 +142,7 @@ class TabularSurvivalDataConfig(TabularDataConfig):
     event_column: str = "event"  # 1 = event, 0 = censored
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Section):
     """`model: {name, ...}`: the other keys are checked against the model's and the task's parameters
     (shared/config.py) and kept in `params` as written."""
 

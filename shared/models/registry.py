@@ -21,7 +21,7 @@ from torch import nn
 
 ModelBuilder = Callable[..., nn.Module]
 _BUILDERS: dict[str, ModelBuilder] = {}
-_PARAMS: dict[str, type[BaseModel]] = {}
+_PARAMS: dict[str, type[ModelParams]] = {}
 # Modules that register models; imported lazily so importing the registry stays cheap.
 _MODEL_MODULES = (
     "shared.models.event_transformer",

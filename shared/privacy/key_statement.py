@@ -40,3 +40,6 @@ class KeyStatement:
         if statement.to_bytes() != bytes(data):
             raise ValueError("key statement is not in canonical form")
         return statement
+
+    def version(self) -> str:
+        return f"masks {self.mask!r}, protocol {self.protocol!r}"

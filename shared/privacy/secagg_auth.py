@@ -58,10 +58,6 @@ def key_digest(key: bytes) -> str:
     return hashlib.sha256(bytes(key)).hexdigest()
 
 
-    def version(self) -> str:
-        return f"masks {self.mask!r}, protocol {self.protocol!r}"
-
-
 def local_version() -> tuple[str, str]:
     """(protocol, mask expansion) this process runs."""
     from shared.privacy.secagg_masks import mask_algorithm  # patches Flower's masks: only where SecAgg+ runs
