@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from client.site_worker import SiteSettings
-from shared.config import PRECISIONS
+from shared.config_schema import PRECISIONS
 from shared.errors import InputError
 from shared.io import load_yaml
 from shared.privacy.keys import load_private_key

@@ -103,7 +103,7 @@ def predict_to_csv(
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     encoder_dir = encoder_dir or default_encoder_dir(checkpoint)
-    if encoder_dir is None and getattr(task, "site_fitted_inputs", True):
+    if encoder_dir is None and task.site_fitted_inputs:
         raise InputError(checkpoint, "encoder", "no site encoder next to the checkpoint; pass --encoder SITE_STATE_DIR")
     ids, dataset = task.prediction_inputs(Path(data_dir), Path(encoder_dir or data_dir))
     outs = []

@@ -42,7 +42,7 @@ from flwr.serverapp import Grid
 import shared.privacy.secagg_masks  # noqa: F401  (full-strength masks; checks the Flower version)
 from server.history import RunHistory
 from server.strategy import SiteTracking, error_reason, site_status
-from shared.config import RunConfig
+from shared.config_schema import RunConfig
 from shared.errors import InputError
 from shared.privacy.reason_codes import as_reason_code
 from shared.privacy.secagg_auth import AUTH_RECORD, version_problem

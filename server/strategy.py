@@ -24,7 +24,7 @@ from flwr.serverapp import strategy as fl
 from server.history import RunHistory
 from server.server_optimizer import SERVER_OPTIMIZERS, ServerOptimized, ServerOptimizer
 from server.site_level_dp import FixedDenominator, SiteLevelDPAccounting
-from shared.config import RunConfig
+from shared.config_schema import RunConfig
 from shared.privacy.reason_codes import as_reason_code, is_reason_code
 
 SITE_STATUSES = frozenset({"trained", "evaluated", "budget_exhausted", "refused"})

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-RECALIBRATION_METHODS = ("none", "platt", "temperature")
+from shared.config_schema import RECALIBRATION_METHODS  # noqa: F401  (re-exported: the map's methods)
+
 _EPS = 1e-7
 _RIDGE = 1e-4  # keeps the Newton steps finite when a class is (nearly) empty; ~no pull with hundreds of patients
 _MIN_PATIENTS = 20.0  # fewer (noisy) patients than this: no map is fitted

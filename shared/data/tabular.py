@@ -138,7 +138,10 @@ def schema_from_config(cfg: Any) -> TabularSchema:
     outcome = "survival" if cfg.task == "tabular_survival" else "binary"
     if not d.covariates:
         raise InputError(source, "data.covariates", "a tabular task needs at least one covariate: [{name, type, levels}]")
-    outcome_cols = (d.label_column,) if outcome == "binary" else (d.time_column, d.event_column)
+    # each task's data section has only its own outcome columns (shared/config_schema.py)
+    label, time, event = (getattr(d, f, None) or default for f, default in
+                          (("label_column", "label"), ("time_column", "time"), ("event_column", "event")))
+    outcome_cols = (label,) if outcome == "binary" else (time, event)
     reserved = {d.id_column, SPLIT_COLUMN, *outcome_cols}
     if len(reserved) != 2 + len(outcome_cols):
         raise InputError(source, "data.id_column", "the id, outcome and split columns must have different names")
@@ -189,7 +192,7 @@ def schema_from_config(cfg: Any) -> TabularSchema:
             raise InputError(source, f"data.standardize.{c.name}", "missing: every numeric covariate needs {mean, sd} "
                                                                   "given in the config (public or agreed values; statistics "
                                                                   "fitted at a site would leave it outside the DP budget)")
-    return TabularSchema(tuple(covariates), standardize, outcome, d.id_column, d.label_column, d.time_column, d.event_column)
+    return TabularSchema(tuple(covariates), standardize, outcome, d.id_column, label, time, event)
 
 
 def check_tabular_config(cfg: Any) -> TabularSchema:

@@ -8,5 +8,5 @@
   and temporal weights, multimodal modality contributions).
 - plots.py, report.py, cohort.py: PNG figures, the site report (Markdown, HTML, JSON), cohort
   importance.
-- *_explainer.py: per-model adapters; registry.py: task name -> site explainer.
+- *_explainer.py: per-model adapters; options.py: what a site explainer takes; registry.py: task -> site explainer.
 """

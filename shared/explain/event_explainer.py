@@ -26,8 +26,8 @@ from shared.explain.cohort import cohort_batches, cohort_importance, cohort_rows
 from shared.explain.event_layout import static_groups, static_mean, static_reference
 from shared.explain.integrated_gradients import event_transformer_ig
 from shared.explain.layer_attribution import event_transformer_layer_ig
+from shared.explain.options import ExplainOptions, ProgressHook
 from shared.explain.plots import cohort_figures, event_heads_figure, event_label, shorten
-from shared.explain.registry import ExplainOptions, ProgressHook
 from shared.explain.report import PatientExplanation, SiteExplanation, direction, figure_stem, probability_without
 from shared.tasks.base import Task
 
@@ -125,7 +125,7 @@ def explain_event_site(
 ) -> SiteExplanation:
     device = torch.device(options.device)
     model = model.to(device).eval()
-    ids, dataset = task.prediction_inputs(data_dir, state_dir)  # type: ignore[attr-defined]
+    ids, dataset = task.prediction_inputs(data_dir, state_dir)
     events, valid, statics = (t.to(device) for t in dataset.tensors[:3])
     site = load_event_site(data_dir, require_label=False)
     described = describe_events(site.stays, site.events, events.shape[1])

@@ -27,10 +27,11 @@ from shared.explain.attention import multimodal_contributions
 from shared.explain.cohort import cohort_batches, cohort_importance, cohort_rows, select_patients, stacked
 from shared.explain.integrated_gradients import multimodal_ig
 from shared.explain.layer_attribution import multimodal_layer_ig
+from shared.explain.options import ExplainOptions, ProgressHook
 from shared.explain.plots import cohort_figures, importance_figure
-from shared.explain.registry import ExplainOptions, ProgressHook
 from shared.explain.report import PatientExplanation, SiteExplanation, direction, figure_stem, probability_without
 from shared.tasks.base import Task
+from shared.tasks.multimodal import MultimodalTask
 
 MODALITIES = ("omics", "text")
 MODALITY_WORDS = {"omics": "omics profile", "text": "clinical note"}
@@ -236,14 +237,16 @@ def explain_multimodal_site(
     """The site's patients (`task.prediction_inputs`, preprocessed with the site's saved scalers),
     explained per omics block (`model.omics_blocks`) with their raw omics values and note counts.
     Binary and survival runs alike."""
-    ids, dataset = task.prediction_inputs(data_dir, state_dir)  # type: ignore[attr-defined]
-    features = task.features  # type: ignore[attr-defined]
-    indicators = task.missing_indicators  # type: ignore[attr-defined]
+    if not isinstance(task, MultimodalTask):
+        raise TypeError(f"the multimodal explainer explains the multimodal task, not {task.name}")
+    ids, dataset = task.prediction_inputs(data_dir, state_dir)
+    features = task.features
+    indicators = task.missing_indicators
     data = load_multimodal_site(Path(data_dir), features, None)
     raw = data.omics.reindex(ids)
     n_notes = data.notes.groupby(PATIENT_ID).size().reindex(ids, fill_value=0).to_numpy()
     return explain_multimodal_dataset(
         model, ids, dataset, omics_column_names(features, indicators), options,
-        omics_block_columns(task.omics_blocks, features, indicators), task.kind == "binary",  # type: ignore[attr-defined]
+        omics_block_columns(task.omics_blocks, features, indicators), task.kind == "binary",
         progress, data_dir, {f: raw[f].to_numpy(float) for f in features}, n_notes,
     )

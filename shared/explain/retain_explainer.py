@@ -29,8 +29,8 @@ from shared.explain.attention import RetainAttention, retain_attention
 from shared.explain.cohort import cohort_batches, cohort_importance, cohort_rows, select_patients, stacked, summed_over_steps
 from shared.explain.integrated_gradients import retain_ig
 from shared.explain.layer_attribution import retain_layer_ig
+from shared.explain.options import ExplainOptions, ProgressHook
 from shared.explain.plots import cohort_figures, retain_attention_figure, retain_figure
-from shared.explain.registry import ExplainOptions, ProgressHook
 from shared.explain.report import PatientExplanation, SiteExplanation, direction, figure_stem, probability_without
 from shared.tasks.base import Task
 
@@ -256,7 +256,7 @@ def explain_retain_site(
     explained with their visit times and real lab values."""
     from shared.tasks.retain_aki import ENCODER_FILE
 
-    ids, dataset = task.prediction_inputs(data_dir, state_dir)  # type: ignore[attr-defined]
+    ids, dataset = task.prediction_inputs(data_dir, state_dir)
     site = load_visit_site(data_dir, require_label=False)
     encoder = VisitEncoder.load(Path(state_dir) / ENCODER_FILE)
     described = describe_visits(site.visits, pd.Index(ids), encoder, task.cfg.data.max_events)

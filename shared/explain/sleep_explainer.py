@@ -22,11 +22,12 @@ from shared.explain.ablation import sleep_ablation
 from shared.explain.attention import SleepAttention, sleep_attention
 from shared.explain.cohort import cohort_importance, cohort_rows, select_patients
 from shared.explain.layer_attribution import sleep_layer_ig, token_map
+from shared.explain.options import ExplainOptions, ProgressHook
 from shared.explain.plots import duration_label, importance_figure, psg_figure
-from shared.explain.registry import ExplainOptions, ProgressHook
 from shared.explain.report import PatientExplanation, SiteExplanation, figure_stem
 from shared.models.sleep_heads import SLEEP_MODALITIES, SLEEP_STAGES
 from shared.tasks.base import Task
+from shared.tasks.sleep import SleepDiagnosisTask, SleepTask
 
 CHANNEL_KIND = {"BAS1": "EEG", "BAS2": "EEG", "BAS3": "EOG"}  # what the default BAS slots hold
 DEMOGRAPHICS = ("age", "sex")  # the diagnosis task's demographics tensor columns
@@ -66,17 +67,19 @@ def explain_sleep_site(
     `task.prediction_inputs` reads them (hypnograms not needed), channels named by their slot and
     modality, modality ablation over BAS/RESP/EKG/EMG; diagnosis: also age and sex, for the first
     outcome. Runs on the CPU."""
+    if not isinstance(task, SleepTask):
+        raise TypeError(f"the sleep explainer explains the sleep tasks, not {task.name}")
     model = model.cpu().eval()
-    ids, dataset = task.prediction_inputs(data_dir, state_dir)  # type: ignore[attr-defined]
+    ids, dataset = task.prediction_inputs(data_dir, state_dir)
     x, channel_valid, epoch_valid = dataset.tensors[:3]
     slots = list(task.cfg.data.channel_slots)
     channel_names = [f"{slot} ({CHANNEL_KIND[slot]})" if slot in CHANNEL_KIND else slot for slot in slots]
-    diagnosis = task.kind == "survival"
+    diagnosis = isinstance(task, SleepDiagnosisTask)
     explanation = explain_sleep_tensors(
-        model, np.asarray(ids), x, channel_valid, epoch_valid, channel_names, task.channel_modality(),  # type: ignore[attr-defined]
+        model, np.asarray(ids), x, channel_valid, epoch_valid, channel_names, task.channel_modality(),
         SLEEP_MODALITIES, options,
         demographics=dataset.tensors[3] if diagnosis else None, demographics_names=DEMOGRAPHICS if diagnosis else (),
-        outcome=0, outcome_name=task.outcomes[0] if diagnosis else "outcome",  # type: ignore[attr-defined]
+        outcome=0, outcome_name=task.outcomes[0] if isinstance(task, SleepDiagnosisTask) else "outcome",
         progress=progress, source=data_dir,
     )
     explanation.numbers = {"channel_slots": slots, "recordings": len(ids), "modalities": list(SLEEP_MODALITIES)}

@@ -10,14 +10,14 @@ Seed sizes: d_model 256, 4 layers, 8 heads, ff 512, 4 pooling heads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from shared.models.attention import AttentionPooling, TransformerStack, sinusoidal_positions
-from shared.models.registry import register_model
+from shared.models.registry import params_schema, register_model
 
 
 @dataclass
@@ -75,10 +75,9 @@ class EventTransformer(nn.Module):
         return logits
 
 
-@register_model("event_transformer")
-def build_event_transformer(**kwargs: Any) -> EventTransformer:
-    known = {f.name for f in fields(EventTransformerConfig)}
-    unknown = set(kwargs) - known
-    if unknown:
-        raise KeyError(f"unknown event_transformer parameter(s): {', '.join(sorted(unknown))}")
-    return EventTransformer(EventTransformerConfig(**kwargs))
+PARAMS = params_schema("EventTransformerParams", EventTransformerConfig, exclude=("event_dim", "static_dim"))
+
+
+@register_model("event_transformer", PARAMS)
+def build_event_transformer(event_dim: int, static_dim: int, **params: Any) -> EventTransformer:
+    return EventTransformer(EventTransformerConfig(event_dim=event_dim, static_dim=static_dim, **params))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shared.models.registry import register_model
+from shared.models.registry import params_schema, register_model
 
 
 @dataclass
@@ -32,6 +32,6 @@ class LinearModel(nn.Module):
         return self.out(x).squeeze(-1)  # (B,)
 
 
-@register_model("linear")
-def build_linear(n_features: int, bias: bool = True, **_: object) -> LinearModel:
+@register_model("linear", params_schema("LinearParams", LinearModelConfig, exclude=("n_features",)))
+def build_linear(n_features: int, bias: bool = True) -> LinearModel:
     return LinearModel(LinearModelConfig(n_features=n_features, bias=bool(bias)))

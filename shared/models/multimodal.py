@@ -15,14 +15,14 @@ Class imbalance is handled in the loss (pos_weight / focal), not here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from shared.models.attention import AttentionPooling, TransformerBlock
-from shared.models.registry import register_model
+from shared.models.registry import params_schema, register_model
 
 MODALITIES = ("omics", "text")
 
@@ -117,8 +117,6 @@ class MultimodalModel(nn.Module):
         return torch.stack(contributions, dim=1)
 
 
-@register_model("multimodal")
-def build_multimodal(omics_dim: int, text_dim: int, **model_cfg: Any) -> MultimodalModel:
-    known = {f.name for f in fields(MultimodalConfig)} - {"omics_dim", "text_dim"}
-    cfg = MultimodalConfig(omics_dim, text_dim, **{k: v for k, v in model_cfg.items() if k in known})
-    return MultimodalModel(cfg)
+@register_model("multimodal", params_schema("MultimodalParams", MultimodalConfig, exclude=("omics_dim", "text_dim")))
+def build_multimodal(omics_dim: int, text_dim: int, **params: Any) -> MultimodalModel:
+    return MultimodalModel(MultimodalConfig(omics_dim, text_dim, **params))

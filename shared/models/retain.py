@@ -12,7 +12,7 @@ valid (B, T) bool. The GRUs are Opacus DPGRUs (nn.GRU fails Opacus' validator).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from opacus.layers import DPGRU
 from torch import nn
 
 from shared.models.recurrent import reverse_valid_prefix
-from shared.models.registry import register_model
+from shared.models.registry import params_schema, register_model
 
 
 @dataclass
@@ -94,7 +94,6 @@ class Retain(nn.Module):
         return self.lab_weights(x, valid, output) * torch.where(valid[..., None], x, 0.0)  # (B, T, F)
 
 
-@register_model("retain")
-def build_retain(n_features: int, **model_cfg: Any) -> Retain:
-    known = {f.name for f in fields(RetainConfig)} - {"n_features"}
-    return Retain(RetainConfig(n_features=n_features, **{k: v for k, v in model_cfg.items() if k in known}))
+@register_model("retain", params_schema("RetainParams", RetainConfig, exclude=("n_features",)))
+def build_retain(n_features: int, **params: Any) -> Retain:
+    return Retain(RetainConfig(n_features=n_features, **params))

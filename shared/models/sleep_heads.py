@@ -8,14 +8,15 @@ axis so the sample dim stays first; channel_valid (B, C) and epoch_valid (B, N) 
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from shared.models.attention import AttentionPooling, TransformerStack, sinusoidal_positions
 from shared.models.recurrent import MaskedBiLSTM
-from shared.models.registry import register_model
+from shared.models.registry import params_schema, register_model
 from shared.models.set_transformer import SetTransformer, SetTransformerConfig
 
 SLEEP_STAGES = ("Wake", "N1", "N2", "N3", "REM")
@@ -213,40 +214,34 @@ class ContrastivePretrainer(nn.Module):
         return {name: stacked[:, i] for i, name in enumerate(self.modalities)}
 
 
-def _head_kwargs(model_cfg: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: model_cfg[k] for k in names if k in model_cfg}
+# The encoder's fields, `preset: seed|small` (the sizes the fields override) and the head's keyword arguments.
+# `dropout` is the encoder's and the head's.
+PRESET = Literal["seed", "small"]
+STAGING_PARAMS = params_schema("SleepStagingParams", SetTransformerConfig, SleepStagingModel, preset=(PRESET, "seed"))
+DIAGNOSIS_PARAMS = params_schema("SleepDiagnosisParams", SetTransformerConfig, SleepDiagnosisModel, preset=(PRESET, "seed"),
+                                 exclude=("n_outcomes",))
+CONTRASTIVE_PARAMS = params_schema("SleepContrastiveParams", SetTransformerConfig, ContrastivePretrainer,
+                                   preset=(PRESET, "seed"))
 
 
-@register_model("set_transformer_staging")
-def build_sleep_staging(**model_cfg: Any) -> SleepStagingModel:
-    """Encoder fields (and `preset: seed|small`) plus the head's keyword arguments; others ignored."""
-    head = _head_kwargs(
-        model_cfg,
-        (
-            "n_classes",
-            "lstm_hidden",
-            "epoch_layers",
-            "epoch_heads",
-            "epoch_ff",
-            "dropout",
-            "patches_per_epoch",
-        ),
-    )
-    return SleepStagingModel(SetTransformerConfig.from_dict(model_cfg), **head)
+def _head_kwargs(params: dict[str, Any], head: type) -> dict[str, Any]:
+    names = set(inspect.signature(head.__init__).parameters)
+    return {k: v for k, v in params.items() if k in names}
 
 
-@register_model("set_transformer_diagnosis")
-def build_sleep_diagnosis(n_outcomes: int, **model_cfg: Any) -> SleepDiagnosisModel:
-    head = _head_kwargs(
-        model_cfg,
-        ("lstm_hidden", "epoch_pool_heads", "n_demographics", "hidden", "dropout", "patches_per_epoch"),
-    )
-    return SleepDiagnosisModel(SetTransformerConfig.from_dict(model_cfg), n_outcomes, **head)
+@register_model("set_transformer_staging", STAGING_PARAMS)
+def build_sleep_staging(**params: Any) -> SleepStagingModel:
+    return SleepStagingModel(SetTransformerConfig.from_dict(params), **_head_kwargs(params, SleepStagingModel))
 
 
-@register_model("set_transformer_contrastive")
-def build_sleep_contrastive(**model_cfg: Any) -> ContrastivePretrainer:
-    head = _head_kwargs(model_cfg, ("modalities", "projection_dim"))
+@register_model("set_transformer_diagnosis", DIAGNOSIS_PARAMS)
+def build_sleep_diagnosis(n_outcomes: int, **params: Any) -> SleepDiagnosisModel:
+    return SleepDiagnosisModel(SetTransformerConfig.from_dict(params), n_outcomes, **_head_kwargs(params, SleepDiagnosisModel))
+
+
+@register_model("set_transformer_contrastive", CONTRASTIVE_PARAMS)
+def build_sleep_contrastive(**params: Any) -> ContrastivePretrainer:
+    head = _head_kwargs(params, ContrastivePretrainer)
     if "modalities" in head:
         head["modalities"] = tuple(head["modalities"])
-    return ContrastivePretrainer(SetTransformerConfig.from_dict(model_cfg), **head)
+    return ContrastivePretrainer(SetTransformerConfig.from_dict(params), **head)

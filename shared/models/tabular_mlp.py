@@ -7,13 +7,13 @@ output, (B, K) for K > 1 (classes, or K hazards).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from shared.models.registry import register_model
+from shared.models.registry import params_schema, register_model
 
 
 @dataclass
@@ -42,10 +42,8 @@ class TabularMLP(nn.Module):
         return logits.squeeze(-1) if self.cfg.n_outputs == 1 else logits  # (B,) or (B, K)
 
 
-@register_model("tabular_mlp")
-def build_tabular_mlp(n_features: int, **model_cfg: Any) -> TabularMLP:
-    known = {f.name for f in fields(TabularMLPConfig)} - {"n_features"}
-    kwargs = {k: v for k, v in model_cfg.items() if k in known}
-    if "hidden" in kwargs:
-        kwargs["hidden"] = [int(h) for h in kwargs["hidden"]]
-    return TabularMLP(TabularMLPConfig(n_features=n_features, **kwargs))
+@register_model("tabular_mlp", params_schema("TabularMLPParams", TabularMLPConfig, exclude=("n_features",)))
+def build_tabular_mlp(n_features: int, **params: Any) -> TabularMLP:
+    if "hidden" in params:
+        params["hidden"] = [int(h) for h in params["hidden"]]
+    return TabularMLP(TabularMLPConfig(n_features=n_features, **params))

@@ -22,9 +22,8 @@ variant of the protocol (Bonawitz et al., CCS 2017) signs the keys with each par
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
@@ -36,7 +35,7 @@ from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_separate
 
-from shared.privacy.ledger import canonical_json
+from shared.privacy.key_statement import KeyStatement
 from shared.privacy.roster import Roster
 from shared.privacy.secagg_guard import GuardState, ProtocolViolation
 from shared.privacy.whitelist import SIGNED_KEYS  # the setup reply's key: [statement, signature]
@@ -57,42 +56,6 @@ class PeerRefused(ProtocolViolation):
 
 def key_digest(key: bytes) -> str:
     return hashlib.sha256(bytes(key)).hexdigest()
-
-
-@dataclass(frozen=True)
-class KeyStatement:
-    """What a site signs at setup: its SecAgg+ keys bound to the run, round, node, site and versions."""
-
-    protocol: str
-    mask: str
-    run_id: int
-    round: str
-    node_id: int
-    site: str
-    pk1: str  # SHA-256 hex of the public key bytes
-    pk2: str
-
-    def to_bytes(self) -> bytes:
-        return canonical_json(asdict(self)).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> KeyStatement:
-        """The statement in `data`, or ValueError (exact fields, exact types, canonical form)."""
-        raw = json.loads(bytes(data).decode())
-        names = {f.name: f.type for f in fields(cls)}
-        if not isinstance(raw, dict) or set(raw) != set(names):
-            raise ValueError(f"a key statement has exactly the fields {', '.join(names)}")
-        for name, kind in names.items():
-            expected = int if kind == "int" else str
-            if type(raw[name]) is not expected:
-                raise ValueError(f"key statement field {name!r} must be {expected.__name__}")
-        statement = cls(**raw)
-        if statement.to_bytes() != bytes(data):
-            raise ValueError("key statement is not in canonical form")
-        return statement
-
-    def version(self) -> str:
-        return f"masks {self.mask!r}, protocol {self.protocol!r}"
 
 
 def local_version() -> tuple[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import RunConfig
+from shared.config_schema import RunConfig
 from shared.errors import InputError
 
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # aggregations that are a weighted mean of the updates

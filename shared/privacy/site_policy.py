@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from shared.config import STRATEGIES, RunConfig
+from shared.config_schema import STRATEGIES, RunConfig
 from shared.errors import InputError
 from shared.io import load_yaml, write_text
 from shared.privacy.code_bundle import installed_digest

@@ -20,6 +20,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 from shared.privacy.dp_evaluation import EXACT_MARKER, RELEASE_KEYS
+from shared.privacy.key_statement import KeyStatement
 from shared.privacy.reason_codes import REASON_CODES
 
 _METRICS_WITH_CI = ("auroc", "auprc", "brier", "accuracy", "macro_f1", "kappa", "c_index")
@@ -158,8 +159,6 @@ def check_outgoing(content: RecordDict, expected_array_keys: set[str] | None) ->
 
 def _check_signed_keys(value: Any) -> None:
     """[a key statement in canonical form, a 64-byte signature] and nothing else."""
-    from shared.privacy.secagg_auth import KeyStatement
-
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, bytes) for v in value)) or len(value[1]) != 64:
         raise OutgoingMessageRefused(f"{SIGNED_KEYS!r} must be [key statement, 64-byte signature]")
     try:

@@ -12,14 +12,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
-from shared.config import RunConfig
+from shared.config_schema import DataConfig, RunConfig, Section
 
 # aggregate validation scalars a binary task's site reports (all on the outgoing whitelist)
 BINARY_REPORTED_METRICS = frozenset({
@@ -44,12 +44,25 @@ class SiteData:
         return len(self.val)  # type: ignore[arg-type]
 
 
+class NoModelOptions(Section):
+    """Keys of the config's `model:` section that the task reads itself (none by default)."""
+
+
 class Task(ABC):
+    """What the center, a site, `fedcare predict` and the explainers call on a task. A new task is a subclass
+    and one line in shared/tasks/registry.py."""
+
     name: str
     kind: str  # "binary" | "multiclass" | "survival"
     primary_metric: str = "auroc"  # shown per round and weighted across sites ("kappa", "c_index", ...)
     id_column: str = "id"  # identifier column of `fedcare predict` output
     default_loss: str = "bce"  # a train.loss the task accepts (what `fedcare synth` configures)
+    data_config: ClassVar[type[DataConfig]] = DataConfig  # the task's `data:` section (shared/config_schema.py)
+    models: ClassVar[tuple[str, ...]] = ()  # model names (shared/models/registry.py) the task can build
+    model_options: ClassVar[type[Section]] = NoModelOptions  # `model:` keys the task reads, beside the model's
+    pretrainable: ClassVar[bool] = False  # has a contrastive pretraining phase (config `pretrain:`)
+    fixed_test_split: ClassVar[bool] = False  # sites may hold a fixed test split (`fedcare evaluate`)
+    site_fitted_inputs: ClassVar[bool] = True  # prediction needs the encoders a site fitted (`fedcare predict --encoder`)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -58,10 +71,14 @@ class Task(ABC):
     def input_dims(self) -> dict[str, int]:
         """Model input sizes derived from the config and the task's fixed schema (no data)."""
 
+    def model_params(self) -> dict[str, Any]:
+        """The config's model parameters, less the keys the task reads itself (`model_options`)."""
+        return {k: v for k, v in self.cfg.model.params.items() if k not in self.model_options.model_fields}
+
     def build_model(self) -> nn.Module:
         from shared.models.registry import build_model
 
-        return build_model(self.cfg.model.name, **self.cfg.model.params, **self.input_dims())
+        return build_model(self.cfg.model.name, **self.model_params(), **self.input_dims())
 
     @abstractmethod
     def synthesize(self, out_dir: Path, sites: list[str], seed: int) -> None:
@@ -78,6 +95,11 @@ class Task(ABC):
 
         with tempfile.TemporaryDirectory() as scratch:
             self.prepare_site(site_dir, site, Path(scratch))
+
+    @abstractmethod
+    def prediction_inputs(self, data_dir: Path, encoder_dir: Path) -> tuple[np.ndarray, TensorDataset]:
+        """(ids, dataset) of every patient in `data_dir`, featurised with the encoders the site fitted and
+        saved in `encoder_dir` at training (`fedcare predict`, the explainers); the labels may be absent."""
 
     @abstractmethod
     def forward(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -99,7 +121,7 @@ class Task(ABC):
     def targets(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         return batch[-1]
 
-    # -- the optional pretraining phase (config `pretrain:`; shared.config.PRETRAINABLE_TASKS) ------
+    # -- the optional pretraining phase (config `pretrain:`; only where `pretrainable`) ------------------
     def build_pretrain_model(self) -> nn.Module:
         """The model trained in the pretraining phase; its `encoder` is the task model's `encoder`."""
         raise NotImplementedError(f"task {self.name} has no pretraining phase")

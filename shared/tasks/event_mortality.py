@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from shared.config_schema import EventDataConfig
 from shared.data.event_features import EventEncoder, EventTensors, encode_events, event_dim, static_dim
 from shared.data.events import load_event_site
 from shared.data.splits import split_rows
@@ -24,6 +25,8 @@ ENCODER_FILE = "event_encoder.json"
 class EventMortalityTask(Task):
     name = "event_mortality"
     kind = "binary"
+    data_config = EventDataConfig
+    models = ("event_transformer",)
     id_column = "stay_id"
 
     def input_dims(self) -> dict[str, int]:

@@ -35,7 +35,7 @@ from scipy.special import expit
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from shared.config import RunConfig
+from shared.config_schema import MultimodalDataConfig, RunConfig, Section
 from shared.data.omics import (
     EVENT,
     LABEL,
@@ -118,9 +118,22 @@ def omics_blocks_of(cfg: RunConfig, features: list[str]) -> dict[str, list[str]]
     return out
 
 
+class MultimodalModelOptions(Section):
+    """Keys of `model:` the task reads (the omics panel and its preprocessing), beside the model's own."""
+
+    label_type: str | None = None  # binary | survival; None: from train.loss (label_type_of)
+    log1p: bool = False
+    missing_indicators: bool = True
+    features: list[str] | None = None  # the pinned omics panel (required; pinned_features)
+    omics_blocks: dict[str, list[str]] | None = None  # block name -> pinned features (omics_blocks_of)
+
+
 class MultimodalTask(Task):
     name = "multimodal"
     id_column = "patient_id"
+    data_config = MultimodalDataConfig
+    models = ("multimodal",)
+    model_options = MultimodalModelOptions
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)

@@ -1,29 +1,43 @@
-"""Task name (config `task:`) -> Task class."""
+"""The task registry: the one list of task names (config `task:`), each bound to its Task class.
+
+A new task is a Task subclass (shared/tasks/base.py) and one entry below; the config's `task:` values,
+the `data:` section's fields, the models a task accepts and whether it has a pretraining phase all come
+from here (shared/config.py).
+"""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from shared.config import RunConfig
+from shared.config_schema import RunConfig
 from shared.tasks.base import Task
+from shared.tasks.event_mortality import EventMortalityTask
+from shared.tasks.multimodal import MultimodalTask
+from shared.tasks.retain_aki import RetainAkiTask
+from shared.tasks.sleep import SleepDiagnosisTask, SleepStagingTask
+from shared.tasks.tabular import TabularBinaryTask, TabularSurvivalTask
 
-_TASK_CLASSES = {
-    "event_mortality": "shared.tasks.event_mortality:EventMortalityTask",
-    "multimodal": "shared.tasks.multimodal:MultimodalTask",
-    "retain_aki": "shared.tasks.retain_aki:RetainAkiTask",
-    "sleep_staging": "shared.tasks.sleep:SleepStagingTask",
-    "sleep_diagnosis": "shared.tasks.sleep:SleepDiagnosisTask",
-    "tabular_binary": "shared.tasks.tabular:TabularBinaryTask",
-    "tabular_survival": "shared.tasks.tabular:TabularSurvivalTask",
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls
+    for cls in (
+        EventMortalityTask,
+        RetainAkiTask,
+        SleepStagingTask,
+        SleepDiagnosisTask,
+        MultimodalTask,
+        TabularBinaryTask,
+        TabularSurvivalTask,
+    )
 }
+TASK_NAMES = tuple(TASKS)
+PRETRAINABLE_TASKS = tuple(name for name, cls in TASKS.items() if cls.pretrainable)
+TABULAR_TASKS = tuple(name for name, cls in TASKS.items() if cls.fixed_test_split)  # one table.csv per site
 
 
 def task_class(task: str) -> type[Task]:
-    if task not in _TASK_CLASSES:
-        raise KeyError(f"task {task!r} is not implemented yet; available: {', '.join(_TASK_CLASSES)}")
-    module, cls = _TASK_CLASSES[task].split(":")
-    return getattr(importlib.import_module(module), cls)
+    if task not in TASKS:
+        raise KeyError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
+    return TASKS[task]
 
 
 def build_task(cfg: RunConfig) -> Task:
@@ -32,7 +46,6 @@ def build_task(cfg: RunConfig) -> Task:
 
 def task_source_file(task: str) -> Path:
     """The file that defines the task class (what a site approves)."""
-    if task not in _TASK_CLASSES:
-        raise KeyError(f"task {task!r} is not implemented yet; available: {', '.join(_TASK_CLASSES)}")
-    module = importlib.import_module(_TASK_CLASSES[task].split(":")[0])
-    return Path(module.__file__ or "")
+    import inspect
+
+    return Path(inspect.getsourcefile(task_class(task)) or "")

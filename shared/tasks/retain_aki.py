@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from shared.config import RunConfig
+from shared.config_schema import RetainDataConfig, RunConfig
 from shared.data.splits import split_rows
 from shared.data.synth import synthesize_sites
 from shared.data.visit_features import VisitEncoder, VisitTensors, encode_visits
@@ -52,6 +52,8 @@ LOSSES = ("bce", "weighted_bce", "focal")
 class RetainAkiTask(Task):
     name = "retain_aki"
     kind = "binary"
+    data_config = RetainDataConfig
+    models = ("retain",)
     primary_metric = "auroc"
     id_column = "patient_id"
 

@@ -36,6 +36,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from shared.config_schema import RunConfig, SleepDiagnosisDataConfig, SleepStagingDataConfig
 from shared.data.psg import (
     PATCHES_PER_EPOCH,
     STAGE_NAMES,
@@ -111,11 +112,14 @@ def _confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> 
     return fig
 
 
-class _SleepTask(Task):
+class SleepTask(Task):
+    """What the two PSG tasks share: the channel slots and their modalities, the pretraining phase."""
+
     id_column = "record_id"
+    pretrainable = True
     allowed_losses: tuple[str, ...] = ()
 
-    def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         if cfg.train.loss not in self.allowed_losses:
             allowed = ", ".join(self.allowed_losses)
@@ -164,9 +168,10 @@ class _SleepTask(Task):
 
     def build_pretrain_model(self) -> nn.Module:
         """The contrastive pretrainer on the same encoder (config `model:`), projection `pretrain.projection_dim`."""
-        from shared.models.registry import build_model
+        from shared.models.registry import build_model, model_params
 
-        params = dict(self.cfg.model.params)
+        encoder = model_params("set_transformer_contrastive").model_fields  # the encoder's keys, not the task head's
+        params = {k: v for k, v in self.model_params().items() if k in encoder}
         if self.cfg.pretrain.projection_dim is not None:
             params["projection_dim"] = self.cfg.pretrain.projection_dim
         return build_model("set_transformer_contrastive", **params)
@@ -182,12 +187,14 @@ class _SleepTask(Task):
         return within_sample_info_nce(z.float(), present, epoch_valid, net.modalities, self.cfg.pretrain.temperature)
 
 
-class SleepStagingTask(_SleepTask):
+class SleepStagingTask(SleepTask):
     """Dataset tensors: x (R, C, N*6, 640), channel_valid (R, C), epoch_valid (R, N),
     epoch_onset_s (R, N) (seconds from the PSG start, NaN on padding), stages (R, N)."""
 
     name = "sleep_staging"
     kind = "multiclass"
+    data_config = SleepStagingDataConfig
+    models = ("set_transformer_staging",)
     primary_metric = "kappa"
     allowed_losses = STAGING_LOSSES
     default_loss = "weighted_ce"
@@ -294,12 +301,14 @@ class SleepStagingTask(_SleepTask):
         return {"sleep_staging.json": report, "sleep_staging_confusion.png": _confusion_figure(matrix, STAGE_NAMES, title)}
 
 
-class SleepDiagnosisTask(_SleepTask):
+class SleepDiagnosisTask(SleepTask):
     """Dataset tensors: x (R, C, N*6, 640), channel_valid (R, C), epoch_valid (R, N),
     demographics (R, 2), times (R, K) days, events (R, K) 0/1; targets() = (B, K, 2) [time, event]."""
 
     name = "sleep_diagnosis"
     kind = "survival"
+    data_config = SleepDiagnosisDataConfig
+    models = ("set_transformer_diagnosis",)
     primary_metric = "c_index"
     allowed_losses = DIAGNOSIS_LOSSES
     default_loss = "coxph"

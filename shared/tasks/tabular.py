@@ -31,7 +31,7 @@ from scipy.special import expit
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from shared.config import RunConfig
+from shared.config_schema import RunConfig, TabularBinaryDataConfig, TabularSurvivalDataConfig
 from shared.data.splits import split_rows
 from shared.data.synth import synthesize_sites
 from shared.data.tabular import TEST_FOLDER, TabularSchema, TabularSite, load_tabular_site, schema_from_config
@@ -46,6 +46,8 @@ MODELS = ("linear", "tabular_mlp")
 
 class TabularTask(Task):
     losses: tuple[str, ...] = BINARY_LOSSES
+    models = ("linear", "tabular_mlp")
+    fixed_test_split = True
     site_fitted_inputs = False  # inputs depend on the config alone: `fedcare predict` needs no site encoder
 
     def __init__(self, cfg: RunConfig) -> None:
@@ -146,6 +148,7 @@ class TabularTask(Task):
 class TabularBinaryTask(TabularTask):
     name = "tabular_binary"
     kind = "binary"
+    data_config = TabularBinaryDataConfig
     primary_metric = "auroc"
     default_loss = "bce"
     losses = BINARY_LOSSES
@@ -165,6 +168,7 @@ class TabularBinaryTask(TabularTask):
 class TabularSurvivalTask(TabularTask):
     name = "tabular_survival"
     kind = "survival"
+    data_config = TabularSurvivalDataConfig
     primary_metric = "c_index"
     default_loss = "coxph"
     losses = SURVIVAL_LOSSES
@@ -172,7 +176,7 @@ class TabularSurvivalTask(TabularTask):
     def build_model(self) -> nn.Module:
         from shared.models.registry import build_model
 
-        params = dict(self.cfg.model.params)
+        params = self.model_params()
         if self.cfg.model.name == "linear":
             params["bias"] = False
         model = build_model(self.cfg.model.name, **params, **self.input_dims())

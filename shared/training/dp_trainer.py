@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from shared.config import GRAD_SAMPLE_MODES
+from shared.config_schema import GRAD_SAMPLE_MODES
 from shared.training.devices import autocast_for, configure_precision, keep_freed_memory
 from shared.training.dp_rng import DPRandomness, dp_randomness
 from shared.training.fast_dp import BookkeepingDP

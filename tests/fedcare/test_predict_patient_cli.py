@@ -148,7 +148,7 @@ def test_bad_patient_json_names_file_and_field(run: dict, tmp_path: Path, capsys
 def test_missing_patient_file_and_wrong_task(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "--checkpoint", str(run["ckpt"]), "--patient", str(tmp_path / "nobody.json")]) == 2
     assert "nobody.json: patient file not found" in capsys.readouterr().out
-    other = dict(run["cfg"].to_dict(), task="event_mortality")
+    other = config_from_dict({"task": "event_mortality"}).to_dict()  # a valid config of another task
     ckpt = tmp_path / "events.pt"
     save_checkpoint(ckpt, {}, {"config": other, "round": 1})
     with pytest.raises(InputError) as info:

@@ -28,7 +28,8 @@ def test_bad_explain_fields_name_the_field(explain, field):
 
 def test_final_round_needs_a_site_explainer_for_the_task(monkeypatch):
     from shared.explain import registry
+    from shared.tasks.sleep import SleepStagingTask
 
-    monkeypatch.delitem(registry._SITE_EXPLAINERS, "sleep_staging")  # a task whose explainer is not wired
+    monkeypatch.delitem(registry._SITE_EXPLAINERS, SleepStagingTask)  # a task whose explainer is not wired
     with pytest.raises(InputError, match="explain.final_round: no site explainer for task 'sleep_staging'"):
         config_from_dict({"task": "sleep_staging", "explain": {"final_round": True}}, "run.yaml")

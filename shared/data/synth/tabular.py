@@ -53,11 +53,11 @@ SIGNAL = 1.5  # scales the planted log-odds / log-hazard effects
 
 def synthetic_data_config(outcome: str) -> dict[str, Any]:
     """The `data:` keys that describe the synthetic tables (outcome: binary | survival)."""
+    outcome_columns = ({"label_column": "outcome"} if outcome == "binary"
+                       else {"time_column": "days to event", "event_column": "event observed"})
     return {
         "id_column": "patient id",
-        "label_column": "outcome",
-        "time_column": "days to event",
-        "event_column": "event observed",
+        **outcome_columns,
         "covariates": [dict(c, levels=list(c["levels"])) if "levels" in c else dict(c) for c in SYNTHETIC_COVARIATES],
         "standardize": {name: {"mean": m, "sd": s} for name, (m, s) in NUMERIC.items()},
     }

@@ -93,7 +93,9 @@ def test_modality_dropout_only_in_training() -> None:
 def test_config_and_registry() -> None:
     with pytest.raises(ValueError, match="fusion"):
         MultimodalConfig(G, D, fusion="late")
-    model = build_model("multimodal", omics_dim=G, text_dim=D, hidden=8, fusion="cross_attention", epochs=3)
+    with pytest.raises(KeyError, match="epochs"):
+        build_model("multimodal", omics_dim=G, text_dim=D, hidden=8, epochs=3)
+    model = build_model("multimodal", omics_dim=G, text_dim=D, hidden=8, fusion="cross_attention")
     assert (
         isinstance(model, MultimodalModel) and model.cfg.hidden == 8 and model.cfg.fusion == "cross_attention"
     )

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -85,9 +86,11 @@ def test_contributions_sum_to_logit_and_vanish_on_padding() -> None:
         assert (contributions[~valid] == 0).all()
 
 
-def test_registry_builds_and_ignores_unknown_keys() -> None:
-    model = build_model("retain", n_features=N_FEATURES, emb_dim=12, batch_size=32)
+def test_registry_builds_and_refuses_unknown_keys() -> None:
+    model = build_model("retain", n_features=N_FEATURES, emb_dim=12)
     assert isinstance(model, Retain) and model.cfg == RetainConfig(N_FEATURES, emb_dim=12)
+    with pytest.raises(KeyError, match="unknown retain parameter.*emb_dimm"):  # a typo is not silently the default
+        build_model("retain", n_features=N_FEATURES, emb_dimm=12)
 
 
 def test_state_dict_round_trip_predicts_the_same() -> None:

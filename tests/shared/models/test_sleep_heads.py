@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,9 +103,9 @@ def test_contrastive_embeddings_per_modality() -> None:
 
 
 def test_registry_builds_sleep_models() -> None:
-    staging = build_model(
-        "set_transformer_staging", preset="small", d_model=32, lstm_hidden=4, epoch_heads=2, lr=1
-    )
+    with pytest.raises(KeyError, match="unknown set_transformer_staging parameter.*lr"):
+        build_model("set_transformer_staging", preset="small", lr=1)
+    staging = build_model("set_transformer_staging", preset="small", d_model=32, lstm_hidden=4, epoch_heads=2)
     assert isinstance(staging, SleepStagingModel) and staging.encoder.cfg.d_model == 32
     assert staging.classifier.out_features == 5
     diagnosis = build_model("set_transformer_diagnosis", n_outcomes=4, preset="small")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +39,10 @@ def test_rows_are_independent() -> None:
     torch.testing.assert_close(model(x)[2:3], model(x[2:3]))
 
 
-def test_registry_builds_and_ignores_unknown_keys() -> None:
-    model = build_model("tabular_mlp", n_features=N_FEATURES, hidden=[4], batch_size=32)
+def test_registry_builds_and_refuses_unknown_keys() -> None:
+    with pytest.raises(KeyError, match="batch_size"):
+        build_model("tabular_mlp", n_features=N_FEATURES, hidden=[4], batch_size=32)
+    model = build_model("tabular_mlp", n_features=N_FEATURES, hidden=[4])
     assert isinstance(model, TabularMLP) and model.cfg == TabularMLPConfig(N_FEATURES, hidden=[4])
     assert sum(p.numel() for p in model.parameters()) == (10 * 4 + 4) + 2 * 4 + (4 + 1)
 

@@ -98,7 +98,7 @@ def test_label_type_follows_the_loss_unless_given(tmp_path: Path) -> None:
         ({"label_type": "survival"}, {}, r"train\.loss: survival labels train with coxph, not 'weighted_bce'"),
         ({}, {"loss": "ce"}, r"train\.loss: binary labels train with bce or weighted_bce or focal"),
         ({"label_type": "ordinal"}, {}, r"model\.label_type: one of binary, survival"),
-        ({"log1p": "yes"}, {}, r"model\.log1p: expected true or false"),
+        ({"log1p": "yes"}, {}, r"model\.log1p: must be a valid boolean"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, model: dict, train: dict, message: str) -> None:

@@ -21,9 +21,9 @@ from shared.tasks.sleep import SleepDiagnosisTask, SleepStagingTask
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TINY_MODEL = {
     "preset": "small", "conv_channels": [4, 8, 8, 16, 16, 16], "norm_groups": 4, "d_model": 16, "channel_heads": 2,
-    "n_heads": 2, "n_layers": 1, "d_ff": 32, "pool_heads": 1, "dropout": 0.0, "epoch_layers": 1, "epoch_heads": 2,
-    "epoch_ff": 32, "lstm_hidden": 8, "hidden": 16,
+    "n_heads": 2, "n_layers": 1, "d_ff": 32, "pool_heads": 1, "dropout": 0.0, "lstm_hidden": 8,
 }  # fmt: skip
+HEAD = {"sleep_staging": {"epoch_layers": 1, "epoch_heads": 2, "epoch_ff": 32}, "sleep_diagnosis": {"hidden": 16}}
 
 
 def _config(task: str, root: Path, **train: object) -> dict:
@@ -31,7 +31,8 @@ def _config(task: str, root: Path, **train: object) -> dict:
         "task": task,
         "data": {"root": str(root), "sites": ["a", "b", "c"], "max_epochs": 4, "synth_sizes": [8, 6, 6], "synth_minutes": 2.0,
                  "channel_slots": ["BAS1", "BAS3", "EMG", "EKG"]},
-        "model": {"name": "set_transformer_staging" if task == "sleep_staging" else "set_transformer_diagnosis", **TINY_MODEL},
+        "model": {"name": "set_transformer_staging" if task == "sleep_staging" else "set_transformer_diagnosis",
+                  **TINY_MODEL, **HEAD[task]},
         "train": {"rounds": 1, "batch_size": 4, "loss": "weighted_ce" if task == "sleep_staging" else "coxph", **train},
         "privacy": {"target_epsilon": 8.0},
     }  # fmt: skip

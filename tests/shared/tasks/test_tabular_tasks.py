@@ -30,7 +30,8 @@ def _cfg(task: str, root: Path, model: str = "linear", **train: Any):  # noqa: A
     return config_from_dict({
         "task": task,
         "data": {"root": str(root), "sites": ["a", "b"], "synth_sizes": [150, 90], **synthetic_data_config(outcome)},
-        "model": {"name": model, "hidden": [8]}, "train": {"loss": "coxph" if outcome == "survival" else "bce", **train},
+        "model": {"name": model, **({"hidden": [8]} if model == "tabular_mlp" else {})},
+        "train": {"loss": "coxph" if outcome == "survival" else "bce", **train},
     }, "run.yaml")  # fmt: skip
 
 
