@@ -144,6 +144,9 @@ class PrivacyConfig:
     max_noise_multiplier: float = 20.0  # a plan needing more noise than this counts as no budget
     site_targets: dict[str, float] = field(default_factory=dict)  # per-site override of target_epsilon
     site_level_dp: SiteLevelDPConfig = field(default_factory=SiteLevelDPConfig)
+    # the FedAvg weight a site sends (num-examples): its training size + N(0, this^2), released once per run
+    # through a Gaussian mechanism in its ledger, planned with the training noise (client/site_worker.py)
+    count_noise_multiplier: float = 10.0
     evaluation: EvaluationPrivacyConfig = field(default_factory=EvaluationPrivacyConfig)
 
 
@@ -359,6 +362,7 @@ def _check(cfg: RunConfig) -> None:
         need(site in cfg.data.sites, f"privacy.site_targets.{site}", "not one of data.sites")
         need(eps > 0, f"privacy.site_targets.{site}", f"must be > 0, got {eps}")
     _check_site_level_dp(cfg, need)
+    need(p.count_noise_multiplier > 0, "privacy.count_noise_multiplier", f"must be > 0, got {p.count_noise_multiplier:g}")
     e = p.evaluation
     where = "privacy.evaluation"
     need(e.noise_multiplier > 0, f"{where}.noise_multiplier", f"must be > 0 (no noise, no DP), got {e.noise_multiplier:g}")

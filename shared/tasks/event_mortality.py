@@ -44,9 +44,8 @@ class EventMortalityTask(Task):
         stays = data.stays
         labels = stays["hospital_expire_flag"].to_numpy()
         train_idx, val_idx = stratified_split(labels, self.cfg.data.val_fraction, self.cfg.data.split_seed, site_dir)
-        if fit or not enc_path.is_file():
-            train_ids = stays.index[train_idx]
-            encoder = EventEncoder.fit(stays.loc[train_ids], data.events[data.events["stay_id"].isin(train_ids)])
+        if fit or not enc_path.is_file():  # public reference scalers, not fitted on the site's patients (issue 17)
+            encoder = EventEncoder.reference(self.cfg.data.standardize, self.cfg.source)
             encoder.save(enc_path)
         else:
             encoder = EventEncoder.load(enc_path)
