@@ -70,6 +70,7 @@ def one_run(cfg: RunConfig, exact: bool, scratch: Path, run_id: str) -> dict[str
     state = task.build_model().state_dict()
     evaluations: dict[str, dict[str, float]] = {}
     sent_weights: dict[str, float] = {}
+    states_by_round = []
     for rnd in range(1, cfg.train.rounds + 1):
         states, weights = [], []
         for site, worker in workers.items():
@@ -80,27 +81,43 @@ def one_run(cfg: RunConfig, exact: bool, scratch: Path, run_id: str) -> dict[str
             weights.append(float(outcome.metrics["num-examples"]))
             sent_weights[site] = weights[-1]
         state = fedavg(states, weights)
+        states_by_round.append(state)
         evaluations = {site: worker.evaluate(state, rnd) for site, worker in workers.items()}
-    # the model's own validation AUROC at each site (what a site would measure; never sent in "dp")
-    model = task.build_model()
-    model.load_state_dict(state)
-    true_auroc, n_val = {}, {}
-    for site, worker in workers.items():
-        y, out, _ = worker.predict(model, worker.data.val)
-        true_auroc[site], n_val[site] = auroc(y, 1 / (1 + np.exp(-out.astype(float)))), len(y)
+    true_auroc, n_val = model_auroc(task, workers, state)
+    by_round = [model_auroc(task, workers, s)[0] for s in states_by_round]
+    # post-processing the center could do for free: the mean of the last k global models
+    tail = {k: model_auroc(task, workers, fedavg(states_by_round[-k:], [1.0] * k))[0] for k in (2, 3)
+            if len(states_by_round) >= k}
     center = {site: (values if exact else released_metrics(values)) for site, values in evaluations.items()}
     released = {site: m.get("auroc") for site, m in center.items()}
     weight_of = {site: float(center[site].get("num-examples", 0)) for site in center}
     ok = [s for s in released if released[s] is not None and weight_of[s] > 0]
     return {
-        "weighted_auroc": sum(true_auroc[s] * n_val[s] for s in n_val) / sum(n_val.values()),
+        "weighted_auroc": weighted(true_auroc, n_val),
         "released_weighted_auroc": sum(released[s] * weight_of[s] for s in ok) / sum(weight_of[s] for s in ok) if ok else None,
         "released_aggregate_auroc": None if exact else aggregate_metrics(evaluations).get("auroc"),
+        "weighted_auroc_by_round": [weighted(a, n_val) for a in by_round],
+        "weighted_auroc_tail_mean": {k: weighted(a, n_val) for k, a in tail.items()},
         "auroc": true_auroc, "released_auroc": released, "n_val": n_val,
         "sent_training_weight": sent_weights, "n_train": {s: w.data.n_train for s, w in workers.items()},
         "noise_multiplier": {s: w.plan().noise_multiplier for s, w in workers.items()},
         "ledger_epsilon": {s: w.ledger.spent_epsilon() for s, w in workers.items()},
     }
+
+
+def model_auroc(task: Any, workers: dict[str, SiteWorker], state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """The model's own validation AUROC at each site (what a site would measure; never sent in "dp"), and n_val."""
+    model = task.build_model()
+    model.load_state_dict(state)
+    out_auroc, n_val = {}, {}
+    for site, worker in workers.items():
+        y, out, _ = worker.predict(model, worker.data.val)
+        out_auroc[site], n_val[site] = auroc(y, 1 / (1 + np.exp(-out.astype(float)))), len(y)
+    return out_auroc, n_val
+
+
+def weighted(values: dict[str, float], sizes: dict[str, int]) -> float:
+    return sum(values[s] * sizes[s] for s in values) / sum(sizes.values())
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -145,7 +162,9 @@ def main() -> int:
             released = r["released_weighted_auroc"]
             print(f"{variant} draw {draw}: weighted AUROC {r['weighted_auroc']:.3f}, released "
                   f"{released if released is None else round(released, 3)}, noise "
-                  f"{', '.join(f'{v:.3f}' for v in r['noise_multiplier'].values())}, {r['wall_s']} s", flush=True)
+                  f"{', '.join(f'{v:.3f}' for v in r['noise_multiplier'].values())}, {r['wall_s']} s; by round "
+                  f"{', '.join(f'{v:.3f}' for v in r['weighted_auroc_by_round'])}; mean of last k "
+                  f"{r['weighted_auroc_tail_mean']}", flush=True)
     result = {
         "config": args.config, "overrides": args.set, "draws": args.draws, "target_epsilon_total": cfg.privacy.target_epsilon,
         "evaluation": {"noise_multiplier": cfg.privacy.evaluation.noise_multiplier, "bins": cfg.privacy.evaluation.bins,

@@ -104,7 +104,7 @@ def planted_creatinine_tensors(root: Path, n: int = 600, seed: int = 0) -> tuple
     for lab in FEATURES:
         if lab != "creatinine":
             visits[lab] = rng.permutation(visits[lab].to_numpy())
-    t = encode_visits(visits, data.patients, VisitEncoder.fit(visits), 12)
+    t = encode_visits(visits, data.patients, VisitEncoder.reference(), 12)
     logit = truth.reindex(data.patients).to_numpy()
     labels = torch.from_numpy((logit > np.quantile(logit, 0.7)).astype(np.float32))
     return torch.from_numpy(t.x), torch.from_numpy(t.valid), labels
