@@ -45,11 +45,13 @@ def one_thread() -> Iterator[None]:
 
 
 def _cfg(root: Path, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None, **data: Any) -> RunConfig:
+    # weighted_bce's public pos_weight; another loss brings its own loss_params
+    weight = {} if "loss" in (train or {}) else {"loss_params": {"pos_weight": 2.5}}
     raw = {
         "task": "multimodal",
         "data": {"root": str(root), "sites": ["hospital_a"], "text_dim": 16, "synth_sizes": [80], **data},
         "model": {"name": "multimodal", "hidden": 8, "features": GENES, "log1p": True, **(model or {})},
-        "train": {"rounds": 1, "batch_size": 16, "loss": "weighted_bce", "loss_params": {"pos_weight": 2.5}, **(train or {})},
+        "train": {"rounds": 1, "batch_size": 16, "loss": "weighted_bce", **weight, **(train or {})},
     }
     return config_from_dict(raw, "test.yaml")
 

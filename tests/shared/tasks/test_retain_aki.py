@@ -106,7 +106,8 @@ def test_prepare_site_shapes_and_split(sites: Path, tmp_path: Path) -> None:
     assert (tmp_path / ENCODER_FILE).is_file()
 
 
-def test_encoder_is_fitted_on_the_training_split_only(sites: Path, tmp_path: Path) -> None:
+def test_the_encoder_depends_on_no_patient(sites: Path, tmp_path: Path) -> None:
+    # public reference scalers (issue 17): neither validation nor training patients reach them
     cfg = _cfg()
     site = tmp_path / "site"
     original = load_visit_site(sites / "hospital_b")
@@ -124,7 +125,8 @@ def test_encoder_is_fitted_on_the_training_split_only(sites: Path, tmp_path: Pat
     baseline = encoder_after(set())
     assert encoder_after(val) == baseline  # validation patients never reach the scalers
     train_patient = next(p for p in original.patients if p not in val)
-    assert encoder_after({train_patient}) != baseline
+    assert encoder_after({train_patient}) == baseline
+    assert encoder_after(set(original.patients)) == baseline
 
 
 def test_truncation_keeps_recent_visits_and_imputation(tmp_path: Path) -> None:
