@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--variants", default="exact,dp")
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. train.lr=0.5")
     parser.add_argument("--out", type=Path, default=RESULTS / "demo_utility.json")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only combine the runs of earlier outputs (variants run apart)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load(args.config, args.set)
@@ -151,7 +152,10 @@ def main() -> int:
 
     ensure_site_data(cfg, Console(stderr=True))
     runs: dict[str, list[dict[str, Any]]] = {}
-    for variant in args.variants.split(","):
+    for earlier in args.merge or []:
+        for variant, rs in json.loads(earlier.read_text())["runs"].items():
+            runs.setdefault(variant, []).extend(rs)
+    for variant in [] if args.merge else args.variants.split(","):
         runs[variant] = []
         for draw in range(args.draws):
             started = time.time()
@@ -166,7 +170,8 @@ def main() -> int:
                   f"{', '.join(f'{v:.3f}' for v in r['weighted_auroc_by_round'])}; mean of last k "
                   f"{r['weighted_auroc_tail_mean']}", flush=True)
     result = {
-        "config": args.config, "overrides": args.set, "draws": args.draws, "target_epsilon_total": cfg.privacy.target_epsilon,
+        "config": args.config, "overrides": args.set, "draws": max(len(rs) for rs in runs.values()),
+        "target_epsilon_total": cfg.privacy.target_epsilon,
         "evaluation": {"noise_multiplier": cfg.privacy.evaluation.noise_multiplier, "bins": cfg.privacy.evaluation.bins,
                        "rounds": cfg.evaluation_rounds()},
         "summary": {v: {key: summary([r[key] for r in rs if r[key] is not None])
