@@ -34,7 +34,14 @@ from torch.utils.data import DataLoader
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.io import atomic_file, write_bytes
 from shared.privacy.accountant import Mechanism, epsilon_opacus
-from shared.privacy.dp_evaluation import BINARY_SENSITIVITY, EXACT_MARKER, confusion_counts, release_binary, release_confusion
+from shared.privacy.dp_evaluation import (
+    BINARY_SENSITIVITY,
+    EXACT_MARKER,
+    confusion_counts,
+    release_binary,
+    release_confusion,
+    secure_rng,
+)
 from shared.privacy.keys import generate_site_key, load_private_key
 from shared.privacy.ledger import LEDGER_FILE, NO_DP, REFUSED, SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
@@ -59,6 +66,8 @@ UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated ro
 REPORTS_DIR = "reports"  # site-only evaluation reports (Task.site_report)
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
 EVALUATE_PHASE = "evaluate"  # extra.phase of a ledger entry recording a DP evaluation release
+COUNT_PHASE = "count"  # extra.phase of the ledger entry recording the run's noisy training count (the FedAvg weight)
+RELEASE_PHASES = (EVALUATE_PHASE, COUNT_PHASE)  # ledger entries of a release, not of a training round
 
 
 class DataChanged(Exception):
@@ -262,7 +271,7 @@ class SiteWorker:
         spent = epsilon_opacus(prior, p.delta, p.accountant)
         composed_target = min(self.lifetime_epsilon, spent + self.cfg.site_target_epsilon(self.settings.site))
         nm = plan_noise_multiplier(  # the run's DP evaluation releases share the one target with training
-            composed_target, p.delta, q, run_steps, prior=prior + self.planned_evaluation(),
+            composed_target, p.delta, q, run_steps, prior=prior + self.planned_count() + self.planned_evaluation(),
             accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
         )  # raises BudgetTooSmall
         self._save_plan(NoisePlan(nm, q, steps_round, composed_target, pretrain_round, n_train=n))
@@ -292,7 +301,7 @@ class SiteWorker:
         try:
             nm = plan_noise_multiplier(
                 plan.composed_target, p.delta, q, remaining,
-                prior=self._trained_history() + self.planned_evaluation(from_round=server_round),
+                prior=self._trained_history() + self.planned_count() + self.planned_evaluation(from_round=server_round),
                 accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
             )
         except BudgetTooSmall as err:
@@ -343,9 +352,11 @@ class SiteWorker:
 
     # -- a round asked again (the center resumed, a reply was lost) ------------------------
     def _ledger_entry(self, server_round: int, phase: str = TRAIN_PHASE) -> dict[str, Any] | None:
-        """This run's ledger entry of `server_round`: its training (any phase but evaluate) or its evaluation release."""
+        """This run's ledger entry of `server_round`: its training (any phase but a release's) or its release."""
+        def kind(p: str | None) -> str | None:
+            return p if p in RELEASE_PHASES else None
         return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id and e["round"] == server_round
-                     and ((e.get("extra") or {}).get("phase") == EVALUATE_PHASE) == (phase == EVALUATE_PHASE)), None)
+                     and kind((e.get("extra") or {}).get("phase")) == kind(phase)), None)
 
     def _update_path(self) -> Path:
         return self.settings.state_dir / UPDATES_DIR / f"{self.run_id}.pt"
@@ -442,6 +453,9 @@ class SiteWorker:
         pretrain = phase == PRETRAIN_PHASE
         dp = self.dp_enabled
         plan = self.plan() if dp else None
+        weight = self._released_count(server_round, plan) if plan is not None else None
+        if isinstance(weight, RoundOutcome):
+            return weight
         history = self._trained_history()
         model = self._load_global(global_state, phase)
         epochs = self.cfg.pretrain.local_epochs if pretrain else t.local_epochs
@@ -482,10 +496,9 @@ class SiteWorker:
             "trained",
             arrays=arrays,
             metrics={
-                # no train_loss: an un-noised mean over the training data is outside the guarantee (issue 17)
-                "num-examples": result.num_examples, "epsilon": eps,
-                "delta": p.delta, "noise_multiplier": plan.noise_multiplier, "sample_rate": result.sample_rate,
-                "steps": result.steps,
+                # no train_loss (an un-noised mean over the training data), no exact count, sample rate or steps
+                # (they give the training size): the FedAvg weight is the run's noisy count (issue 17)
+                "num-examples": weight, "epsilon": eps, "delta": p.delta, "noise_multiplier": plan.noise_multiplier,
             },
         )
         # update first, ledger second: a ledger entry always has its update to send again
@@ -497,6 +510,43 @@ class SiteWorker:
             extra={**recorded, "planned_epsilon": plan.composed_target, "replanned_at_round": plan.replanned_at_round},
         )
         return outcome
+
+    # -- the FedAvg weight: a noisy training count, released once per run ------------------------------------
+    def planned_count(self) -> list[Mechanism]:
+        """The run's one count release (sensitivity 1: one patient more or less), unless it is already in the ledger."""
+        if not self.dp_enabled or self._count_entry() is not None:
+            return []
+        return [Mechanism(self.cfg.privacy.count_noise_multiplier, 1.0, 1)]
+
+    def _count_entry(self) -> dict[str, Any] | None:
+        return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id
+                     and (e.get("extra") or {}).get("phase") == COUNT_PHASE), None)
+
+    def _released_count(self, server_round: int, plan: NoisePlan) -> int | RoundOutcome:
+        """The weight this site sends with every update of the run: n_train + N(0, count_noise_multiplier^2) from
+        the OS CSPRNG (the round seed under privacy.reproducible_noise), rounded, at least 1; drawn once (the
+        first round that trains) and recorded in the ledger as a Gaussian mechanism; later rounds send the same
+        number again (post-processing, no further cost). Called under the ledger lock."""
+        entry = self._count_entry()
+        if entry is not None:
+            return int(entry["extra"]["released"])
+        p = self.cfg.privacy
+        mechanism = Mechanism(p.count_noise_multiplier, 1.0, 1)
+        ok, eps_after = fits_budget(self._trained_history(), mechanism, p.delta, plan.composed_target, p.accountant)
+        if not ok:
+            return self._refuse_for_budget(server_round, f"the count would reach epsilon {eps_after:.3f} > budget "
+                                                         f"{plan.composed_target:.3f}")
+        rng = np.random.default_rng(self._round_seed(server_round)) if p.reproducible_noise else secure_rng()
+        released = max(1, round(self.data.n_train + float(rng.normal(0.0, p.count_noise_multiplier))))
+        self.ledger.append(
+            run_id=self.run_id, round=server_round, status="trained", mechanism=mechanism, delta=p.delta,
+            max_grad_norm=p.max_grad_norm, accountant=p.accountant,
+            cumulative_epsilon=epsilon_opacus(self._trained_history() + [mechanism], p.delta, p.accountant),
+            lifetime_epsilon=self.lifetime_epsilon,
+            extra={"phase": COUNT_PHASE, "release": "training_count", "released": released, "l2_sensitivity": 1.0,
+                   "neighbouring": "add/remove one record", "reproducible_noise": bool(p.reproducible_noise)},
+        )
+        return released
 
     def predict(self, model: torch.nn.Module, dataset: Any) -> tuple[np.ndarray, np.ndarray, float]:
         """Targets, outputs and mean loss of `model` over `dataset`, at the site."""

@@ -79,12 +79,16 @@ class EventDataConfig(DataConfig):
     max_events: int = Field(256, ge=1)  # most recent N events per stay are kept; the cap is reported
     text_model: str | None = None  # local HF model dir; None = hashed bag-of-words embedding
     text_dim: int = Field(64, ge=4)  # dimension of the hashed embedding (ignored with text_model)
+    # public scaling statistics overriding the shipped reference values (shared/data/event_features.py): key -> {mean, sd}
+    standardize: dict[str, dict[str, Float]] = Field(default_factory=dict)
 
 
 class RetainDataConfig(DataConfig):
     """retain_aki (lab visits, shared/data/visits.py)."""
 
     max_events: int = Field(256, ge=1)  # most recent N visits per stay are kept; the cap is reported
+    # public scaling statistics overriding the shipped reference values (shared/data/visit_features.py): lab -> {mean, sd}
+    standardize: dict[str, dict[str, Float]] = Field(default_factory=dict)
 
 
 class MultimodalDataConfig(DataConfig):
@@ -221,6 +225,9 @@ class PrivacyConfig(Section):
     max_noise_multiplier: Float = 20.0  # a plan needing more noise than this counts as no budget
     site_targets: dict[str, float] = Field(default_factory=dict)  # per-site override of target_epsilon
     site_level_dp: SiteLevelDPConfig = Field(default_factory=SiteLevelDPConfig)
+    # the FedAvg weight a site sends (num-examples): its training size + N(0, this^2), released once per run
+    # through a Gaussian mechanism in its ledger, planned with the training noise (client/site_worker.py)
+    count_noise_multiplier: Float = 10.0
     evaluation: EvaluationPrivacyConfig = Field(default_factory=EvaluationPrivacyConfig)
 
 
@@ -428,6 +435,7 @@ def check_sections(cfg: RunConfig) -> None:
         need(site in cfg.data.sites, f"privacy.site_targets.{site}", "not one of data.sites")
         need(eps > 0, f"privacy.site_targets.{site}", f"must be > 0, got {eps}")
     _check_site_level_dp(cfg, need)
+    need(p.count_noise_multiplier > 0, "privacy.count_noise_multiplier", f"must be > 0, got {p.count_noise_multiplier:g}")
     e = p.evaluation
     where = "privacy.evaluation"
     need(e.noise_multiplier > 0, f"{where}.noise_multiplier", f"must be > 0 (no noise, no DP), got {e.noise_multiplier:g}")

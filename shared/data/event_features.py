@@ -2,16 +2,23 @@
 
 Per event: [one-hot event type (5) | text embedding | scaled time before the stay's last event |
 value z-score | value present]. The value (a lab result, an amount) is standardised per event
-text (log1p scale, clipped to +-5) with statistics fitted at the site, so "Lactate 6.1" and
-"Lactate 0.9" differ to the model; texts seen with fewer than 5 values get z = 0.
+text (log1p scale, clipped to +-5), so "Lactate 6.1" and "Lactate 0.9" differ to the model; texts
+without reference statistics get z = 0 (the "value present" flag still says a value was charted).
 Per stay: static features [standardised numeric | one-hot categorical over the schema's fixed
 levels + "other"]. Levels are fixed by the schema (every hospital gets the same layout, so
-weights align); the scalers are fitted on the site's training split only and saved at the site.
-Only the most recent `max_events` events of a stay are kept; how many stays were cut is counted.
+weights align). Only the most recent `max_events` events of a stay are kept; how many stays were cut is counted.
+
+The scalers are public reference values, never fitted on a site's patients (issue 17: a scaler fitted
+on the training split moves every patient's features when one patient changes, outside the DP
+guarantee): `REFERENCE_*` below, for the shipped synthetic schema (means and sds of a synthetic draw
+independent of any site's data, seed 2027), overridden per key by the run config's
+`data.standardize` (`age`, `los_hours` and `log_hours_before_end` on the log1p scale, and
+`value:<event text>`: mean and sd of log1p|value|). Saved at the site with the model's inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +27,25 @@ import pandas as pd
 
 from shared.data.event_schema import EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC
 from shared.data.text_embedding import CachedEmbedder
+from shared.errors import InputError
 from shared.io import load_json, write_json
+
+# (mean, sd): age in years, log1p(length of stay in hours), log1p(hours before the stay's last event)
+REFERENCE_NUMERIC: dict[str, tuple[float, float]] = {"age": (63.87, 15.61), "los_hours": (3.94, 0.77)}
+REFERENCE_TIME: tuple[float, float] = (3.15, 1.19)
+TIME_KEY, VALUE_PREFIX = "log_hours_before_end", "value:"
+REFERENCE_VALUE_STATS: dict[str, tuple[float, float]] = {  # event text -> (mean, sd) of log1p|value|
+    "Alanine Aminotransferase (ALT)": (3.470, 0.773), "Albumin": (1.428, 0.123), "Anion Gap": (2.607, 0.233),
+    "Asparate Aminotransferase (AST)": (3.593, 0.779), "Bicarbonate": (3.206, 0.166), "Bilirubin, Total": (0.656, 0.372),
+    "Blood Ingredient": (5.706, 0.150), "Calcium (ingr)": (0.719, 0.205), "Calcium, Total": (2.259, 0.064),
+    "Calories": (5.524, 0.608), "Chloride": (4.643, 0.048), "Creatinine": (0.730, 0.281),
+    "Enteral Nutrition Ingredient": (3.906, 0.507), "Glucose": (4.837, 0.297), "Glucose (ingr)": (3.249, 0.464),
+    "Hematocrit": (3.452, 0.178), "Hemoglobin": (2.400, 0.185), "INR(PT)": (0.840, 0.141), "IVF ingredient": (5.517, 0.890),
+    "Lactate": (1.219, 0.463), "Magnesium": (1.096, 0.101), "Oral/Gastric Ingredient": (4.796, 0.599), "PTT": (3.495, 0.240),
+    "Phosphate": (1.485, 0.213), "Platelet Count": (5.304, 0.501), "Potassium": (1.624, 0.099), "Protein": (2.774, 0.557),
+    "Sodium": (4.941, 0.029), "Urea Nitrogen": (3.050, 0.571), "Water": (4.617, 0.695), "White Blood Cells": (2.362, 0.407),
+    "pCO2": (3.713, 0.198), "pH": (2.126, 0.007), "pO2": (4.659, 0.448),
+}
 
 
 def static_dim() -> int:
@@ -56,19 +81,26 @@ class EventEncoder:
     value_stats: dict[str, list[float]] = field(default_factory=dict)  # event text -> [mean, std] of log1p|value|
 
     @classmethod
-    def fit(cls, stays: pd.DataFrame, events: pd.DataFrame) -> EventEncoder:
-        mean, std = {}, {}
-        for col in STATIC_NUMERIC:
-            vals = _numeric(stays[col])
-            mean[col] = float(np.nanmean(vals)) if np.isfinite(vals).any() else 0.0
-            s = float(np.nanstd(vals)) if np.isfinite(vals).any() else 1.0
-            std[col] = s if s > 1e-6 else 1.0
-        t = np.log1p(_hours_before_end(events).to_numpy()) if len(events) else np.zeros(1)
-        values = events.assign(v=_log_value(events)).dropna(subset=["v"])
-        stats = values.groupby("event_text")["v"].agg(["mean", "std", "count"])
-        stats = stats[stats["count"] >= 5]
-        value_stats = {str(k): [float(r["mean"]), float(r["std"]) if r["std"] > 1e-6 else 1.0] for k, r in stats.iterrows()}
-        return cls(mean, std, float(t.mean()), float(t.std()) if t.std() > 1e-6 else 1.0, value_stats)
+    def reference(cls, standardize: Mapping[str, Mapping[str, float]] | None = None, source: str = "<config>") -> EventEncoder:
+        """The shipped reference statistics, each key overridden by `data.standardize` ({mean, sd}); no site data."""
+        given = {}
+        for key, stats in (standardize or {}).items():
+            where = f"data.standardize.{key}"
+            if not isinstance(stats, Mapping) or set(stats) != {"mean", "sd"}:
+                raise InputError(source, where, "needs exactly {mean, sd}")
+            mean, sd = float(stats["mean"]), float(stats["sd"])
+            if not (np.isfinite(mean) and np.isfinite(sd) and sd > 0):
+                raise InputError(source, where, f"mean must be finite and sd > 0, got {mean}, {sd}")
+            given[key] = (mean, sd)
+        unknown = [k for k in given if k not in REFERENCE_NUMERIC and k != TIME_KEY and not k.startswith(VALUE_PREFIX)]
+        if unknown:
+            raise InputError(source, f"data.standardize.{unknown[0]}",
+                             f"unknown key: one of {', '.join(REFERENCE_NUMERIC)}, {TIME_KEY} or {VALUE_PREFIX}<event text>")
+        numeric = {c: given.get(c, REFERENCE_NUMERIC[c]) for c in STATIC_NUMERIC}
+        values = {**REFERENCE_VALUE_STATS, **{k[len(VALUE_PREFIX):]: v for k, v in given.items() if k.startswith(VALUE_PREFIX)}}
+        time_mean, time_std = given.get(TIME_KEY, REFERENCE_TIME)
+        return cls({c: m for c, (m, _) in numeric.items()}, {c: sd for c, (_, sd) in numeric.items()}, time_mean, time_std,
+                   {k: [m, sd] for k, (m, sd) in values.items()})
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -81,7 +113,7 @@ class EventEncoder:
         cols = []
         for col in STATIC_NUMERIC:
             z = (_numeric(stays[col]) - self.numeric_mean[col]) / self.numeric_std[col]
-            cols.append(np.nan_to_num(z, nan=0.0)[:, None])  # missing -> the site mean
+            cols.append(np.nan_to_num(z, nan=0.0)[:, None])  # missing -> the reference mean
         for col, levels in STATIC_CATEGORICAL.items():
             vals = stays[col].astype(str).to_numpy() if col in stays else np.full(len(stays), "")
             onehot = np.zeros((len(stays), len(levels) + 1), np.float32)

@@ -1,17 +1,22 @@
 """Turns a visit site's labs into RETAIN's tensors: (patients, visits, labs), left-aligned.
 
 Per visit, the eight labs of ``visits.FEATURES`` in that order. A missing value takes the
-patient's previous value of that lab (last observation carried forward), else the site's
-training-split median. Creatinine, BUN and urine output are log1p-transformed (right-skewed);
-then every lab is standardised with the training split's mean and standard deviation and clipped
-to +-``Z_CLIP``. The scalers are fitted on the site's training split only and saved at the site
-(JSON); they never leave it. Only the most recent `max_visits` visits of a patient are kept (the
+patient's previous value of that lab (last observation carried forward), else the reference value
+(the one that standardises to 0). Creatinine, BUN and urine output are log1p-transformed (right-skewed);
+then every lab is standardised with a public reference mean and standard deviation and clipped to
++-``Z_CLIP``. The reference values are never fitted on a site's patients (issue 17: a scaler fitted on
+the training split moves every patient's features when one patient changes, outside the DP guarantee):
+``REFERENCE`` below, for the shipped synthetic schema (a synthetic draw independent of any site, seed
+2027), overridden per lab by the run config's ``data.standardize: {<lab>: {mean, sd}}`` (on the log1p
+scale for the log-transformed labs). Saved at the site (JSON) with the model's inputs.
+Only the most recent `max_visits` visits of a patient are kept (the
 carried-forward values still come from the older ones); how many patients were cut is counted.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,11 +29,15 @@ from shared.io import write_json
 
 LOG_FEATURES: tuple[str, ...] = ("creatinine", "bun", "urine_output")
 Z_CLIP = 5.0
+REFERENCE: dict[str, tuple[float, float]] = {  # lab -> (mean, sd) after the log1p of LOG_FEATURES
+    "creatinine": (0.727, 0.199), "bun": (2.823, 0.386), "egfr": (74.835, 24.730), "potassium": (4.182, 0.375),
+    "sodium": (138.609, 3.211), "bicarbonate": (24.117, 2.284), "hemoglobin": (12.516, 1.465), "urine_output": (0.691, 0.177),
+}
 
 
 @dataclass
 class VisitEncoder:
-    """Site-fitted imputation medians (raw units) and scalers (after the log1p transform)."""
+    """Imputation values (raw units) and scalers (after the log1p transform), from public reference values."""
 
     features: list[str]
     median: list[float]
@@ -36,19 +45,22 @@ class VisitEncoder:
     std: list[float]
 
     @classmethod
-    def fit(cls, visits: pd.DataFrame) -> VisitEncoder:
-        """From the training split's visits (a visits frame, see visits.VisitSiteData)."""
-        raw = visits[list(FEATURES)]
-        median = raw.median().fillna(0.0)  # a lab never measured at the site: 0 after scaling anyway
-        filled = _carry_forward(visits).fillna(median)
-        transformed = _transform(filled.to_numpy(np.float64))
-        std = transformed.std(axis=0)
-        return cls(
-            features=list(FEATURES),
-            median=[float(v) for v in median],
-            mean=[float(v) for v in transformed.mean(axis=0)],
-            std=[float(s) if s > 1e-6 else 1.0 for s in std],
-        )
+    def reference(cls, standardize: Mapping[str, Mapping[str, float]] | None = None, source: str = "<config>") -> VisitEncoder:
+        """`REFERENCE`, each lab overridden by `data.standardize`; a missing value is imputed with the raw value
+        whose scaled value is 0. No site data."""
+        given = dict(standardize or {})
+        for lab, stats in given.items():
+            where = f"data.standardize.{lab}"
+            if lab not in FEATURES:
+                raise InputError(source, where, f"not a lab of the schema: one of {', '.join(FEATURES)}")
+            if not isinstance(stats, Mapping) or set(stats) != {"mean", "sd"}:
+                raise InputError(source, where, "needs exactly {mean, sd}")
+            if not (np.isfinite(float(stats["mean"])) and float(stats["sd"]) > 0):
+                raise InputError(source, where, f"mean must be finite and sd > 0, got {stats['mean']}, {stats['sd']}")
+        mean = [float(given[f]["mean"]) if f in given else REFERENCE[f][0] for f in FEATURES]
+        std = [float(given[f]["sd"]) if f in given else REFERENCE[f][1] for f in FEATURES]
+        median = [float(np.expm1(m)) if f in LOG_FEATURES else m for f, m in zip(FEATURES, mean)]
+        return cls(features=list(FEATURES), median=median, mean=mean, std=std)
 
     def save(self, path: Path) -> None:
         write_json(Path(path), asdict(self))
@@ -68,7 +80,7 @@ class VisitEncoder:
 
     def imputed(self, visits: pd.DataFrame) -> np.ndarray:
         """(n_visits, n_features) float64 raw lab values as the model sees them before scaling:
-        carried forward within each patient, else the site's training median."""
+        carried forward within each patient, else the reference value."""
         return _carry_forward(visits).fillna(pd.Series(self.median, index=list(FEATURES))).to_numpy(np.float64)
 
     def transform(self, visits: pd.DataFrame) -> np.ndarray:

@@ -162,3 +162,19 @@ class MultiClassFocalLoss(nn.Module):
             loss = self.weight.to(loss.dtype)[safe_targets] * loss
         loss = torch.where(valid, loss, torch.zeros_like(loss))
         return reduce_loss(_per_sample_mean_over_steps(loss, valid), self.reduction)
+
+
+def public_pos_weight(loss_params: dict, source: str) -> float:
+    """weighted_bce's pos_weight, from the run config (`train.loss_params.pos_weight`): a public number.
+    A site's own n_negative / n_positive is a statistic of its training labels, outside the DP guarantee
+    (issue 17), so "auto" or no value is refused with one line naming the field."""
+    import math
+
+    from shared.errors import InputError
+
+    value = loss_params.get("pos_weight", "auto")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InputError(source, "train.loss_params.pos_weight",
+                         f"weighted_bce needs a public pos_weight > 0 in the run config (the n_negative/n_positive "
+                         f"you expect), got {value!r}: a site's own label counts are outside the DP guarantee")
+    return float(value)

@@ -67,6 +67,7 @@ REQUIRED_FIELDS = (
 # PLD accountant has its own discretisation error: allow this much absolute slack on top of `tolerance`.
 _PRV_ABSOLUTE_SLACK = 0.02
 EVALUATION_PHASE = "evaluate"
+COUNT_PHASE = "count"  # the run's noisy training count, the FedAvg weight a site sends (client/site_worker.py)
 
 
 @dataclass
@@ -93,6 +94,12 @@ def _is_evaluation(entry: dict) -> bool:
     """A DP evaluation release (client/site_worker.py): status trained, extra.phase "evaluate"."""
     extra = entry.get("extra")
     return isinstance(extra, dict) and extra.get("phase") == EVALUATION_PHASE
+
+
+def _is_count(entry: dict) -> bool:
+    """The run's noisy training count (client/site_worker.py): status trained, extra.phase "count"."""
+    extra = entry.get("extra")
+    return isinstance(extra, dict) and extra.get("phase") == COUNT_PHASE
 
 
 @dataclass
@@ -171,6 +178,8 @@ def _integrity_problems(
     marker = entry["status"] == NO_AGGREGATE and round_number == last_round_by_run.get(run_id)  # follows its round
     if _is_evaluation(entry):  # a run's evaluation releases have their own increasing rounds
         run_id += " (evaluation)"
+    elif _is_count(entry):  # the run's count release comes before the training entry of its round
+        run_id += " (count)"
     if run_id in last_round_by_run and round_number <= last_round_by_run[run_id] and not marker:
         problems.append(
             f"round {round_number} of run {run_id!r} comes after its round {last_round_by_run[run_id]} "
@@ -382,6 +391,17 @@ def run_problems(
                 problems.append(("mismatch", number, f"evaluation release {entry['mechanism']} is not the run config's "
                                  f"{expected}"))
             continue
+        if _is_count(entry):  # the run's one count release: the Gaussian mechanism the run config sets
+            expected = {"noise_multiplier": float(privacy.get("count_noise_multiplier", 10.0)), "sample_rate": 1.0, "steps": 1}
+            if entry["mechanism"] != expected:
+                problems.append(("mismatch", number, f"count release {entry['mechanism']} is not the run config's {expected}"))
+            released = extra.get("released")
+            for rr, rec in sorted(run.rounds.items()):
+                sent = _number(((rec or {}).get("train") or {}).get("num-examples"))
+                if sent is not None and sent != released:
+                    problems.append(("mismatch", number, f"released count {released!r} differs from the num-examples "
+                                     f"{sent:g} the site reported to the center in round {rr}"))
+            continue
         is_pretrain = extra.get("phase") == "pretrain" or r <= pretrain_rounds
         epochs = pretrain.get("local_epochs") if is_pretrain else train.get("local_epochs")
         for name, expected in (("expected_batch_size", train.get("batch_size")), ("epochs", epochs)):
@@ -393,7 +413,8 @@ def run_problems(
             problems.append(("mismatch", number, "no recorded dataset size (n_train): the mechanism cannot be checked"))
         reported = (run.rounds.get(r) or {}).get("train") or {}
         mechanism = entry["mechanism"] or {}
-        for name, value in (("num-examples", extra.get("n_train")), ("noise_multiplier", mechanism.get("noise_multiplier")),
+        # num-examples: the count release's (checked above); sample_rate and steps are no longer sent (they give n)
+        for name, value in (("noise_multiplier", mechanism.get("noise_multiplier")),
                             ("sample_rate", mechanism.get("sample_rate")), ("steps", mechanism.get("steps"))):
             sent = _number(reported.get(name))
             if sent is not None and (value is None or abs(float(value) - sent) > 1e-9 * max(1.0, abs(sent))):

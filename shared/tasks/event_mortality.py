@@ -43,9 +43,8 @@ class EventMortalityTask(Task):
         labels = stays["hospital_expire_flag"].to_numpy()
         d = self.cfg.data
         train_idx, val_idx, test_idx = split_rows(data.split, labels, d.val_fraction, d.split_seed, site_dir)
-        if fit or not enc_path.is_file():
-            train_ids = stays.index[train_idx]
-            encoder = EventEncoder.fit(stays.loc[train_ids], data.events[data.events["stay_id"].isin(train_ids)])
+        if fit or not enc_path.is_file():  # public reference scalers, not fitted on the site's patients (issue 17)
+            encoder = EventEncoder.reference(self.cfg.data.standardize, self.cfg.source)
             encoder.save(enc_path)
         else:
             encoder = EventEncoder.load(enc_path)

@@ -13,7 +13,7 @@ which the model builder reads and this task ignores):
   block per pinned feature.
 - `label_type`: "binary" or "survival". Default: "survival" when `train.loss` is coxph, else
   "binary". Binary runs train with `train.loss` bce, weighted_bce or focal (`train.loss_params`
-  go to the loss; weighted_bce without a pos_weight uses the site's training n_negative/n_positive)
+  go to the loss; weighted_bce takes a public pos_weight from the run config, never the site's label counts)
   and report AUROC, AUPRC, Brier, ECE, sensitivity at 90 % specificity with bootstrap CIs;
   survival runs train with coxph (risk = the model's output) and report the C-index.
 
@@ -53,6 +53,7 @@ from shared.data.splits import split_rows
 from shared.data.synth import synthesize_sites
 from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.errors import InputError
+from shared.losses.classification import public_pos_weight
 from shared.tasks.base import SiteData, Task
 
 PREPROCESSING_FILE = "multimodal_preprocessing.json"
@@ -143,7 +144,6 @@ class MultimodalTask(Task):
         self.missing_indicators = self._flag("missing_indicators", True)
         if "omics_blocks" in cfg.model.params:
             omics_blocks_of(cfg, self.features)  # a bad block stops the run at config time
-        self._site_pos_weight: float | None = None  # from the site's training labels (weighted_bce)
         self._loss_module: nn.Module | None = None
 
     # -- config-only facts (the server knows them without data) ---------------------------
@@ -225,8 +225,6 @@ class MultimodalTask(Task):
         inputs = self._inputs(data, state_dir, fit_rows=train_idx)
         targets = self._targets(data)
         if self.kind == "binary":
-            y = targets[train_idx]
-            self._site_pos_weight = float((1 - y).sum() / y.sum()) if y.sum() > 0 else 1.0
             self._loss_module = None
         present = inputs[2].numpy().astype(bool)
         info: dict[str, Any] = {
@@ -263,8 +261,8 @@ class MultimodalTask(Task):
 
             t = self.cfg.train
             params = dict(t.loss_params)
-            if t.loss == "weighted_bce" and "pos_weight" not in params:
-                params["pos_weight"] = self._site_pos_weight or 1.0
+            if t.loss == "weighted_bce":  # never the site's own label counts (issue 17)
+                params["pos_weight"] = public_pos_weight(params, self.cfg.source)
             try:
                 with torch.inference_mode(False):  # first use may be an evaluation; its buffers must serve training too
                     self._loss_module = build_loss(t.loss, **params)

@@ -8,8 +8,8 @@ sets 32); tensors are padded to min(cap, the site's longest history). Batches ar
 (x (B, T, F) float32, valid (B, T) bool, aki (B,) float32).
 
 Loss: ``train.loss`` bce, weighted_bce or focal, built by shared.losses with ``train.loss_params``.
-weighted_bce without a ``pos_weight`` (or with ``pos_weight: auto``) weights positives by the
-site's own training split (n_negative / n_positive).
+weighted_bce takes its ``pos_weight`` from the run config (a public number; the site's own
+n_negative / n_positive would be outside the DP guarantee, issue 17).
 
 A brand-new patient (JSON, format in shared/data/visits.py) is scored by `predict_patient`, which
 also returns RETAIN's visit attention alpha, variable attention beta and per-(visit, lab)
@@ -34,7 +34,7 @@ from shared.data.synth import synthesize_sites
 from shared.data.visit_features import VisitEncoder, VisitTensors, encode_visits
 from shared.data.visits import FEATURES, load_visit_site, visits_from_records
 from shared.errors import InputError
-from shared.losses.classification import pos_weight_from_labels
+from shared.losses.classification import public_pos_weight
 from shared.losses.registry import build_loss
 from shared.models.retain import Retain
 from shared.tasks.base import BINARY_REPORTED_METRICS as REPORTED_METRICS
@@ -62,7 +62,7 @@ class RetainAkiTask(Task):
         t = cfg.train
         if t.loss not in LOSSES:
             raise InputError(cfg.source, "train.loss", f"{t.loss!r} does not fit task retain_aki; one of {', '.join(LOSSES)}")
-        self._loss_fn: nn.Module | None = None if self._needs_site_pos_weight() else self._build_loss()
+        self._loss_fn: nn.Module = self._build_loss()
 
     def input_dims(self) -> dict[str, int]:
         return {"n_features": len(FEATURES)}
@@ -85,12 +85,9 @@ class RetainAkiTask(Task):
             raise InputError(site_dir, "patient_id", f"needs at least 2 labelled patients, found {len(labels)}")
         d = self.cfg.data
         train_idx, val_idx, test_idx = split_rows(data.split, labels, d.val_fraction, d.split_seed, site_dir)
-        train_patients = data.patients[train_idx]
-        encoder = VisitEncoder.fit(data.visits[data.visits["patient_id"].isin(train_patients)])
+        encoder = VisitEncoder.reference(self.cfg.data.standardize, self.cfg.source)  # public, not fitted (issue 17)
         encoder.save(Path(state_dir) / ENCODER_FILE)
         tensors = encode_visits(data.visits, data.patients, encoder, self.cfg.data.max_events)
-        if self._needs_site_pos_weight():
-            self._loss_fn = self._build_loss(pos_weight=pos_weight_from_labels(labels[train_idx].astype(np.float32)))
         info = {
             "dropped": dict(data.dropped),
             "patients": int(len(labels)),
@@ -119,14 +116,12 @@ class RetainAkiTask(Task):
         )
 
     # -- model ----------------------------------------------------------------------------
-    def _needs_site_pos_weight(self) -> bool:
-        t = self.cfg.train
-        return t.loss == "weighted_bce" and t.loss_params.get("pos_weight", "auto") == "auto"
-
-    def _build_loss(self, **site_params: Any) -> nn.Module:
-        params = {k: v for k, v in self.cfg.train.loss_params.items() if k not in site_params}
+    def _build_loss(self) -> nn.Module:
+        params = dict(self.cfg.train.loss_params)
+        if self.cfg.train.loss == "weighted_bce":
+            params["pos_weight"] = public_pos_weight(params, self.cfg.source)
         try:
-            return build_loss(self.cfg.train.loss, **params, **site_params)
+            return build_loss(self.cfg.train.loss, **params)
         except TypeError as err:
             raise InputError(self.cfg.source, "train.loss_params", str(err)) from None
 
@@ -135,8 +130,6 @@ class RetainAkiTask(Task):
         return model(x, valid)
 
     def loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self._loss_fn is None:
-            raise RuntimeError("weighted_bce with a site pos_weight: call prepare_site first")
         logits = self.forward(model, batch).float()
         return self._loss_fn(logits, batch[-1].float())
 

@@ -4,8 +4,9 @@ Both tasks read PSG site folders (shared/data/psg.py): one recording is one samp
 privacy unit), in a fixed channel-slot layout x (C, N*6, 640) with channel and epoch masks.
 
 * `SleepStagingTask` ("sleep_staging"): per-epoch stages W/N1/N2/N3/R. Loss ``ce``,
-  ``weighted_ce`` or ``focal_ce`` (class weights from the site's training stages; unscored and
-  padded epochs ignored). Reports accuracy, macro-F1 and Cohen's kappa over the scored
+  ``weighted_ce`` or ``focal_ce`` (public class weights: ``train.loss_params.weight``, else the
+  inverse of a typical adult night's stage fractions, never the site's own stage counts, issue 17;
+  unscored and padded epochs ignored). Reports accuracy, macro-F1 and Cohen's kappa over the scored
   validation epochs, each with a 95% bootstrap CI over recordings. Per-stage F1 and the
   confusion matrix (JSON + PNG) are its `site_report`, which the site writes to ``<state_dir>/reports/``.
 * `SleepDiagnosisTask` ("sleep_diagnosis"): K hazards (one per ``data.outcomes``) from the night
@@ -18,8 +19,8 @@ its influence on the other samples' terms: the per-sample clipping bound, and wi
 epsilon, is an approximation here (see shared/losses/survival.py). Larger batches bring the risk
 sets closer to the full data's.
 
-Nothing is fitted on the data apart from the staging class weights (which stay in memory at the
-site), so `prediction_inputs` needs no saved encoder: age is scaled as (age - 50) / 15, sex is
+Nothing is fitted on the data (each recording is normalised from its own signal only), so
+`prediction_inputs` needs no saved encoder: age is scaled as (age - 50) / 15, sex is
 1 for male, 0 for female.
 """
 
@@ -110,6 +111,10 @@ def _confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> 
     fig.colorbar(image, ax=ax, label="fraction of the scored stage")
     fig.tight_layout()
     return fig
+
+
+# a typical adult night's share of W, N1, N2, N3, R (public reference; the weights are their inverses)
+REFERENCE_STAGE_FRACTIONS = (0.15, 0.05, 0.50, 0.12, 0.18)
 
 
 class SleepTask(Task):
@@ -217,23 +222,23 @@ class SleepStagingTask(SleepTask):
             torch.from_numpy(site.stages[idx]),
         )
 
-    def build_criterion(self, train_stages: np.ndarray | None) -> nn.Module:
-        """The configured loss; weighted_ce/focal_ce get inverse-frequency class weights of
-        `train_stages` (uniform when None)."""
-        from shared.losses.classification import class_weights_from_labels
+    def build_criterion(self) -> nn.Module:
+        """The configured loss; weighted_ce/focal_ce get public class weights (`train.loss_params.weight`, else
+        `REFERENCE_STAGE_FRACTIONS` inverted, mean 1): the site's own stage counts are outside the DP guarantee."""
         from shared.losses.registry import build_loss
 
         t = self.cfg.train
         if t.loss == "ce":
             return build_loss("ce", **t.loss_params)
-        n = len(STAGE_NAMES)
-        weight = torch.ones(n) if train_stages is None else class_weights_from_labels(train_stages, n)
-        return build_loss(t.loss, **{"weight": weight, **t.loss_params})
+        inverse = 1.0 / torch.tensor(REFERENCE_STAGE_FRACTIONS, dtype=torch.float64)
+        params = {"weight": (inverse / inverse.mean()).float(), **t.loss_params}
+        params["weight"] = torch.as_tensor(params["weight"], dtype=torch.float32)
+        return build_loss(t.loss, **params)
 
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self.load(site_dir)
         train_idx, val_idx, test_idx = self.split_recordings(data, site_dir)
-        self.criterion = self.build_criterion(data.stages[train_idx])
+        self.criterion = self.build_criterion()
         info = {**data.counts, "train_recordings": len(train_idx), "val_recordings": len(val_idx), "test": len(test_idx)}
         test = self.dataset(data, test_idx) if len(test_idx) else None
         return SiteData(self.dataset(data, train_idx), self.dataset(data, val_idx), info, test)
@@ -269,7 +274,7 @@ class SleepStagingTask(SleepTask):
 
     def loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.criterion is None:
-            self.criterion = self.build_criterion(None)
+            self.criterion = self.build_criterion()
         logits = self.forward(model, batch).float()
         return self.criterion.to(logits.device)(logits, batch[-1])
 

@@ -8,8 +8,8 @@ Models (``model.name``): ``linear`` (logistic regression; for survival the linea
 model, without intercept) or ``tabular_mlp``. A survival MLP's output layer has no bias either: the
 partial likelihood does not depend on a constant, so under DP noise a bias would only drift.
 
-Losses: binary ``bce``, ``weighted_bce`` (without ``pos_weight``: the site's training
-n_negative / n_positive) or ``focal``; survival ``coxph`` with ``loss_params: {ties: breslow|efron}``
+Losses: binary ``bce``, ``weighted_bce`` (its ``pos_weight`` from the run config: public, never the
+site's own label counts) or ``focal``; survival ``coxph`` with ``loss_params: {ties: breslow|efron}``
 (the risk set is the Poisson batch). Metrics at the sites: binary AUROC, AUPRC, Brier, ECE, sensitivity
 at 90 % specificity (bootstrap CIs) and reliability bins; survival the C-index with its CI.
 
@@ -36,6 +36,7 @@ from shared.data.splits import split_rows
 from shared.data.synth import synthesize_sites
 from shared.data.tabular import TEST_FOLDER, TabularSchema, TabularSite, load_tabular_site, schema_from_config
 from shared.errors import InputError
+from shared.losses.classification import public_pos_weight
 from shared.tasks.base import BINARY_REPORTED_METRICS, SiteData, Task
 
 BINARY_LOSSES = ("bce", "weighted_bce", "focal")
@@ -60,7 +61,6 @@ class TabularTask(Task):
         if cfg.model.name not in MODELS:
             raise InputError(cfg.source, "model.name", f"task {self.name} runs {' or '.join(MODELS)}, not {cfg.model.name!r}")
         self._loss_module: nn.Module | None = None
-        self._site_pos_weight: float | None = None
 
     def input_dims(self) -> dict[str, int]:
         return {"n_features": self.schema.n_inputs}
@@ -106,8 +106,6 @@ class TabularTask(Task):
         test = np.concatenate([test, test_folder_rows])
         x, y = torch.from_numpy(data.x), self._targets(data)
         if self.kind == "binary":
-            positives = float(y[train].sum())
-            self._site_pos_weight = (len(train) - positives) / positives if positives > 0 else 1.0
             self._loss_module = None
 
         def rows(idx: np.ndarray) -> TensorDataset:
@@ -135,8 +133,8 @@ class TabularTask(Task):
 
             t = self.cfg.train
             params = dict(t.loss_params)
-            if t.loss == "weighted_bce" and params.get("pos_weight", "auto") == "auto":
-                params["pos_weight"] = self._site_pos_weight or 1.0
+            if t.loss == "weighted_bce":  # never the site's own label counts (issue 17)
+                params["pos_weight"] = public_pos_weight(params, self.cfg.source)
             try:
                 with torch.inference_mode(False):  # first use may be an evaluation; its buffers must serve training too
                     self._loss_module = build_loss(t.loss, **params)

@@ -133,12 +133,14 @@ def test_shrunk_data_is_accounted_at_its_real_rate_and_replanned(data_root, tmp_
     assert not fits_budget(site._trained_history(), old, 1e-5, planned.composed_target)[0]
     assert site.train_round(2, state).status == "trained"
     entries = _ledger(tmp_path / "site").entries()
-    assert entries[1]["mechanism"]["sample_rate"] == 1.0 and entries[1]["mechanism"]["steps"] == 1
-    assert entries[1]["extra"]["n_train"] == 20 and entries[1]["extra"]["replanned_at_round"] == 2
-    assert entries[1]["mechanism"]["noise_multiplier"] > planned.noise_multiplier
+    assert [e["extra"]["phase"] for e in entries] == ["count", "train", "train"]  # the count: once per run
+    second = entries[2]
+    assert second["mechanism"]["sample_rate"] == 1.0 and second["mechanism"]["steps"] == 1
+    assert second["extra"]["n_train"] == 20 and second["extra"]["replanned_at_round"] == 2
+    assert second["mechanism"]["noise_multiplier"] > planned.noise_multiplier
     history = [Mechanism(**e["mechanism"]) for e in entries]
     recomputed = epsilon_independent(history, 1e-5)
-    assert entries[1]["cumulative_epsilon"] == pytest.approx(recomputed, rel=0.01) and recomputed <= 4.0 * 1.01
+    assert second["cumulative_epsilon"] == pytest.approx(recomputed, rel=0.01) and recomputed <= 4.0 * 1.01
     assert audit_ledger(tmp_path / "site" / "privacy_ledger.jsonl").status == "ok"
     assert any(e["event"].get("kind") == "data_changed" and e["event"]["action"] == "replanned"
                for e in site.security_log.entries())
@@ -153,8 +155,8 @@ def test_shrunk_data_that_no_noise_can_absorb_is_refused(data_root, tmp_path):
     outcome = site.train_round(2, state)
     assert (outcome.status, outcome.reason, outcome.arrays) == ("refused", "data_changed", None)
     entries = _ledger(tmp_path / "site").entries()
-    assert [e["status"] for e in entries] == ["trained", "refused"]
-    assert entries[1]["extra"]["reason"] == "data_changed" and "90 -> 20" in entries[1]["extra"]["detail"]
+    assert [e["status"] for e in entries] == ["trained", "trained", "refused"]  # count, round 1, round 2
+    assert entries[2]["extra"]["reason"] == "data_changed" and "90 -> 20" in entries[2]["extra"]["detail"]
     assert any(e["event"].get("kind") == "data_changed" and e["event"]["action"] == "refused"
                for e in site.security_log.entries())
 
@@ -255,14 +257,16 @@ def test_the_center_heads_catch_resigned_truncated_and_replayed_ledgers(data_roo
     edited = verdict(_resign(honest.splitlines(), key, lambda n, e: e.update(time="2020-01-01T00:00:00+00:00")))
     assert edited.status == "tampered" and any("no line of this ledger" in p for p in edited.problems)
     # lower round 1's steps and recompute epsilon, re-signed: the mechanism no longer fits the data, and the heads
+    count = Mechanism(**json.loads(honest.splitlines()[0])["mechanism"])
+
     def fewer_steps(n, e):
-        if n == 0:
+        if n == 1:  # round 1's training (line 0 is the run's count release)
             e["mechanism"]["steps"] = 1
-            e["cumulative_epsilon"] = epsilon_independent([Mechanism(**e["mechanism"])], 1e-5)
+            e["cumulative_epsilon"] = epsilon_independent([count, Mechanism(**e["mechanism"])], 1e-5)
     lowered = verdict(_resign(honest.splitlines(), key, fewer_steps))
     assert lowered.status == "tampered"
     assert any("steps 1 are not epochs x ceil(n/B)" in p for p in lowered.problems)
-    assert any("differs from the 3 the site reported" in p for p in lowered.problems)
+    assert any("no line of this ledger" in p for p in lowered.problems)
     truncated = verdict("".join(f"{line}\n" for line in honest.splitlines()[:1]))
     assert truncated.status == "tampered" and any("round 2 reply" in p for p in truncated.problems)
     replayed = verdict(copies[0])  # the older copy, after round 1: valid chain, valid signatures

@@ -38,7 +38,9 @@ def worker_and_first_round(tmp_path_factory):
 def test_first_round_trains_and_logs_once(worker_and_first_round):
     worker, _, first, _, _ = worker_and_first_round
     assert first.status == "trained" and first.arrays is not None
-    assert [(e["run_id"], e["round"]) for e in worker.ledger.entries()] == [("run-1", 1)]
+    # the run's noisy count (its FedAvg weight) is released once, then the round's training
+    assert [(e["run_id"], e["round"], e["extra"].get("phase")) for e in worker.ledger.entries()] == [
+        ("run-1", 1, "count"), ("run-1", 1, "train")]
 
 
 def test_same_round_same_global_model_resends_the_logged_update(worker_and_first_round):
@@ -48,7 +50,7 @@ def test_same_round_same_global_model_resends_the_logged_update(worker_and_first
     assert again.status == "trained"
     assert all(torch.equal(again.arrays[k], first.arrays[k]) for k in first.arrays)
     assert again.metrics == pytest.approx(first.metrics)
-    assert len(SiteLedger(settings.state_dir / "privacy_ledger.jsonl", "site_a").entries()) == 1
+    assert len(SiteLedger(settings.state_dir / "privacy_ledger.jsonl", "site_a").entries()) == 2
 
 
 def test_same_round_other_global_model_is_refused_without_a_ledger_entry(worker_and_first_round):
@@ -59,7 +61,7 @@ def test_same_round_other_global_model_is_refused_without_a_ledger_entry(worker_
     assert outcome.status == "refused" and outcome.arrays is None
     assert outcome.reason == "round_conflict" and "already trained" in outcome.detail
     assert worker.security_log.events()[-1]["detail"] == outcome.detail
-    assert len(worker.ledger.entries()) == 1
+    assert len(worker.ledger.entries()) == 2
 
 
 def test_a_run_asking_a_looser_delta_than_the_site_allows_is_refused(worker_and_first_round):

@@ -89,14 +89,17 @@ def test_epsilon_rises_each_round_and_ends_near_target(run):
     for site in ("site_a", "site_b"):
         entries = SiteLedger(run_dir / "sites" / site / "privacy_ledger.jsonl", site).entries()
         eps = [e["cumulative_epsilon"] for e in entries]
-        # each round: its training, then the DP release of its evaluation (one Gaussian mechanism, noise 4)
-        assert [(e["round"], e["extra"]["phase"]) for e in entries] == [(1, "train"), (1, "evaluate"), (2, "train"),
-                                                                        (2, "evaluate")]
+        # the run's noisy count (the FedAvg weight, once); each round: its training, then the DP release of its
+        # evaluation (one Gaussian mechanism, noise 4)
+        assert [(e["round"], e["extra"]["phase"]) for e in entries] == [(1, "count"), (1, "train"), (1, "evaluate"),
+                                                                        (2, "train"), (2, "evaluate")]
         assert all(e["status"] == "trained" for e in entries)
-        assert [e["mechanism"] for e in entries[1::2]] == [{"noise_multiplier": 4.0, "sample_rate": 1.0, "steps": 1}] * 2
+        assert [e["mechanism"] for e in entries[2::2]] == [{"noise_multiplier": 4.0, "sample_rate": 1.0, "steps": 1}] * 2
+        assert entries[0]["mechanism"] == {"noise_multiplier": cfg.privacy.count_noise_multiplier, "sample_rate": 1.0,
+                                           "steps": 1}
         assert eps == sorted(eps) and eps[-1] <= cfg.privacy.target_epsilon
         assert eps[-1] >= 0.9 * cfg.privacy.target_epsilon  # the plan spends the budget (training + evaluation)
-        mech = entries[0]["mechanism"]
+        mech = entries[1]["mechanism"]
         assert mech["noise_multiplier"] > 0 and 0 < mech["sample_rate"] <= 1 and mech["steps"] >= 1
 
 

@@ -88,7 +88,7 @@ def test_a_retain_dump_holds_only_retain_fields(tmp_path: Path) -> None:
     cfg = load_config(REPO / "fedcare" / "configs" / "retain_aki.yaml")
     write_resolved_config(cfg, tmp_path)
     dumped = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert set(dumped["data"]) == {"root", "sites", "val_fraction", "split_seed", "synth_sizes", "max_events"}
+    assert set(dumped["data"]) == {"root", "sites", "val_fraction", "split_seed", "synth_sizes", "max_events", "standardize"}
     assert dumped["model"] == {"name": "retain", "emb_dim": 8, "alpha_hidden": 8, "beta_hidden": 8, "dropout": 0.0}
     assert config_from_dict(dumped, "config.yaml").to_dict() == cfg.to_dict()  # the dump loads back unchanged
 

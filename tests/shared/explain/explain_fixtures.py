@@ -106,7 +106,7 @@ def planted_creatinine_tensors(root: Path, n: int = 600, seed: int = 0) -> tuple
     for lab in FEATURES:
         if lab != "creatinine":
             visits[lab] = rng.permutation(visits[lab].to_numpy())
-    t = encode_visits(visits, data.patients, VisitEncoder.fit(visits), 12)
+    t = encode_visits(visits, data.patients, VisitEncoder.reference(), 12)
     logit = truth.reindex(data.patients).to_numpy()
     labels = torch.from_numpy((logit > np.quantile(logit, 0.7)).astype(np.float32))
     return torch.from_numpy(t.x), torch.from_numpy(t.valid), labels
@@ -145,7 +145,7 @@ def planted_microbiology_tensors(root: Path, n: int = 240, seed: int = 0) -> tup
     events["value"] = np.nan  # values only exist for some types: keep them out of the experiment
     without = rng.choice(data.stays.index.to_numpy(), size=n // 2, replace=False)
     events = events[~((events["event_type"] == "microbiology") & events["stay_id"].isin(without))].reset_index(drop=True)
-    encoder = EventEncoder.fit(data.stays, events)
+    encoder = EventEncoder.reference()
     t = encode_events(data.stays, events, encoder, CachedEmbedder(HashedBagOfWords(TEXT_DIM), None), MAX_EVENTS)
     events_t, valid = torch.from_numpy(t.events), torch.from_numpy(t.valid)
     micro = EVENT_TYPES.index("microbiology")
@@ -154,10 +154,10 @@ def planted_microbiology_tensors(root: Path, n: int = 240, seed: int = 0) -> tup
 
 
 def planted_age_tensors(root: Path, n: int = 240, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """The same site with label = age above the site mean (standardised age > 0), nothing else."""
+    """The same site with label = age above the reference mean (standardised age > 0), nothing else."""
     made = synthesize_event_sites(root, n_sites=1, sizes=[n], seed=seed)[0]
     data = load_event_site(made)
-    encoder = EventEncoder.fit(data.stays, data.events)
+    encoder = EventEncoder.reference()
     t = encode_events(data.stays, data.events, encoder, CachedEmbedder(HashedBagOfWords(TEXT_DIM), None), MAX_EVENTS)
     statics = torch.from_numpy(t.statics)
     return torch.from_numpy(t.events), torch.from_numpy(t.valid), statics, (statics[:, 0] > 0).float()

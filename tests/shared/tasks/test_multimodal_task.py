@@ -47,11 +47,13 @@ def one_thread() -> Iterator[None]:
 
 
 def _cfg(root: Path, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None, **data: Any) -> RunConfig:
+    # weighted_bce's public pos_weight; another loss brings its own loss_params
+    weight = {} if "loss" in (train or {}) else {"loss_params": {"pos_weight": 2.5}}
     raw = {
         "task": "multimodal",
         "data": {"root": str(root), "sites": ["hospital_a"], "text_dim": 16, "synth_sizes": [80], **data},
         "model": {"name": "multimodal", "hidden": 8, "features": GENES, "log1p": True, **(model or {})},
-        "train": {"rounds": 1, "batch_size": 16, "loss": "weighted_bce", **(train or {})},
+        "train": {"rounds": 1, "batch_size": 16, "loss": "weighted_bce", **weight, **(train or {})},
     }
     return config_from_dict(raw, "test.yaml")
 
@@ -173,7 +175,8 @@ def test_losses_follow_the_config(tmp_path: Path) -> None:
     loss = task.loss(model, batch)
     assert torch.isfinite(loss) and loss.requires_grad
     assert isinstance(task._loss(), WeightedBCEWithLogits)
-    assert float(task._loss().pos_weight) == pytest.approx(float((1 - y).sum() / y.sum()))
+    assert float(task._loss().pos_weight) == 2.5  # the run config's, not the site's (1 - y).sum() / y.sum()
+    assert float((1 - y).sum() / y.sum()) != 2.5
     focal, _, _ = _prepared(tmp_path / "focal", train={"loss": "focal", "loss_params": {"gamma": 1.0}})
     assert isinstance(focal._loss(), FocalLoss) and focal._loss().gamma == 1.0
     bad = build_task(_cfg(tmp_path, train={"loss": "focal", "loss_params": {"sharpness": 2}}))

@@ -109,7 +109,8 @@ def test_prepare_site_shapes_and_split(sites: Path, tmp_path: Path) -> None:
     assert (tmp_path / ENCODER_FILE).is_file()
 
 
-def test_encoder_is_fitted_on_the_training_split_only(sites: Path, tmp_path: Path) -> None:
+def test_the_encoder_depends_on_no_patient(sites: Path, tmp_path: Path) -> None:
+    # public reference scalers (issue 17): neither validation nor training patients reach them
     cfg = _cfg()
     site = tmp_path / "site"
     original = load_visit_site(sites / "hospital_b")
@@ -127,7 +128,8 @@ def test_encoder_is_fitted_on_the_training_split_only(sites: Path, tmp_path: Pat
     baseline = encoder_after(set())
     assert encoder_after(val) == baseline  # validation patients never reach the scalers
     train_patient = next(p for p in original.patients if p not in val)
-    assert encoder_after({train_patient}) != baseline
+    assert encoder_after({train_patient}) == baseline
+    assert encoder_after(set(original.patients)) == baseline
 
 
 def test_truncation_keeps_recent_visits_and_imputation(tmp_path: Path) -> None:
@@ -137,16 +139,16 @@ def test_truncation_keeps_recent_visits_and_imputation(tmp_path: Path) -> None:
         visits[lab] = float(np.mean(LAB_RANGES[lab]))  # a plausible constant value
     visits["creatinine"] = [1.0, 2.0, np.nan, 4.0, 5.0]  # v2 missing: carried forward from v1
     visits["bun"] = [30.0, np.nan, np.nan, np.nan, np.nan]  # carried from a visit the cap drops
-    visits["hemoglobin"] = np.nan  # never measured: the training median of the other patient
+    visits["hemoglobin"] = np.nan  # never measured: the reference value (scaled 0)
     other = visits.assign(patient_id="p2", visit_id=[f"w{i}" for i in range(5)], creatinine=1.0, bun=10.0, hemoglobin=12.0)
     write_visit_site(tmp_path / "s", pd.concat([visits, other]), pd.DataFrame({"patient_id": ["p1", "p2"], "aki": [1, 0]}))
     task = build_task(_cfg(data={"max_events": 3}))
-    encoder = VisitEncoder.fit(load_visit_site(tmp_path / "s").visits)
-    assert encoder.median[FEATURES.index("hemoglobin")] == 12.0
+    encoder = VisitEncoder.reference()
+    assert encoder.median[FEATURES.index("hemoglobin")] == pytest.approx(12.516)
     ids, dataset = task.prediction_inputs(tmp_path / "s", _saved(encoder, tmp_path / "enc"))
     x, valid = dataset.tensors[0], dataset.tensors[1]
     assert list(ids) == ["p1", "p2"] and x.shape == (2, 3, 8) and valid.all()
-    expected = encoder.transform(visits.iloc[2:].assign(creatinine=[2.0, 4.0, 5.0], bun=30.0, hemoglobin=12.0))
+    expected = encoder.transform(visits.iloc[2:].assign(creatinine=[2.0, 4.0, 5.0], bun=30.0, hemoglobin=12.516))
     torch.testing.assert_close(x[0], torch.from_numpy(expected))
     assert torch.isnan(dataset.tensors[2]).all()  # unknown labels
 
@@ -204,12 +206,15 @@ def test_losses_from_config(sites: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(task.loss(model, batch), reference)
 
 
-def test_weighted_bce_takes_its_weight_from_the_site_training_split(sites: Path, tmp_path: Path) -> None:
-    task = build_task(_cfg(train={"loss": "weighted_bce"}))
-    with pytest.raises(RuntimeError, match="prepare_site"):
-        task.loss(task.build_model(), [torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool), torch.ones(1)])
+def test_weighted_bce_takes_a_public_weight_from_the_config_never_the_site_labels(sites: Path, tmp_path: Path) -> None:
+    # a site's n_negative/n_positive is a statistic of its training labels, outside the DP guarantee (issue 17)
+    for missing in ({}, {"pos_weight": "auto"}, {"pos_weight": 0}):
+        with pytest.raises(InputError) as info:
+            build_task(_cfg(train={"loss": "weighted_bce", "loss_params": missing}))
+        assert info.value.field == "train.loss_params.pos_weight"
+    task = build_task(_cfg(train={"loss": "weighted_bce", "loss_params": {"pos_weight": 4.0}}))
     y = task.prepare_site(sites / "hospital_c", "hospital_c", tmp_path).train.tensors[2]
-    assert float(task._loss_fn.pos_weight) == pytest.approx(float((1 - y).sum() / y.sum()))
+    assert float(task._loss_fn.pos_weight) == 4.0 and float((1 - y).sum() / y.sum()) != 4.0
 
 
 def test_bad_loss_settings_name_the_field() -> None:

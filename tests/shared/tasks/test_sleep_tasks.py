@@ -74,11 +74,12 @@ def test_staging_site_preparation_loss_metrics_and_site_report(sleep_root: Path,
     assert x.shape == (4, 4, 24, 640) and stages.shape == (4, 4) and onsets.dtype == torch.float64
     assert channel_valid[:, 2].sum() == 0  # site b has no EMG
     assert data.info["missing_slots"]["EMG"] == 6
-    # class weights from the site's training stages: the rarest present stage weighs most
-    counts = np.bincount(stages[stages != UNSCORED].numpy(), minlength=5)
+    # public class weights (issue 17), never the site's stage counts: N1 (the rarest in a typical night) weighs most
     weights = task.criterion.weight.numpy()
-    present = counts > 0
-    assert weights[present][counts[present].argmin()] == weights.max() and (weights[~present] == 0).all()
+    assert weights.argmax() == 1 and weights.argmin() == 2 and weights.mean() == pytest.approx(1.0)
+    other = build_task(config_from_dict(_config("sleep_staging", sleep_root)))
+    other.prepare_site(sleep_root / "a", "a", tmp_path / "state_a")
+    assert np.array_equal(other.criterion.weight.numpy(), weights)  # another site's stages: the same weights
     loss = task.loss(task.build_model(), data.train.tensors)
     assert torch.isfinite(loss) and loss.requires_grad
 
