@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from client.site_data_cache import cached_site_data
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.atomic_write import write_atomically
@@ -162,7 +163,10 @@ class SiteWorker:
         unexpected) becomes a SiteDataError whose message stays at the site."""
         if self._data is None:
             try:
-                self._data = self.task.prepare_site(self.settings.data_dir, self.settings.site, self.settings.state_dir)
+                self._data = cached_site_data(  # built once per site and data, whichever process asks first
+                    lambda: self.task.prepare_site(self.settings.data_dir, self.settings.site, self.settings.state_dir),
+                    self.settings.state_dir, self.settings.data_dir, self.run_hash,
+                )
             except Exception as err:
                 raise SiteDataError(f"{type(err).__name__}: {err}") from err
         return self._data
@@ -249,6 +253,10 @@ class SiteWorker:
         round (and a restarted client) uses the same noise."""
         if self._plan is not None:
             return self._plan
+        with self.ledger.lock():  # one process plans, the others (Ray actors, ClientApp processes) read its plan
+            return self._load_or_make_plan()
+
+    def _load_or_make_plan(self) -> NoisePlan:
         path = self._plan_path()
         if path.is_file():
             self._plan = NoisePlan(**json.loads(path.read_text()))
