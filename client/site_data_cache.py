@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+from shared import timings
 from shared.privacy.atomic_write import write_atomically
 from shared.tasks.base import SiteData
 
@@ -90,6 +91,11 @@ def _decode(path: Path) -> SiteData | None:
 
 def cached_site_data(build: Callable[[], SiteData], state_dir: Path, data_dir: Path, run_hash: str) -> SiteData:
     """`build()` once per (run hash, data digest) at this site; later calls, in any process, load its result."""
+    with timings.part("setup"):
+        return _cached_site_data(build, state_dir, data_dir, run_hash)
+
+
+def _cached_site_data(build: Callable[[], SiteData], state_dir: Path, data_dir: Path, run_hash: str) -> SiteData:
     cache = Path(state_dir) / CACHE_DIR
     key = hashlib.sha256(f"{run_hash}|{data_digest(data_dir)}".encode()).hexdigest()[:32]
     path = cache / f"{key}.pt"

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from client.site_data_cache import cached_site_data
+from shared import timings
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.atomic_write import write_atomically
@@ -363,9 +364,10 @@ class SiteWorker:
         path = self._update_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
-                    "metrics": outcome.metrics}, tmp)
-        os.replace(tmp, path)
+        with timings.part("checkpoint"):
+            torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
+                        "metrics": outcome.metrics}, tmp)
+            os.replace(tmp, path)
 
     def _repeat_round(self, server_round: int, entry: dict[str, Any], global_digest: str) -> RoundOutcome:
         """The ledger already holds this (run, round): never train or spend budget twice. Send the
@@ -616,7 +618,8 @@ class SiteWorker:
                 "refused", "budget_exhausted", metrics={"refused": 1},
                 detail=f"evaluation would reach epsilon {eps_after:.3f} > budget {limit:.3f}"))
         y, out, _ = self.predict(model, self.data.val)
-        self.task.metrics(y, out)  # only for the reports some tasks write at the site (sleep staging); nothing is sent
+        if self.task.metrics_write_site_report:  # the report stays at the site (sleep staging); nothing is sent
+            self.task.metrics(y, out)  # others skip it: bootstrap CIs thrown away cost each site every round
         if self.task.kind == "binary":
             probs = 1.0 / (1.0 + np.exp(-np.asarray(out, dtype=float)))
             release = release_binary(y, probs, e.bins, e.noise_multiplier)

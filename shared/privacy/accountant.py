@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from shared import timings
+
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -83,7 +85,8 @@ def epsilon_opacus(mechanisms: list[Mechanism], delta: float, accountant: str = 
     history = merged_history(mechanisms)
     if not history:
         return 0.0
-    return _epsilon_opacus(tuple(history), float(delta), accountant)
+    with timings.part("accounting"):
+        return _epsilon_opacus(tuple(history), float(delta), accountant)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -109,7 +112,8 @@ def epsilon_independent(mechanisms: list[Mechanism], delta: float, accountant: s
     history = merged_history(mechanisms)
     if not history:
         return 0.0
-    return _epsilon_independent(tuple(history), float(delta), accountant)
+    with timings.part("accounting"):
+        return _epsilon_independent(tuple(history), float(delta), accountant)
 
 
 @functools.lru_cache(maxsize=4096)

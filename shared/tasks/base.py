@@ -69,6 +69,7 @@ class Task(ABC):
     primary_metric: str = "auroc"  # shown per round and weighted across sites ("kappa", "c_index", ...)
     id_column: str = "id"  # identifier column of `fedcare predict` output
     default_loss: str = "bce"  # a train.loss the task accepts (what `fedcare synth` configures)
+    metrics_write_site_report: bool = False  # `metrics` also writes a report into the site's state folder
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

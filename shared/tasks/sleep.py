@@ -205,6 +205,7 @@ class SleepStagingTask(_SleepTask):
 
     name = "sleep_staging"
     kind = "multiclass"
+    metrics_write_site_report = True
     primary_metric = "kappa"
     allowed_losses = STAGING_LOSSES
     default_loss = "weighted_ce"
