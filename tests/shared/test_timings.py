@@ -23,6 +23,8 @@ def test_parts_keep_their_exclusive_time_and_land_in_the_state_folder(tmp_path):
     # exclusive: the accounting inside training is not counted twice, so the parts add up to the wall time
     parts = sum(rec[f"{p}_s"] for p in timings.PARTS) + rec["other_s"]
     assert abs(parts - rec["wall_s"]) < 1e-3
+    cpu_parts = sum(rec[f"{p}_cpu_s"] for p in timings.PARTS) + rec["other_cpu_s"]
+    assert abs(cpu_parts - rec["cpu_s"]) < 1e-3 and rec["train_cpu_s"] < 0.05  # sleeping costs no CPU
 
 
 def test_parts_outside_a_message_record_nothing(tmp_path):
