@@ -5,7 +5,9 @@ Runs the real Flower simulation (`fedcare simulate`'s code path) and, with --dep
 (`fedcare server` + one `fedcare client` per site, tests/e2e/deployment_harness.py) of the same config. Sites
 write their own timings to their state folder (shared/timings.py; in simulation under the run folder), never
 into a reply. A round's wall time is the gap between consecutive global checkpoints. A round's overhead is
-what is not on its critical path of work: 1 - (slowest site's training + slowest site's evaluation) / wall;
+what is not on its critical path of work: 1 - (training + evaluation on the critical path) / wall, where a
+phase's critical path is the slowest site's time or, when fewer sites can run at once than there are (Ray
+gives each site `federation.cpus_per_site` of the machine's CPUs), the phase's total over those slots;
 its site CPU overhead is the sites' CPU outside training and evaluation over all their handlers' CPU (on a
 shared machine the CPU split is the comparable one; the framework's own CPU is not in it).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -85,7 +88,13 @@ def site_parts(timing_files: dict[str, Path]) -> dict[str, dict[int, dict[str, f
     return out
 
 
-def breakdown(run_dir: Path, timing_files: dict[str, Path]) -> dict[str, Any]:
+def _critical(values: list[float], slots: int) -> float:
+    """Shortest time `values` of work can take on `slots` parallel workers (a lower bound of the makespan)."""
+    return max(max(values, default=0.0), sum(values) / max(1, slots))
+
+
+def breakdown(run_dir: Path, timing_files: dict[str, Path], slots: int) -> dict[str, Any]:
+    """`slots`: how many sites can work at once (simulation: Ray's CPUs / cpus_per_site; deployment: all)."""
     walls = round_walls(run_dir)
     parts = site_parts(timing_files)
     rounds = []
@@ -96,7 +105,8 @@ def breakdown(run_dir: Path, timing_files: dict[str, Path]) -> dict[str, Any]:
             if row is None:
                 continue
             sites[site] = {k: round(v, 4) for k, v in row.items()} | {"idle_framework": round(max(0.0, wall - row["handler"]), 4)}
-        work = max((s["train"] for s in sites.values()), default=0.0) + max((s["evaluate"] for s in sites.values()), default=0.0)
+        work = (_critical([s["train"] for s in sites.values()], slots)
+                + _critical([s["evaluate"] for s in sites.values()], slots))
         cpu = sum(s["cpu"] for s in sites.values())
         cpu_work = sum(s["train_cpu"] + s["evaluate_cpu"] for s in sites.values())
         rounds.append({"round": r, "wall_s": round(wall, 4), "critical_work_s": round(work, 4),
@@ -107,7 +117,8 @@ def breakdown(run_dir: Path, timing_files: dict[str, Path]) -> dict[str, Any]:
     steady = [x["overhead_fraction"] for x in rounds if x["round"] > 1 and x["overhead_fraction"] is not None]
     steady_cpu = [x["site_cpu_overhead_fraction"] for x in rounds
                   if x["round"] > 1 and x["site_cpu_overhead_fraction"] is not None]
-    return {"rounds": rounds, "overhead_steady_median": round(statistics.median(steady), 4) if steady else None,
+    return {"parallel_slots": slots, "rounds": rounds,
+            "overhead_steady_median": round(statistics.median(steady), 4) if steady else None,
             "site_cpu_overhead_steady_median": round(statistics.median(steady_cpu), 4) if steady_cpu else None,
             "overhead_round_1": rounds[0]["overhead_fraction"] if rounds else None,
             "round_wall_steady_median_s": round(statistics.median([x["wall_s"] for x in rounds if x["round"] > 1]), 3)
@@ -124,8 +135,10 @@ def run_simulation(raw: dict, tmp: Path) -> dict[str, Any]:
     run_dir, summary = simulate(cfg)
     run_id = run_dir.name
     files = {s: run_dir / "sites" / s / TIMINGS_DIR / f"{run_id}.jsonl" for s in cfg.data.sites}
+    # Ray's default CPUs are the machine's; a site's actor asks for cpus_per_site of them
+    slots = min(len(cfg.data.sites), max(1, int((os.cpu_count() or 1) // max(cfg.federation.cpus_per_site, 1e-9))))
     return {"runtime": "simulation", "complete": bool(summary.get("complete")), "run_wall_s": round(time.time() - started, 2),
-            **breakdown(run_dir, files)}
+            **breakdown(run_dir, files, slots)}
 
 
 def run_deployment(raw: dict, tmp: Path, timeout_s: float) -> dict[str, Any]:
@@ -150,7 +163,7 @@ def run_deployment(raw: dict, tmp: Path, timeout_s: float) -> dict[str, Any]:
         summary = json.loads(summary_path.read_text())
         run_id = dep.run_id()
         files = {s: dep.state_dir(s) / TIMINGS_DIR / f"{run_id}.jsonl" for s in dep.sites}
-        result = breakdown(dep.run_dir, files)
+        result = breakdown(dep.run_dir, files, len(dep.sites))
         starts = [json.loads(f.read_text().splitlines()[0])["start"] for f in files.values() if f.is_file()]
         # the clients were all started at `last_connected`; round 1 starts when the first train message arrives
         result["first_round_start_after_clients_started_s"] = round(min(starts) - last_connected, 2) if starts else None
