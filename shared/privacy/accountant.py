@@ -10,20 +10,25 @@ cached, exactly: RDP is additive, and each library's RDP of a history is the sum
 steps x the per-step RDP vector. That vector is computed once per pair and process (`_unit_rdp_*`), and the
 sum and the conversion to epsilon repeat the libraries' own operations in their order, so a cached epsilon
 is bit-for-bit the library's (tests/shared/test_accountant_cache.py). Whole results are memoised per merged
-history too (the check before a round and the ledger entry after it ask the same question). PRV/PLD
-accounting is only memoised per history.
+history too (the check before a round and the ledger entry after it ask the same question). A site also
+keeps the per-step vectors in its state folder (`use_disk_cache`): a deployment answers each message in a
+fresh process. PRV/PLD accounting is only memoised per history.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable
+import io
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shared import timings
+from shared.privacy.atomic_write import write_atomically
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -55,16 +60,46 @@ def _check_accountant(accountant: str) -> None:
         raise ValueError(f"unknown accountant {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}")
 
 
+_disk_cache: Path | None = None
+
+
+def use_disk_cache(folder: Path | None) -> None:
+    """Keep the per-step RDP vectors in `folder` too (a site's state folder), so that a fresh process (a
+    deployment answers each message in one) reads them instead of evaluating every order again. The values
+    round-trip exactly (.npy float64); a file that does not load is computed again."""
+    global _disk_cache
+    _disk_cache = None if folder is None else Path(folder)
+
+
+def _from_disk(library: str, noise_multiplier: float, sample_rate: float, compute: Callable[[], Any]) -> Any:
+    folder = _disk_cache
+    if folder is None:
+        rdp = np.asarray(compute(), dtype=np.float64)
+    else:
+        from importlib.metadata import version
+
+        package = {"opacus": "opacus", "independent": "dp-accounting"}[library]
+        path = folder / f"{library}-{version(package)}-{noise_multiplier!r}-{sample_rate!r}.npy"
+        try:
+            rdp = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            rdp = np.asarray(compute(), dtype=np.float64)
+            with contextlib.suppress(OSError):
+                buffer = io.BytesIO()
+                np.save(buffer, rdp, allow_pickle=False)
+                write_atomically(path, buffer.getvalue(), 0o600)
+    rdp.setflags(write=False)
+    return rdp
+
+
 @functools.lru_cache(maxsize=1024)
 def _unit_rdp_opacus(noise_multiplier: float, sample_rate: float) -> Any:
     """Opacus's RDP of one step at its default orders (read-only; cached per pair and process)."""
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis import rdp as privacy_analysis
 
-    rdp = privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                                       orders=RDPAccountant.DEFAULT_ALPHAS)
-    rdp.setflags(write=False)
-    return rdp
+    return _from_disk("opacus", noise_multiplier, sample_rate, lambda: privacy_analysis.compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -72,11 +107,8 @@ def _unit_rdp_independent(noise_multiplier: float, sample_rate: float) -> Any:
     """dp-accounting's RDP of one Poisson-subsampled Gaussian step at its default orders (read-only)."""
     from dp_accounting.rdp import rdp_privacy_accountant as rdp_module
 
-    rdp = rdp_module._compute_rdp_poisson_subsampled_gaussian(
-        q=sample_rate, noise_multiplier=noise_multiplier, orders=np.array(rdp_module.DEFAULT_RDP_ORDERS))
-    rdp = np.asarray(rdp, dtype=np.float64)
-    rdp.setflags(write=False)
-    return rdp
+    return _from_disk("independent", noise_multiplier, sample_rate, lambda: rdp_module._compute_rdp_poisson_subsampled_gaussian(
+        q=sample_rate, noise_multiplier=noise_multiplier, orders=np.array(rdp_module.DEFAULT_RDP_ORDERS)))
 
 
 def epsilon_opacus(mechanisms: list[Mechanism], delta: float, accountant: str = "rdp") -> float:

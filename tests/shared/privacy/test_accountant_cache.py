@@ -134,3 +134,24 @@ def test_site_rounds_after_the_plan_need_no_new_rdp_evaluation(tmp_path, rdp_cal
     history = [Mechanism(**e["mechanism"]) for e in entries if e["status"] == "trained"]
     assert entries[-1]["cumulative_epsilon"] == _library_opacus(history, cfg.privacy.delta)
     assert np.isfinite(entries[-1]["cumulative_epsilon"])
+
+
+def test_a_fresh_process_reads_the_rdp_orders_from_the_disk_cache(tmp_path, rdp_calls):
+    history = [Mechanism(1.7, 0.03, 40), Mechanism(25.0, 1.0, 2)]
+    accountant.use_disk_cache(tmp_path)
+    try:
+        first = epsilon_opacus(history, 1e-5), epsilon_independent(history, 1e-5)
+        assert len(list(tmp_path.glob("*.npy"))) == 4 and rdp_calls["opacus"] > 0
+        for cache in (accountant._unit_rdp_opacus, accountant._unit_rdp_independent, accountant._epsilon_opacus,
+                      accountant._epsilon_independent):
+            cache.cache_clear()  # what a new process starts with
+        before = dict(rdp_calls)
+        again = epsilon_opacus(history, 1e-5), epsilon_independent(history, 1e-5)
+        assert rdp_calls == before  # nothing evaluated again
+        assert again == first == (_library_opacus(history, 1e-5), _library_independent(history, 1e-5))
+        next(tmp_path.glob("opacus-*.npy")).write_bytes(b"damaged")
+        accountant._unit_rdp_opacus.cache_clear()
+        accountant._epsilon_opacus.cache_clear()
+        assert epsilon_opacus(history, 1e-5) == first[0]  # a damaged file is computed again
+    finally:
+        accountant.use_disk_cache(None)
