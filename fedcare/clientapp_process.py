@@ -84,11 +84,10 @@ def log_bundle_refused(site_yaml: Path, run_id: int, message_type: str, fab_hash
 
 def _warm_up() -> None:
     """Import what a message needs later while this process waits for its token (issue 23: a deployment
-    round paid Opacus' import, ~2 s of CPU, inside the budget check, and scikit-learn's inside evaluation)."""
+    round paid Opacus' import, ~2 s of CPU, inside the budget check of every message)."""
     import dp_accounting.rdp  # noqa: F401
     import opacus.accountants  # noqa: F401
     import opacus.data_loader  # noqa: F401
-    import sklearn.metrics  # noqa: F401
 
 
 def run_task(runtime_address: str, site_yaml: Path) -> int:
