@@ -29,6 +29,7 @@ from client.site_settings import site_settings_from_context
 from client.site_worker import Refusal, RoundOutcome, SiteDataError, SiteWorker
 from shared import timings
 from shared.config import TRAIN_PHASE, config_from_json
+from shared.privacy import accountant
 from shared.privacy.whitelist import outgoing_guard_mod
 
 _WORKERS: dict[tuple[str, str], SiteWorker] = {}  # one per (run, site) in this process: data loads once
@@ -42,6 +43,9 @@ def _worker(context: Context, bound_run_config: dict[str, Any] | None) -> SiteWo
     if key not in _WORKERS:
         torch.set_num_threads(max(1, int(float(rc.get("cpus-per-site", 1)))))
         _WORKERS[key] = SiteWorker(config_from_json(str(rc["fedcare-config"])), settings, str(rc["run-id"]))
+    # the per-step RDP vectors of this message's site live in its state folder: a fresh process (deployment) or
+    # an actor new to the site (simulation) reads them; one message at a time per process, so one folder
+    accountant.use_disk_cache(settings.state_dir / "accounting_cache")
     return _WORKERS[key]
 
 

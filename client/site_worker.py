@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader
 from client.site_data_cache import cached_site_data
 from shared import timings
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
-from shared.privacy import accountant
 from shared.privacy.accountant import Mechanism, epsilon_opacus
 from shared.privacy.atomic_write import write_atomically
 from shared.privacy.dp_evaluation import BINARY_SENSITIVITY, EXACT_MARKER, confusion_counts, release_binary, release_confusion
@@ -140,8 +139,6 @@ class SiteWorker:
         )
         self.precision = settings.precision or cfg.precision
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        if settings.deployment:  # one site per process, a fresh process per message: reuse its RDP orders from disk
-            accountant.use_disk_cache(settings.state_dir / "accounting_cache")
         key = self._signing_key()
         self.ledger = SiteLedger(settings.state_dir / LEDGER_FILE, settings.site, key)
         self.security_log = SecurityLog(settings.state_dir / SECURITY_LOG_FILE, settings.site, key)
