@@ -58,10 +58,11 @@ def scaling(data: dict) -> str:
     rows = data["rows"]
     base = rows[0]["round_cpu_s"]
     table = _md(
-        ["sites", "stays/site", "round 1 wall (s)", "round wall (s)", "round CPU, all sites (s)", "CPU growth",
-         "peak RSS per serving process (MB)"],
+        ["sites", "stays/site", "round 1 wall (s)", "round wall (s)", "round CPU, all sites (s)", "train CPU",
+         "evaluate CPU", "accounting CPU", "CPU growth", "peak RSS per serving process (MB)"],
         [[r["sites"], r["stays_per_site"], _num(r["round_1_wall_s"], 2), _num(r["round_wall_s"], 2),
-          _num(r["round_cpu_s"], 2), f"{r['round_cpu_s'] / base:.2f}x" if base else "-",
+          _num(r["round_cpu_s"], 2), _num(r.get("train_cpu_s"), 2), _num(r.get("evaluate_cpu_s"), 2),
+          _num(r.get("accounting_cpu_s"), 2), f"{r['round_cpu_s'] / base:.2f}x" if base else "-",
           _num(r.get("peak_rss_mb_per_site_max"), 0)] for r in rows],
     )
     return table + (f"\n\n{data['total_stays']} synthetic ICU stays in all, split evenly; the real Flower simulation "

@@ -89,14 +89,16 @@ def measure(k: int, total: int, rounds: int, quick: bool) -> dict:
         rss = {s: max((json.loads(line)["peak_rss_mb"] for line in f.read_text().splitlines()), default=0.0)
                for s, f in files.items() if f.is_file()}
     steady = [r for r in walls if r > 1] or list(walls)
-    cpu = [sum(parts[s].get(r, {}).get("cpu", 0.0) for s in parts) for r in steady]
-    train_cpu = [sum(parts[s].get(r, {}).get("train", 0.0) for s in parts) for r in steady]
+    def per_round(key: str) -> float:  # median over steady rounds of the sum over sites
+        return round(statistics.median(sum(parts[s].get(r, {}).get(key, 0.0) for s in parts) for r in steady), 3)
+
     return {
         "sites": k, "stays_per_site": raw["data"]["synth_sizes"][0], "total_stays": total, "rounds": rounds,
         "complete": bool(summary.get("complete")), "run_wall_s": round(run_wall, 2),
         "round_1_wall_s": round(walls.get(1, float("nan")), 3),
         "round_wall_s": round(statistics.median(walls[r] for r in steady), 3),
-        "round_cpu_s": round(statistics.median(cpu), 3), "round_train_wall_s": round(statistics.median(train_cpu), 3),
+        "round_cpu_s": per_round("cpu"), "train_cpu_s": per_round("train_cpu"), "evaluate_cpu_s": per_round("evaluate_cpu"),
+        "accounting_cpu_s": per_round("accounting_cpu"), "setup_cpu_s": per_round("setup_cpu"),
         "peak_rss_mb_per_site_max": max(rss.values(), default=None),
         "peak_rss_mb_per_site_median": statistics.median(rss.values()) if rss else None,
     }
@@ -115,15 +117,15 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="K = 2, 4, 8, 480 stays, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="K = 2, 4, 8, 480 stays, 3 rounds")
     parser.add_argument("--sites", default=None, help="comma-separated K (default 2..32; 2,4,8 with --quick)")
     parser.add_argument("--total", type=int, default=None, help="total stays over all sites (default 480 quick, 3200)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 2 quick, 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: one K in this process
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/scaling[_quick].json)")
     args = parser.parse_args(argv)
     total = args.total or (480 if args.quick else 3200)
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or 3
     if args.one is not None:
         print(json.dumps(measure(args.one, total, rounds, args.quick)))
         return 0
