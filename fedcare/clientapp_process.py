@@ -82,14 +82,6 @@ def log_bundle_refused(site_yaml: Path, run_id: int, message_type: str, fab_hash
     })
 
 
-def _warm_up() -> None:
-    """Import what a message needs later while this process waits for its token (issue 23: a deployment
-    round paid Opacus' import, ~2 s of CPU, inside the budget check of every message)."""
-    import dp_accounting.rdp  # noqa: F401
-    import opacus.accountants  # noqa: F401
-    import opacus.data_loader  # noqa: F401
-
-
 def run_task(runtime_address: str, site_yaml: Path) -> int:
     """Get ready, wait for a task's token on stdin, answer that one message; returns the exit status."""
     from flwr.app import Error, Message
@@ -102,7 +94,6 @@ def run_task(runtime_address: str, site_yaml: Path) -> int:
     from shared.privacy.code_bundle import installed_manifest
 
     installed = installed_manifest()
-    _warm_up()
     token = sys.stdin.readline().strip()
     if not token:
         return 0  # the launcher is stopping
