@@ -191,15 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="event,retain")
     parser.add_argument("--rounds", type=int, default=None, help="override train.rounds")
     parser.add_argument("--deployment", action="store_true", help="also run a local deployment of each config")
+    parser.add_argument("--deployment-only", action="store_true", help="only the local deployment")
     parser.add_argument("--round-timeout-s", type=float, default=600.0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     results = []
     for name in args.configs.split(","):
         raw = raw_config(name, args.quick, args.rounds)
-        with tempfile.TemporaryDirectory(prefix="fedcare-breakdown-") as tmp:
-            results.append({"config": name, **run_simulation(raw, Path(tmp))})
-        if args.deployment:
+        if not args.deployment_only:
+            with tempfile.TemporaryDirectory(prefix="fedcare-breakdown-") as tmp:
+                results.append({"config": name, **run_simulation(raw, Path(tmp))})
+        if args.deployment or args.deployment_only:
             with tempfile.TemporaryDirectory(prefix="fedcare-breakdown-dep-") as tmp:
                 results.append({"config": name, **run_deployment(raw, Path(tmp), args.round_timeout_s)})
     print(table(results))
