@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-timeout-s", type=float, default=600.0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop a deployment (finally) on a timeout's SIGTERM
     results = []
     for name in args.configs.split(","):
         raw = raw_config(name, args.quick, args.rounds)
