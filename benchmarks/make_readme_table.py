@@ -73,13 +73,42 @@ def scaling(data: dict) -> str:
     rows = data["rows"]
     base = rows[0]["round_cpu_s"]
     table = _md(
-        ["sites", "stays/site", "round wall (s)", "round CPU (s)", "train CPU (s)", "evaluate CPU (s)", "CPU growth",
-         "peak RSS (MB)", "Python heap peak (MB)"],
-        [[r["sites"], r["stays_per_site"], _num(r["round_s"], 2), _num(r["round_cpu_s"], 2), _num(r["train_cpu_s"], 2),
-          _num(r["evaluate_cpu_s"], 2), f"{r['round_cpu_s'] / base:.2f}x", _num(r["peak_rss_mb"], 0),
-          _num(r["tracemalloc_peak_mb"], 1)] for r in rows],
+        ["sites", "stays/site", "round 1 wall (s)", "round wall (s)", "round CPU, all sites (s)", "train CPU",
+         "evaluate CPU", "accounting CPU", "CPU growth", "peak RSS per serving process (MB)"],
+        [[r["sites"], r["stays_per_site"], _num(r["round_1_wall_s"], 2), _num(r["round_wall_s"], 2),
+          _num(r["round_cpu_s"], 2), _num(r.get("train_cpu_s"), 2), _num(r.get("evaluate_cpu_s"), 2),
+          _num(r.get("accounting_cpu_s"), 2), f"{r['round_cpu_s'] / base:.2f}x" if base else "-",
+          _num(r.get("peak_rss_mb_per_site_max"), 0)] for r in rows],
     )
-    return table + f"\n\n{data['total_stays']} synthetic ICU stays in all; {data.get('note', '')}"
+    return table + (f"\n\n{data['total_stays']} synthetic ICU stays in all, split evenly; the real Flower simulation "
+                    f"({data.get('rounds')} rounds; steady rounds = after round 1). Round CPU = the sites' ClientApp "
+                    "handlers' CPU time summed over sites.")
+
+
+def round_breakdown(data: dict) -> str:
+    parts = ("setup", "deserialise", "train", "evaluate", "accounting", "checkpoint", "serialise", "other",
+             "idle_framework")
+    summary = _md(
+        ["config", "runtime", "round 1 wall (s)", "round 1 overhead", "steady round wall (s)", "steady overhead",
+         "steady site CPU overhead"],
+        [[r["config"], r["runtime"], _num(r["rounds"][0]["wall_s"], 2) if r["rounds"] else "-",
+          f"{r['overhead_round_1']:.1%}" if r.get("overhead_round_1") is not None else "-",
+          _num(r.get("round_wall_steady_median_s"), 2),
+          f"{r['overhead_steady_median']:.1%}" if r.get("overhead_steady_median") is not None else "-",
+          f"{r['site_cpu_overhead_steady_median']:.1%}" if r.get("site_cpu_overhead_steady_median") is not None else "-"]
+         for r in data["results"]],
+    )
+    rows = []
+    for r in data["results"]:
+        for rnd in r["rounds"]:
+            for site, row in rnd["sites"].items():
+                rows.append([r["config"], r["runtime"], rnd["round"], _num(rnd["wall_s"], 2), site,
+                             *(_num(row[p], 3) for p in parts)])
+    detail = _md(["config", "runtime", "round", "wall (s)", "site", *parts], rows)
+    return (summary + "\n\nOverhead = 1 - (slowest site's training + slowest site's evaluation) / round wall time "
+            "(a round's wall time: the gap between global checkpoints); site CPU overhead = the sites' CPU outside "
+            "training and evaluation / all their handlers' CPU. Per site and round, wall seconds:\n\n" + detail
+            + f"\n\nCommand: `{data.get('command')}`.")
 
 
 def communication(data: dict) -> str:
@@ -144,6 +173,7 @@ def deployment_rounds(data: dict) -> str:
 FORMATTERS: dict[str, Callable[[dict], str]] = {
     "fed_vs_pooled": fed_vs_pooled,
     "scaling": scaling,
+    "round_breakdown": round_breakdown,
     "communication": communication,
     "dp_overhead": dp_overhead,
     "gpu_throughput": gpu_throughput,
@@ -151,7 +181,8 @@ FORMATTERS: dict[str, Callable[[dict], str]] = {
 }
 TITLES = {
     "fed_vs_pooled": "Utility: federated DP vs pooled non-DP",
-    "scaling": "Scaling with the number of sites",
+    "scaling": "Scaling with the number of sites (Flower simulation)",
+    "round_breakdown": "Where a round's time goes",
     "communication": "Communication per site and round",
     "dp_overhead": "DP-SGD step cost",
     "gpu_throughput": "DP vs non-DP throughput on a GPU",

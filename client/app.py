@@ -10,6 +10,7 @@ anything unexpected `internal_error`; the message, with its paths and values, go
 
 With `secure_aggregation.enabled` the train messages are Flower's SecAgg+ stages (legacy format), handled
 by client/secure_aggregation.py (protocol guard, signed keys, budget at setup, masking).
+Each train and evaluate message leaves a timing line in the site's own state folder (shared/timings.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from client.secure_aggregation import secure_aggregation_mod, secure_train
 from client.security_log_mod import make_security_log_mod
 from client.site_settings import site_settings_from_context
 from client.site_worker import Refusal, RoundOutcome, SiteDataError, SiteWorker
+from shared import timings
 from shared.config import TRAIN_PHASE, config_from_json
+from shared.privacy import accountant
 from shared.privacy.whitelist import outgoing_guard_mod
 
 _WORKERS: dict[tuple[str, str], SiteWorker] = {}  # one per (run, site) in this process: data loads once
@@ -40,6 +43,9 @@ def _worker(context: Context, bound_run_config: dict[str, Any] | None) -> SiteWo
     if key not in _WORKERS:
         torch.set_num_threads(max(1, int(float(rc.get("cpus-per-site", 1)))))
         _WORKERS[key] = SiteWorker(config_from_json(str(rc["fedcare-config"])), settings, str(rc["run-id"]))
+    # the per-step RDP vectors of this message's site live in its state folder: a fresh process (deployment) or
+    # an actor new to the site (simulation) reads them; one message at a time per process, so one folder
+    accountant.use_disk_cache(settings.state_dir / "accounting_cache")
     return _WORKERS[key]
 
 
@@ -51,7 +57,8 @@ def _site_error(err: Exception) -> Refusal:
 
 
 def _reply(msg: Message, worker: SiteWorker, outcome: RoundOutcome) -> Message:
-    return Message(content=outcome_content(worker, outcome), reply_to=msg)
+    with timings.part("serialise"):
+        return Message(content=outcome_content(worker, outcome), reply_to=msg)
 
 
 def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientApp:
@@ -68,33 +75,39 @@ def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientAp
             return secure_train(msg, worker)
         config = msg.content["config"]
         server_round = int(config["server-round"])
-        refusal = worker.policy_refusal()
-        if refusal is not None:
-            return _reply(msg, worker, worker.refuse("train", server_round, refusal))
-        global_state = msg.content["arrays"].to_torch_state_dict()
-        try:
-            outcome = worker.train_round(
-                server_round, global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
-                phase=str(config.get("phase", TRAIN_PHASE)),
-            )
-        except Exception as err:
-            outcome = worker.refuse("train", server_round, _site_error(err))
-        return _reply(msg, worker, outcome)
+        with timings.message(worker.settings.state_dir, worker.run_id, "train", server_round):
+            refusal = worker.policy_refusal()
+            if refusal is not None:
+                return _reply(msg, worker, worker.refuse("train", server_round, refusal))
+            with timings.part("deserialise"):
+                global_state = msg.content["arrays"].to_torch_state_dict()
+            try:
+                with timings.part("train"):
+                    outcome = worker.train_round(
+                        server_round, global_state, proximal_mu=float(config.get("proximal-mu", 0.0)),
+                        phase=str(config.get("phase", TRAIN_PHASE)),
+                    )
+            except Exception as err:
+                outcome = worker.refuse("train", server_round, _site_error(err))
+            return _reply(msg, worker, outcome)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         worker = _worker(context, bound_run_config)
         server_round = msg.content["config"].get("server-round") if "config" in msg.content else None
-        refusal = worker.policy_refusal()
-        if refusal is not None:
-            return _reply(msg, worker, worker.refuse("evaluate", server_round, refusal))
-        global_state = msg.content["arrays"].to_torch_state_dict()
-        phase = str(msg.content["config"].get("phase", TRAIN_PHASE)) if "config" in msg.content else TRAIN_PHASE
-        try:
-            outcome = worker.evaluate_round(global_state, None if server_round is None else int(server_round), phase)
-        except Exception as err:
-            return _reply(msg, worker, worker.refuse("evaluate", server_round, _site_error(err)))
-        return _reply(msg, worker, outcome)
+        with timings.message(worker.settings.state_dir, worker.run_id, "evaluate", server_round):
+            refusal = worker.policy_refusal()
+            if refusal is not None:
+                return _reply(msg, worker, worker.refuse("evaluate", server_round, refusal))
+            with timings.part("deserialise"):
+                global_state = msg.content["arrays"].to_torch_state_dict()
+            phase = str(msg.content["config"].get("phase", TRAIN_PHASE)) if "config" in msg.content else TRAIN_PHASE
+            try:
+                with timings.part("evaluate"):
+                    outcome = worker.evaluate_round(global_state, None if server_round is None else int(server_round), phase)
+            except Exception as err:
+                return _reply(msg, worker, worker.refuse("evaluate", server_round, _site_error(err)))
+            return _reply(msg, worker, outcome)
 
     return app
 

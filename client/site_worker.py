@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from client.site_data_cache import cached_site_data
+from shared import timings
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.io import atomic_file, write_bytes
 from shared.privacy.accountant import Mechanism, epsilon_opacus
@@ -170,7 +172,10 @@ class SiteWorker:
         unexpected) becomes a SiteDataError whose message stays at the site."""
         if self._data is None:
             try:
-                self._data = self.task.prepare_site(self.settings.data_dir, self.settings.site, self.settings.state_dir)
+                self._data = cached_site_data(  # built once per site and data, whichever process asks first
+                    lambda: self.task.prepare_site(self.settings.data_dir, self.settings.site, self.settings.state_dir),
+                    self.settings.state_dir, self.settings.data_dir, self.run_hash,
+                )
             except Exception as err:
                 raise SiteDataError(f"{type(err).__name__}: {err}") from err
         return self._data
@@ -257,6 +262,10 @@ class SiteWorker:
         round (and a restarted client) uses the same noise."""
         if self._plan is not None:
             return self._plan
+        with self.ledger.lock():  # one process plans, the others (Ray actors, ClientApp processes) read its plan
+            return self._load_or_make_plan()
+
+    def _load_or_make_plan(self) -> NoisePlan:
         path = self._plan_path()
         if path.is_file():
             self._plan = NoisePlan(**json.loads(path.read_text()))
@@ -362,7 +371,7 @@ class SiteWorker:
         return self.settings.state_dir / UPDATES_DIR / f"{self.run_id}.pt"
 
     def _save_update(self, server_round: int, global_digest: str, outcome: RoundOutcome) -> None:
-        with atomic_file(self._update_path(), 0o600) as handle:
+        with timings.part("checkpoint"), atomic_file(self._update_path(), 0o600) as handle:
             torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
                         "metrics": outcome.metrics}, handle)
 
@@ -664,7 +673,8 @@ class SiteWorker:
                 "refused", "budget_exhausted", metrics={"refused": 1},
                 detail=f"evaluation would reach epsilon {eps_after:.3f} > budget {limit:.3f}"))
         y, out, _ = self.predict(model, self.data.val)
-        self._metrics(y, out)  # only for the reports some tasks make at the site (sleep staging); nothing is sent
+        if self.task.has_site_report:  # the report stays at the site (sleep tasks); nothing is sent
+            self._metrics(y, out)  # others skip it: bootstrap CIs thrown away cost each site every round
         if self.task.kind == "binary":
             probs = 1.0 / (1.0 + np.exp(-np.asarray(out, dtype=float)))
             release = release_binary(y, probs, e.bins, e.noise_multiplier)

@@ -82,6 +82,13 @@ def log_bundle_refused(site_yaml: Path, run_id: int, message_type: str, fab_hash
     })
 
 
+def _warm_up() -> None:
+    try:
+        import opacus  # noqa: F401
+    except Exception:  # the message's own import reports it
+        pass
+
+
 def run_task(runtime_address: str, site_yaml: Path) -> int:
     """Get ready, wait for a task's token on stdin, answer that one message; returns the exit status."""
     from flwr.app import Error, Message
@@ -94,6 +101,10 @@ def run_task(runtime_address: str, site_yaml: Path) -> int:
     from shared.privacy.code_bundle import installed_manifest
 
     installed = installed_manifest()
+    # Opacus' import (~2 s of CPU; every DP message needs it: the model registry, the accountant, the trainer)
+    # runs while this process waits for its task; in a thread, so the token is read and the task's heartbeat
+    # started at once (importing first let the claim expire on a loaded machine; DESIGN-NOTES.md)
+    threading.Thread(target=_warm_up, name="fedcare-warm-up", daemon=True).start()
     token = sys.stdin.readline().strip()
     if not token:
         return 0  # the launcher is stopping

@@ -63,6 +63,7 @@ class Task(ABC):
     pretrainable: ClassVar[bool] = False  # has a contrastive pretraining phase (config `pretrain:`)
     fixed_test_split: ClassVar[bool] = False  # sites may hold a fixed test split (`fedcare evaluate`)
     site_fitted_inputs: ClassVar[bool] = True  # prediction needs the encoders a site fitted (`fedcare predict --encoder`)
+    has_site_report: ClassVar[bool] = False  # `site_report` makes files (the site computes its metrics for them)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

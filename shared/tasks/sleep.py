@@ -122,6 +122,7 @@ class SleepTask(Task):
 
     id_column = "record_id"
     pretrainable = True
+    has_site_report = True  # per-stage F1 and confusion matrix, per-outcome C-index (site_report)
     allowed_losses: tuple[str, ...] = ()
 
     def __init__(self, cfg: RunConfig) -> None:

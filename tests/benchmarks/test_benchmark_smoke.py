@@ -60,3 +60,25 @@ def test_dp_overhead_quick_ratios_have_not_regressed(tmp_path):
         runs.append(_run("dp_overhead.py", tmp_path / "second.json"))
     assert all(run["reps"] >= 5 and run["clock"] == "cpu" for run in runs)
     assert regressions(reference, runs, 0.2) == []
+
+
+def test_round_breakdown_quick_splits_each_round_per_site(tmp_path):
+    """benchmarks/round_breakdown.py --quick through the real Flower simulation (event config, 2 rounds)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "round_breakdown_quick.json"
+    done = subprocess.run([sys.executable, "benchmarks/round_breakdown.py", "--quick", "--configs", "event", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["runtime"] == "simulation" and result["complete"]
+    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    for rnd in result["rounds"]:
+        assert set(rnd["sites"]) == {"hospital_a", "hospital_b", "hospital_c"}
+        for row in rnd["sites"].values():
+            assert row["train"] > 0 and row["evaluate"] > 0  # every site trained and evaluated in every round
+            assert row["handler"] <= rnd["wall_s"] + 0.5  # a site's handlers fit in the round (checkpoint mtimes)
+            assert abs(sum(row[p] for p in ("setup", "deserialise", "train", "evaluate", "accounting", "checkpoint",
+                                            "serialise", "other")) - row["handler"]) < 0.01
+        assert 0.0 <= rnd["overhead_fraction"] < 1.0
+    assert sum(row["setup"] for row in result["rounds"][0]["sites"].values()) > 0  # the data is built in round 1
+    assert "overhead" in done.stdout and "hospital_a" in done.stdout

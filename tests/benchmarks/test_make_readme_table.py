@@ -66,8 +66,8 @@ def test_one_seed_says_n1_and_several_give_mean_and_sd(tmp_path: Path) -> None:
 
 def test_update_replaces_only_the_generated_block(tmp_path: Path) -> None:
     _write(tmp_path, "scaling.json", {"total_stays": 10, "rows": [
-        {"sites": 2, "stays_per_site": 5, "round_s": 1.0, "round_cpu_s": 1.0, "train_cpu_s": 0.5, "evaluate_cpu_s": 0.5,
-         "peak_rss_mb": 100, "tracemalloc_peak_mb": 1.0}]})
+        {"sites": 2, "stays_per_site": 5, "round_1_wall_s": 3.0, "round_wall_s": 1.0, "round_cpu_s": 1.0,
+         "train_cpu_s": 0.5, "evaluate_cpu_s": 0.5, "accounting_cpu_s": 0.0, "peak_rss_mb_per_site_max": 100}]})
     page = tmp_path / "page.md"
     from benchmarks.make_readme_table import BEGIN, END
 

@@ -209,3 +209,13 @@ def test_summary_pools_site_metrics_and_checkpoint_keeps_threshold(run):
     assert not any(k.startswith("calib_bin_") for k in summary["final_weighted"])
     for ev in evaluated.values():  # every reported calibration bin holds at least 10 (noisy) patients
         assert all(v >= 10 for k, v in ev.items() if k.startswith("calib_bin_") and k.endswith("_count"))
+
+
+def test_each_site_is_built_once_across_the_simulation_processes(run):
+    """Ray serves a site from several actors; its data is prepared once (client/site_data_cache.py, issue 23)."""
+    from client.site_data_cache import BUILDS_FILE, CACHE_DIR
+
+    cfg, run_dir, _, _ = run
+    for site in cfg.data.sites:
+        builds = (run_dir / "sites" / site / CACHE_DIR / BUILDS_FILE).read_text().splitlines()
+        assert len(builds) == 1, (site, builds)
