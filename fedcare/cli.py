@@ -71,7 +71,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.output:
         cfg.output_dir = args.output
     try:
-        run_dir, summary = simulate(cfg)
+        run_dir, summary = simulate(cfg, verbose=args.verbose)
     except RuntimeError as err:  # e.g. a secure round failed: one line, the run folder keeps what happened
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         return 1
@@ -518,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=DEFAULT_CONFIG, help="the run config (task, data, model, training, privacy)")
     s.add_argument("--rounds", type=int, help="override train.rounds")
     s.add_argument("--output", help="override output_dir (the config's, runs/ by default)")
+    s.add_argument("--verbose", action="store_true", help="also show Flower's and Ray's own log lines and warnings")
     s.set_defaults(fn=cmd_simulate)
 
     s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits (tabular tasks)")

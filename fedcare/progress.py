@@ -1,0 +1,150 @@
+"""Progress you can watch: a rich bar with ETA for a simulation (rounds x sites: local training,
+evaluation, aggregation) and for the long loops of `explain`, `synth` and the benchmarks.
+
+A simulation's ServerApp talks to the sites through a Grid; `ProgressGrid` wraps it and reports each
+request it pushes and each reply as it arrives, so the bar moves per site, not per round. The bar is
+drawn only on a terminal (rich turns it off otherwise, e.g. in CI); the events are recorded either way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+PHASES = {"train": "local training", "evaluate": "evaluation"}
+
+
+def progress_bar(console: Console, transient: bool = False) -> Progress:
+    """The bar every long fedcare loop shows: description, bar, done/total, elapsed, ETA."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=transient)
+
+
+@contextmanager
+def tracked(console: Console, description: str, total: int) -> Iterator[Any]:
+    """`with tracked(console, "sites", 3) as advance: ... advance()`: one bar for a counted loop."""
+    with progress_bar(console) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda steps=1: bar.advance(task, steps)
+
+
+@dataclass
+class RunProgress:
+    """Rounds x (train replies + evaluate replies + aggregation) steps of a run, for the bar's ETA."""
+
+    total_rounds: int
+    sites: int
+    console: Console
+    events: list[tuple[str, int, str, int, int]] = field(default_factory=list)  # (what, round, phase, done, total)
+    _bar: Progress | None = None
+    _task: TaskID | None = None
+    _round: int = 0
+
+    @property
+    def steps_per_round(self) -> int:
+        return 2 * self.sites + 1
+
+    def __enter__(self) -> RunProgress:
+        self._bar = progress_bar(self.console)
+        self._bar.__enter__()
+        self._task = self._bar.add_task("starting the federation", total=self.total_rounds * self.steps_per_round)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def requested(self, server_round: int, phase: str, sites: int) -> None:
+        if phase == "train" and self._round and server_round != self._round:
+            self._record("aggregated", self._round, "aggregation", 1, 1)  # the previous round's model is final
+        self._round = server_round
+        self._record("requested", server_round, phase, 0, sites)
+
+    def replied(self, server_round: int, phase: str, done: int, total: int) -> None:
+        self._record("replied", server_round, phase, done, total)
+
+    def finished(self) -> None:
+        if self._round:
+            self._record("aggregated", self._round, "aggregation", 1, 1)
+
+    def _record(self, what: str, server_round: int, phase: str, done: int, total: int) -> None:
+        self.events.append((what, server_round, phase, done, total))
+        if self._bar is None or self._task is None:
+            return
+        label = PHASES.get(phase, phase)
+        detail = "done" if what == "aggregated" else f"{done}/{total} sites"
+        completed = self._completed(server_round, phase, done) if what != "aggregated" else server_round * self.steps_per_round
+        self._bar.update(self._task, description=f"round {server_round}/{self.total_rounds}: {label} {detail}",
+                         completed=completed)
+
+    def _completed(self, server_round: int, phase: str, done: int) -> int:
+        before = (server_round - 1) * self.steps_per_round
+        return before + (self.sites if phase == "evaluate" else 0) + min(done, self.sites)
+
+
+class ProgressGrid(Grid):
+    """A Grid that reports each request it sends and each reply as it arrives; everything else is the inner grid's."""
+
+    def __init__(self, inner: Grid, progress: RunProgress, pull_interval: float = 0.1) -> None:
+        self._inner, self._progress, self._pull_interval = inner, progress, pull_interval
+        self._round = 0
+
+    def set_run(self, run: Any) -> None:
+        self._inner.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._inner.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:
+        return self._inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """As Flower's grids do it (push, then pull until every reply is in or the timeout passes), reporting each reply."""
+        messages = list(messages)
+        phase = messages[0].metadata.message_type.split(".")[0] if messages else ""
+        for msg in messages:
+            if "config" in msg.content and "server-round" in msg.content["config"]:
+                self._round = int(msg.content["config"]["server-round"])
+        if phase in PHASES:
+            self._progress.requested(self._round, phase, len(messages))
+        waiting = set(self.push_messages(messages))
+        total, replies = len(waiting), []
+        deadline = None if timeout is None else time.time() + timeout
+        while waiting and (deadline is None or time.time() < deadline):
+            new = list(self.pull_messages(waiting))
+            replies.extend(new)
+            waiting.difference_update(m.metadata.reply_to_message_id for m in new)
+            if new and phase in PHASES:
+                self._progress.replied(self._round, phase, len(replies), total)
+            if waiting:
+                time.sleep(self._pull_interval)
+        return replies
