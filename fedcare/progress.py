@@ -46,7 +46,7 @@ def tracked(console: Console, description: str, total: int) -> Iterator[Any]:
 
 @dataclass
 class RunProgress:
-    """Rounds x (train replies + evaluate replies + aggregation) steps of a run, for the bar's ETA."""
+    """Rounds x (training replies, aggregation, evaluation replies) steps of a run, for the bar's ETA."""
 
     total_rounds: int
     sites: int
@@ -55,6 +55,7 @@ class RunProgress:
     _bar: Progress | None = None
     _task: TaskID | None = None
     _round: int = 0
+    _aggregated: set[int] = field(default_factory=set)
 
     @property
     def steps_per_round(self) -> int:
@@ -71,8 +72,9 @@ class RunProgress:
             self._bar.__exit__(*exc)  # type: ignore[arg-type]
 
     def requested(self, server_round: int, phase: str, sites: int) -> None:
-        if phase == "train" and self._round and server_round != self._round:
-            self._record("aggregated", self._round, "aggregation", 1, 1)  # the previous round's model is final
+        # Flower aggregates the training replies before it asks for evaluation (or for the next round's training)
+        if phase == "evaluate" or (self._round and server_round != self._round):
+            self._close_aggregation()
         self._round = server_round
         self._record("requested", server_round, phase, 0, sites)
 
@@ -80,22 +82,23 @@ class RunProgress:
         self._record("replied", server_round, phase, done, total)
 
     def finished(self) -> None:
-        if self._round:
+        self._close_aggregation()
+
+    def _close_aggregation(self) -> None:
+        if self._round and self._round not in self._aggregated:
+            self._aggregated.add(self._round)
             self._record("aggregated", self._round, "aggregation", 1, 1)
 
     def _record(self, what: str, server_round: int, phase: str, done: int, total: int) -> None:
         self.events.append((what, server_round, phase, done, total))
         if self._bar is None or self._task is None:
             return
-        label = PHASES.get(phase, phase)
         detail = "done" if what == "aggregated" else f"{done}/{total} sites"
-        completed = self._completed(server_round, phase, done) if what != "aggregated" else server_round * self.steps_per_round
-        self._bar.update(self._task, description=f"round {server_round}/{self.total_rounds}: {label} {detail}",
-                         completed=completed)
-
-    def _completed(self, server_round: int, phase: str, done: int) -> int:
         before = (server_round - 1) * self.steps_per_round
-        return before + (self.sites if phase == "evaluate" else 0) + min(done, self.sites)
+        offset = {"train": 0, "aggregation": self.sites, "evaluate": self.sites + 1}.get(phase, 0)
+        completed = before + offset + min(done, self.sites)
+        self._bar.update(self._task, description=f"round {server_round}/{self.total_rounds}: {PHASES.get(phase, phase)} {detail}",
+                         completed=completed)
 
 
 class ProgressGrid(Grid):
