@@ -43,6 +43,7 @@ from benchmarks.fed_vs_pooled import events_workload, heart_workload  # noqa: E4
 from benchmarks.federated_training import StateDict, evaluate, train_federated  # noqa: E402
 from client.app import _reply  # noqa: E402
 from client.site_worker import RoundOutcome  # noqa: E402
+from fedcare.progress import track  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.models.registry import build_model  # noqa: E402
 from shared.privacy.atomic_write import write_atomically  # noqa: E402
@@ -155,7 +156,7 @@ def utility_rows(quick: bool, seeds: list[int]) -> tuple[list[dict], list[str]]:
                 continue
             for eps in (8.0, math.inf):
                 scores = {"float32": [], "float16": []}
-                for seed in seeds:
+                for seed in track(seeds, f"{wl.name}: epsilon {eps}, seeds"):
                     scores["float32"].append(evaluate(wl, train_federated(wl, eps, seed).model))
                     scores["float16"].append(evaluate(wl, train_federated(wl, eps, seed, transfer=float16_round_trip).model))
                 f32, f16 = (sum(v) / len(v) for v in (scores["float32"], scores["float16"]))

@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.federated_training import fedavg  # noqa: E402
+from fedcare.progress import track  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.privacy.atomic_write import write_atomically  # noqa: E402
 
@@ -135,7 +136,7 @@ def measure(k: int, total: int, rounds: int, quick: bool) -> dict:
         global_state = task.build_model().state_dict()
         n_params = sum(v.numel() for v in global_state.values())
         timings = []
-        for server_round in range(1, rounds + 1):
+        for server_round in track(range(1, rounds + 1), f"{len(sites)} sites: rounds"):
             global_state, phases = _one_round(workers, global_state, server_round)
             timings.append(phases)
         tracemalloc.start()

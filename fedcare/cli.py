@@ -36,7 +36,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     )
     if args.sizes:
         cfg.data.synth_sizes = _positive_ints(args.sizes, "--sizes", args.sites)
-    build_task(cfg).synthesize(Path(args.out), list(cfg.data.sites), args.seed)
+    from fedcare.progress import site_by_site
+
+    sites = list(cfg.data.sites)
+    site_by_site(lambda: build_task(cfg).synthesize(Path(args.out), sites, args.seed), Path(args.out), sites,
+                 f"writing synthetic {task} sites", console)
     console.print(f"wrote {args.sites} synthetic {task} sites to {args.out}")
     return 0
 
@@ -201,9 +205,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from fedcare.explain import explain_checkpoint
+    from fedcare.progress import progress_bar
 
     data_dir, state_dir = args.data, args.state
     if getattr(args, "site_config", None):
@@ -215,8 +218,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise InputError("<command line>", "--data/--state", "give the site's data and state folders (or --site-config)")
     patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
     labels = {"cohort": "cohort importance (patients)", "patients": "explaining patients"}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+    with progress_bar(console) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

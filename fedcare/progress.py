@@ -9,9 +9,11 @@ drawn only on a terminal (rich turns it off otherwise, e.g. in CI); the events a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
@@ -34,6 +36,30 @@ def progress_bar(console: Console, transient: bool = False) -> Progress:
     """The bar every long fedcare loop shows: description, bar, done/total, elapsed, ETA."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=transient)
+
+
+def track(items: Iterable[Any], description: str, total: int | None = None, console: Console | None = None) -> Iterator[Any]:
+    """`for x in track(xs, "seeds"): ...`: a bar on stderr (stdout stays the benchmarks' JSON), drawn only on a terminal."""
+    console = console or Console(stderr=True)
+    with progress_bar(console, transient=True) as bar:
+        bar.disable = not console.is_terminal
+        yield from bar.track(items, total=total, description=description)
+
+
+def site_by_site(work: Callable[[], Any], root: Path, sites: list[str], description: str, console: Console) -> Any:
+    """Runs `work`, which writes one folder per site under `root`, one site after another, with a bar over the
+    sites: a site counts as written once the next one's folder appears, the last one when `work` returns."""
+    before = {s for s in sites if (root / s).exists()}
+    with progress_bar(console) as bar, ThreadPoolExecutor(max_workers=1) as pool:
+        task = bar.add_task(description, total=len(sites))
+        future = pool.submit(work)
+        while not future.done():
+            started = sum(1 for s in sites if s not in before and (root / s).exists())
+            bar.update(task, completed=max(0, started - 1))
+            time.sleep(0.2)
+        result = future.result()  # re-raises what `work` raised
+        bar.update(task, completed=len(sites))
+    return result
 
 
 @contextmanager
