@@ -4,11 +4,14 @@ round of the real federation loop, and the bar (on a terminal) names round, phas
 from __future__ import annotations
 
 import io
+import time
 
+import pytest
 from rich.console import Console
 
-from fedcare.progress import ProgressGrid, RunProgress, tracked
+from fedcare.progress import ProgressGrid, RunProgress, site_by_site, tracked
 from server.federation import run_federation
+from shared.errors import InputError
 from tests.server.test_resume_and_site_tracking import SiteGrid, _rc, serverapp_identity  # noqa: F401 (autouse fixture)
 
 
@@ -54,3 +57,20 @@ def test_a_counted_loop_shows_its_bar():
         for _ in range(3):
             advance()
     assert "writing sites" in screen.getvalue() and "3/3" in screen.getvalue()
+
+
+def test_synth_counts_sites_as_their_folders_are_written_and_passes_errors_on(tmp_path):
+    def write(sites, fail=False):
+        for site in sites:
+            (tmp_path / site).mkdir()
+            time.sleep(0.3)
+        if fail:
+            raise InputError("<command line>", "--sizes", "bad")
+        return "done"
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    assert site_by_site(lambda: write(["a", "b", "c"]), tmp_path, ["a", "b", "c"], "writing sites", console) == "done"
+    assert "1/3" in screen.getvalue() and "3/3" in screen.getvalue()
+    with pytest.raises(InputError, match="--sizes"):
+        site_by_site(lambda: write(["d"], fail=True), tmp_path, ["d"], "writing sites", console)
