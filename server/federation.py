@@ -64,6 +64,7 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
             raise InputError(run_dir, "checkpoints", "the run folder already holds checkpoints; resume it or pick a new folder")
         history = RunHistory(run_dir, list(cfg.data.sites), task.primary_metric)
     if start_round < cfg.total_rounds:
+        _synthesize_if_no_site_data(cfg, history)
         _wait_for_sites(grid, cfg, history)
     if cfg.pretrain_rounds and not resuming:
         pretrained = run_pretraining(grid, cfg, history, run_dir, run_id)
@@ -216,6 +217,15 @@ def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> tu
         raise InputError(path, "run_id", f"checkpoint belongs to run {ckpt.get('run_id')!r}, not {run_id!r}")
     model.load_state_dict(ckpt["state_dict"])
     return int(ckpt["round"]), skipped
+
+
+def _synthesize_if_no_site_data(cfg: RunConfig, history: RunHistory) -> None:
+    """Simulation (`flwr run .` on a fresh checkout): as `fedcare simulate` does, synthetic sites where the data
+    root holds none of them, before any site is asked for anything."""
+    root = Path(cfg.data.root)
+    if cfg.federation.mode == "simulation" and not any((root / s).is_dir() for s in cfg.data.sites):
+        build_task(cfg).synthesize(root, list(cfg.data.sites), cfg.seed)
+        history.note(f"start: no site data under {root}; wrote synthetic data for {len(cfg.data.sites)} sites")
 
 
 def _wait_for_sites(grid: Grid, cfg: RunConfig, history: RunHistory) -> None:

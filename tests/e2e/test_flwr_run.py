@@ -1,6 +1,7 @@
 """`flwr run .` works as Flower documents it: the project's flat run-config keys, overridden on the command
 line (`--run-config "rounds=1 ..."`), drive a whole simulation on Flower's local SuperLink, and the run
-folder gets what `fedcare simulate` writes (checkpoint, metrics, a complete summary, the sites' ledgers)."""
+folder gets what `fedcare simulate` writes (synthetic sites where there are none, checkpoint, metrics, a complete
+summary, the sites' ledgers)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedcare.cli import main
 from fedcare.flower_processes import FlowerProcess, flower_env, flower_executable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,9 +29,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_flwr_run_with_a_run_config_override_completes_a_simulation(tmp_path: Path) -> None:
-    assert main(["synth", "--task", "tabular_binary", "--sites", "2", "--sizes", "60,60", "--out", str(tmp_path / "data")]) == 0
     raw = yaml.safe_load((REPO / "configs" / "tabular_binary.yaml").read_text())
-    raw["data"] |= {"root": str(tmp_path / "data"), "sites": ["hospital_a", "hospital_b"]}
+    # no data yet: the ServerApp writes synthetic sites first, as `fedcare simulate` does
+    raw["data"] |= {"root": str(tmp_path / "data"), "sites": ["hospital_a", "hospital_b"], "synth_sizes": [60, 60]}
     raw["train"]["rounds"] = 4  # the override below makes it 1
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(raw))
 
@@ -71,6 +71,7 @@ def test_flwr_run_with_a_run_config_override_completes_a_simulation(tmp_path: Pa
     assert summary["complete"] and summary["rounds_planned"] == 1 and summary["run_id"] == run_dir.name
     assert summary["sites"]["hospital_a"]["rounds_trained"] == [1] and summary["sites"]["hospital_b"]["rounds_trained"] == [1]
     assert 0.0 <= summary["final_weighted"]["auroc"] <= 1.0
+    assert f"start: no site data under {tmp_path / 'data'}; wrote synthetic data for 2 sites" in summary["events"]
     assert (run_dir / "checkpoints" / "round_001.pt").is_file()
     assert set(json.loads((run_dir / "metrics.json").read_text())["rounds"]) == {"1"}
     for site in ("hospital_a", "hospital_b"):  # each site accounted its own privacy spend in the run
