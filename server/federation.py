@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
@@ -37,6 +38,7 @@ from server.strategy import make_strategy
 from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.errors import InputError
 from shared.privacy.accountant import Mechanism, epsilon_opacus
+from shared.privacy.atomic_write import write_atomically
 from shared.run_config import parse_run_config
 from shared.tasks.registry import build_task
 
@@ -66,6 +68,8 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
     if start_round < cfg.total_rounds:
         _synthesize_if_no_site_data(cfg, history)
         _wait_for_sites(grid, cfg, history)
+    if not (run_dir / "config.yaml").exists():  # `flwr run .`: the fedcare commands wrote it already
+        write_atomically(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     if cfg.pretrain_rounds and not resuming:
         pretrained = run_pretraining(grid, cfg, history, run_dir, run_id)
         task.load_pretrained_encoder(model, pretrained)

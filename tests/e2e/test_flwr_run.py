@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedcare.cli import main
 from fedcare.flower_processes import FlowerProcess, flower_env, flower_executable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +74,8 @@ def test_flwr_run_with_a_run_config_override_completes_a_simulation(tmp_path: Pa
     assert 0.0 <= summary["final_weighted"]["auroc"] <= 1.0
     assert f"start: no site data under {tmp_path / 'data'}; wrote synthetic data for 2 sites" in summary["events"]
     assert (run_dir / "checkpoints" / "round_001.pt").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["rounds"] == 1  # the resolved config
+    assert main(["audit", str(run_dir)]) == 0  # the run folder is as auditable as a `fedcare simulate` one
     assert set(json.loads((run_dir / "metrics.json").read_text())["rounds"]) == {"1"}
     for site in ("hospital_a", "hospital_b"):  # each site accounted its own privacy spend in the run
         ledger = [json.loads(line) for line in (run_dir / "sites" / site / "privacy_ledger.jsonl").read_text().splitlines()]

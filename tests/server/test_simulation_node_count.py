@@ -23,4 +23,4 @@ def test_a_simulation_with_the_wrong_number_of_supernodes_stops_in_one_line(tmp_
         run_federation(grid, rc)
     assert str(err.value) == (f"the simulation federation: num-supernodes: {len(online)} virtual SuperNodes for 3 sites "
                               "(site_a, site_b, site_c): flwr run . --federation-config \"num-supernodes=3\"")
-    assert grid.asked == []
+    assert grid.asked == [] and not (tmp_path / "run").exists()  # nothing written
