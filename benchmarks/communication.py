@@ -49,6 +49,7 @@ from benchmarks.federated_training import StateDict, evaluate, train_federated  
 from client.app import _reply  # noqa: E402
 from client.site_worker import RoundOutcome  # noqa: E402
 from fedcare.configs import CONFIG_DIR  # noqa: E402
+from fedcare.progress import track  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.io import write_json  # noqa: E402
 from shared.models.registry import build_model  # noqa: E402
@@ -165,7 +166,7 @@ def utility_rows(quick: bool, seeds: list[int], data_root: Path | None = None,
                 continue
             for eps in (8.0, math.inf):
                 scores = {"float32": [], "float16": []}
-                for seed in seeds:
+                for seed in track(seeds, f"{wl.name}: epsilon {eps}, seeds"):
                     scores["float32"].append(evaluate(wl, train_federated(wl, eps, seed).model))
                     scores["float16"].append(evaluate(wl, train_federated(wl, eps, seed, transfer=float16_round_trip).model))
                 f32, f16 = (statistics.fmean(v) for v in (scores["float32"], scores["float16"]))

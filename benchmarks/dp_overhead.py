@@ -53,6 +53,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedcare.progress import track  # noqa: E402
 from shared.io import write_json  # noqa: E402
 from shared.models.event_transformer import EventTransformer, EventTransformerConfig  # noqa: E402
 from shared.training.devices import configure_precision  # noqa: E402
@@ -251,7 +252,7 @@ def measure(
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             order = list(built)
-            for rep in range(reps):
+            for rep in track(range(reps), f"{work.name} batch {batch_size} {precision}: repetitions"):
                 shift = rep % max(1, len(order))
                 for mode in order[shift:] + order[:shift]:
                     if mode not in built:

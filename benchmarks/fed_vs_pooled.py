@@ -70,6 +70,7 @@ from benchmarks.federated_training import (  # noqa: E402
     train_pooled,
 )
 from fedcare.configs import CONFIG_DIR  # noqa: E402
+from fedcare.progress import track  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.data.heart_disease import FEATURES, find_heart_disease_dir, load_heart_disease, site_splits  # noqa: E402
 from shared.io import write_json  # noqa: E402
@@ -256,11 +257,11 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def run_workload(wl: Workload, seeds: list[int], epsilons: tuple[float, ...]) -> list[dict]:
     started = time.perf_counter()
-    pooled = [evaluate(wl, train_pooled(wl, seed)) for seed in seeds]
+    pooled = [evaluate(wl, train_pooled(wl, seed)) for seed in track(seeds, f"{wl.name}: pooled, seeds")]
     pooled_mean, pooled_sd = _mean_sd(pooled)
     rows = []
     for eps in epsilons:
-        runs = [train_federated(wl, eps, seed) for seed in seeds]
+        runs = [train_federated(wl, eps, seed) for seed in track(seeds, f"{wl.name}: federated at epsilon {eps}, seeds")]
         fed = [evaluate(wl, run.model) for run in runs]
         fed_mean, fed_sd = _mean_sd(fed)
         rows.append({

@@ -1,7 +1,7 @@
 """Flower ClientApp of a hospital: a thin shell around client.site_worker.SiteWorker.
 
-The run's resolved config travels in the run config (key `fedcare-config`); the site's own
-settings come from its node config (simulation: the partition id picks the site) and win.
+The run config (flat keys, shared/run_config.py) names the run's config; the site's own settings come
+from its node config (simulation: the partition id picks the site) and win.
 Every reply passes the outgoing-message guard, so only whitelisted content leaves the site; every
 message in and reply out is written to the site's security log; a run the site policy does not approve,
 or that weakens its privacy floor, gets a refusal ({"refused": 1} and a reason code) instead of weights.
@@ -16,6 +16,7 @@ Each train and evaluate message leaves a timing line in the site's own state fol
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,27 +26,28 @@ from flwr.clientapp import ClientApp
 from client.replies import outcome_content
 from client.secure_aggregation import secure_aggregation_mod, secure_train
 from client.security_log_mod import make_security_log_mod
-from client.site_settings import site_settings_from_context
+from client.site_settings import site_settings
 from client.site_worker import Refusal, RoundOutcome, SiteDataError, SiteWorker
 from shared import timings
-from shared.config import TRAIN_PHASE, config_from_json
+from shared.config import TRAIN_PHASE
 from shared.privacy import accountant
 from shared.privacy.whitelist import outgoing_guard_mod
+from shared.run_config import parse_run_config
 
-_WORKERS: dict[tuple[str, str], SiteWorker] = {}  # one per (run, site) in this process: data loads once
+_WORKERS: dict[tuple[int, int], SiteWorker] = {}  # one per (Flower run, node) in this process: data loads once
 LEGACY_FIT_PARAMETERS = "fitins.parameters"  # a SecAgg+ collect-stage request (legacy fit instructions)
 
 
-def _worker(context: Context, bound_run_config: dict[str, Any] | None) -> SiteWorker:
-    rc = bound_run_config or dict(context.run_config)
-    settings = site_settings_from_context(context, rc)
-    key = (str(rc["run-id"]), settings.site)
+def _worker(context: Context, bound_run_config: Mapping[str, Any] | None) -> SiteWorker:
+    """This node's worker in this run: the run config is parsed once, when the node's first message arrives."""
+    key = (context.run_id, context.node_id)
     if key not in _WORKERS:
-        torch.set_num_threads(max(1, int(float(rc.get("cpus-per-site", 1)))))
-        _WORKERS[key] = SiteWorker(config_from_json(str(rc["fedcare-config"])), settings, str(rc["run-id"]))
+        spec = parse_run_config(bound_run_config or context.run_config, context.run_id)
+        torch.set_num_threads(max(1, int(spec.cfg.federation.cpus_per_site)))
+        _WORKERS[key] = SiteWorker(spec.cfg, site_settings(spec, context.node_config), spec.run_id)
     # the per-step RDP vectors of this message's site live in its state folder: a fresh process (deployment) or
     # an actor new to the site (simulation) reads them; one message at a time per process, so one folder
-    accountant.use_disk_cache(settings.state_dir / "accounting_cache")
+    accountant.use_disk_cache(_WORKERS[key].settings.state_dir / "accounting_cache")
     return _WORKERS[key]
 
 
@@ -61,8 +63,8 @@ def _reply(msg: Message, worker: SiteWorker, outcome: RoundOutcome) -> Message:
         return Message(content=outcome_content(worker, outcome), reply_to=msg)
 
 
-def build_client_app(bound_run_config: dict[str, Any] | None = None) -> ClientApp:
-    """`bound_run_config` is set by `fedcare simulate` (the simulation API has no run config)."""
+def build_client_app(bound_run_config: Mapping[str, Any] | None = None) -> ClientApp:
+    """`bound_run_config`: the run config of an in-process simulation (`fedcare simulate`), else the context's."""
     security_log_mod = make_security_log_mod(lambda context: _worker(context, bound_run_config).security_log)
     # the log sees what arrived and the reply the guard let out; SecAgg+ masks inside the guard
     secure = secure_aggregation_mod(lambda context: _worker(context, bound_run_config))

@@ -3,25 +3,22 @@ in simulation, the run itself (partition id -> site name, data and state folders
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
-
 from client.site_worker import SiteSettings
-from shared.config import config_from_json
+from shared.run_config import RunSpec
 
 
-def site_settings_from_context(context: Context, rc: dict[str, Any]) -> SiteSettings:
-    node = dict(context.node_config)
-    if "site-config" in node:  # deployment: the hospital's own YAML
+def site_settings(spec: RunSpec, node_config: Mapping[str, Any]) -> SiteSettings:
+    if "site-config" in node_config:  # deployment: the hospital's own YAML
         from client.site_config import load_site_config
 
-        return load_site_config(Path(str(node["site-config"])))
-    cfg = config_from_json(str(rc["fedcare-config"]))
-    site = cfg.data.sites[int(node["partition-id"])]
-    run_dir = Path(str(rc["run-dir"]))
-    state_root = Path(cfg.federation.site_state_root) if cfg.federation.site_state_root else run_dir / "sites"
+        return load_site_config(Path(str(node_config["site-config"])))
+    cfg = spec.cfg
+    site = cfg.data.sites[int(node_config["partition-id"])]
+    state_root = Path(cfg.federation.site_state_root) if cfg.federation.site_state_root else spec.run_dir / "sites"
     policy = cfg.federation.site_policies.get(site)
     return SiteSettings(
         site=site, data_dir=Path(cfg.data.root) / site, state_dir=state_root / site,

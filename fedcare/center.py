@@ -3,7 +3,7 @@
 Starts its own `flower-superlink` (TLS + SuperNode authentication unless --insecure; a private
 FLWR_HOME in runs/<run-id>/.flower; in-memory state), registers the hospitals' SuperNode public
 keys, submits the run with `flwr run <project> --run-config <file>` (the resolved config travels
-as `fedcare-config` JSON), prints each round as the ServerApp writes runs/<run-id>/metrics.json,
+as the run config's `config` key, JSON), prints each round as the ServerApp writes runs/<run-id>/metrics.json,
 and stops its own processes by PID on exit, error or Ctrl-C. `--resume RUN_DIR` submits the same
 run id again with `resume = true`: the ServerApp continues from the last global checkpoint.
 
@@ -41,6 +41,7 @@ from server.history import RunHistory
 from shared.config import RunConfig
 from shared.errors import InputError
 from shared.io import load_json, write_json, write_text
+from shared.run_config import run_config_keys
 
 CONNECTION = "fedcare"  # the SuperLink connection name in the private FLWR_HOME
 RUN_FILE = "run.json"  # run id and resume history, next to config.yaml in the run folder
@@ -181,13 +182,7 @@ class Center:
                     proc.wait()
 
     def submit_run(self) -> FlowerProcess:
-        rc = {
-            "fedcare-config": self.opts.cfg.to_json(),
-            "run-dir": str(self.opts.run_dir.resolve()),
-            "run-id": self.opts.run_id,
-            "cpus-per-site": self.opts.cfg.federation.cpus_per_site,
-            "resume": self.opts.resume,
-        }
+        rc = run_config_keys(self.opts.cfg, self.opts.run_id, self.opts.run_dir, self.opts.resume)
         rc_file = self.flwr_home / "run_config.toml"
         write_text(rc_file, tomli_w.dumps(rc))
         argv = [flower_executable("flwr"), "run", str(project_dir()), CONNECTION, "--run-config", str(rc_file), "--stream"]

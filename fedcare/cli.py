@@ -29,7 +29,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.sites < 1:
         raise InputError("<command line>", "--sites", f"must be >= 1, got {args.sites}")
     sizes = _positive_ints(args.sizes, "--sizes", args.sites) if args.sizes else None
-    synthesize_sites(task, Path(args.out), [f"hospital_{chr(97 + i)}" for i in range(args.sites)], args.seed, sizes)
+    from fedcare.progress import site_by_site
+
+    sites = [f"hospital_{chr(97 + i)}" for i in range(args.sites)]
+    site_by_site(lambda: synthesize_sites(task, Path(args.out), sites, args.seed, sizes), Path(args.out), sites,
+                 f"writing synthetic {task} sites", console)
     console.print(f"wrote {args.sites} synthetic {task} sites to {args.out}")
     return 0
 
@@ -65,7 +69,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.output:
         cfg.output_dir = args.output
     try:
-        run_dir, summary = simulate(cfg)
+        run_dir, summary = simulate(cfg, verbose=args.verbose)
     except RuntimeError as err:  # e.g. a secure round failed: one line, the run folder keeps what happened
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         return 1
@@ -208,9 +212,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from fedcare.explain import explain_checkpoint
+    from fedcare.progress import progress_bar
 
     data_dir, state_dir = args.data, args.state
     if getattr(args, "site_config", None):
@@ -222,8 +225,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise InputError("<command line>", "--data/--state", "give the site's data and state folders (or --site-config)")
     patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
     labels = {"cohort": "cohort importance (patients)", "patients": "explaining patients"}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+    with progress_bar(console) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -535,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=DEFAULT_CONFIG, help=CONFIG_HELP + "the run (task, data, model, training, privacy)")
     s.add_argument("--rounds", type=int, help="override train.rounds")
     s.add_argument("--output", help="override output_dir (the config's, runs/ by default)")
+    s.add_argument("--verbose", action="store_true", help="also show Flower's and Ray's own log lines and warnings")
     s.set_defaults(fn=cmd_simulate)
 
     s = sub.add_parser("evaluate", help="test metrics of a run's final model on the sites' fixed test splits")

@@ -8,15 +8,19 @@ import os
 import secrets
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
 
+from fedcare.progress import ProgressGrid, RunProgress
 from shared.config import RunConfig
 from shared.errors import InputError
 from shared.io import load_json, write_text
+from shared.run_config import run_config_keys
 
 
 def new_run_id() -> str:
@@ -44,23 +48,20 @@ def write_resolved_config(cfg: RunConfig, run_dir: Path) -> None:
     write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def simulate(cfg: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> tuple[Path, dict[str, Any]]:
+def simulate(cfg: RunConfig, run_dir: Path | None = None, console: Console | None = None,
+             verbose: bool = False) -> tuple[Path, dict[str, Any]]:
     console = console or Console(highlight=False)
     ensure_site_data(cfg, console)
     run_id = new_run_id()
     run_dir = run_dir or Path(cfg.output_dir) / run_id
     write_resolved_config(cfg, run_dir)
-    rc = {
-        "fedcare-config": cfg.to_json(),
-        "run-dir": str(run_dir.resolve()),
-        "run-id": run_id,
-        "cpus-per-site": cfg.federation.cpus_per_site,
-    }
     console.print(
         f"[bold]fedcare simulate[/bold] task={cfg.task} sites={', '.join(cfg.data.sites)} rounds={cfg.train.rounds} "
         f"target epsilon={cfg.privacy.target_epsilon} run={run_dir}"
     )
-    _run_flower_simulation(cfg, rc)
+    with RunProgress(cfg.total_rounds, len(cfg.data.sites), console) as progress:
+        run_flower_simulation(cfg, run_config_keys(cfg, run_id, run_dir), progress, verbose)
+        progress.finished()
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise RuntimeError(f"the federation ended without a summary (see the log above); run folder: {run_dir}")
@@ -74,23 +75,54 @@ def simulate(cfg: RunConfig, run_dir: Path | None = None, console: Console | Non
     return run_dir, summary
 
 
-def _run_flower_simulation(cfg: RunConfig, rc: dict[str, Any]) -> None:
-    from flwr.simulation import run_simulation
+def run_flower_simulation(cfg: RunConfig, rc: dict[str, Any], progress: RunProgress | None = None,
+                          verbose: bool = False) -> None:
+    """One run on Flower's Simulation Runtime, in this process: the function `flwr run` reaches through the
+    SuperLink's `flwr-simulation` process (flwr.simulation.run_simulation._run_simulation), given the apps
+    and their run config directly. (`flwr.simulation.run_simulation` is its deprecated public wrapper.)"""
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
 
     from client.app import build_client_app
     from server.app import build_server_app
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.cpus_per_site, "num_gpus": cfg.federation.gpus_per_site},
         "init_args": {"logging_level": "ERROR", "log_to_driver": True, "include_dashboard": False},
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=build_server_app(rc),
-            client_app=build_client_app(rc),
+    wrap = None if progress is None else (lambda grid: ProgressGrid(grid, progress))
+    with third_party_output(verbose):
+        _run_simulation(
             num_supernodes=len(cfg.data.sites),
-            backend_config=backend_config,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            server_app=build_server_app(rc, wrap),
+            client_app=build_client_app(rc),
+            backend_config=backend_config,  # type: ignore[arg-type]
+            verbose_logging=verbose,
         )
+
+
+@contextmanager
+def third_party_output(verbose: bool) -> Iterator[None]:
+    """Flower's and Ray's notices that say nothing about the run, silenced where they arise (unless --verbose):
+    Ray's FutureWarning on accelerator variables, Flower's INFO/WARNING chatter (e.g. "Manually terminating
+    ClientAppActor" as Ray actors stop). Errors still show. The Ray workers inherit FLWR_LOG_LEVEL."""
+    if verbose:
+        yield
+        return
+    saved_env = os.environ.get("FLWR_LOG_LEVEL")
+    flwr_logger = logging.getLogger("flwr")
+    saved_level = flwr_logger.level
+    os.environ["FLWR_LOG_LEVEL"] = "ERROR"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    flwr_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            yield
+    finally:
+        flwr_logger.setLevel(saved_level)
+        if saved_env is None:
+            os.environ.pop("FLWR_LOG_LEVEL", None)
+        else:
+            os.environ["FLWR_LOG_LEVEL"] = saved_env

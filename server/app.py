@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import Context
@@ -12,15 +13,18 @@ from server.federation import run_federation
 from server.prompt_grid import PromptGrid
 
 
-def build_server_app(bound_run_config: dict[str, Any] | None = None) -> ServerApp:
-    """`bound_run_config` is set by `fedcare simulate` (the simulation API has no run config)."""
+def build_server_app(bound_run_config: Mapping[str, Any] | None = None,
+                     wrap_grid: Callable[[Grid], Grid] | None = None) -> ServerApp:
+    """For an in-process simulation (`fedcare simulate`): `bound_run_config`, the run config (else the context's),
+    and `wrap_grid`, e.g. a Grid that reports progress."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        grid = wrap_grid(grid) if wrap_grid else grid
         if isinstance(grid, HttpGrid):
             grid = PromptGrid(grid)  # Flower's deployment Grid pulls replies every 3 s
-        run_federation(grid, bound_run_config or dict(context.run_config), context)
+        run_federation(grid, bound_run_config or context.run_config, context)
 
     return app
 

@@ -9,10 +9,12 @@ rounds and the strategy shifts every round number by the rounds already done.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
@@ -35,23 +37,25 @@ from server.evaluation import (
 )
 from server.history import NOT_ASKED, RunHistory, write_json_atomic
 from server.strategy import make_strategy
-from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig, config_from_json
+from shared.config import PRETRAIN_PHASE, TRAIN_PHASE, RunConfig
 from shared.errors import InputError
+from shared.io import write_text
 from shared.privacy.accountant import Mechanism, epsilon_opacus
+from shared.run_config import parse_run_config
 from shared.tasks.registry import build_task
 
 THRESHOLD_RULE = ("Youden-optimal bin edge of the sites' summed noisy score histograms (DP evaluation); without them, "
                   "the num-examples-weighted mean of the sites' Youden-optimal validation thresholds")
 
 
-def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = None) -> dict[str, Any]:
-    cfg = config_from_json(str(rc["fedcare-config"]))
-    run_dir, run_id = Path(str(rc["run-dir"])), str(rc["run-id"])
+def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = None) -> dict[str, Any]:
+    """`rc`: the Flower run config (shared/run_config.py)."""
+    spec = parse_run_config(rc, context.run_id if context is not None else None)
+    cfg, run_dir, run_id, resuming = spec.cfg, spec.run_dir, spec.run_id, spec.resume
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
     model = task.build_model()  # same layout at the center and at every site
     start_round = 0
-    resuming = _truthy(rc.get("resume", False))
     if resuming:
         if cfg.secure_aggregation.enabled:  # the legacy SecAgg+ workflow numbers its rounds from 1
             raise InputError(run_dir, "secure_aggregation.enabled", "a run with secure aggregation cannot be resumed")
@@ -64,7 +68,10 @@ def run_federation(grid: Grid, rc: dict[str, Any], context: Context | None = Non
             raise InputError(run_dir, "checkpoints", "the run folder already holds checkpoints; resume it or pick a new folder")
         history = RunHistory(run_dir, list(cfg.data.sites), task.primary_metric)
     if start_round < cfg.total_rounds:
+        _synthesize_if_no_site_data(cfg, history)
         _wait_for_sites(grid, cfg, history)
+    if not (run_dir / "config.yaml").exists():  # `flwr run .`: the fedcare commands wrote it already
+        write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if cfg.pretrain_rounds and not resuming:
         pretrained = run_pretraining(grid, cfg, history, run_dir, run_id)
         task.load_pretrained_encoder(model, pretrained)
@@ -208,10 +215,6 @@ def _site_level_epsilon(history: RunHistory, rounds_trained: list[int]) -> float
     return epsilon_opacus(mechanisms, records[-1]["delta"], records[-1]["accountant"])
 
 
-def _truthy(value: Any) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")
-
-
 def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> tuple[int, list[InputError]]:
     """The round of the newest checkpoint that loads (its weights go into `model`) and the problems of
     newer ones that do not: a damaged newest checkpoint costs a round, not the run."""
@@ -227,13 +230,27 @@ def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> tu
     return int(ckpt["round"]), skipped
 
 
+def _synthesize_if_no_site_data(cfg: RunConfig, history: RunHistory) -> None:
+    """Simulation (`flwr run .` on a fresh checkout): as `fedcare simulate` does, synthetic sites where the data
+    root holds none of them, before any site is asked for anything."""
+    root = Path(cfg.data.root)
+    if cfg.federation.mode == "simulation" and not any((root / s).is_dir() for s in cfg.data.sites):
+        build_task(cfg).synthesize(root, list(cfg.data.sites), cfg.seed)
+        history.note(f"start: no site data under {root}; wrote synthetic data for {len(cfg.data.sites)} sites")
+
+
 def _wait_for_sites(grid: Grid, cfg: RunConfig, history: RunHistory) -> None:
     """Deployment: give every configured site time to connect before round 1 (Flower starts a
     round as soon as strategy.min_sites nodes are online)."""
     expected = len(cfg.data.sites)
-    deadline = time.time() + cfg.federation.wait_for_sites_s
+    simulated = cfg.federation.mode == "simulation"  # virtual SuperNodes register within seconds
+    deadline = time.time() + (min(30.0, cfg.federation.wait_for_sites_s) if simulated else cfg.federation.wait_for_sites_s)
     while (online := len(list(grid.get_node_ids()))) < expected and time.time() < deadline:
         time.sleep(1.0)
+    if simulated and online != expected:  # partition id i is site i: a count off is a wrong site
+        raise InputError("the simulation federation", "num-supernodes",
+                         f"{online} virtual SuperNodes for {expected} sites ({', '.join(cfg.data.sites)}): "
+                         f"flwr run . --federation-config \"num-supernodes={expected}\"")
     if online < expected:
         waited = cfg.federation.wait_for_sites_s
         history.note(f"start: {online} of {expected} sites connected after {waited:.0f} s; starting anyway")

@@ -102,7 +102,7 @@ def _fab_of(project: Path) -> bytes:
 def _flwr_run(dep: Deployment, flwr_home: Path, project: Path, cfg_raw: dict, name: str) -> int:
     """`flwr run` over the center's own local connection; returns the Flower run id."""
     cfg = config_from_dict(cfg_raw, f"{name}.yaml")
-    rc = {"fedcare-config": cfg.to_json(), "run-dir": str(dep.root / "runs" / name), "run-id": name,
+    rc = {"config": cfg.to_json(), "run-dir": str(dep.root / "runs" / name), "run-id": name,
           "cpus-per-site": 1, "resume": False}
     rc_file = dep.root / f"{name}_run_config.toml"
     rc_file.write_text(tomli_w.dumps(rc))
@@ -196,7 +196,7 @@ def trust(tmp_path_factory):
         (hostile_a / "client" / "app.py").write_text(HOSTILE_APP.format(marker=str(marker)))
         outsider, local = _control(dep, OUTSIDER), _control(dep, "127.0.0.1")
         attacker_key = dep.impostor_key()
-        rc = {"fedcare-config": dep.cfg.to_json(), "run-dir": str(root / "runs" / "C"), "run-id": "C", "cpus-per-site": 1,
+        rc = {"config": dep.cfg.to_json(), "run-dir": str(root / "runs" / "C"), "run-id": "C", "cpus-per-site": 1,
               "resume": False}
         facts["outsider"] = {
             "start_run": _call(outsider.StartRun, _start_run_request(_fab_of(hostile_a), rc)),

@@ -112,7 +112,7 @@ def _rc(tmp_path, resume=False, rounds=4):
     raw = json.loads(json.dumps(CFG))
     raw["train"]["rounds"] = rounds
     cfg = config_from_dict(raw, "center.yaml")
-    return {"fedcare-config": cfg.to_json(), "run-dir": str(tmp_path / "run"), "run-id": "run-7", "resume": resume}
+    return {"config": cfg.to_json(), "run-dir": str(tmp_path / "run"), "run-id": "run-7", "resume": resume}
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
@@ -214,9 +214,9 @@ def test_only_reason_codes_of_a_site_are_stored(tmp_path):
 
 def test_rounds_without_enough_connected_sites_are_skipped_not_waited_for_forever(tmp_path):
     rc = _rc(tmp_path, rounds=2)
-    raw = json.loads(rc["fedcare-config"])
+    raw = json.loads(rc["config"])
     raw["federation"]["round_timeout_s"] = 0.5
-    rc["fedcare-config"] = json.dumps(raw)
+    rc["config"] = json.dumps(raw)
     grid = SiteGrid(online=[11])  # one site online, min_sites 2
     summary = run_federation(grid, rc)
     assert grid.asked == [] and not summary["complete"]
