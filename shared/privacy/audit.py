@@ -233,6 +233,7 @@ def audit_ledger(
     site = expected_site
     history: list[Mechanism] = []
     evaluation_history: list[Mechanism] = []
+    count_releases = 0  # the run's noisy training count: a release, not a training round
     recomputed_cache: dict[tuple, float] = {}
     last_round_by_run: dict[str, int] = {}
     last_entry: dict | None = None
@@ -274,6 +275,8 @@ def audit_ledger(
                 history.append(mechanism)
                 if _is_evaluation(entry):
                     evaluation_history.append(mechanism)
+                elif _is_count(entry):
+                    count_releases += 1
                 problem = mechanism_problem(entry, mechanism)
                 if problem is not None:
                     report("mismatch", number, problem)
@@ -327,7 +330,7 @@ def audit_ledger(
             report(kind, number, problem)
     rounds_without_dp = sum(entry["status"] == NO_DP for _, entry in parsed)
     audit.site, audit.entries = site or "?", len(lines)
-    audit.rounds_trained = len(history) - len(evaluation_history) + rounds_without_dp
+    audit.rounds_trained = len(history) - len(evaluation_history) - count_releases + rounds_without_dp
     audit.evaluation_releases = len(evaluation_history)
     if last_entry is not None:
         audit.recorded_epsilon = math.inf if without_dp else float(last_entry["cumulative_epsilon"])

@@ -128,10 +128,19 @@ class Deployment:
         return key
 
     def ledger(self, site: str, evaluations: bool = False) -> list[dict[str, Any]]:
-        """The site's ledger lines: its training rounds, or (`evaluations`) its DP evaluation releases."""
+        """The site's ledger lines: its training rounds, or (`evaluations`) its DP evaluation releases (the noisy
+        training count, a release of its own, is in neither: `count_release`)."""
+        lines = self._ledger_lines(site)
+        return [e for e in lines if (e.get("extra") or {}).get("phase") != "count"
+                and ((e.get("extra") or {}).get("phase") == "evaluate") == evaluations]
+
+    def count_release(self, site: str) -> dict[str, Any] | None:
+        """The ledger line of the site's noisy training count (the FedAvg weight it sends)."""
+        return next((e for e in self._ledger_lines(site) if (e.get("extra") or {}).get("phase") == "count"), None)
+
+    def _ledger_lines(self, site: str) -> list[dict[str, Any]]:
         path = self.state_dir(site) / "privacy_ledger.jsonl"
-        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-        return [e for e in lines if ((e.get("extra") or {}).get("phase") == "evaluate") == evaluations]
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
     def run_id(self) -> str:
         return str(json.loads((self.run_dir / "run.json").read_text())["run_id"])

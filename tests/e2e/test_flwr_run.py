@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_flwr_run_with_a_run_config_override_completes_a_simulation(tmp_path: Path) -> None:
-    raw = yaml.safe_load((REPO / "configs" / "tabular_binary.yaml").read_text())
+    raw = yaml.safe_load((REPO / "fedcare" / "configs" / "tabular_binary.yaml").read_text())
     # no data yet: the ServerApp writes synthetic sites first, as `fedcare simulate` does
     raw["data"] |= {"root": str(tmp_path / "data"), "sites": ["hospital_a", "hospital_b"], "synth_sizes": [60, 60]}
     raw["train"]["rounds"] = 4  # the override below makes it 1

@@ -25,7 +25,7 @@ NOISE = ("DeprecationWarning", "FutureWarning", "deprecated", "Manually terminat
 @pytest.mark.slow
 def test_a_simulation_prints_no_third_party_warnings(tmp_path: Path) -> None:
     assert main(["synth", "--task", "tabular_binary", "--sites", "2", "--sizes", "60,60", "--out", str(tmp_path / "data")]) == 0
-    raw = yaml.safe_load((REPO / "configs" / "tabular_binary.yaml").read_text())
+    raw = yaml.safe_load((REPO / "fedcare" / "configs" / "tabular_binary.yaml").read_text())
     raw["data"] |= {"root": str(tmp_path / "data"), "sites": ["hospital_a", "hospital_b"]}
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "FLWR_LOG_LEVEL")}

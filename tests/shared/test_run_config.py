@@ -22,7 +22,7 @@ def _defaults() -> dict:
 
 def test_pyproject_defaults_name_a_shipped_config_and_a_run_named_after_flowers_run_id():
     spec = parse_run_config(_defaults(), 42)
-    shipped = load_config(REPO / "configs" / "event_mortality.yaml")
+    shipped = load_config(REPO / "fedcare" / "configs" / "event_mortality.yaml")
     assert spec.cfg.to_dict() == shipped.to_dict()
     assert spec.run_id == "flwr-42" and spec.run_dir == Path(shipped.output_dir) / "flwr-42" and not spec.resume
 
@@ -34,12 +34,12 @@ def test_command_line_overrides_change_only_what_they_name(tmp_path):
     assert spec.cfg.task == "tabular_binary" and spec.cfg.train.rounds == 1 and spec.cfg.seed == 3
     assert spec.cfg.data.root == str(tmp_path / "data") and spec.cfg.federation.cpus_per_site == 2
     assert spec.run_id == "trial-1" and spec.run_dir == tmp_path / "runs" / "trial-1" and spec.resume
-    untouched = load_config(REPO / "configs" / "tabular_binary.yaml")
+    untouched = load_config(REPO / "fedcare" / "configs" / "tabular_binary.yaml")
     assert spec.cfg.privacy == untouched.privacy and spec.cfg.model == untouched.model
 
 
 def test_what_the_fedcare_commands_send_round_trips(tmp_path):
-    cfg = load_config(REPO / "configs" / "retain_aki.yaml")
+    cfg = load_config(REPO / "fedcare" / "configs" / "retain_aki.yaml")
     cfg.train.rounds = 7
     spec = parse_run_config(_defaults() | run_config_keys(cfg, "r-1", tmp_path / "run"), 99)
     assert spec.cfg.to_dict() == cfg.to_dict() and spec.run_id == "r-1" and spec.run_dir == (tmp_path / "run").resolve()
