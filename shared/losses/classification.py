@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,31 +23,6 @@ from torch import Tensor, nn
 from shared.losses.reduction import reduce_loss
 
 IGNORE_INDEX = -100
-
-
-def class_weights_from_labels(labels: Tensor | np.ndarray | Sequence[int], n_classes: int) -> Tensor:
-    """Inverse-frequency class weights, normalized so the present classes' weights average 1.
-
-    w_c = (1 / count_c) / mean over present classes c' of (1 / count_c'). A class absent from
-    `labels` gets weight 0 (it never is a target here, so its weight does not enter the loss).
-    Returns a float32 tensor of shape (n_classes,).
-    """
-    labels = torch.as_tensor(labels).detach().cpu().long().flatten()
-    labels = labels[labels != IGNORE_INDEX]
-    counts = torch.bincount(labels, minlength=n_classes).double()
-    present = counts > 0
-    inverse = torch.zeros(n_classes, dtype=torch.float64)
-    inverse[present] = 1.0 / counts[present]
-    return (inverse / inverse[present].mean()).float()
-
-
-def pos_weight_from_labels(labels: Tensor | np.ndarray | Sequence[float]) -> Tensor:
-    """n_negative / n_positive per label column, for `WeightedBCEWithLogits` (1 where undefined)."""
-    labels = torch.as_tensor(labels).detach().cpu().to(torch.float64)
-    positives = labels.sum(dim=0)
-    negatives = (1.0 - labels).sum(dim=0)
-    ratio = torch.where(positives > 0, negatives / positives.clamp(min=1.0), torch.ones_like(positives))
-    return ratio.float()
 
 
 class WeightedBCEWithLogits(nn.Module):
@@ -143,7 +117,7 @@ class CrossEntropy(nn.Module):
 class MultiClassFocalLoss(nn.Module):
     """Multiclass focal loss on logits: loss = -weight[y] * (1 - p_y)^gamma * log p_y.
 
-    `weight` is an optional per-class tensor (e.g. `class_weights_from_labels`); per-step logits
+    `weight` is an optional per-class tensor (public, from the config); per-step logits
     are averaged over each sample's valid steps as in `CrossEntropy`.
     """
 

@@ -53,7 +53,6 @@ from shared.data.splits import split_rows
 from shared.data.synth import synthesize_sites
 from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.errors import InputError
-from shared.losses.classification import public_pos_weight
 from shared.tasks.base import SiteData, Task
 
 PREPROCESSING_FILE = "multimodal_preprocessing.json"
@@ -257,17 +256,9 @@ class MultimodalTask(Task):
 
     def _loss(self) -> nn.Module:
         if self._loss_module is None:
-            from shared.losses.registry import build_loss
+            from shared.losses.registry import build_configured_loss
 
-            t = self.cfg.train
-            params = dict(t.loss_params)
-            if t.loss == "weighted_bce":  # never the site's own label counts (issue 17)
-                params["pos_weight"] = public_pos_weight(params, self.cfg.source)
-            try:
-                with torch.inference_mode(False):  # first use may be an evaluation; its buffers must serve training too
-                    self._loss_module = build_loss(t.loss, **params)
-            except (TypeError, ValueError) as err:
-                raise InputError(self.cfg.source, "train.loss_params", str(err)) from None
+            self._loss_module = build_configured_loss(self.cfg.train.loss, self.cfg.train.loss_params, self.cfg.source)
         return self._loss_module
 
     def loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:

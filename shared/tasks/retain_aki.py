@@ -34,8 +34,7 @@ from shared.data.synth import synthesize_sites
 from shared.data.visit_features import VisitEncoder, VisitTensors, encode_visits
 from shared.data.visits import FEATURES, load_visit_site, visits_from_records
 from shared.errors import InputError
-from shared.losses.classification import public_pos_weight
-from shared.losses.registry import build_loss
+from shared.losses.registry import build_configured_loss
 from shared.models.retain import Retain
 from shared.tasks.base import BINARY_REPORTED_METRICS as REPORTED_METRICS
 from shared.tasks.base import SiteData, Task
@@ -117,13 +116,7 @@ class RetainAkiTask(Task):
 
     # -- model ----------------------------------------------------------------------------
     def _build_loss(self) -> nn.Module:
-        params = dict(self.cfg.train.loss_params)
-        if self.cfg.train.loss == "weighted_bce":
-            params["pos_weight"] = public_pos_weight(params, self.cfg.source)
-        try:
-            return build_loss(self.cfg.train.loss, **params)
-        except TypeError as err:
-            raise InputError(self.cfg.source, "train.loss_params", str(err)) from None
+        return build_configured_loss(self.cfg.train.loss, self.cfg.train.loss_params, self.cfg.source)
 
     def forward(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         x, valid = batch[0], batch[1]

@@ -36,7 +36,6 @@ from shared.data.splits import split_rows
 from shared.data.synth import synthesize_sites
 from shared.data.tabular import TEST_FOLDER, TabularSchema, TabularSite, load_tabular_site, schema_from_config
 from shared.errors import InputError
-from shared.losses.classification import public_pos_weight
 from shared.tasks.base import BINARY_REPORTED_METRICS, SiteData, Task
 
 BINARY_LOSSES = ("bce", "weighted_bce", "focal")
@@ -129,17 +128,9 @@ class TabularTask(Task):
 
     def _loss(self) -> nn.Module:
         if self._loss_module is None:
-            from shared.losses.registry import build_loss
+            from shared.losses.registry import build_configured_loss
 
-            t = self.cfg.train
-            params = dict(t.loss_params)
-            if t.loss == "weighted_bce":  # never the site's own label counts (issue 17)
-                params["pos_weight"] = public_pos_weight(params, self.cfg.source)
-            try:
-                with torch.inference_mode(False):  # first use may be an evaluation; its buffers must serve training too
-                    self._loss_module = build_loss(t.loss, **params)
-            except (TypeError, ValueError) as err:
-                raise InputError(self.cfg.source, "train.loss_params", str(err)) from None
+            self._loss_module = build_configured_loss(self.cfg.train.loss, self.cfg.train.loss_params, self.cfg.source)
         return self._loss_module
 
 

@@ -1,12 +1,10 @@
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from shared.losses.classification import (
@@ -14,8 +12,6 @@ from shared.losses.classification import (
     FocalLoss,
     MultiClassFocalLoss,
     WeightedBCEWithLogits,
-    class_weights_from_labels,
-    pos_weight_from_labels,
 )
 
 
@@ -49,17 +45,17 @@ def test_weighted_bce_matches_torch() -> None:
     torch.testing.assert_close(WeightedBCEWithLogits(pos_weight)(logits, targets.long()), expected)
 
 
-def test_class_weights_and_pos_weight() -> None:
-    weights = class_weights_from_labels(torch.tensor([0, 0, 0, 1]), n_classes=3)
-    torch.testing.assert_close(weights, torch.tensor([0.5, 1.5, 0.0]))  # absent class 2 -> 0
-    labels = np.random.default_rng(0).integers(0, 4, 200)
-    balanced = compute_class_weight("balanced", classes=np.arange(4), y=labels)
-    ours = class_weights_from_labels(labels, 4).numpy()
-    np.testing.assert_allclose(ours, balanced / balanced.mean(), rtol=1e-6)
-    assert class_weights_from_labels([0, 1, 1, 1, -100], 2).tolist() == pytest.approx([1.5, 0.5])
-    two_columns = pos_weight_from_labels([[1, 0], [0, 0], [0, 0], [1, 0]])
-    torch.testing.assert_close(two_columns, torch.tensor([1.0, 1.0]))  # no positives in column 2 -> 1
-    torch.testing.assert_close(pos_weight_from_labels([1, 0, 0, 0]), torch.tensor(3.0))
+def test_configured_loss_needs_a_public_pos_weight_and_names_bad_parameters() -> None:
+    from shared.errors import InputError
+    from shared.losses.registry import build_configured_loss
+
+    loss = build_configured_loss("weighted_bce", {"pos_weight": 3.0}, "run.yaml")
+    torch.testing.assert_close(loss.pos_weight, torch.tensor(3.0))
+    for params in ({}, {"pos_weight": "auto"}, {"pos_weight": -1.0}):
+        with pytest.raises(InputError, match="train.loss_params.pos_weight"):
+            build_configured_loss("weighted_bce", params, "run.yaml")
+    with pytest.raises(InputError, match="run.yaml.*train.loss_params"):
+        build_configured_loss("focal", {"gama": 2.0}, "run.yaml")
 
 
 def test_cross_entropy_plain_and_weighted() -> None:
