@@ -118,8 +118,8 @@ def secure_train(msg: Message, worker: SiteWorker) -> Message:
     check_outgoing(outcome_content(worker, outcome), set(keys))  # the same whitelist as a plain reply
     # float64: Flower quantises in the dtype it is given, and float32 cannot hold ~1e9 quantisation levels
     arrays = [outcome.arrays[k].numpy().astype(np.float64) for k in keys]
-    # the run's noisy count (site_worker: released once, in the ledger); capped at the bound every site's weight obeys
-    num_examples = min(int(outcome.metrics["num-examples"]), int(worker.secagg.max_weight))
+    # the run's noisy count (site_worker: released once, in the ledger, capped at the SecAgg+ max_weight)
+    num_examples = int(outcome.metrics["num-examples"])
     problem = worker.secagg.update_problem(arrays, num_examples)
     if problem is not None:
         record_no_aggregate(worker, server_round, UPDATE_WOULD_CLIP, f"not sent: {problem}")

@@ -465,6 +465,9 @@ class SiteWorker:
         weight = self._released_count(server_round, plan) if plan is not None else None
         if isinstance(weight, RoundOutcome):
             return weight
+        if weight is not None and self.secagg is not None:
+            # post-processing: under SecAgg+ every weight obeys the run's bound, and the saved update says so
+            weight = min(weight, int(self.secagg.max_weight))
         history = self._trained_history()
         model = self._load_global(global_state, phase)
         epochs = self.cfg.pretrain.local_epochs if pretrain else t.local_epochs

@@ -13,10 +13,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from client import site_worker as site_worker_module
 from client.replies import outcome_content
-from client.site_worker import SiteSettings, SiteWorker
+from client.site_worker import UPDATES_DIR, SiteSettings, SiteWorker
 from shared.config import config_from_dict
 from shared.privacy.accountant import Mechanism
 from shared.tasks import event_mortality, retain_aki
@@ -80,6 +81,22 @@ def test_the_training_reply_carries_a_ledgered_noisy_count_not_the_training_size
     # planned with training under the one target: the noise plan already paid for it
     assert Mechanism(**counts[0]["mechanism"]) in worker.ledger.mechanisms()
     assert worker.ledger.spent_epsilon() <= 4.0 * 1.005
+
+
+def test_under_secure_aggregation_the_sent_weight_is_capped_at_max_weight_and_the_saved_update_agrees(tmp_path):
+    """The noisy count can exceed secure_aggregation.max_num_examples; the site caps it (post-processing) before it
+    saves and sends the update, so the update kept for re-sending carries the weight SecAgg+ really used."""
+    root = tmp_path / "data"
+    cfg = _cfg(root, secure_aggregation={"enabled": True, "max_num_examples": 20},
+               data={"sites": [SITE, "site_b", "site_c"], "synth_sizes": [120, 60, 60]})  # SecAgg+ needs 3 sites
+    build_task(cfg).synthesize(root, cfg.data.sites, 0)
+    worker = SiteWorker(cfg, SiteSettings(site=SITE, data_dir=root / SITE, state_dir=tmp_path / "state"), "run-1")
+    assert worker.data.n_train > 20 + 6 * cfg.privacy.count_noise_multiplier  # the draw exceeds the bound
+    outcome = worker.train_round(1, worker.task.build_model().state_dict())
+    released = next(e for e in worker.ledger.entries() if e["extra"].get("phase") == "count")["extra"]["released"]
+    assert released > 20 and outcome.metrics["num-examples"] == 20
+    saved = torch.load(next((tmp_path / "state" / UPDATES_DIR).glob("*.pt")), weights_only=True)
+    assert saved["round"] == 1 and saved["metrics"]["num-examples"] == 20
 
 
 @pytest.mark.parametrize("task", ["event_mortality", "retain_aki"])
