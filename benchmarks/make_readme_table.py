@@ -90,12 +90,13 @@ def round_breakdown(data: dict) -> str:
              "idle_framework")
     summary = _md(
         ["config", "runtime", "round 1 wall (s)", "round 1 overhead", "steady round wall (s)", "steady overhead",
-         "steady site CPU overhead"],
+         "steady site CPU overhead", "round 1 starts after the last site connects (s)"],
         [[r["config"], r["runtime"], _num(r["rounds"][0]["wall_s"], 2) if r["rounds"] else "-",
           f"{r['overhead_round_1']:.1%}" if r.get("overhead_round_1") is not None else "-",
           _num(r.get("round_wall_steady_median_s"), 2),
           f"{r['overhead_steady_median']:.1%}" if r.get("overhead_steady_median") is not None else "-",
-          f"{r['site_cpu_overhead_steady_median']:.1%}" if r.get("site_cpu_overhead_steady_median") is not None else "-"]
+          f"{r['site_cpu_overhead_steady_median']:.1%}" if r.get("site_cpu_overhead_steady_median") is not None else "-",
+          _num(r.get("first_round_start_after_last_connected_s"), 2)]
          for r in data["results"]],
     )
     rows = []

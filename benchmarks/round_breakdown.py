@@ -159,6 +159,10 @@ def run_deployment(raw: dict, tmp: Path, timeout_s: float) -> dict[str, Any]:
         dep.wait_until_registered()
         for site in dep.sites:
             dep.start_client(site, dep.site_yaml(site))
+        clients_started = time.time()
+        # a SuperNode logs its node id once the SuperLink has accepted it: the last of those is "the last site connects"
+        dep.wait_for("every SuperNode to connect", lambda: all("SuperNode ID" in dep.log(s) for s in dep.sites),
+                     timeout_s, interval_s=0.1)
         last_connected = time.time()
         summary_path = dep.run_dir / "summary.json"
         dep.wait_for("the run to finish", summary_path.is_file, timeout_s * (int(raw["train"]["rounds"]) + 2))
@@ -167,8 +171,9 @@ def run_deployment(raw: dict, tmp: Path, timeout_s: float) -> dict[str, Any]:
         files = {s: dep.state_dir(s) / TIMINGS_DIR / f"{run_id}.jsonl" for s in dep.sites}
         result = breakdown(dep.run_dir, files, len(dep.sites))
         starts = [json.loads(f.read_text().splitlines()[0])["start"] for f in files.values() if f.is_file()]
-        # the clients were all started at `last_connected`; round 1 starts when the first train message arrives
-        result["first_round_start_after_clients_started_s"] = round(min(starts) - last_connected, 2) if starts else None
+        # round 1 starts when the first train message arrives at a site
+        result["first_round_start_after_clients_started_s"] = round(min(starts) - clients_started, 2) if starts else None
+        result["first_round_start_after_last_connected_s"] = round(min(starts) - last_connected, 2) if starts else None
     finally:
         dep.stop_all()
     return {"runtime": "deployment", "complete": bool(summary.get("complete")), **result}

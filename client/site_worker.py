@@ -45,7 +45,7 @@ from shared.privacy.dp_evaluation import (
     secure_rng,
 )
 from shared.privacy.keys import generate_site_key, load_private_key
-from shared.privacy.ledger import LEDGER_FILE, NO_DP, REFUSED, SiteLedger
+from shared.privacy.ledger import COUNT_PHASE, LEDGER_FILE, NO_DP, REFUSED, SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
 from shared.privacy.roster import load_roster
 from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
@@ -68,7 +68,6 @@ UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated ro
 REPORTS_DIR = "reports"  # site-only evaluation reports (Task.site_report)
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
 EVALUATE_PHASE = "evaluate"  # extra.phase of a ledger entry recording a DP evaluation release
-COUNT_PHASE = "count"  # extra.phase of the ledger entry recording the run's noisy training count (the FedAvg weight)
 RELEASE_PHASES = (EVALUATE_PHASE, COUNT_PHASE)  # ledger entries of a release, not of a training round
 
 

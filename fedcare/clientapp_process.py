@@ -2,11 +2,20 @@
 
 `fedcare client` runs `flower-supernode --isolation process`: the SuperNode then executes no app
 code itself; it queues each message as a task on its local Runtime API (127.0.0.1). `AppLauncher`
-(a thread of `fedcare client`) keeps one process of this module, from the site's installed packages,
-started and ready (imports done), takes the SuperNode's tasks one at a time and hands each task's
-token to the ready process on its stdin. (Flower expires a claimed task whose process has not
-pulled its input within 30 s: a cold start on a loaded machine can take longer.) The process pulls
-the message, the run and the run's app bundle (FAB) with Flower's own Runtime API calls, then:
+(a thread of `fedcare client`) takes the SuperNode's tasks one at a time and hands each task's token
+to a process of this module, from the site's installed packages, on its stdin:
+
+- one process per run: the messages of a run go to the process that answered the run's first
+  message, which keeps the site's prepared data, model and accounting caches in memory between
+  rounds, as the simulation does (a fresh process per message paid Python, torch and Opacus imports
+  and the site's set-up on every train and evaluate message: deployment rounds of 33-40 s against
+  2-6 s in simulation, DESIGN-NOTES.md). A message of another run stops that process; the run gets a
+  fresh one, so no state crosses runs;
+- a spare process is kept started and imported for the next run (Flower expires a claimed task whose
+  process has not pulled its input within 30 s: a cold start on a loaded machine can take longer).
+
+For each message the process pulls the message, the run and the run's app bundle (FAB) with Flower's
+own Runtime API calls, then:
 
 - reads the bundle as a zip in memory (never extracted, never put on `sys.path`) and compares every
   file with the site's installed code (shared/privacy/code_bundle.py);
@@ -16,22 +25,23 @@ the message, the run and the run's app bundle (FAB) with Flower's own Runtime AP
 - identical: the ClientApp is imported from the installed package (`client.app:app`) and answers.
 
 Any failure of the app is answered with the code `internal_error`; the traceback stays in this
-process's output at the site.
+process's output at the site. The process tells the launcher it is done with a message by one line
+on its original stdout (its own prints go to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import subprocess
 import sys
 import threading
-import time
 import traceback
 from logging import ERROR
 from pathlib import Path
 
-POLL_S = 0.5
+POLL_S = 0.2  # local Runtime API (127.0.0.1): a cheap call
 
 
 def _runtime_client(address: str, token: str | None = None):  # noqa: ANN202 (a Flower RuntimeHttpClient)
@@ -89,8 +99,11 @@ def _warm_up() -> None:
         pass
 
 
-def run_task(runtime_address: str, site_yaml: Path) -> int:
-    """Get ready, wait for a task's token on stdin, answer that one message; returns the exit status."""
+DONE = b"fedcare-clientapp: done\n"  # the line that tells the launcher a message is answered
+
+
+def answer_message(runtime_address: str, token: str, site_yaml: Path, installed: dict[str, str]) -> int | None:
+    """Answer the one message behind `token`; returns its run id (None when the message could not be pulled)."""
     from flwr.app import Error, Message
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore import log
@@ -98,23 +111,16 @@ def run_task(runtime_address: str, site_yaml: Path) -> int:
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
     from client.app import app  # the site's installed ClientApp (never the bundle's)
-    from shared.privacy.code_bundle import installed_manifest
 
-    installed = installed_manifest()
-    # Opacus' import (~2 s of CPU; every DP message needs it: the model registry, the accountant, the trainer)
-    # runs while this process waits for its task; in a thread, so the token is read and the task's heartbeat
-    # started at once (importing first let the claim expire on a loaded machine; DESIGN-NOTES.md)
-    threading.Thread(target=_warm_up, name="fedcare-warm-up", daemon=True).start()
-    token = sys.stdin.readline().strip()
-    if not token:
-        return 0  # the launcher is stopping
     client = _runtime_client(runtime_address, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     context = message = reply = None
-    status, details, code = SubStatus.FAILED, "internal_error", 1
+    run_id = None
+    status, details = SubStatus.FAILED, "internal_error"
     try:
         message, context, run, fab = pull_task_input(client)
+        run_id = run.run_id
         differences, bundle_digest, installed_digest = bundle_check(fab.content, installed)
         if differences:
             log_bundle_refused(site_yaml, run.run_id, message.metadata.message_type, fab.hash_str, differences,
@@ -122,10 +128,10 @@ def run_task(runtime_address: str, site_yaml: Path) -> int:
             print(f"fedcare: run {run.run_id}: app bundle refused, {len(differences)} file(s) differ from the "
                   f"installed code (first: {differences[0]}); see the security log", file=sys.stderr, flush=True)
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="bundle_refused"), reply_to=message)
-            status, details, code = SubStatus.COMPLETED, "bundle_refused", 0
+            status, details = SubStatus.COMPLETED, "bundle_refused"
         else:  # the bundle's files are the installed ones: the installed ClientApp answers
             reply = app(message=message, context=context)
-            status, details, code = SubStatus.COMPLETED, "", 0
+            status, details = SubStatus.COMPLETED, ""
     except Exception:  # the center gets a code, the traceback stays here
         log(ERROR, "fedcare ClientApp process failed:\n%s", traceback.format_exc())
         if message is not None:
@@ -138,26 +144,49 @@ def run_task(runtime_address: str, site_yaml: Path) -> int:
             push_task_output(client, context, status, details)
             heartbeat.stop()
             client.close()
-    return code
+    return run_id
+
+
+def serve(runtime_address: str, site_yaml: Path) -> int:
+    """Get ready, then answer the messages whose tokens arrive on stdin, one line each, until stdin closes."""
+    done = os.fdopen(os.dup(1), "wb", buffering=0)  # the launcher's channel: nothing else writes to it
+    os.dup2(2, 1)  # prints of the app and its libraries go to stderr
+    from client.app import app  # noqa: F401 (imported before the first token: the task's claim must not expire)
+    from shared.privacy.code_bundle import installed_manifest
+
+    installed = installed_manifest()
+    # Opacus' import (~2 s of CPU; every DP message needs it: the model registry, the accountant, the trainer)
+    # runs while this process waits for its first task; in a thread, so the token is read and the task's
+    # heartbeat started at once (importing first let the claim expire on a loaded machine; DESIGN-NOTES.md)
+    threading.Thread(target=_warm_up, name="fedcare-warm-up", daemon=True).start()
+    for line in sys.stdin:
+        token = line.strip()
+        if not token:
+            break
+        answer_message(runtime_address, token, site_yaml, installed)
+        done.write(DONE)
+    return 0
 
 
 class AppLauncher(threading.Thread):
-    """Takes the SuperNode's ClientApp tasks one at a time (the site's logs have one writer) and hands
-    each to a ready `python -P -m fedcare.clientapp_process` (-P: no working folder on sys.path)."""
+    """Takes the SuperNode's ClientApp tasks one at a time (the site's logs have one writer) and hands each
+    to the process serving its run, or to the ready spare `python -P -m fedcare.clientapp_process`
+    (-P: no working folder on sys.path), which then serves that run."""
 
     def __init__(self, runtime_address: str, site_yaml: Path, env: dict[str, str]) -> None:
         super().__init__(name="fedcare-app-launcher", daemon=True)
         self.runtime_address, self.site_yaml, self.env = runtime_address, site_yaml, env
         self.stopping = threading.Event()
-        self.ready: subprocess.Popen[bytes] | None = None
+        self.ready: subprocess.Popen[bytes] | None = None  # started, not yet serving a run
+        self.serving: tuple[int, subprocess.Popen[bytes]] | None = None  # (run id, its process)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-P", "-m", "fedcare.clientapp_process", "--runtime-api-address", self.runtime_address,
                 "--site-config", str(self.site_yaml)]
         # under the process guard: it dies with the `fedcare client` wrapper, even one killed with SIGKILL;
-        # the guard does not read stdin, so the token written to the pipe reaches the app process
+        # the guard reads neither stdin nor stdout, so tokens reach the app process and its done lines come back
         guarded = [sys.executable, "-P", "-m", "fedcare.process_guard", str(os.getpid()), "--", *argv]
-        return subprocess.Popen(guarded, env=self.env, stdin=subprocess.PIPE)
+        return subprocess.Popen(guarded, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def run(self) -> None:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -178,23 +207,49 @@ class AppLauncher(threading.Thread):
                 self.stopping.wait(2.0)
                 continue
             if res.HasField("task") and res.token:
-                self._hand_over(self.ready, res.token)
-                self.ready = None
+                self._hand_over(self._process_for(int(res.task.run_id)), res.token)
             else:
                 self.stopping.wait(POLL_S)
-        if self.ready is not None:
-            _stop(self.ready)
+        for proc in (self.ready, self.serving[1] if self.serving else None):
+            if proc is not None:
+                _stop(proc)
+
+    def _process_for(self, run_id: int) -> subprocess.Popen[bytes]:
+        """The live process serving `run_id`, else the spare, which from now on serves it (no state crosses runs:
+        the process of another run is stopped)."""
+        if self.serving is not None:
+            served, proc = self.serving
+            if served == run_id and proc.poll() is None:
+                return proc
+            _stop(proc)
+        assert self.ready is not None
+        proc, self.ready = self.ready, None
+        self.serving = (run_id, proc)
+        return proc
 
     def _hand_over(self, proc: subprocess.Popen[bytes], token: str) -> None:
+        """Give `proc` the token and wait until it has answered (or died: Flower then expires the task's claim
+        and offers it again, to a fresh process)."""
+        assert proc.stdin is not None and proc.stdout is not None
         try:
-            assert proc.stdin is not None
             proc.stdin.write(f"{token}\n".encode())
-            proc.stdin.close()
+            proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            return  # it died while waiting: Flower expires the task's claim and offers it again
-        while proc.poll() is None and not self.stopping.is_set():
-            time.sleep(0.2)
+            self._forget(proc)
+            return
+        while not self.stopping.is_set():
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                line = proc.stdout.readline()
+                if line == DONE:
+                    return
+                if not line:  # it exited
+                    break
+        self._forget(proc)
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
         _stop(proc)
+        if self.serving is not None and self.serving[1] is proc:
+            self.serving = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -216,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--site-config", required=True)
     args = parser.parse_args(argv)
-    return run_task(args.runtime_api_address, Path(args.site_config))
+    return serve(args.runtime_api_address, Path(args.site_config))
 
 
 if __name__ == "__main__":

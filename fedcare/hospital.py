@@ -1,21 +1,22 @@
 """`fedcare client`: one hospital's SuperNode, kept running, and the site's own ClientApp process.
 
 Validates the site.yaml first (paths, keys, policy, address: one-line errors), then runs
-`flower-supernode --isolation process` with the site's TLS root certificate, SuperNode
-authentication key and node config `site-config=<site.yaml>`. With process isolation the SuperNode
-runs no app code: this wrapper's `AppLauncher` answers each message with
-`fedcare.clientapp_process`, which loads the ClientApp from the site's installed packages and
-refuses a run whose app bundle differs from them (fedcare/clientapp_process.py). The SuperNode's
-Runtime API listens on 127.0.0.1 only. The wrapper starts the SuperNode again whenever it exits:
-the SuperLink restarted (the node's old id is unknown to it), the network dropped, or the
-SuperLink still counts a crashed earlier instance of this node as online (activation is refused
-until its heartbeat expires, about a minute). Meanwhile `fedcare.link_health` probes the SuperLink
-itself: the health check (--health-port) fails while it is unreachable, and a plaintext site against
-a TLS center (or the reverse) gets a one-line hint instead of silent retries.
+`flower-supernode --isolation process` (through fedcare.supernode_runner: a 0.5 s idle beat) with the
+site's TLS root certificate, SuperNode authentication key and node config `site-config=<site.yaml>`.
+With process isolation the SuperNode runs no app code: this wrapper's `AppLauncher` answers each message
+with `fedcare.clientapp_process` (one process per run), which loads the ClientApp from the site's
+installed packages and refuses a run whose app bundle differs from them (fedcare/clientapp_process.py).
+The SuperNode's Runtime API listens on 127.0.0.1 only. The wrapper starts the SuperNode again whenever
+it exits: the SuperLink restarted (the node's old id is unknown to it), the network dropped, or the
+SuperLink still counts a crashed earlier instance of this node as online (activation is refused until
+its heartbeat expires, about a minute). Meanwhile `fedcare.link_health` probes the SuperLink itself: the
+health check (--health-port) fails while it is unreachable, and a plaintext site against a TLS center
+(or the reverse) gets a one-line hint instead of silent retries.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from rich.console import Console
 
 from client.site_config import SiteDeployment, load_site_deployment
 from fedcare.clientapp_process import AppLauncher
-from fedcare.flower_processes import FlowerProcess, flower_env, flower_executable
+from fedcare.flower_processes import FlowerProcess, flower_env
 from fedcare.link_health import LinkMonitor
 from shared.training.devices import resolve_device
 
@@ -31,7 +32,8 @@ FIRST_RETRY_S, MAX_RETRY_S = 2.0, 30.0
 
 
 def supernode_argv(site: SiteDeployment, site_yaml: Path, runtime_port: int) -> list[str]:
-    argv = [flower_executable("flower-supernode"), "--superlink", site.superlink,
+    # Flower's SuperNode with a 0.5 s idle beat instead of 3 s (fedcare/supernode_runner.py)
+    argv = [sys.executable, "-m", "fedcare.supernode_runner", "--superlink", site.superlink,
             "--node-config", f'site-config="{site_yaml.resolve()}"', "--host", "127.0.0.1", "--port", str(runtime_port),
             "--isolation", "process"]
     if site.insecure:

@@ -1,8 +1,9 @@
 """Progress you can watch: a rich bar with ETA for a simulation (rounds x sites: local training,
 evaluation, aggregation) and for the long loops of `explain`, `synth` and the benchmarks.
 
-A simulation's ServerApp talks to the sites through a Grid; `ProgressGrid` wraps it and reports each
-request it pushes and each reply as it arrives, so the bar moves per site, not per round. The bar is
+A simulation's ServerApp talks to the sites through a Grid; `ProgressGrid` (fedcare/progress_grid.py,
+apart so that `synth` and the benchmarks do not import Flower) wraps it and reports each request it
+pushes and each reply as it arrives, so the bar moves per site, not per round. The bar is
 drawn only on a terminal (rich turns it off otherwise, e.g. in CI); the events are recorded either way.
 """
 
@@ -16,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message
-from flwr.serverapp import Grid
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -125,55 +124,3 @@ class RunProgress:
         completed = before + offset + min(done, self.sites)
         self._bar.update(self._task, description=f"round {server_round}/{self.total_rounds}: {PHASES.get(phase, phase)} {detail}",
                          completed=completed)
-
-
-class ProgressGrid(Grid):
-    """A Grid that reports each request it sends and each reply as it arrives; everything else is the inner grid's."""
-
-    def __init__(self, inner: Grid, progress: RunProgress, pull_interval: float = 0.1) -> None:
-        self._inner, self._progress, self._pull_interval = inner, progress, pull_interval
-        self._round = 0
-
-    def set_run(self, run: Any) -> None:
-        self._inner.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self._inner.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self._inner.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._inner.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self._inner.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._inner.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """As Flower's grids do it (push, then pull until every reply is in or the timeout passes), reporting each reply."""
-        messages = list(messages)
-        phase = messages[0].metadata.message_type.split(".")[0] if messages else ""
-        for msg in messages:
-            if "config" in msg.content and "server-round" in msg.content["config"]:
-                self._round = int(msg.content["config"]["server-round"])
-        if phase in PHASES:
-            self._progress.requested(self._round, phase, len(messages))
-        waiting = set(self.push_messages(messages))
-        total, replies = len(waiting), []
-        deadline = None if timeout is None else time.time() + timeout
-        while waiting and (deadline is None or time.time() < deadline):
-            new = list(self.pull_messages(waiting))
-            replies.extend(new)
-            waiting.difference_update(m.metadata.reply_to_message_id for m in new)
-            if new and phase in PHASES:
-                self._progress.replied(self._round, phase, len(replies), total)
-            if waiting:
-                time.sleep(self._pull_interval)
-        return replies

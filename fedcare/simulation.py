@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from fedcare.progress import ProgressGrid, RunProgress
+from fedcare.progress import RunProgress
+from fedcare.progress_grid import ProgressGrid
 from shared.config import RunConfig
 from shared.errors import InputError
 from shared.io import load_json, write_text

@@ -20,8 +20,8 @@ PULL_S = 0.2
 
 
 class PromptGrid(Grid):
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+    def __init__(self, grid: Grid, pull_interval: float = PULL_S) -> None:
+        self._grid, self._pull_interval = grid, pull_interval
 
     def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
@@ -47,17 +47,28 @@ class PromptGrid(Grid):
         return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        pending = set(self._grid.push_messages(messages))
+        messages = list(messages)
+        self.sending(messages)
+        pending = set(self.push_messages(messages))
+        total = len(pending)
         end = time.time() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []
         while timeout is None or time.time() < end:
-            arrived = list(self._grid.pull_messages(pending))
+            arrived = list(self.pull_messages(pending))
             replies.extend(arrived)
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
+            if arrived:
+                self.received(len(replies), total)
             if not pending:
                 break
-            time.sleep(PULL_S)
+            time.sleep(self._pull_interval)
         return replies
+
+    def sending(self, messages: list[Message]) -> None:
+        """Called with each batch of requests before it is pushed (a hook for subclasses)."""
+
+    def received(self, done: int, total: int) -> None:
+        """Called each time replies arrive: `done` of `total` are in (a hook for subclasses)."""
 
     def __getattr__(self, name: str):  # noqa: ANN204 (anything else a concrete Grid offers)
         return getattr(self._grid, name)

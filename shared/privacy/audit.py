@@ -29,6 +29,7 @@ from shared.privacy.accountant import ACCOUNTANTS, Mechanism, epsilon_independen
 from shared.privacy.keys import load_public_key, public_key_fingerprint
 from shared.privacy.ledger import (
     BUDGET_EXHAUSTED,
+    COUNT_PHASE,
     GENESIS_HASH,
     LEDGER_STATUSES,
     LEDGER_VERSION,
@@ -67,7 +68,6 @@ REQUIRED_FIELDS = (
 # PLD accountant has its own discretisation error: allow this much absolute slack on top of `tolerance`.
 _PRV_ABSOLUTE_SLACK = 0.02
 EVALUATION_PHASE = "evaluate"
-COUNT_PHASE = "count"  # the run's noisy training count, the FedAvg weight a site sends (client/site_worker.py)
 
 
 @dataclass

@@ -43,6 +43,7 @@ NO_DP = "no_dp"  # trained without DP (privacy.enabled false or target .inf): ep
 NO_AGGREGATE = "no_aggregate"
 LEDGER_STATUSES = (TRAINED, BUDGET_EXHAUSTED, REFUSED, NO_DP, NO_AGGREGATE)
 MECHANISM_FIELDS = ("noise_multiplier", "sample_rate", "steps")
+COUNT_PHASE = "count"  # extra.phase of the entry recording the run's noisy training count (the FedAvg weight a site sends)
 
 
 def canonical_json(value: Any) -> str:

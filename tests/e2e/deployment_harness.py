@@ -238,12 +238,12 @@ class Deployment:
             if proc.poll() is None:
                 proc.wait(timeout=10)
 
-    def wait_for(self, what: str, condition: Callable[[], bool], timeout_s: float) -> None:
+    def wait_for(self, what: str, condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.5) -> None:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if condition():
                 return
-            time.sleep(0.5)
+            time.sleep(interval_s)
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.diagnostics()}")
 
     def diagnostics(self) -> str:

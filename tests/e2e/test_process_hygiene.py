@@ -57,7 +57,8 @@ def facts(tmp_path_factory):
         client = dep.start_client("site_a")
         dep.wait_for("the ServerApp to start", lambda: _has(server, "flwr-serverapp"), timeout_s=180)
         dep.wait_for("site_a's SuperNode and its ClientApp process",
-                     lambda: _has(client, "flower-supernode") and _has(client, "fedcare.clientapp_process"), timeout_s=180)
+                     lambda: _has(client, "fedcare.supernode_runner") and _has(client, "fedcare.clientapp_process"),
+                     timeout_s=180)
 
         before = sorted(p.name for p in dep.run_dir.iterdir())
         resume = dep._start("resume", "server", "--resume", str(dep.run_dir), "--certs", str(dep.certs.root),
@@ -89,7 +90,7 @@ def test_resume_while_the_run_is_alive_is_refused_with_one_line(facts):
 
 def test_kill_9_of_the_client_wrapper_leaves_no_orphan(facts):
     family = facts["client_family"]
-    assert any("flower-supernode" in c for c in family.values())
+    assert any("fedcare.supernode_runner" in c for c in family.values())
     assert any("fedcare.clientapp_process" in c for c in family.values())
     assert facts["client_survivors"] == {}
 

@@ -9,7 +9,8 @@ import time
 import pytest
 from rich.console import Console
 
-from fedcare.progress import ProgressGrid, RunProgress, site_by_site, tracked
+from fedcare.progress import RunProgress, site_by_site, tracked
+from fedcare.progress_grid import ProgressGrid
 from server.federation import run_federation
 from shared.errors import InputError
 from tests.server.test_resume_and_site_tracking import SiteGrid, _rc, serverapp_identity  # noqa: F401 (autouse fixture)

@@ -1,0 +1,55 @@
+"""`python -m fedcare.supernode_runner <flower-supernode arguments>`: Flower's SuperNode with a shorter
+idle beat; what `fedcare client` runs instead of the bare `flower-supernode`.
+
+Flower 1.41's SuperNode sleeps 3 s whenever a pull from the SuperLink finds no message, and polls the
+local reply store every 0.5 s (`flwr/supernode/start_client_internal.py`, neither configurable). A
+round has two messages per site (train, evaluate), and the next one is never there on the pull right
+after a reply: each waited out a full 3 s beat, so a deployment round of a small config took 9 s of
+which under 1 s was work (benchmarks/round_breakdown.py). This runner starts the very same SuperNode
+with that module's `time.sleep` replaced: the idle beat becomes `IDLE_PULL_S` and the reply poll
+`REPLY_POLL_S`. Cost: one Fleet API pull per site every `IDLE_PULL_S` while idle. It checks the
+installed flwr version, since it patches a module attribute.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import SimpleNamespace
+
+FLOWER_VERSION = "1.41.0"
+FLOWER_IDLE_S, FLOWER_REPLY_POLL_S = 3, 0.5  # the values in flwr 1.41's start_client_internal
+IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.1
+
+
+def shortened_sleep(seconds: float) -> None:
+    """Flower's idle beat and reply poll, shortened; any other sleep unchanged."""
+    if seconds == FLOWER_IDLE_S:
+        seconds = IDLE_PULL_S
+    elif seconds == FLOWER_REPLY_POLL_S:
+        seconds = REPLY_POLL_S
+    time.sleep(seconds)
+
+
+def patch_supernode() -> None:
+    import flwr
+    from flwr.supernode import start_client_internal
+
+    if flwr.__version__ != FLOWER_VERSION:
+        raise RuntimeError(f"fedcare.supernode_runner patches flwr {FLOWER_VERSION}'s SuperNode loop; "
+                           f"installed flwr is {flwr.__version__}")
+    # the module's own `time` only: other modules' sleeps (retries, heartbeats) keep their timing
+    names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+    start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})
+
+
+def main() -> None:
+    patch_supernode()
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

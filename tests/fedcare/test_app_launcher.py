@@ -1,0 +1,113 @@
+"""The hospital's app launcher keeps one ClientApp process per run (issue 23: no process start, import and site
+set-up per message) and never lets a process serve two runs; `serve` answers token after token and reports
+each on its own channel, whatever the app prints."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from fedcare import clientapp_process
+from fedcare.clientapp_process import DONE, AppLauncher
+
+
+class FakeProcess:
+    """A started app process: records the tokens it is given and answers each with the done line."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.tokens, self.stopped = name, [], False
+        self.stdin = self
+        read_fd, self._write_fd = os.pipe()
+        self.stdout = os.fdopen(read_fd, "rb")
+
+    def write(self, data: bytes) -> None:
+        self.tokens.append(data.decode().strip())
+        os.write(self._write_fd, DONE)
+
+    def flush(self) -> None:
+        pass
+
+    def poll(self) -> int | None:
+        return 0 if self.stopped else None
+
+
+def _launcher(monkeypatch):
+    spawned = []
+
+    def spawn(self):
+        spawned.append(FakeProcess(f"p{len(spawned)}"))
+        return spawned[-1]
+
+    def stop(proc):
+        proc.stopped = True
+
+    monkeypatch.setattr(AppLauncher, "_spawn", spawn)
+    monkeypatch.setattr(clientapp_process, "_stop", stop)
+    launcher = AppLauncher("127.0.0.1:1", None, {})
+    return launcher, spawned
+
+
+def test_the_messages_of_one_run_go_to_one_process_and_another_run_gets_a_fresh_one(monkeypatch):
+    launcher, spawned = _launcher(monkeypatch)
+
+    def deliver(run_id, token):
+        if launcher.ready is None:
+            launcher.ready = launcher._spawn()  # what run() keeps: one spare started
+        proc = launcher._process_for(run_id)
+        launcher._hand_over(proc, token)
+        return proc
+
+    first = [deliver(7, t) for t in ("train-1", "evaluate-1", "train-2", "evaluate-2")]
+    assert len({p.name for p in first}) == 1 and first[0].tokens == ["train-1", "evaluate-1", "train-2", "evaluate-2"]
+    assert not first[0].stopped
+    other = deliver(8, "train-1")
+    assert other is not first[0] and other.tokens == ["train-1"]
+    assert first[0].stopped  # no process serves two runs
+    assert deliver(7, "train-3") not in (first[0], other) and other.stopped  # run 7 again: fresh, not the old one
+
+
+def test_a_process_that_dies_mid_message_is_forgotten(monkeypatch):
+    launcher, _ = _launcher(monkeypatch)
+    launcher.ready = launcher._spawn()
+    proc = launcher._process_for(3)
+    os.close(proc._write_fd)  # exits without a done line
+    proc.write = lambda data: None
+    launcher._hand_over(proc, "train-1")
+    assert proc.stopped and launcher.serving is None
+
+
+def test_serve_answers_each_token_and_its_prints_never_reach_the_done_channel(tmp_path):
+    """The real `serve` loop in a subprocess, with `answer_message` replaced by one that prints to stdout."""
+    script = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from fedcare import clientapp_process as cp
+        cp._warm_up = lambda: None  # no Opacus import
+        def answer(address, token, site_yaml, installed):
+            print("app output for", token)  # what a library printing to stdout would do
+            return 1
+        cp.answer_message = answer
+        sys.exit(cp.serve("127.0.0.1:1", Path("site.yaml")))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], input=b"tok-a\ntok-b\n\n", capture_output=True, timeout=120,
+                          cwd=os.getcwd())
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout == DONE * 2
+    assert b"app output for tok-a" in proc.stderr and b"app output for tok-b" in proc.stderr
+
+
+def test_the_supernode_runner_shortens_only_flowers_idle_beat_and_reply_poll(monkeypatch):
+    from flwr.supernode import start_client_internal
+
+    from fedcare import supernode_runner
+
+    slept = []
+    monkeypatch.setattr(supernode_runner.time, "sleep", slept.append)
+    for seconds in (3, 0.5, 2.0):
+        supernode_runner.shortened_sleep(seconds)
+    assert slept == [supernode_runner.IDLE_PULL_S, supernode_runner.REPLY_POLL_S, 2.0]
+    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # undone after the test
+    supernode_runner.patch_supernode()
+    assert start_client_internal.time.sleep is supernode_runner.shortened_sleep
+    assert start_client_internal.time.time is supernode_runner.time.time  # the rest of `time` unchanged
+    assert supernode_runner.time.sleep is not supernode_runner.shortened_sleep  # the real module untouched
