@@ -3,7 +3,8 @@
 Runs the demo config (`fedcare/configs/event_mortality.yaml`, what `fedcare simulate` runs) with the site code itself,
 in one process and without Flower: each hospital is a `client.site_worker.SiteWorker` (its own data, noise
 plan, ledger, DP-SGD with noise from the OS CSPRNG, its DP releases), the center averages the weights by the
-`num-examples` each site sends (FedAvg) and derives the validation metrics from what the sites release, as
+`num-examples` each site sends (FedAvg; then the configured server optimiser's step for `strategy.name`
+fedavgm / fedadam / fedyogi) and derives the validation metrics from what the sites release, as
 `server/` does. Two ways to evaluate, each over `--draws` runs:
 
 - **exact**: the site policy's `release.exact_metrics` (evaluation outside the guarantee): the whole epsilon
@@ -42,6 +43,7 @@ from client.site_worker import SiteSettings, SiteWorker  # noqa: E402
 from fedcare.configs import resolve_config  # noqa: E402
 from fedcare.simulation import ensure_site_data  # noqa: E402
 from server.evaluation import aggregate_metrics  # noqa: E402
+from server.server_optimizer import SERVER_OPTIMIZERS, ServerOptimizer  # noqa: E402
 from shared.config import RunConfig, config_from_dict  # noqa: E402
 from shared.metrics import auroc  # noqa: E402
 from shared.privacy.dp_evaluation import released_metrics  # noqa: E402
@@ -69,6 +71,9 @@ def one_run(cfg: RunConfig, exact: bool, scratch: Path, run_id: str) -> dict[str
     task = next(iter(workers.values())).task
     torch.manual_seed(cfg.seed)
     state = task.build_model().state_dict()
+    sc = cfg.strategy
+    optimizer = (ServerOptimizer.create(sc.name, sc.server_lr, sc.server_momentum, sc.server_tau, sc.server_warmup_rounds)
+                 if sc.name in SERVER_OPTIMIZERS else None)
     evaluations: dict[str, dict[str, float]] = {}
     sent_weights: dict[str, float] = {}
     states_by_round = []
@@ -81,7 +86,11 @@ def one_run(cfg: RunConfig, exact: bool, scratch: Path, run_id: str) -> dict[str
             states.append(outcome.arrays)
             weights.append(float(outcome.metrics["num-examples"]))
             sent_weights[site] = weights[-1]
-        state = fedavg(states, weights)
+        averaged = fedavg(states, weights)
+        if optimizer is not None:  # the center's server optimiser (strategy fedavgm/fedadam/fedyogi), as server/ does
+            stepped = optimizer.step({k: v.numpy() for k, v in state.items()}, {k: v.numpy() for k, v in averaged.items()})
+            averaged = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stepped.items()}
+        state = averaged
         states_by_round.append(state)
         evaluations = {site: worker.evaluate(state, rnd) for site, worker in workers.items()}
     true_auroc, n_val = model_auroc(task, workers, state)
