@@ -19,6 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+PINNED_FLOWER = "1.41.0"  # fedcare patches module attributes of this release (superlink_guard, supernode_runner)
+
+
+def require_flower_version(what: str) -> None:
+    """Stop with one line when the installed flwr is not the release `what` patches."""
+    import flwr
+
+    if flwr.__version__ != PINNED_FLOWER:
+        raise SystemExit(f"{what} is written for flwr {PINNED_FLOWER}, found {flwr.__version__}")
+
 
 def flower_executable(name: str) -> str:
     """A Flower command from the interpreter's own environment (a venv need not be on PATH)."""

@@ -21,10 +21,11 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from fedcare.flower_processes import require_flower_version
+
 LOCAL_CLIENTS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 PUBLIC_PATHS = ("/v1/fleet/", "/health")
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-FLOWER_VERSION = "1.41.0"
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -79,13 +80,11 @@ def _one_name_per_node(state_class: type) -> None:
 
 def install() -> None:
     """Patch Flower's SuperLink app factory and link states (checked against the pinned version)."""
-    import flwr
     import flwr.superlink.main as superlink_main
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
 
-    if flwr.__version__ != FLOWER_VERSION:
-        raise SystemExit(f"fedcare.superlink_guard is written for flwr {FLOWER_VERSION}, found {flwr.__version__}")
+    require_flower_version("fedcare.superlink_guard")
     create_app = superlink_main.create_app
 
     def guarded_create_app(*args: Any, **kwargs: Any) -> Any:

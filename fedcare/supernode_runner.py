@@ -17,7 +17,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-FLOWER_VERSION = "1.41.0"
+from fedcare.flower_processes import require_flower_version
+
 FLOWER_IDLE_S, FLOWER_REPLY_POLL_S = 3, 0.5  # the values in flwr 1.41's start_client_internal
 IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.1
 
@@ -32,12 +33,9 @@ def shortened_sleep(seconds: float) -> None:
 
 
 def patch_supernode() -> None:
-    import flwr
     from flwr.supernode import start_client_internal
 
-    if flwr.__version__ != FLOWER_VERSION:
-        raise RuntimeError(f"fedcare.supernode_runner patches flwr {FLOWER_VERSION}'s SuperNode loop; "
-                           f"installed flwr is {flwr.__version__}")
+    require_flower_version("fedcare.supernode_runner")
     # the module's own `time` only: other modules' sleeps (retries, heartbeats) keep their timing
     names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})
