@@ -274,8 +274,9 @@ class SleepStagingTask(SleepTask):
         return model(batch[0], batch[1], batch[2])  # (B, N, 5)
 
     def loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.criterion is None:
-            self.criterion = self.build_criterion()
+        if self.criterion is None:  # prepare_site builds it; a site served from its data cache builds it here
+            with torch.inference_mode(False):  # maybe inside an evaluation: its class weights must be normal tensors
+                self.criterion = self.build_criterion()
         logits = self.forward(model, batch).float()
         return self.criterion.to(logits.device)(logits, batch[-1])
 

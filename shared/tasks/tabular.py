@@ -130,7 +130,8 @@ class TabularTask(Task):
         if self._loss_module is None:
             from shared.losses.registry import build_configured_loss
 
-            self._loss_module = build_configured_loss(self.cfg.train.loss, self.cfg.train.loss_params, self.cfg.source)
+            with torch.inference_mode(False):  # maybe first built inside an evaluation: buffers must be normal tensors
+                self._loss_module = build_configured_loss(self.cfg.train.loss, self.cfg.train.loss_params, self.cfg.source)
         return self._loss_module
 
 

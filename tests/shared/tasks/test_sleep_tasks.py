@@ -189,3 +189,21 @@ def test_fedcare_synth_writes_psg_sites(tmp_path: Path) -> None:
     for site, n in (("hospital_a", 2), ("hospital_b", 1)):
         frame = pd.read_csv(tmp_path / site / "recordings.csv")
         assert len(frame) == n and (tmp_path / site / frame["psg_file"][0]).read_bytes()[:8] == b"0       "
+
+
+def test_a_loss_first_built_inside_an_evaluation_still_trains(sleep_root: Path) -> None:
+    """A site served from its data cache never runs prepare_site, so the task builds its criterion on the first
+    loss call, which can be an evaluation under torch.inference_mode (a Ray actor or a resumed run that evaluates
+    first). Its class weights must still be usable by autograd (CI flake of stop 26: "Inference tensors cannot be
+    saved for backward" in the next training round)."""
+    cfg = config_from_dict(_config("sleep_staging", sleep_root))
+    task = build_task(cfg)
+    data = build_task(cfg).prepare_site(sleep_root / "a", "a", sleep_root / "state_a")  # another task object prepared it
+    assert task.criterion is None
+    model = task.build_model()
+    batch = list(data.train.tensors)
+    with torch.inference_mode():
+        task.loss(model.eval(), batch)  # the evaluation builds the criterion
+    loss = task.loss(model.train(), batch)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
