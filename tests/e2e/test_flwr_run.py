@@ -71,7 +71,10 @@ def test_flwr_run_with_a_run_config_override_completes_a_simulation(tmp_path: Pa
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["rounds_planned"] == 1 and summary["run_id"] == run_dir.name
     assert summary["sites"]["hospital_a"]["rounds_trained"] == [1] and summary["sites"]["hospital_b"]["rounds_trained"] == [1]
-    assert 0.0 <= summary["final_weighted"]["auroc"] <= 1.0
+    # released through the DP evaluation: 15 validation rows per site under noise 4 per count can leave the
+    # noisy class counts too small for an AUROC, which is then reported as undefined, never made up
+    auroc = summary["final_weighted"]["auroc"]
+    assert auroc is None or 0.0 <= auroc <= 1.0
     assert f"start: no site data under {tmp_path / 'data'}; wrote synthetic data for 2 sites" in summary["events"]
     assert (run_dir / "checkpoints" / "round_001.pt").is_file()
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["rounds"] == 1  # the resolved config
