@@ -102,8 +102,8 @@ def _warm_up() -> None:
 DONE = b"fedcare-clientapp: done\n"  # the line that tells the launcher a message is answered
 
 
-def answer_message(runtime_address: str, token: str, site_yaml: Path, installed: dict[str, str]) -> int | None:
-    """Answer the one message behind `token`; returns its run id (None when the message could not be pulled)."""
+def answer_message(runtime_address: str, token: str, site_yaml: Path, installed: dict[str, str]) -> None:
+    """Answer the one message behind `token` (any failure is answered with `internal_error`)."""
     from flwr.app import Error, Message
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore import log
@@ -116,11 +116,9 @@ def answer_message(runtime_address: str, token: str, site_yaml: Path, installed:
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     context = message = reply = None
-    run_id = None
     status, details = SubStatus.FAILED, "internal_error"
     try:
         message, context, run, fab = pull_task_input(client)
-        run_id = run.run_id
         differences, bundle_digest, installed_digest = bundle_check(fab.content, installed)
         if differences:
             log_bundle_refused(site_yaml, run.run_id, message.metadata.message_type, fab.hash_str, differences,
@@ -144,7 +142,6 @@ def answer_message(runtime_address: str, token: str, site_yaml: Path, installed:
             push_task_output(client, context, status, details)
             heartbeat.stop()
             client.close()
-    return run_id
 
 
 def serve(runtime_address: str, site_yaml: Path) -> int:
