@@ -14,7 +14,7 @@ from rich.console import Console
 
 from fedcare.configs import resolve_config
 from shared.errors import InputError
-from shared.io import load_json, write_json
+from shared.io import load_json, write_json, write_text
 
 DEFAULT_CONFIG = "event_mortality"  # a shipped config (fedcare/configs/); a path works too
 CONFIG_HELP = "a shipped config name (e.g. retain_aki, sleep_diagnosis) or a YAML path: "
@@ -263,6 +263,29 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for site, n in counts.items():
         console.print(f"  {site}: {n} stays")
     console.print(f"wrote {len(counts)} event_mortality sites to {out} (data.root: {out}, data.sites: {list(counts)})")
+    return 0
+
+
+def cmd_reference_stats(args: argparse.Namespace) -> int:
+    """Public {mean, sd} per omics feature for a run config's data.standardize (never run on a site's patients)."""
+    import yaml
+
+    from shared.data.omics import read_public_omics, reference_stats
+
+    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
+    values = read_public_omics(Path(args.table), features)
+    if args.log1p and (values.to_numpy() < 0).any():
+        raise InputError(args.table, None, "negative values: --log1p needs values >= 0")
+    stats = reference_stats(values, args.log1p)
+    left_out = [c for c in values.columns if c not in stats]
+    text = yaml.safe_dump({"data": {"standardize": stats}}, sort_keys=False)
+    if args.out:
+        write_text(Path(args.out), text)
+        console.print(f"wrote {len(stats)} features' {{mean, sd}} to {args.out}")
+    else:
+        print(text, end="")
+    if left_out:
+        console.print(f"[yellow]left out (never observed or constant): {', '.join(left_out[:10])}[/yellow]")
     return 0
 
 
@@ -630,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--site-map", help="CSV with site and subject_id or stay_id: assigns stays (or patients) to sites")
     s.add_argument("--min-stays", type=int, default=1, help="sites with fewer stays are not written")
     s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("reference-stats",
+                       help="public {mean, sd} per omics feature of a PUBLIC table, for data.standardize (YAML)")
+    s.add_argument("table", help="a public omics table in the omics.csv format (patient_id + one column per feature)")
+    s.add_argument("--features", help="comma-separated columns (default: every column but patient_id)")
+    s.add_argument("--log1p", action="store_true", help="statistics on the log1p scale (runs with model.log1p true)")
+    s.add_argument("--out", help="write the YAML here instead of printing it")
+    s.set_defaults(fn=cmd_reference_stats)
 
     s = sub.add_parser("report", help="write a self-contained HTML report of a run (opens offline)")
     s.add_argument("run_dir", help="a run folder (runs/<id>)")

@@ -96,6 +96,8 @@ class MultimodalDataConfig(DataConfig):
 
     text_model: str | None = None  # local HF model dir (frozen, cached); None = hashed bag-of-words embedding
     text_dim: int = Field(64, ge=4)
+    # public scaling statistics of the pinned omics features (shared/data/omics.py): feature -> {mean, sd}
+    standardize: dict[str, dict[str, Float]] = Field(default_factory=dict)
 
 
 class SleepStagingDataConfig(DataConfig):

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from shared.data.event_schema import EVENT_TYPES, STATIC_CATEGORICAL, STATIC_NUMERIC
+from shared.data.public_stats import parse_public_stats
 from shared.data.text_embedding import CachedEmbedder
-from shared.errors import InputError
 from shared.io import load_json, write_json
 
 # (mean, sd): age in years, log1p(length of stay in hours), log1p(hours before the stay's last event)
@@ -83,19 +83,10 @@ class EventEncoder:
     @classmethod
     def reference(cls, standardize: Mapping[str, Mapping[str, float]] | None = None, source: str = "<config>") -> EventEncoder:
         """The shipped reference statistics, each key overridden by `data.standardize` ({mean, sd}); no site data."""
-        given = {}
-        for key, stats in (standardize or {}).items():
-            where = f"data.standardize.{key}"
-            if not isinstance(stats, Mapping) or set(stats) != {"mean", "sd"}:
-                raise InputError(source, where, "needs exactly {mean, sd}")
-            mean, sd = float(stats["mean"]), float(stats["sd"])
-            if not (np.isfinite(mean) and np.isfinite(sd) and sd > 0):
-                raise InputError(source, where, f"mean must be finite and sd > 0, got {mean}, {sd}")
-            given[key] = (mean, sd)
-        unknown = [k for k in given if k not in REFERENCE_NUMERIC and k != TIME_KEY and not k.startswith(VALUE_PREFIX)]
-        if unknown:
-            raise InputError(source, f"data.standardize.{unknown[0]}",
-                             f"unknown key: one of {', '.join(REFERENCE_NUMERIC)}, {TIME_KEY} or {VALUE_PREFIX}<event text>")
+        given = parse_public_stats(
+            standardize, source, lambda k: k in REFERENCE_NUMERIC or k == TIME_KEY or k.startswith(VALUE_PREFIX),
+            f"unknown key: one of {', '.join(REFERENCE_NUMERIC)}, {TIME_KEY} or {VALUE_PREFIX}<event text>",
+        )
         numeric = {c: given.get(c, REFERENCE_NUMERIC[c]) for c in STATIC_NUMERIC}
         values = {**REFERENCE_VALUE_STATS, **{k[len(VALUE_PREFIX):]: v for k, v in given.items() if k.startswith(VALUE_PREFIX)}}
         time_mean, time_std = given.get(TIME_KEY, REFERENCE_TIME)

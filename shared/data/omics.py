@@ -49,38 +49,43 @@ Loading drops and counts (``MultimodalSiteData.dropped``): ``omics_unknown_patie
 of a patient not in labels.csv), ``notes_unknown_patient`` (note of a patient not in
 labels.csv) and ``notes_empty_text`` (a note whose text is empty or blank).
 
-Preprocessing (``SitePreprocessing``)
--------------------------------------
-Fitted at the site on the training split only, saved as one JSON file in the site's state folder.
+Preprocessing (``OmicsPreprocessor``, ``standardize_text_vectors``)
+-------------------------------------------------------------------
+Nothing is fitted on a site's patients (issue 17: a scaler fitted on the training split moves every
+patient's input when one patient changes, outside the DP guarantee). The statistics are public:
 
-Omics (``OmicsPreprocessor``): optional ``log1p`` (for counts; values must then be >= 0),
-per-feature standardisation with the training mean and standard deviation of the observed
-values (sd 0 -> 1), missing values imputed with the training median (0 after standardisation
-when a feature was never observed in training), values clipped to +-10 sd, then one 0/1
-missing-value indicator per pinned feature appended. The indicators are part of the model's
-input whatever the site's data hold, so the omics input size depends on the run config alone:
-``omics_dim = n_features * (2 if missing_indicators else 1)`` (``omics_input_dim``).
+Omics (``OmicsPreprocessor.reference``): optional ``log1p`` (for counts; values must then be >= 0),
+per-feature standardisation with a public mean and standard deviation (on the log1p scale when
+``log1p`` is on): the run config's ``data.standardize: {<feature>: {mean, sd}}``, else the shipped
+reference of the synthetic panel (``REFERENCE_OMICS``: a synthetic draw with a seed no site uses,
+2027). A pinned feature with neither is an error naming ``data.standardize.<feature>``: take the
+values from a public cohort of the same assay (``fedcare reference-stats`` computes them from a
+public omics table). A missing value is imputed with the reference mean (0 after standardisation),
+values are clipped to +-10 sd, then one 0/1 missing-value indicator per pinned feature appended. The
+indicators are part of the model's input whatever the site's data hold, so the omics input size
+depends on the run config alone: ``omics_dim = n_features * (2 if missing_indicators else 1)``
+(``omics_input_dim``).
 
-Text (``TextStandardizer``): each dimension of the patient text vectors standardised with the
-mean and sd of the training patients that have notes, clipped to +-10 sd.
+Text (``standardize_text_vectors``): each patient's text vector standardised over its own
+dimensions (its own mean and sd: no other patient's data), clipped to +-10 sd.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from shared.data.omics_schema import EVENT, LABEL, LABELS_TABLE, NOTE_TEXT, NOTES_TABLE, OMICS_TABLE, PATIENT_ID, TIME
+from shared.data.public_stats import parse_public_stats
 from shared.data.splits import parse_split
 from shared.data.tables import first_bad, read_csv_as_text, require_columns
 from shared.data.text_embedding import TextEmbedder
 from shared.errors import InputError
-from shared.io import write_json
 
 OMICS_MISSING_MARKERS = ("", "NA", "NaN", "nan")
 DROP_REASONS = ("omics_unknown_patient", "notes_unknown_patient", "notes_empty_text")
@@ -297,32 +302,64 @@ def omics_input_dim(n_features: int, missing_indicators: bool) -> int:
     return n_features * (2 if missing_indicators else 1)
 
 
+# (mean, sd) of log1p(count) per synthetic panel gene: a synthetic draw with a seed no site uses (2027),
+# pooled over its three sites (584 patients); the panel's genes are fixed across draws (synth/omics.py)
+REFERENCE_OMICS: dict[str, tuple[float, float]] = {
+    "GENE001": (6.571, 0.789), "GENE002": (4.948, 0.647), "GENE003": (6.332, 0.809), "GENE004": (5.601, 0.655),
+    "GENE005": (6.361, 0.397), "GENE006": (3.122, 0.439), "GENE007": (5.863, 1.021), "GENE008": (2.190, 0.516),
+    "GENE009": (2.276, 0.675), "GENE010": (4.072, 0.726), "GENE011": (6.310, 0.702), "GENE012": (4.196, 0.814),
+    "GENE013": (6.419, 0.995), "GENE014": (3.119, 0.700), "GENE015": (4.338, 0.775), "GENE016": (4.147, 0.685),
+    "GENE017": (3.375, 0.680), "GENE018": (2.661, 0.737), "GENE019": (1.982, 0.538), "GENE020": (4.936, 0.393),
+    "GENE021": (6.992, 0.928), "GENE022": (6.526, 0.597), "GENE023": (5.371, 0.715), "GENE024": (4.970, 0.563),
+    "GENE025": (6.052, 0.749), "GENE026": (5.486, 0.591), "GENE027": (2.482, 0.516), "GENE028": (5.541, 0.799),
+    "GENE029": (4.644, 0.875), "GENE030": (2.169, 0.534), "GENE031": (4.835, 0.436), "GENE032": (2.126, 0.649),
+    "GENE033": (4.477, 0.420), "GENE034": (4.612, 0.983), "GENE035": (6.031, 0.889), "GENE036": (5.636, 0.765),
+    "GENE037": (6.709, 0.671), "GENE038": (4.565, 0.624), "GENE039": (3.078, 0.692), "GENE040": (3.866, 0.835),
+    "GENE041": (5.185, 0.585), "GENE042": (3.434, 0.448), "GENE043": (6.509, 0.525), "GENE044": (4.114, 0.700),
+    "GENE045": (3.297, 0.682), "GENE046": (4.852, 0.986), "GENE047": (6.847, 0.657), "GENE048": (6.053, 0.723),
+    "GENE049": (5.888, 0.763), "GENE050": (6.562, 0.519), "GENE051": (3.078, 0.464), "GENE052": (4.943, 0.469),
+    "GENE053": (3.221, 0.591), "GENE054": (6.260, 0.946), "GENE055": (3.254, 0.588), "GENE056": (5.780, 0.729),
+    "GENE057": (6.802, 0.509), "GENE058": (5.757, 1.021), "GENE059": (2.941, 0.898), "GENE060": (4.589, 0.526),
+    "GENE061": (6.163, 0.776), "GENE062": (4.916, 0.667), "GENE063": (5.145, 0.770), "GENE064": (3.499, 0.758),
+    "GENE065": (5.942, 0.642), "GENE066": (5.338, 0.893), "GENE067": (4.549, 0.543), "GENE068": (2.140, 0.845),
+    "GENE069": (2.665, 0.532), "GENE070": (3.570, 0.665), "GENE071": (2.247, 0.759), "GENE072": (5.436, 0.854),
+    "GENE073": (2.383, 0.624), "GENE074": (5.671, 0.589), "GENE075": (2.344, 0.772), "GENE076": (5.249, 0.388),
+    "GENE077": (6.112, 0.762), "GENE078": (2.633, 0.819), "GENE079": (4.871, 0.738), "GENE080": (3.252, 0.668),
+    "GENE081": (3.328, 0.742), "GENE082": (2.079, 0.512), "GENE083": (4.084, 0.654), "GENE084": (7.162, 0.544),
+    "GENE085": (4.458, 1.021), "GENE086": (2.489, 0.733), "GENE087": (5.392, 0.704), "GENE088": (5.378, 0.597),
+    "GENE089": (6.060, 0.712), "GENE090": (5.277, 0.515), "GENE091": (6.984, 1.086), "GENE092": (2.073, 0.841),
+    "GENE093": (3.239, 0.505), "GENE094": (4.155, 0.864), "GENE095": (4.442, 0.451), "GENE096": (3.287, 0.782),
+    "GENE097": (3.736, 0.723), "GENE098": (4.484, 0.675), "GENE099": (6.108, 0.729), "GENE100": (5.601, 0.381),
+}  # fmt: skip
+
+
 @dataclass
 class OmicsPreprocessor:
-    """log1p (optional) -> standardise -> impute the median -> clip -> missing indicators.
-
-    Statistics are per pinned feature, fitted on the training patients' observed values only.
-    """
+    """log1p (optional) -> standardise with public statistics -> impute the mean -> clip -> missing indicators."""
 
     features: list[str]
     log1p: bool
     missing_indicators: bool
     mean: list[float]
     scale: list[float]
-    median: list[float]  # after log1p, before standardisation; NaN where never observed
-    n_fit: int
 
     @classmethod
-    def fit(cls, values: np.ndarray, features: list[str], log1p: bool, missing_indicators: bool) -> OmicsPreprocessor:
-        """values (N, G) raw with NaN = missing; N may be 0 (every statistic then neutral)."""
-        x = np.log1p(values) if log1p else np.asarray(values, dtype=float)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a never-observed feature: NaN, handled here
-            mean, sd, median = np.nanmean(x, axis=0), np.nanstd(x, axis=0), np.nanmedian(x, axis=0)
-        mean = np.nan_to_num(mean, nan=0.0)
-        scale = np.where(sd > 1e-8, sd, 1.0)  # NaN (never observed) compares False -> 1
-        return cls(list(features), bool(log1p), bool(missing_indicators), mean.tolist(), scale.tolist(),
-                   median.tolist(), int(len(values)))
+    def reference(
+        cls, features: list[str], log1p: bool, missing_indicators: bool,
+        standardize: Mapping[str, Mapping[str, float]] | None = None, source: object = "<config>",
+    ) -> OmicsPreprocessor:
+        """Each feature's {mean, sd} from `standardize` (the run config's public values), else from
+        REFERENCE_OMICS (log1p scale, so only with log1p on); never from a site's data."""
+        given = parse_public_stats(standardize, source, set(features).__contains__, "not a pinned feature (model.features)")
+        reference = REFERENCE_OMICS if log1p else {}
+        stats_of = []
+        for name in features:
+            if name not in given and name not in reference:
+                raise InputError(source, f"data.standardize.{name}", "missing: every pinned omics feature needs a public "
+                                 "{mean, sd}" + (" on the log1p scale" if log1p else "") + " (fedcare reference-stats)")
+            stats_of.append(given.get(name) or reference[name])
+        return cls(list(features), bool(log1p), bool(missing_indicators),
+                   [m for m, _ in stats_of], [sd for _, sd in stats_of])
 
     @property
     def dim(self) -> int:
@@ -331,71 +368,50 @@ class OmicsPreprocessor:
     def transform(self, values: np.ndarray) -> np.ndarray:
         """values (N, G) raw, NaN = missing -> (N, dim) float32."""
         x = np.log1p(values) if self.log1p else np.asarray(values, dtype=float)
-        mean, scale = np.asarray(self.mean), np.asarray(self.scale)
-        z = (x - mean) / scale
-        fill = np.nan_to_num((np.asarray(self.median, dtype=float) - mean) / scale, nan=0.0)
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
         missing = np.isnan(z)
-        z = np.clip(np.where(missing, fill, z), -CLIP_SD, CLIP_SD)
+        z = np.clip(np.where(missing, 0.0, z), -CLIP_SD, CLIP_SD)
         parts = [z, missing.astype(float)] if self.missing_indicators else [z]
         return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def to_dict(self) -> dict:
-        state = asdict(self)
-        state["median"] = [None if np.isnan(v) else v for v in self.median]  # JSON has no NaN
-        return state
 
-    @classmethod
-    def from_dict(cls, state: dict) -> OmicsPreprocessor:
-        return cls(**{**state, "median": [np.nan if v is None else v for v in state["median"]]})
-
-
-@dataclass
-class TextStandardizer:
-    """Per-dimension standardisation of patient text vectors (training patients with notes only).
-
-    Hashed bag-of-words vectors have entries around 1/sqrt(D) and a language model's CLS vector a
-    few dimensions far larger than the rest; standardised inputs suit the model's first Linear
-    (its bias would otherwise dominate) and DP-SGD's fixed clipping norm.
-    """
-
-    embedder: str  # name of the text embedder the statistics belong to
-    mean: list[float]
-    scale: list[float]
-    n_fit: int
-
-    @classmethod
-    def fit(cls, vectors: np.ndarray, embedder: str) -> TextStandardizer:
-        """vectors (N, D); N may be 0 (identity)."""
-        if len(vectors) == 0:
-            return cls(embedder, [0.0] * vectors.shape[1], [1.0] * vectors.shape[1], 0)
-        sd = vectors.std(axis=0)
-        return cls(embedder, vectors.mean(axis=0).tolist(), np.where(sd > 1e-8, sd, 1.0).tolist(), int(len(vectors)))
-
-    def transform(self, vectors: np.ndarray) -> np.ndarray:
-        z = (vectors - np.asarray(self.mean)) / np.asarray(self.scale)
-        return np.clip(z, -CLIP_SD, CLIP_SD).astype(np.float32)
+def read_public_omics(path: Path, features: list[str] | None = None) -> pd.DataFrame:
+    """A public omics table (the omics.csv format: patient_id + one numeric column per feature) -> the
+    `features` columns (default: every column but patient_id) as floats, NaN = missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "no such file")
+    df = _read_table(path)
+    require_columns(df, path, (PATIENT_ID,))
+    wanted = features or [str(c) for c in df.columns if c != PATIENT_ID]
+    absent = [f for f in wanted if f not in df.columns]
+    if absent:
+        raise InputError(path, absent[0], f"feature column missing ({len(absent)} of {len(wanted)} absent)")
+    return pd.DataFrame({col: _numeric_column(df, col, path) for col in wanted}, index=df.index)
 
 
-@dataclass
-class SitePreprocessing:
-    """What a site fits on its training split; saved as one JSON file in its state folder."""
+def reference_stats(values: pd.DataFrame, log1p: bool) -> dict[str, dict[str, float]]:
+    """{feature: {mean, sd}} of a public omics table's observed values (log1p scale when `log1p`), for a
+    run config's data.standardize; sd 0 or a never-observed feature is left out (no usable scale)."""
+    x = np.log1p(values.to_numpy(dtype=float)) if log1p else values.to_numpy(dtype=float)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a never-observed column: NaN, left out below
+        mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+    for name, m, s in zip(values.columns, mean, sd):
+        if np.isfinite(m) and np.isfinite(s) and s > 1e-8:
+            out[str(name)] = {"mean": round(float(m), 4), "sd": round(float(s), 4)}
+    return out
 
-    omics: OmicsPreprocessor
-    text: TextStandardizer
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"omics": self.omics.to_dict(), "text": asdict(self.text)}, indent=None)
-
-    @classmethod
-    def load(cls, path: Path) -> SitePreprocessing:
-        if not path.is_file():
-            raise InputError(path, None, "no saved site preprocessing (prepare the site's data first)")
-        try:
-            state = json.loads(path.read_text())
-            return cls(OmicsPreprocessor.from_dict(state["omics"]), TextStandardizer(**state["text"]))
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(path, None, f"not a saved site preprocessing ({type(err).__name__}: {err})") from None
+def standardize_text_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Each row over its own dimensions: (x - mean) / sd, clipped to +-10 (a constant row -> 0). Hashed
+    bag-of-words entries sit near 1/sqrt(D) and a language model's CLS vector has a few large dimensions;
+    unit-scale rows suit the model's first Linear and DP-SGD's fixed clipping norm, and use no other patient."""
+    x = np.asarray(vectors, dtype=float)
+    sd = x.std(axis=1, keepdims=True)
+    z = (x - x.mean(axis=1, keepdims=True)) / np.where(sd > 1e-8, sd, 1.0)
+    return np.clip(z, -CLIP_SD, CLIP_SD).astype(np.float32)
 
 
 def patient_text_vectors(

@@ -55,7 +55,6 @@ categorical value not among the declared levels, a label or event other than 0/1
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.data.public_stats import parse_public_stats
 from shared.data.splits import SPLIT_COLUMN, parse_split
 from shared.data.tables import find_site_table, first_bad, read_csv_as_text, require_columns
 from shared.errors import InputError
@@ -176,17 +176,7 @@ def schema_from_config(cfg: Any) -> TabularSchema:
             raise InputError(source, f"{where}.levels", "levels must be unique")
         covariates.append(Covariate(name, kind, tuple(texts)))  # type: ignore[arg-type]
     numeric = {c.name for c in covariates if c.type == "numeric"}
-    standardize: dict[str, tuple[float, float]] = {}
-    for name, stats in d.standardize.items():
-        where = f"data.standardize.{name}"
-        if name not in numeric:
-            raise InputError(source, where, "not a numeric covariate of data.covariates")
-        if set(stats) != {"mean", "sd"}:
-            raise InputError(source, where, f"expected {{mean, sd}}, got keys {sorted(stats)}")
-        mean, sd = float(stats["mean"]), float(stats["sd"])
-        if not math.isfinite(mean) or not (math.isfinite(sd) and sd > 0):
-            raise InputError(source, where, f"mean must be finite and sd > 0, got mean {mean:g}, sd {sd:g}")
-        standardize[name] = (mean, sd)
+    standardize = parse_public_stats(d.standardize, source, numeric.__contains__, "not a numeric covariate of data.covariates")
     for c in covariates:
         if c.type == "numeric" and c.name not in standardize:
             raise InputError(source, f"data.standardize.{c.name}", "missing: every numeric covariate needs {mean, sd} "

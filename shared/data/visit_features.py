@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared.data.public_stats import parse_public_stats
 from shared.data.visits import FEATURES
 from shared.errors import InputError
 from shared.io import write_json
@@ -48,17 +49,10 @@ class VisitEncoder:
     def reference(cls, standardize: Mapping[str, Mapping[str, float]] | None = None, source: str = "<config>") -> VisitEncoder:
         """`REFERENCE`, each lab overridden by `data.standardize`; a missing value is imputed with the raw value
         whose scaled value is 0. No site data."""
-        given = dict(standardize or {})
-        for lab, stats in given.items():
-            where = f"data.standardize.{lab}"
-            if lab not in FEATURES:
-                raise InputError(source, where, f"not a lab of the schema: one of {', '.join(FEATURES)}")
-            if not isinstance(stats, Mapping) or set(stats) != {"mean", "sd"}:
-                raise InputError(source, where, "needs exactly {mean, sd}")
-            if not (np.isfinite(float(stats["mean"])) and float(stats["sd"]) > 0):
-                raise InputError(source, where, f"mean must be finite and sd > 0, got {stats['mean']}, {stats['sd']}")
-        mean = [float(given[f]["mean"]) if f in given else REFERENCE[f][0] for f in FEATURES]
-        std = [float(given[f]["sd"]) if f in given else REFERENCE[f][1] for f in FEATURES]
+        given = parse_public_stats(standardize, source, FEATURES.__contains__,
+                                   f"not a lab of the schema: one of {', '.join(FEATURES)}")
+        mean = [given.get(f, REFERENCE[f])[0] for f in FEATURES]
+        std = [given.get(f, REFERENCE[f])[1] for f in FEATURES]
         median = [float(np.expm1(m)) if f in LOG_FEATURES else m for f, m in zip(FEATURES, mean)]
         return cls(features=list(FEATURES), median=median, mean=mean, std=std)
 

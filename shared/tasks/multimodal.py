@@ -42,11 +42,10 @@ from shared.data.omics import (
     TIME,
     MultimodalSiteData,
     OmicsPreprocessor,
-    SitePreprocessing,
-    TextStandardizer,
     load_multimodal_site,
     omics_input_dim,
     patient_text_vectors,
+    standardize_text_vectors,
 )
 from shared.data.omics_schema import LABEL_TYPES
 from shared.data.splits import split_rows
@@ -55,7 +54,6 @@ from shared.data.text_embedding import make_text_embedder, text_model_dim
 from shared.errors import InputError
 from shared.tasks.base import SiteData, Task
 
-PREPROCESSING_FILE = "multimodal_preprocessing.json"
 EMBEDDINGS_DIR = "embeddings"
 BINARY_LOSSES = ("bce", "weighted_bce", "focal")
 SURVIVAL_LOSSES = ("coxph",)
@@ -182,36 +180,24 @@ class MultimodalTask(Task):
         strata = data.labels[LABEL if self.kind == "binary" else EVENT].to_numpy()
         return split_rows(data.split, strata, self.cfg.data.val_fraction, self.cfg.data.split_seed, site_dir)
 
-    def _inputs(
-        self, data: MultimodalSiteData, state_dir: Path, fit_rows: np.ndarray | None
-    ) -> list[torch.Tensor]:
-        """[omics (N, omics_dim), text (N, D), present (N, 2)] in labels order, with the preprocessing
-        fitted on `fit_rows` (and saved in state_dir) or, when None, loaded from state_dir."""
+    def _inputs(self, data: MultimodalSiteData, state_dir: Path) -> list[torch.Tensor]:
+        """[omics (N, omics_dim), text (N, D), present (N, 2)] in labels order, scaled with public statistics
+        (the run config's, else the shipped reference) and per patient: nothing fitted on the site's data."""
         ids = data.patient_ids
         embedder = make_text_embedder(self.cfg.data.text_model, self.cfg.data.text_dim, state_dir / EMBEDDINGS_DIR)
         text, has_text = patient_text_vectors(data.notes, ids, embedder)
         has_omics = np.isin(ids, data.omics.index)
         raw_omics = data.omics.reindex(ids).to_numpy()  # NaN rows for patients without omics
-        path = state_dir / PREPROCESSING_FILE
-        if fit_rows is None:
-            prep = SitePreprocessing.load(path)
-            wanted = (self.features, self.log1p, self.missing_indicators, embedder.name)
-            if (prep.omics.features, prep.omics.log1p, prep.omics.missing_indicators, prep.text.embedder) != wanted:
-                problem = "the saved preprocessing does not match the run config (panel, log1p, indicators, text model)"
-                raise InputError(path, None, problem)
-        else:
-            fit = np.zeros(len(ids), dtype=bool)
-            fit[fit_rows] = True
-            prep = SitePreprocessing(
-                OmicsPreprocessor.fit(raw_omics[fit & has_omics], self.features, self.log1p, self.missing_indicators),
-                TextStandardizer.fit(text[fit & has_text], embedder.name),
-            )
-            prep.save(path)
-        omics = np.zeros((len(ids), prep.omics.dim), dtype=np.float32)
-        omics[has_omics] = prep.omics.transform(raw_omics[has_omics])
-        text[has_text] = prep.text.transform(text[has_text])
+        prep = self.omics_preprocessor()
+        omics = np.zeros((len(ids), prep.dim), dtype=np.float32)
+        omics[has_omics] = prep.transform(raw_omics[has_omics])
+        text[has_text] = standardize_text_vectors(text[has_text])
         present = np.stack([has_omics, has_text], axis=1).astype(np.float32)
         return [torch.from_numpy(omics), torch.from_numpy(text), torch.from_numpy(present)]
+
+    def omics_preprocessor(self) -> OmicsPreprocessor:
+        return OmicsPreprocessor.reference(
+            self.features, self.log1p, self.missing_indicators, self.cfg.data.standardize, self.cfg.source)
 
     def _targets(self, data: MultimodalSiteData) -> torch.Tensor:
         if self.kind == "binary":
@@ -221,7 +207,7 @@ class MultimodalTask(Task):
     def prepare_site(self, site_dir: Path, site: str, state_dir: Path) -> SiteData:
         data = self._load(site_dir, site, self.kind)
         train_idx, val_idx, test_idx = self._split(data, site_dir)
-        inputs = self._inputs(data, state_dir, fit_rows=train_idx)
+        inputs = self._inputs(data, state_dir)
         targets = self._targets(data)
         if self.kind == "binary":
             self._loss_module = None
@@ -246,7 +232,7 @@ class MultimodalTask(Task):
         patient id found in omics and notes.
         """
         data = self._load(Path(data_dir), None, None)
-        inputs = self._inputs(data, Path(encoder_dir), fit_rows=None)
+        inputs = self._inputs(data, Path(encoder_dir))
         return data.patient_ids, TensorDataset(*inputs)
 
     # -- model, loss, metrics -----------------------------------------------------------------

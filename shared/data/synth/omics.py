@@ -16,6 +16,7 @@ from shared.errors import InputError
 from shared.io import write_text
 
 SYNTHETIC_GENES: tuple[str, ...] = tuple(f"GENE{k:03d}" for k in range(1, 101))
+PANEL_SEED = (2027, 999)
 # Informative genes: loading of the omics risk factor on log expression.
 _INFORMATIVE_GENES = {
     "GENE007": 0.9, "GENE013": -0.8, "GENE021": 0.7, "GENE034": 0.8, "GENE046": 0.6,
@@ -101,7 +102,7 @@ def synthesize_multimodal_sites(
         raise InputError(None, "sizes", f"need {n_sites} positive site sizes, got {sizes}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    panel = _gene_panel(np.random.default_rng([seed, 999]))
+    panel = _gene_panel(np.random.default_rng(PANEL_SEED))  # the genes' biology: the same for every seed
     site_dirs, truths = [], []
     for k in range(n_sites):
         name = f"hospital_{string.ascii_lowercase[k]}"
@@ -135,6 +136,8 @@ class _GenePanel:
 
 
 def _gene_panel(rng: np.random.Generator) -> _GenePanel:
+    """Baseline expression, co-expression modules and outcome loadings of the panel genes. Fixed (PANEL_SEED):
+    a public reference of the panel (shared/data/omics.py REFERENCE_OMICS) describes every synthetic draw."""
     n = len(SYNTHETIC_GENES)
     module = np.full(n, -1)
     noise_genes = [g for g, name in enumerate(SYNTHETIC_GENES) if name not in _INFORMATIVE_GENES]

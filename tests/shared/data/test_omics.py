@@ -1,4 +1,4 @@
-"""Multimodal sites: exact round trips, strict validation, counted drops, train-only preprocessing,
+"""Multimodal sites: exact round trips, strict validation, counted drops, preprocessing with public statistics only,
 per-patient note embeddings with a reused cache (real MTS-Dialog notes), the synthetic generator."""
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from sklearn.metrics import roc_auc_score
 
 from shared.data.omics import (
     DROP_REASONS,
+    REFERENCE_OMICS,
     OmicsPreprocessor,
-    SitePreprocessing,
-    TextStandardizer,
     load_multimodal_site,
     omics_input_dim,
     patient_text_vectors,
+    read_public_omics,
+    reference_stats,
+    standardize_text_vectors,
 )
 from shared.data.synth.omics import SYNTHETIC_GENES, synthesize_multimodal_sites
 from shared.data.text_embedding import make_text_embedder
@@ -145,39 +147,75 @@ def test_prediction_mode_takes_patients_from_omics_and_notes(tmp_path: Path) -> 
 # Preprocessing
 
 
-def test_omics_preprocessor_is_exact_and_survives_json(tmp_path: Path) -> None:
-    train = np.array([[0.0, 5.0, np.nan, 1.0], [np.e - 1, 5.0, np.nan, np.nan], [np.e**2 - 1, 5.0, np.nan, 3.0]])
-    pre = OmicsPreprocessor.fit(train, ["a", "b", "c", "d"], log1p=True, missing_indicators=True)
-    logs = np.log1p(train)
-    np.testing.assert_allclose(pre.mean, [1.0, np.log(6.0), 0.0, np.mean(logs[[0, 2], 3])])
-    np.testing.assert_allclose(pre.scale, [np.std([0.0, 1.0, 2.0]), 1.0, 1.0, np.std(logs[[0, 2], 3])])
-    assert np.isnan(pre.median[2]) and pre.median[0] == pytest.approx(1.0)
-    out = pre.transform(np.array([[np.e - 1, np.nan, 7.0, np.nan], [1e30, 5.0, np.nan, 1.0]]))
-    assert out.shape == (2, 8) and out.dtype == np.float32 and pre.dim == 8 == omics_input_dim(4, True)
-    # row 0: standardised value; b missing -> its median (0 after standardisation); c never seen in
-    # training -> raw log1p(7) (mean 0, scale 1); d missing -> its median, standardised
-    d_fill = (np.median(logs[[0, 2], 3]) - pre.mean[3]) / pre.scale[3]
-    np.testing.assert_allclose(out[0], [0.0, 0.0, np.log(8.0), d_fill, 0, 1, 0, 1], rtol=1e-6, atol=1e-6)
-    assert out[1, 0] == 10.0  # clipped at +10 sd
-    np.testing.assert_allclose(out[1, :2], [10.0, 0.0], atol=1e-6)
-    assert pre.transform(train).shape == (3, 8)
-    text = TextStandardizer.fit(np.array([[1.0, 2.0], [3.0, 2.0]]), "hashed-bow-2")
-    path = tmp_path / "state" / "prep.json"
-    SitePreprocessing(pre, text).save(path)
-    back = SitePreprocessing.load(path)
-    np.testing.assert_array_equal(back.omics.transform(train), pre.transform(train))
-    assert back.text == text
-    np.testing.assert_allclose(text.transform(np.array([[2.0, 9.0]])), [[0.0, 7.0]])
-    path.write_text("{}")
-    with pytest.raises(InputError, match="not a saved site preprocessing"):
-        SitePreprocessing.load(path)
+def test_omics_preprocessor_uses_the_configs_public_statistics_exactly() -> None:
+    stats = {"a": {"mean": 1.0, "sd": 0.5}, "b": {"mean": 2.0, "sd": 2.0}, "c": {"mean": 0.0, "sd": 1.0}}
+    pre = OmicsPreprocessor.reference(["a", "b", "c"], log1p=True, missing_indicators=True, standardize=stats)
+    assert pre.mean == [1.0, 2.0, 0.0] and pre.scale == [0.5, 2.0, 1.0] and pre.dim == 6 == omics_input_dim(3, True)
+    out = pre.transform(np.array([[np.e - 1, np.nan, 7.0], [1e30, np.e**2 - 1, np.nan]]))
+    assert out.dtype == np.float32
+    # log1p, then (x - mean) / sd; a missing value -> the mean (0) with its indicator; clipped at +-10 sd
+    np.testing.assert_allclose(out[0], [0.0, 0.0, np.log(8.0), 0, 1, 0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[1], [10.0, 0.0, 0.0, 0, 0, 1], rtol=1e-6, atol=1e-6)
+    # a row's output depends on that row alone
+    np.testing.assert_array_equal(pre.transform(np.array([[np.e - 1, np.nan, 7.0]])), out[:1])
 
 
-def test_preprocessor_without_indicators_and_without_training_rows() -> None:
-    pre = OmicsPreprocessor.fit(np.zeros((0, 2)), ["a", "b"], log1p=False, missing_indicators=False)
-    out = pre.transform(np.array([[2.0, np.nan]]))
-    np.testing.assert_array_equal(out, [[2.0, 0.0]])
-    assert pre.dim == 2 == omics_input_dim(2, False)
+def test_omics_preprocessor_defaults_to_the_shipped_reference_and_names_a_missing_feature() -> None:
+    genes = list(SYNTHETIC_GENES[:3])
+    pre = OmicsPreprocessor.reference(genes, log1p=True, missing_indicators=False,
+                                      standardize={genes[1]: {"mean": 3.0, "sd": 1.5}})
+    assert pre.mean == [REFERENCE_OMICS[genes[0]][0], 3.0, REFERENCE_OMICS[genes[2]][0]]
+    assert pre.scale[1] == 1.5 and pre.dim == 3
+    with pytest.raises(InputError, match=r"data\.standardize\.X1: missing: every pinned omics feature needs"):
+        OmicsPreprocessor.reference(["X1"], log1p=True, missing_indicators=False, source="run.yaml")
+    with pytest.raises(InputError, match=r"data\.standardize\.GENE001: missing"):  # the reference is log1p-scale
+        OmicsPreprocessor.reference(["GENE001"], log1p=False, missing_indicators=False)
+    with pytest.raises(InputError, match=r"data\.standardize\.a: mean must be finite and sd > 0"):
+        OmicsPreprocessor.reference(["a"], True, False, {"a": {"mean": 1.0, "sd": 0.0}})
+    with pytest.raises(InputError, match=r"data\.standardize\.zz: not a pinned feature"):
+        OmicsPreprocessor.reference(["a"], True, False, {"a": {"mean": 1.0, "sd": 1.0}, "zz": {"mean": 0, "sd": 1}})
+
+
+def test_the_synthetic_reference_describes_a_fresh_draw(tmp_path: Path) -> None:
+    dirs = synthesize_multimodal_sites(tmp_path, n_sites=3, seed=11)
+    values = pd.concat([read_public_omics(d / "omics.csv", list(SYNTHETIC_GENES)) for d in dirs])
+    fresh = reference_stats(values, log1p=True)
+    means = np.array([[fresh[g]["mean"], REFERENCE_OMICS[g][0]] for g in SYNTHETIC_GENES])
+    # the panel's genes are fixed across draws: per-gene means agree far inside their 1.5-7 spread
+    assert np.abs(means[:, 0] - means[:, 1]).max() < 0.6 and np.corrcoef(means.T)[0, 1] > 0.97
+
+
+def test_reference_stats_of_a_public_table(tmp_path: Path) -> None:
+    path = tmp_path / "public.csv"
+    path.write_text("patient_id,a,b,c\np1,1,5,\np2,3,5,\np3,NA,5,\n")
+    stats = reference_stats(read_public_omics(path), log1p=False)
+    assert stats == {"a": {"mean": 2.0, "sd": 1.0}}  # b is constant, c never observed: left out
+    with pytest.raises(InputError, match="public.csv: d: feature column missing"):
+        read_public_omics(path, ["a", "d"])
+
+
+def test_reference_stats_command_writes_the_config_block_a_run_accepts(tmp_path: Path) -> None:
+    import yaml
+
+    from fedcare.cli import main
+
+    public = synthesize_multimodal_sites(tmp_path / "public", n_sites=1, seed=3)[0] / "omics.csv"
+    out = tmp_path / "stats.yaml"
+    assert main(["reference-stats", str(public), "--log1p", "--features", "GENE001,GENE007", "--out", str(out)]) == 0
+    block = yaml.safe_load(out.read_text())["data"]["standardize"]
+    values = np.log1p(pd.read_csv(public)["GENE007"].to_numpy(float))
+    assert set(block) == {"GENE001", "GENE007"}
+    assert block["GENE007"]["mean"] == pytest.approx(np.nanmean(values), abs=1e-4)
+    assert block["GENE007"]["sd"] == pytest.approx(np.nanstd(values), abs=1e-4)
+    pre = OmicsPreprocessor.reference(["GENE001", "GENE007"], log1p=False, missing_indicators=False, standardize=block)
+    assert pre.mean[1] == block["GENE007"]["mean"]
+    assert main(["reference-stats", str(public), "--features", "GENE001,NOPE"]) == 2  # one-line error, exit 2
+
+
+def test_text_vectors_are_standardised_per_patient() -> None:
+    out = standardize_text_vectors(np.array([[1.0, 3.0], [2.0, 2.0], [0.0, 30.0]]))
+    np.testing.assert_allclose(out, [[-1.0, 1.0], [0.0, 0.0], [-1.0, 1.0]])
+    assert out.dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------------

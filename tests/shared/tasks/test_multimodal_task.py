@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from shared.config import RunConfig, config_from_dict, load_config
-from shared.data.omics import SitePreprocessing
+from shared.data.omics import REFERENCE_OMICS, read_public_omics, reference_stats
 from shared.data.synth.omics import SYNTHETIC_GENES
 from shared.data.writers import write_multimodal_site
 from shared.errors import InputError
@@ -25,7 +25,6 @@ from shared.privacy.whitelist import ALLOWED_METRICS
 from shared.tasks.multimodal import (
     BINARY_METRICS,
     EMBEDDINGS_DIR,
-    PREPROCESSING_FILE,
     SURVIVAL_METRICS,
     MultimodalTask,
 )
@@ -112,26 +111,38 @@ def test_config_errors_name_the_field(tmp_path: Path, model: dict, train: dict, 
 # site preparation
 
 
-def test_prepare_site_fits_preprocessing_on_the_training_split_only(tmp_path: Path) -> None:
+def test_prepare_site_scales_with_public_statistics_and_no_other_patient(tmp_path: Path) -> None:
     task, data, state = _prepared(tmp_path)
     assert data.n_train == 60 and data.n_val == 20
     assert data.info["patients"] == 80 and data.info["without_omics"] + data.info["without_notes"] > 0
     omics, text, present, y = data.train.tensors
     assert omics.shape == (60, 200) and text.shape == (60, 16) and present.shape == (60, 2) and y.shape == (60,)
-    prep = SitePreprocessing.load(state / PREPROCESSING_FILE)
-    assert prep.omics.n_fit == int(present[:, 0].sum()) and prep.text.n_fit == int(present[:, 1].sum())
-    # standardised with training statistics: observed training values have mean 0 and sd 1 per gene ...
-    values, observed = omics[:, :100].numpy(), (omics[:, 100:] == 0).numpy() & present[:, :1].bool().numpy()
-    means = [values[observed[:, g], g].mean() for g in range(100)]
-    sds = [values[observed[:, g], g].std() for g in range(100)]
-    np.testing.assert_allclose(means, 0.0, atol=1e-5)
-    np.testing.assert_allclose(sds, 1.0, atol=1e-4)
-    # ... and validation patients were not part of the fit
-    val_omics, _, val_present, _ = data.val.tensors
-    val_means = val_omics[val_present[:, 0].bool(), :100].mean(dim=0).numpy()
-    assert np.abs(val_means).max() > 0.05
-    train_text = text[present[:, 1].bool()].numpy()
-    np.testing.assert_allclose(train_text.mean(axis=0), 0.0, atol=1e-5)
+    # the omics are scaled with the shipped reference (log1p scale), exactly, whatever the site holds
+    site = tmp_path / "data" / "hospital_a"
+    loaded = task._load(site, "hospital_a", "binary")
+    train_ids = loaded.patient_ids[task._split(loaded, site)[0]]
+    raw = pd.read_csv(site / "omics.csv", dtype={"patient_id": str}).set_index("patient_id")
+    first = next(i for i in range(60) if present[i, 0])
+    pid = train_ids[first]
+    mean, sd = np.array([REFERENCE_OMICS[g] for g in GENES]).T
+    expected = np.clip((np.log1p(raw.loc[pid, GENES].to_numpy(float)) - mean) / sd, -10, 10)
+    observed = ~np.isnan(expected)
+    np.testing.assert_allclose(omics[first, :100].numpy()[observed], expected[observed], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(omics[first, 100:].numpy(), (~observed).astype(np.float32))
+    assert not omics[first, :100].numpy()[~observed].any()  # a missing value -> the reference mean (0)
+    # one patient's change moves no other patient's inputs (nothing fitted on the site's rows)
+    changed = raw.copy()
+    changed.loc[changed.index[0], GENES] = changed.loc[changed.index[0], GENES] * 50
+    changed.reset_index().to_csv(site / "omics.csv", index=False)
+    again = task.prepare_site(site, "hospital_a", tmp_path / "state2")
+    rows = np.flatnonzero(train_ids != changed.index[0])
+    assert len(rows) == 60 - int(changed.index[0] in set(train_ids))
+    torch.testing.assert_close(again.train.tensors[0][rows], omics[rows])
+    torch.testing.assert_close(again.train.tensors[1], text)
+    # each patient's text vector is standardised over its own dimensions
+    with_text = text[present[:, 1].bool()].numpy()
+    np.testing.assert_allclose(with_text.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(with_text.std(axis=1), 1.0, atol=1e-3)
     assert (state / EMBEDDINGS_DIR / "hashed-bow-16.npz").is_file()
 
 
@@ -157,12 +168,13 @@ def test_missing_modalities_still_get_finite_predictions(tmp_path: Path) -> None
     written = pd.read_csv(tmp_path / "pred.csv")
     assert written["patient_id"].tolist() == list(ids)
     np.testing.assert_allclose(written["probability"], torch.sigmoid(out).detach().numpy(), rtol=1e-5)
-    # preprocessing saved for another panel is refused, not silently misapplied
+    # the scaling comes from the run config alone: the same inputs wherever the site's state lives, and a
+    # config whose panel has no public statistics is refused with the field to fill
+    _, fresh = task.prediction_inputs(new, tmp_path / "elsewhere")
+    torch.testing.assert_close(fresh.tensors[0], task.prediction_inputs(new, state)[1].tensors[0])
     other = build_task(_cfg(tmp_path / "data", model={"log1p": False}))
-    with pytest.raises(InputError, match="saved preprocessing does not match the run config"):
+    with pytest.raises(InputError, match=r"data\.standardize\.GENE001: missing"):
         other.prediction_inputs(new, state)
-    with pytest.raises(InputError, match="no saved site preprocessing"):
-        task.prediction_inputs(new, tmp_path / "elsewhere")
 
 
 def test_losses_follow_the_config(tmp_path: Path) -> None:
@@ -263,7 +275,11 @@ def test_real_gse7390_loader_dp_step_and_c_index(tmp_path: Path) -> None:
     from shared.data.gse7390 import convert_gse7390
 
     sites, features = convert_gse7390(folder / "breast_cancer_GSE7390-metastasis.arff", tmp_path / "gse", n_sites=2)
-    cfg = _cfg(tmp_path / "gse", model={"features": features, "log1p": False}, train={"loss": "coxph", "batch_size": 32})
+    # the cohort is public: its own per-probe statistics are public values for data.standardize
+    public = reference_stats(pd.concat([read_public_omics(site / "omics.csv", features) for site in sites]), log1p=False)
+    assert set(public) == set(features)
+    cfg = _cfg(tmp_path / "gse", model={"features": features, "log1p": False}, train={"loss": "coxph", "batch_size": 32},
+               standardize=public)
     task = build_task(cfg)
     assert task.input_dims()["omics_dim"] == 2 * 78
     data = task.prepare_site(sites[0], "hospital_a", tmp_path / "state")
