@@ -3,9 +3,11 @@ check its budget, train with DP-SGD, append to its privacy ledger, evaluate loca
 
 Privacy at the site (README "Auditing privacy"):
 - check -> train -> append runs under the ledger's exclusive lock (one budget, one writer);
-- the ledger records the mechanism that ran: the sample rate and steps of the data actually trained on,
-  with the dataset size; a change in the data between rounds re-plans the noise for the remaining budget,
-  or refuses the round (`data_changed`) when no noise fits, and the security log says which;
+- the run's sample rate, steps and noise are planned from the site's released noisy count (its FedAvg weight,
+  a DP release drawn first), never from the exact size: q = 1 / ceil(count / B), and the noisy sum's divisor
+  is count x q. So the epsilon and noise multiplier a reply carries and the update's noise scale are
+  post-processing of a DP release. Poisson sampling at rate q is private for any number of rows, so a change
+  in the data between rounds changes no mechanism; the ledger records the rate that ran and the rows it ran on;
 - DP randomness comes from generators seeded per round from the OS CSPRNG (shared.training.dp_rng),
   unless the run sets the recorded `privacy.reproducible_noise` switch;
 - `privacy.enabled: false` (or a target epsilon of .inf) really trains without DP and the ledger says
@@ -45,7 +47,7 @@ from shared.privacy.dp_evaluation import (
     secure_rng,
 )
 from shared.privacy.keys import generate_site_key, load_private_key
-from shared.privacy.ledger import COUNT_PHASE, LEDGER_FILE, NO_DP, REFUSED, SiteLedger
+from shared.privacy.ledger import COUNT_PHASE, LEDGER_FILE, NO_DP, SiteLedger
 from shared.privacy.planner import BudgetTooSmall, fits_budget, plan_noise_multiplier
 from shared.privacy.roster import load_roster
 from shared.privacy.secagg_params import SecAggParameters, derive_secagg_parameters
@@ -61,7 +63,7 @@ from shared.privacy.site_policy import (
 from shared.tasks.base import SiteData, Task
 from shared.tasks.registry import build_task
 from shared.training.devices import autocast_for, resolve_device
-from shared.training.dp_trainer import TrainSettings, sample_rate_for, steps_per_epoch, train_model
+from shared.training.dp_trainer import TrainSettings, steps_per_epoch, train_model
 
 EXPLANATIONS_DIR = "explanations"
 UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
@@ -69,10 +71,6 @@ REPORTS_DIR = "reports"  # site-only evaluation reports (Task.site_report)
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
 EVALUATE_PHASE = "evaluate"  # extra.phase of a ledger entry recording a DP evaluation release
 RELEASE_PHASES = (EVALUATE_PHASE, COUNT_PHASE)  # ledger entries of a release, not of a training round
-
-
-class DataChanged(Exception):
-    """The site's training data changed since the noise was planned and no noise fits the remaining budget."""
 
 
 @dataclass
@@ -123,8 +121,7 @@ class NoisePlan:
     steps_per_round: int
     composed_target: float  # epsilon the lifetime history may reach at the end of this run
     pretrain_steps_per_round: int = 0  # steps of a pretraining-phase round (config `pretrain:`)
-    n_train: int = -1  # training rows the plan was made for (-1: not recorded, a plan file of an older version)
-    replanned_at_round: int = 0  # 0: the run's first plan; else the round whose data change re-planned the noise
+    planned_size: int = -1  # the released noisy count q and steps come from (never the exact training size)
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -256,33 +253,51 @@ class SiteWorker:
             if e["status"] == "trained" and e["run_id"] != self.run_id
         ]
 
-    def plan(self) -> NoisePlan:
-        """Planned once per run from the target and the whole run's steps; persisted so every
-        round (and a restarted client) uses the same noise."""
+    def plan(self, server_round: int | None = None) -> NoisePlan:
+        """Planned once per run from the target, the whole run's steps and the released noisy count (drawn
+        here first when the run has none yet, in ledger round `server_round`, else 1); persisted so every
+        round (and a restarted client) uses the same noise. Raises BudgetTooSmall."""
         if self._plan is not None:
             return self._plan
         with self.ledger.lock():  # one process plans, the others (Ray actors, ClientApp processes) read its plan
-            return self._load_or_make_plan()
+            return self._load_or_make_plan(server_round or 1)
 
-    def _load_or_make_plan(self) -> NoisePlan:
+    def _saved_plan(self) -> NoisePlan | None:
+        """The run's plan when it was made (here or by another process of this site), else None."""
         path = self._plan_path()
-        if path.is_file():
+        if self._plan is None and path.is_file():
             self._plan = NoisePlan(**json.loads(path.read_text()))
-            return self._plan
-        n, t, p = self.data.n_train, self.cfg.train, self.cfg.privacy
-        q = sample_rate_for(n, t.batch_size)
-        steps_round = t.local_epochs * steps_per_epoch(n, t.batch_size)
-        # both phases share the sample rate and the noise: one mechanism over all the run's steps
-        pretrain_round = self.cfg.pretrain.local_epochs * steps_per_epoch(n, t.batch_size) if self.cfg.pretrain.enabled else 0
-        run_steps = steps_round * t.rounds + pretrain_round * self.cfg.pretrain_rounds
+        return self._plan
+
+    def composed_target(self) -> float:
+        """The epsilon this run may bring the lifetime history to: the plan's once made; before it (an
+        evaluation ahead of any training) the same formula over what earlier runs spent."""
+        plan = self._saved_plan()
+        if plan is not None:
+            return plan.composed_target
+        p = self.cfg.privacy
+        spent = epsilon_opacus(self._prior(), p.delta, p.accountant)
+        return min(self.lifetime_epsilon, spent + self.cfg.site_target_epsilon(self.settings.site))
+
+    def _load_or_make_plan(self, server_round: int) -> NoisePlan:
+        saved = self._saved_plan()
+        if saved is not None:
+            return saved
+        t, p = self.cfg.train, self.cfg.privacy
         prior = self._prior()
-        spent = epsilon_opacus(prior, p.delta, p.accountant)
-        composed_target = min(self.lifetime_epsilon, spent + self.cfg.site_target_epsilon(self.settings.site))
-        nm = plan_noise_multiplier(  # the run's DP evaluation releases share the one target with training
-            composed_target, p.delta, q, run_steps, prior=prior + self.planned_count() + self.planned_evaluation(),
+        composed_target = self.composed_target()
+        count = self._released_count(server_round, composed_target)  # raises BudgetTooSmall
+        per_epoch = steps_per_epoch(count, t.batch_size)
+        steps_round = t.local_epochs * per_epoch
+        # both phases share the sample rate and the noise: one mechanism over all the run's steps
+        pretrain_round = self.cfg.pretrain.local_epochs * per_epoch if self.cfg.pretrain.enabled else 0
+        run_steps = steps_round * t.rounds + pretrain_round * self.cfg.pretrain_rounds
+        nm = plan_noise_multiplier(  # the count is in the ledger; the DP evaluation releases share the one target
+            composed_target, p.delta, 1.0 / per_epoch, run_steps,
+            prior=prior + self._run_releases(COUNT_PHASE) + self.planned_evaluation(),
             accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
         )  # raises BudgetTooSmall
-        self._save_plan(NoisePlan(nm, q, steps_round, composed_target, pretrain_round, n_train=n))
+        self._save_plan(NoisePlan(nm, 1.0 / per_epoch, steps_round, composed_target, pretrain_round, count))
         return self._plan
 
     def _plan_path(self) -> Path:
@@ -291,36 +306,6 @@ class SiteWorker:
     def _save_plan(self, plan: NoisePlan) -> None:
         self._plan = plan
         write_bytes(self._plan_path(), json.dumps(plan.__dict__).encode(), 0o600)
-
-    def _replan_if_data_changed(self, plan: NoisePlan, server_round: int) -> NoisePlan:
-        """The plan for the data the site has now. When the sample rate or the steps per round differ from
-        the plan's (the training rows changed), re-plan the noise over the run's remaining rounds on top of
-        everything trained so far, under the same composed target; raise DataChanged when nothing fits."""
-        n, t, p = self.data.n_train, self.cfg.train, self.cfg.privacy
-        q, per_epoch = sample_rate_for(n, t.batch_size), steps_per_epoch(n, t.batch_size)
-        steps_round = t.local_epochs * per_epoch
-        pretrain_round = self.cfg.pretrain.local_epochs * per_epoch if self.cfg.pretrain.enabled else 0
-        if (q, steps_round, pretrain_round) == (plan.sample_rate, plan.steps_per_round, plan.pretrain_steps_per_round):
-            return plan
-        remaining = sum(pretrain_round if r <= self.cfg.pretrain_rounds else steps_round
-                        for r in range(server_round, self.cfg.total_rounds + 1))
-        detail = (f"training rows {plan.n_train} -> {n}: sample rate {plan.sample_rate:.4g} -> {q:.4g}, "
-                  f"steps per round {plan.steps_per_round} -> {steps_round}")
-        try:
-            nm = plan_noise_multiplier(
-                plan.composed_target, p.delta, q, remaining,
-                prior=self._trained_history() + self.planned_count() + self.planned_evaluation(from_round=server_round),
-                accountant=p.accountant, max_noise_multiplier=p.max_noise_multiplier,
-            )
-        except BudgetTooSmall as err:
-            raise DataChanged(f"{detail}; no noise fits the remaining budget ({err})") from None
-        self._save_plan(NoisePlan(nm, q, steps_round, plan.composed_target, pretrain_round, n, server_round))
-        self.security_log.append({
-            "kind": "data_changed", "action": "replanned", "run_id": self.run_id, "round": server_round,
-            "detail": f"{detail}; noise multiplier {plan.noise_multiplier:.4g} -> {nm:.4g} for the remaining "
-                      f"{remaining} steps",
-        })
-        return self._plan
 
     # -- rounds ---------------------------------------------------------------------------
     def _load_global(self, global_state: dict[str, torch.Tensor], phase: str = TRAIN_PHASE) -> torch.nn.Module:
@@ -340,17 +325,6 @@ class SiteWorker:
             "budget_exhausted", "budget_exhausted",
             metrics={"budget_exhausted": 1, "epsilon": self.ledger.spent_epsilon(), "delta": p.delta}, detail=reason,
         )
-
-    def _refuse_data_changed(self, server_round: int, detail: str) -> RoundOutcome:
-        p = self.cfg.privacy
-        self.ledger.append(
-            run_id=self.run_id, round=server_round, status=REFUSED, mechanism=None, delta=p.delta,
-            max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=self.ledger.spent_epsilon(),
-            lifetime_epsilon=self.lifetime_epsilon, extra={"reason": "data_changed", "detail": detail[:300]},
-        )
-        self.security_log.append({"kind": "data_changed", "action": "refused", "run_id": self.run_id,
-                                  "round": server_round, "detail": detail})
-        return RoundOutcome("refused", "data_changed", metrics={"refused": 1})
 
     def _round_seed(self, server_round: int) -> int:
         """Distinct per run seed, site and round: the seed of torch's global generator (dropout,
@@ -424,11 +398,9 @@ class SiteWorker:
                 server_round, "a round at this site was trained without DP: its lifetime epsilon is unbounded"
             )
         try:
-            plan = self._replan_if_data_changed(self.plan(), server_round)
+            plan = self.plan(server_round)
         except BudgetTooSmall as err:
             return self._refuse_for_budget(server_round, str(err))
-        except DataChanged as err:
-            return self._refuse_data_changed(server_round, str(err))
         round_steps = plan.pretrain_steps_per_round if phase == PRETRAIN_PHASE else plan.steps_per_round
         this_round = Mechanism(plan.noise_multiplier, plan.sample_rate, round_steps)
         ok, eps_after = fits_budget(self._trained_history(), this_round, p.delta, plan.composed_target, p.accountant)
@@ -460,10 +432,8 @@ class SiteWorker:
             return refusal
         pretrain = phase == PRETRAIN_PHASE
         dp = self.dp_enabled
-        plan = self.plan() if dp else None
-        weight = self._released_count(server_round, plan) if plan is not None else None
-        if isinstance(weight, RoundOutcome):
-            return weight
+        plan = self.plan(server_round) if dp else None
+        weight = plan.planned_size if plan is not None else None  # the run's released count (drawn with the plan)
         if weight is not None and self.secagg is not None:
             # post-processing: under SecAgg+ every weight obeys the run's bound, and the saved update says so
             weight = min(weight, int(self.secagg.max_weight))
@@ -479,6 +449,8 @@ class SiteWorker:
             precision=self.precision, proximal_mu=proximal_mu, seed=self._round_seed(server_round),
             # secret (OS CSPRNG) unless the run asks for reproducible noise, which the ledger records
             dp_seed=self._round_seed(server_round) if p.reproducible_noise else None,
+            # the sample rate and the noisy mean's divisor from the released count, not the exact size
+            planned_size=plan.planned_size if plan is not None else None,
         )
         result = train_model(model, self.data.train, self.task.pretrain_loss if pretrain else self.task.loss, settings)
         recorded = {
@@ -518,35 +490,34 @@ class SiteWorker:
             run_id=self.run_id, round=server_round, status="trained", mechanism=done, delta=p.delta,
             max_grad_norm=p.max_grad_norm, accountant=p.accountant, cumulative_epsilon=eps,
             lifetime_epsilon=self.lifetime_epsilon,
-            extra={**recorded, "planned_epsilon": plan.composed_target, "replanned_at_round": plan.replanned_at_round},
+            extra={**recorded, "planned_epsilon": plan.composed_target, "planned_size": plan.planned_size},
         )
         return outcome
 
     # -- the FedAvg weight: a noisy training count, released once per run ------------------------------------
-    def planned_count(self) -> list[Mechanism]:
-        """The run's one count release (sensitivity 1: one patient more or less), unless it is already in the ledger."""
-        if not self.dp_enabled or self._count_entry() is not None:
-            return []
-        return [Mechanism(self.cfg.privacy.count_noise_multiplier, 1.0, 1)]
+    def _run_releases(self, phase: str) -> list[Mechanism]:
+        """This run's release mechanisms of `phase` already in the ledger."""
+        return [Mechanism(**e["mechanism"]) for e in self.ledger.entries() if e["run_id"] == self.run_id
+                and e["status"] == "trained" and (e.get("extra") or {}).get("phase") == phase]
 
     def _count_entry(self) -> dict[str, Any] | None:
         return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id
                      and (e.get("extra") or {}).get("phase") == COUNT_PHASE), None)
 
-    def _released_count(self, server_round: int, plan: NoisePlan) -> int | RoundOutcome:
-        """The weight this site sends with every update of the run: n_train + N(0, count_noise_multiplier^2) from
-        the OS CSPRNG (the round seed under privacy.reproducible_noise), rounded, at least 1; drawn once (the
-        first round that trains) and recorded in the ledger as a Gaussian mechanism; later rounds send the same
-        number again (post-processing, no further cost). Called under the ledger lock."""
+    def _released_count(self, server_round: int, composed_target: float) -> int:
+        """The run's noisy training count: n_train + N(0, count_noise_multiplier^2) from the OS CSPRNG (the round
+        seed under privacy.reproducible_noise), rounded, at least 1; drawn once, before the noise is planned (the
+        plan derives the sample rate from it), and recorded in the ledger as a Gaussian mechanism of sensitivity 1.
+        Every update of the run carries it as its FedAvg weight (post-processing, no further cost). Called under
+        the ledger lock; raises BudgetTooSmall when the release does not fit the composed target."""
         entry = self._count_entry()
         if entry is not None:
             return int(entry["extra"]["released"])
         p = self.cfg.privacy
         mechanism = Mechanism(p.count_noise_multiplier, 1.0, 1)
-        ok, eps_after = fits_budget(self._trained_history(), mechanism, p.delta, plan.composed_target, p.accountant)
+        ok, eps_after = fits_budget(self._trained_history(), mechanism, p.delta, composed_target, p.accountant)
         if not ok:
-            return self._refuse_for_budget(server_round, f"the count would reach epsilon {eps_after:.3f} > budget "
-                                                         f"{plan.composed_target:.3f}")
+            raise BudgetTooSmall(f"the count would reach epsilon {eps_after:.3f} > budget {composed_target:.3f}")
         rng = np.random.default_rng(self._round_seed(server_round)) if p.reproducible_noise else secure_rng()
         released = max(1, round(self.data.n_train + float(rng.normal(0.0, p.count_noise_multiplier))))
         self.ledger.append(
@@ -663,12 +634,7 @@ class SiteWorker:
             return self._declined(server_round, RoundOutcome(
                 "refused", "no_validation_data", metrics={"refused": 1}, detail="no validation data at this site"))
         mechanism = Mechanism(e.noise_multiplier, 1.0, 1)
-        try:
-            limit = self.plan().composed_target
-        except BudgetTooSmall as err:
-            return self._declined(server_round, RoundOutcome(
-                "refused", "budget_exhausted", metrics={"refused": 1},
-                detail=f"evaluation not released: {err}"))
+        limit = self.composed_target()  # no plan needed: an evaluation ahead of training draws no count
         ok, eps_after = fits_budget(self._trained_history(), mechanism, p.delta, limit, p.accountant)
         if not ok:
             return self._declined(server_round, RoundOutcome(

@@ -345,20 +345,21 @@ def audit_ledger(
 
 
 def mechanism_problem(entry: dict, mechanism: Mechanism) -> str | None:
-    """Whether a trained line's sample rate and steps are what its recorded dataset size, expected batch
-    size and epochs give (q = 1 / ceil(n / B), steps = epochs x ceil(n / B)); None when they are, or when
-    the line records no dataset size (a ledger of an older version)."""
+    """Whether a trained line's sample rate and steps are what its planned size (the run's released noisy
+    count; the recorded n_train in ledgers of older versions), expected batch size and epochs give
+    (q = 1 / ceil(n / B), steps = epochs x ceil(n / B)); None when they are, or when the line records no size."""
     extra = entry.get("extra") if isinstance(entry.get("extra"), dict) else {}
-    n, batch, epochs = extra.get("n_train"), extra.get("expected_batch_size"), extra.get("epochs")
+    key = "planned_size" if "planned_size" in extra else "n_train"
+    n, batch, epochs = extra.get(key), extra.get("expected_batch_size"), extra.get("epochs")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, batch, epochs)):
-        return None if n is None else "recorded n_train / expected_batch_size / epochs are not positive integers"
+        return None if n is None else f"recorded {key} / expected_batch_size / epochs are not positive integers"
     per_epoch = max(1, math.ceil(n / batch))
     if abs(mechanism.sample_rate - 1.0 / per_epoch) > 1e-12:
         return (f"sample rate {mechanism.sample_rate:.6g} is not 1/ceil(n/B) = 1/{per_epoch} for the recorded "
-                f"n_train {n} and batch size {batch}")
+                f"{key} {n} and batch size {batch}")
     if mechanism.steps != epochs * per_epoch:
         return (f"steps {mechanism.steps} are not epochs x ceil(n/B) = {epochs} x {per_epoch} for the recorded "
-                f"n_train {n} and batch size {batch}")
+                f"{key} {n} and batch size {batch}")
     return None
 
 
@@ -414,6 +415,11 @@ def run_problems(
             continue
         if extra.get("n_train") is None:
             problems.append(("mismatch", number, "no recorded dataset size (n_train): the mechanism cannot be checked"))
+        released = next((e["extra"].get("released") for _, e in parsed if str(e["run_id"]) == run.run_id
+                         and _is_count(e)), None)
+        if "planned_size" in extra and extra["planned_size"] != released:
+            problems.append(("mismatch", number, f"planned size {extra['planned_size']!r} is not the run's released "
+                             f"count {released!r}: the sample rate must come from the released count"))
         reported = (run.rounds.get(r) or {}).get("train") or {}
         mechanism = entry["mechanism"] or {}
         # num-examples: the count release's (checked above); sample_rate and steps are no longer sent (they give n)

@@ -19,7 +19,6 @@ REASON_CODES: frozenset[str] = frozenset({
     "delta_refused",           # the run's delta is above the site's
     "phase_refused",           # a phase the run does not have
     "round_conflict",          # a round already answered from another global model
-    "data_changed",            # the site's data changed between rounds in a way the plan cannot absorb
     "secagg_refused",          # a SecAgg+ request broke the protocol guard
     "roster_refused",          # a peer is not on the roster or its signed keys do not verify
     "version_mismatch",        # a peer runs another SecAgg+ mask or protocol version

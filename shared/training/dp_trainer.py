@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from shared.config_schema import GRAD_SAMPLE_MODES
 from shared.training.devices import autocast_for, configure_precision, keep_freed_memory
@@ -55,6 +55,16 @@ class TrainSettings:
     proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2
     seed: int | None = None  # torch's global generator: dropout, initialisation; never the DP randomness
     dp_seed: int | None = None  # None: DP randomness from the OS CSPRNG; an int only for privacy.reproducible_noise
+    # The public size the Poisson sample rate and the noisy mean's divisor come from (a site's released noisy
+    # count): q = 1 / ceil(planned_size / B) and divisor planned_size * q whatever the dataset's own size, so
+    # neither the rate nor the update's noise scale tells the center the exact size. None: the dataset's size.
+    planned_size: int | None = None
+
+    def sampling(self, num_examples: int) -> tuple[int, float, int]:
+        """(steps per epoch k, sample rate 1/k, divisor of the noisy sum) for a dataset of `num_examples` rows."""
+        size = self.planned_size if self.planned_size is not None else num_examples
+        k = steps_per_epoch(size, self.expected_batch_size)
+        return k, 1.0 / k, max(1, int(size * (1.0 / k)))
 
 
 @dataclass
@@ -271,8 +281,7 @@ class _BookkeepingStep(TrainingStep):
 
         assert s.noise_multiplier is not None
         base = _logical_loader(dataset, s, rng.sampler)
-        # sample rate and expected batch size exactly as PrivacyEngine.make_private derives them
-        expected_batch_size = int(len(dataset) * (1 / len(base)))  # type: ignore[arg-type]
+        expected_batch_size = s.sampling(len(dataset))[2]  # type: ignore[arg-type]  # public, as in _make_private
         loader: DataLoader = DPDataLoader.from_data_loader(base)
         _check_sample_rate(loader, dataset, s)
         self.ends = _LogicalBatchEnds()
@@ -302,14 +311,17 @@ class _BookkeepingStep(TrainingStep):
 
 
 def _logical_loader(dataset: Dataset, s: TrainSettings, sampler: torch.Generator) -> DataLoader:
-    """The DataLoader Opacus derives Poisson sampling from: q = 1 / len(this loader); its generator is
-    the one Opacus' DPDataLoader draws the Poisson masks from."""
+    """The DataLoader Opacus derives Poisson sampling from: q = 1 / len(this loader), so it holds exactly
+    k = ceil(planned size / B) batches (never iterated); its generator is the one Opacus' DPDataLoader
+    draws the Poisson masks from."""
     pin = torch.device(s.device).type == "cuda"
-    return DataLoader(dataset, batch_size=s.expected_batch_size, pin_memory=pin, generator=sampler)
+    k, _, _ = s.sampling(len(dataset))  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_sampler=BatchSampler(range(k), batch_size=1, drop_last=False), pin_memory=pin,
+                      generator=sampler)
 
 
 def _check_sample_rate(poisson_loader: Any, dataset: Dataset, s: TrainSettings) -> None:
-    q = sample_rate_for(len(dataset), s.expected_batch_size)  # type: ignore[arg-type]
+    _, q, _ = s.sampling(len(dataset))  # type: ignore[arg-type]
     if abs(poisson_loader.sample_rate - q) > 1e-12:  # the ledger must record what really ran
         raise RuntimeError(f"Opacus sample rate {poisson_loader.sample_rate} != planned {q}")
 
@@ -338,6 +350,9 @@ def _make_private(
     # Opacus' secure-mode noise (discard one draw, sum four) from our generator; without torchcsprng
     # PrivacyEngine(secure_mode=True) cannot be built, but the optimizer's flag only picks the draw.
     private[1].secure_mode = True
+    # the noisy sum's divisor from the public planned size: Opacus takes len(dataset) * q, whose exact value the
+    # update's noise scale would give away
+    private[1].expected_batch_size = s.sampling(len(dataset))[2]  # type: ignore[arg-type]
     if mode == "ghost":
         module, optimizer, _criterion, loader = private
         return module, optimizer, loader
@@ -395,7 +410,7 @@ def train_model(model: nn.Module, dataset: Dataset, loss_fn: LossFn, s: TrainSet
     return TrainResult(
         mean_loss if math.isfinite(mean_loss) else float("nan"),
         logical_steps,
-        sample_rate_for(n, s.expected_batch_size),
+        s.sampling(n)[1],
         s.noise_multiplier,
         n,
         trainer.mode if s.noise_multiplier is not None else "none",

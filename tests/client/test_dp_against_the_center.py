@@ -4,8 +4,11 @@
   reproducible mode it does (and tells D from D minus one record), and the audit flags that run;
 - the honest baseline: privacy.enabled false / target .inf really train without DP, the ledger says
   no_dp, the audit reports epsilon inf, a site policy refuses it;
-- the data shrinks between rounds: the ledger records the real rate (dp-accounting agrees), the noise is
-  re-planned, and a round that would overspend is refused (data_changed);
+- the data shrinks between rounds: the ledger records the rate that ran and the rows it ran on (dp-accounting
+  agrees); the rate comes from the released count, so no data change can overspend, and a round the budget
+  cannot hold is refused;
+- what a reply says about the size: at a batch boundary (n and n + 1 rows), the epsilon, the noise multiplier and
+  the update's divisor follow the released noisy count, never ceil(n / B);
 - two simultaneous runs at one site never exceed the lifetime budget.
 """
 
@@ -23,7 +26,6 @@ from shared.config import config_from_dict
 from shared.privacy.accountant import Mechanism, epsilon_independent
 from shared.privacy.audit import audit_ledger
 from shared.privacy.ledger import SiteLedger
-from shared.privacy.planner import fits_budget
 from shared.privacy.site_policy import SitePolicy, config_violations
 from shared.tasks.base import SiteData
 from shared.tasks.registry import build_task
@@ -121,44 +123,73 @@ def _shrink(worker, rows):
     worker._data = SiteData(Subset(full.train, range(rows)), full.val)
 
 
-def test_shrunk_data_is_accounted_at_its_real_rate_and_replanned(data_root, tmp_path):
+def test_shrunk_data_trains_at_the_planned_rate_and_the_ledger_says_so(data_root, tmp_path):
     site = _worker(data_root, tmp_path / "site")
     state = site.task.build_model().state_dict()
     assert site.train_round(1, state).status == "trained"
     planned = site.plan()
-    assert planned.sample_rate == pytest.approx(1 / 3)  # 90 training rows, batch 32
-    _shrink(site, 20)  # 90 -> 20 rows: every row in every batch, q 1/3 -> 1
-    # what the old plan would do at the real rate: overspend the run's target
-    old = Mechanism(planned.noise_multiplier, 1.0, 2)
-    assert not fits_budget(site._trained_history(), old, 1e-5, planned.composed_target)[0]
+    count = site._count_entry()["extra"]["released"]
+    assert planned.planned_size == count and planned.sample_rate == 1 / -(-count // 32)  # 90 rows +- the noise
+    _shrink(site, 20)  # 90 -> 20 rows: Poisson sampling at the same rate is private for any number of rows
     assert site.train_round(2, state).status == "trained"
     entries = _ledger(tmp_path / "site").entries()
     assert [e["extra"]["phase"] for e in entries] == ["count", "train", "train"]  # the count: once per run
-    second = entries[2]
-    assert second["mechanism"]["sample_rate"] == 1.0 and second["mechanism"]["steps"] == 1
-    assert second["extra"]["n_train"] == 20 and second["extra"]["replanned_at_round"] == 2
-    assert second["mechanism"]["noise_multiplier"] > planned.noise_multiplier
+    first, second = entries[1], entries[2]
+    assert second["mechanism"] == first["mechanism"]  # the mechanism that ran: same rate, steps and noise
+    assert (first["extra"]["n_train"], second["extra"]["n_train"]) == (90, 20)  # the rows it ran on
+    assert second["extra"]["planned_size"] == count
     history = [Mechanism(**e["mechanism"]) for e in entries]
     recomputed = epsilon_independent(history, 1e-5)
     assert second["cumulative_epsilon"] == pytest.approx(recomputed, rel=0.01) and recomputed <= 4.0 * 1.01
     assert audit_ledger(tmp_path / "site" / "privacy_ledger.jsonl").status == "ok"
-    assert any(e["event"].get("kind") == "data_changed" and e["event"]["action"] == "replanned"
-               for e in site.security_log.entries())
 
 
-def test_shrunk_data_that_no_noise_can_absorb_is_refused(data_root, tmp_path):
+def test_a_round_the_budget_cannot_hold_is_refused_and_recorded(data_root, tmp_path):
     site = _worker(data_root, tmp_path / "site")
     state = site.task.build_model().state_dict()
     assert site.train_round(1, state).status == "trained"
-    site.cfg.privacy.max_noise_multiplier = site.plan().noise_multiplier  # no more noise available
-    _shrink(site, 20)
-    outcome = site.train_round(2, state)
-    assert (outcome.status, outcome.reason, outcome.arrays) == ("refused", "data_changed", None)
+    # another run spent meanwhile (its ledger line): round 2 of this run no longer fits the composed target
     entries = _ledger(tmp_path / "site").entries()
-    assert [e["status"] for e in entries] == ["trained", "trained", "refused"]  # count, round 1, round 2
-    assert entries[2]["extra"]["reason"] == "data_changed" and "90 -> 20" in entries[2]["extra"]["detail"]
-    assert any(e["event"].get("kind") == "data_changed" and e["event"]["action"] == "refused"
-               for e in site.security_log.entries())
+    site.ledger.append("other-run", 1, "trained", Mechanism(0.8, 1.0, 1), 1e-5, 1.0, "rdp",
+                       epsilon_independent([Mechanism(**e["mechanism"]) for e in entries] + [Mechanism(0.8, 1.0, 1)],
+                                           1e-5), float("inf"))
+    outcome = site.train_round(2, state)
+    assert (outcome.status, outcome.arrays) == ("budget_exhausted", None)
+    last = _ledger(tmp_path / "site").entries()[-1]
+    assert last["status"] == "budget_exhausted" and "would reach epsilon" in last["extra"]["reason"]
+
+
+def test_at_a_batch_boundary_the_reply_follows_the_released_count_not_the_size(data_root, tmp_path, monkeypatch):
+    """64 and 65 rows at batch 32 give ceil(n / B) 2 and 3: the old plan sent different epsilons and noise
+    multipliers (and divided the noisy sum by n x q). With the same released count both sites send the same
+    numbers and train with the same rate, steps, noise and divisor."""
+    seen = []
+    real_train = site_worker_module.train_model
+    monkeypatch.setattr(site_worker_module, "train_model", lambda *a: seen.append((len(a[1]), a[3])) or real_train(*a))
+    replies = []
+    for rows, offset in ((64, 0.2), (65, -0.8)):  # both release round(rows + offset) = 64
+        monkeypatch.setattr(site_worker_module, "secure_rng", lambda offset=offset: _FixedNormal(offset))
+        site = _worker(data_root, tmp_path / f"site{rows}")
+        _shrink(site, rows)
+        outcome = site.train_round(1, site.task.build_model().state_dict())
+        assert outcome.status == "trained"
+        replies.append({k: outcome.metrics[k] for k in ("num-examples", "epsilon", "noise_multiplier")})
+        entry = _ledger(tmp_path / f"site{rows}").entries()[1]
+        assert (entry["extra"]["n_train"], entry["extra"]["planned_size"]) == (rows, 64)
+    assert replies[0] == replies[1] and replies[0]["num-examples"] == 64
+    (n64, s64), (n65, s65) = seen
+    assert (n64, n65) == (64, 65) and s64.planned_size == s65.planned_size == 64
+    assert s64.sampling(n64) == s65.sampling(n65) == (2, 0.5, 32)  # k, q, divisor: none of them is the size's
+
+
+class _FixedNormal:
+    """The OS CSPRNG's stand-in: normal() gives a chosen offset (the test fixes the released count)."""
+
+    def __init__(self, offset):
+        self.offset = offset
+
+    def normal(self, loc=0.0, scale=1.0):
+        return self.offset
 
 
 # -- one budget, one writer -----------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_the_only_dp_off_path_is_the_config_switch():
     assert keywords["noise_multiplier"] == "plan.noise_multiplier if plan is not None else None"
     assert keywords["dp_seed"] == "self._round_seed(server_round) if p.reproducible_noise else None"
     text = _source(site_worker)
-    assert text.count("plan = self.plan() if dp else None") == 1 and text.count("dp = self.dp_enabled") == 1
+    assert text.count("plan = self.plan(server_round) if dp else None") == 1 and text.count("dp = self.dp_enabled") == 1
     config = _source(REPO / "shared" / "config_schema.py")
     assert "return self.privacy.enabled and math.isfinite(self.site_target_epsilon(site))" in config
 
