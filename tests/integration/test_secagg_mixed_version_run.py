@@ -1,7 +1,8 @@
 """A mixed-version federation in a real `fedcare simulate` run (3 tiny sites, DP on): the center runs another
 SecAgg+ mask expansion than the sites (patched in this process, where the ServerApp runs; the sites run in
 Flower's workers). The center reads every site's signed version statement at setup and stops the run before
-any site trains, with one line naming the site and its version; the summary is never complete."""
+any site trains, with one line naming the site and its version; the summary is never complete. A site may have
+drawn its count release by then (the setup's budget check plans from it): it is in its ledger, never sent."""
 
 import json
 
@@ -51,4 +52,6 @@ def test_the_run_stops_before_training_with_one_line_naming_the_site_and_version
 def test_no_site_trained(run):
     run_dir, _, _ = run
     for site in SITES:
-        assert SiteLedger(run_dir / "sites" / site / "privacy_ledger.jsonl", site).entries() == []
+        entries = SiteLedger(run_dir / "sites" / site / "privacy_ledger.jsonl", site).entries()
+        # at most the run's count release, which the setup's budget check planned from (accounted, never sent)
+        assert [(e["status"], e["extra"]["phase"]) for e in entries] in ([], [("trained", "count")])
