@@ -57,13 +57,17 @@ class SiteTracking:
     total_rounds: int
 
     def _init_tracking(self, history: RunHistory, total_rounds: int, round_offset: int = 0,
-                       wait_for_nodes_s: float = 3600.0) -> None:
+                       wait_for_nodes_s: float = 3600.0, evaluated_rounds: set[int] | None = None) -> None:
         """`round_offset`: rounds already done before this start (a resumed run). Flower's
         Strategy.start counts from 1; every round number that reaches the clients, the history
         and the checkpoints is shifted by it. `wait_for_nodes_s`: how long a round waits for
-        enough connected sites before it is skipped (Flower itself would wait forever)."""
+        enough connected sites before it is skipped (Flower itself would wait forever).
+        `evaluated_rounds`: the global rounds whose model the sites are asked to evaluate (None: every
+        round); in the others no evaluate message is sent (it would cost a message round trip per site
+        for an empty reply)."""
         self.history, self.total_rounds, self.round_offset = history, total_rounds, round_offset
         self.wait_for_nodes_s = wait_for_nodes_s
+        self.evaluated_rounds = evaluated_rounds
         self.exhausted_nodes: set[int] = set()
         self.node_sites: dict[int, str] = {}  # learned from replies
         self.registered_names: dict[int, str] = {}  # deployment: the name the center registered with the node's key
@@ -119,6 +123,8 @@ class SiteTracking:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._learn_registered_names(grid)
         self._sent["evaluate"] = {}
+        if self.evaluated_rounds is not None and server_round + self.round_offset not in self.evaluated_rounds:
+            return []
         needed = self._min_nodes("min_evaluate_nodes")
         if not self._enough_nodes(grid, server_round + self.round_offset, "evaluation", needed):
             return []
@@ -220,8 +226,17 @@ def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) ->
         strategy = _site_level_dp_strategy(cfg, inner)
         strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode,
                                             dp.max_site_weight)
-    strategy._init_tracking(history, cfg.total_rounds, round_offset, cfg.federation.round_timeout_s)
+    strategy._init_tracking(history, cfg.total_rounds, round_offset, cfg.federation.round_timeout_s,
+                            evaluated_rounds(cfg))
     return strategy
+
+
+def evaluated_rounds(cfg: RunConfig) -> set[int] | None:
+    """The rounds the center asks for an evaluation: with DP at every site, the rounds in which sites release
+    one (`privacy.evaluation.rounds`; in the others a DP site answers with nothing); else every round."""
+    if all(cfg.dp_enabled(site) for site in cfg.data.sites):
+        return set(cfg.evaluation_rounds())
+    return None
 
 
 def _site_level_dp_strategy(cfg: RunConfig, inner: fl.Strategy) -> Any:

@@ -208,7 +208,9 @@ class EvaluationPrivacyConfig(Section):
 
     noise_multiplier: Float = 4.0
     bins: int = 20  # equal-width score bins over [0, 1] (binary tasks)
-    rounds: str = "all"  # "all": every fine-tuning round's model is evaluated; "final": only the last round's
+    # "all": every fine-tuning round's model is evaluated; "final": only the last round's. With DP at every site
+    # the center sends evaluate messages only in these rounds (server/strategy.py: evaluated_rounds)
+    rounds: str = "all"
 
 
 class PrivacyConfig(Section):

@@ -256,3 +256,21 @@ def test_in_deployment_a_reply_never_names_its_site(tmp_path):
     tracking.registered_names = {5: "site_b"}  # deployment: the center registered node 5's key as site_b
     assert tracking.site_for(5, "site_a") == "site_b"
     assert tracking.site_for(6, "site_a") == "node-6"  # a node without a registered name is never taken at its word
+
+
+@pytest.mark.parametrize(("privacy", "evaluated"), [
+    ({"evaluation": {"rounds": "final"}}, [4]),  # DP sites release one evaluation: only the last round is asked
+    ({"evaluation": {"rounds": "all"}}, [1, 2, 3, 4]),
+    ({"enabled": False, "evaluation": {"rounds": "final"}}, [1, 2, 3, 4]),  # no DP: exact metrics every round
+    ({"site_targets": {"site_c": float("inf")}, "evaluation": {"rounds": "final"}}, [1, 2, 3, 4]),
+])
+def test_evaluate_messages_go_only_to_rounds_that_release_one(tmp_path, privacy, evaluated):
+    raw = json.loads(json.dumps(CFG))
+    raw["privacy"] = privacy
+    grid = SiteGrid()
+    run_federation(grid, {**_rc(tmp_path), "config": config_from_dict(raw, "center.yaml").to_json()})
+    asked = {phase: sorted({rnd for p, rnd, _ in grid.asked if p == phase}) for phase in ("train", "evaluate")}
+    assert asked == {"train": [1, 2, 3, 4], "evaluate": evaluated}
+    assert len([a for a in grid.asked if a[0] == "evaluate"]) == 3 * len(evaluated)
+    # every round is still checkpointed and in the history
+    assert [checkpoint_path(tmp_path / "run", r).is_file() for r in range(1, 5)] == [True] * 4
