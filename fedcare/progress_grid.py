@@ -8,14 +8,15 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedcare.progress import PHASES, RunProgress
-from server.prompt_grid import PromptGrid
+from server.prompt_grid import DispatchSignals, PromptGrid
 
 
 class ProgressGrid(PromptGrid):
     """A Grid that reports each request it sends and each reply as it arrives; everything else is the inner grid's."""
 
-    def __init__(self, inner: Grid, progress: RunProgress, pull_interval: float = 0.1) -> None:
-        super().__init__(inner, pull_interval)
+    def __init__(self, inner: Grid, progress: RunProgress, pull_interval: float = 0.1,
+                 signals: DispatchSignals | None = None) -> None:
+        super().__init__(inner, pull_interval, signals)
         self._progress, self._round, self._phase = progress, 0, ""
 
     def sending(self, messages: list[Message]) -> None:

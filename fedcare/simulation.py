@@ -81,18 +81,26 @@ def run_flower_simulation(cfg: RunConfig, rc: dict[str, Any], progress: RunProgr
     """One run on Flower's Simulation Runtime, in this process: the function `flwr run` reaches through the
     SuperLink's `flwr-simulation` process (flwr.simulation.run_simulation._run_simulation), given the apps
     and their run config directly. (`flwr.simulation.run_simulation` is its deprecated public wrapper.)"""
+    from flwr.serverapp import Grid
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
     from client.app import build_client_app
+    from fedcare.simulation_dispatch import signalled_dispatch
     from server.app import build_server_app
+    from server.prompt_grid import PromptGrid
 
     backend_config = {
         "client_resources": {"num_cpus": cfg.federation.cpus_per_site, "num_gpus": cfg.federation.gpus_per_site},
         "init_args": {"logging_level": "ERROR", "log_to_driver": True, "include_dashboard": False},
     }
-    wrap = None if progress is None else (lambda grid: ProgressGrid(grid, progress))
-    with third_party_output(verbose):
+    with third_party_output(verbose), signalled_dispatch() as signals:
+
+        def wrap(grid: Grid) -> Grid:  # replies and requests move on signals, not on a 0.1 s beat
+            if progress is None:
+                return PromptGrid(grid, signals=signals)
+            return ProgressGrid(grid, progress, signals=signals)
+
         _run_simulation(
             num_supernodes=len(cfg.data.sites),
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

@@ -3,14 +3,17 @@
 Flower 1.41's deployment Grid (`flwr.superlink.grid.http_grid`) pulls replies every 3 s, so each phase of a
 round (train, evaluate) waits up to 3 s after the last reply (issue 23: deployment rounds cost seconds of
 idle time). This wrapper keeps Flower's `send_and_receive` semantics (push, then pull until every reply is
-in or the timeout passes) and pulls every PULL_S; everything else goes to the wrapped Grid. The simulation's
-in-memory Grid already pulls every 0.1 s and is used as it is.
+in or the timeout passes) and pulls every PULL_S; everything else goes to the wrapped Grid. In a local runtime
+that shares this process (`fedcare simulate`), `DispatchSignals` replace the beat: the Grid signals each push
+and waits for the runtime's signal that a reply was stored (fedcare/simulation_dispatch.py).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -19,9 +22,18 @@ from flwr.supercore.run import Run
 PULL_S = 0.2
 
 
+@dataclass
+class DispatchSignals:
+    """Events between a Grid and a message dispatcher in the same process: `pushed` after the Grid stored
+    requests, `replied` after the dispatcher stored a reply."""
+
+    pushed: threading.Event = field(default_factory=threading.Event)
+    replied: threading.Event = field(default_factory=threading.Event)
+
+
 class PromptGrid(Grid):
-    def __init__(self, grid: Grid, pull_interval: float = PULL_S) -> None:
-        self._grid, self._pull_interval = grid, pull_interval
+    def __init__(self, grid: Grid, pull_interval: float = PULL_S, signals: DispatchSignals | None = None) -> None:
+        self._grid, self._pull_interval, self._signals = grid, pull_interval, signals
 
     def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
@@ -50,10 +62,14 @@ class PromptGrid(Grid):
         messages = list(messages)
         self.sending(messages)
         pending = set(self.push_messages(messages))
+        if self._signals is not None:
+            self._signals.pushed.set()
         total = len(pending)
         end = time.time() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []
         while timeout is None or time.time() < end:
+            if self._signals is not None:
+                self._signals.replied.clear()  # before the pull: a reply stored during or after it wakes the wait
             arrived = list(self.pull_messages(pending))
             replies.extend(arrived)
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
@@ -61,7 +77,10 @@ class PromptGrid(Grid):
                 self.received(len(replies), total)
             if not pending:
                 break
-            time.sleep(self._pull_interval)
+            if self._signals is not None:
+                self._signals.replied.wait(self._pull_interval)
+            else:
+                time.sleep(self._pull_interval)
         return replies
 
     def sending(self, messages: list[Message]) -> None:
