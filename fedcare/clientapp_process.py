@@ -12,7 +12,11 @@ to a process of this module, from the site's installed packages, on its stdin:
   2-6 s in simulation, DESIGN-NOTES.md). A message of another run stops that process; the run gets a
   fresh one, so no state crosses runs;
 - a spare process is kept started and imported for the next run (Flower expires a claimed task whose
-  process has not pulled its input within 30 s: a cold start on a loaded machine can take longer).
+  process has not pulled its input within 30 s: a cold start on a loaded machine can take longer). Once
+  a run has taken the spare, the next one is started only after the site has had no message for
+  SPARE_AFTER_IDLE_S: its start-up (~6 s of CPU: torch, fedcare, Opacus) otherwise ran beside the run's
+  next rounds and slowed their training 2-5x on a small machine (benchmarks/round_breakdown.py). A run's
+  first message that finds no spare starts a process at once.
 
 For each message the process pulls the message, the run and the run's app bundle (FAB) with Flower's
 own Runtime API calls, then:
@@ -37,11 +41,13 @@ import select
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from logging import ERROR
 from pathlib import Path
 
 POLL_S = 0.2  # local Runtime API (127.0.0.1): a cheap call
+SPARE_AFTER_IDLE_S = 20.0  # a serving site starts its next spare only after this long without a message
 
 
 def _runtime_client(address: str, token: str | None = None):  # noqa: ANN202 (a Flower RuntimeHttpClient)
@@ -148,8 +154,14 @@ def serve(runtime_address: str, site_yaml: Path) -> int:
     """Get ready, then answer the messages whose tokens arrive on stdin, one line each, until stdin closes."""
     done = os.fdopen(os.dup(1), "wb", buffering=0)  # the launcher's channel: nothing else writes to it
     os.dup2(2, 1)  # prints of the app and its libraries go to stderr
+    from flwr.supernode.runtime import run_clientapp
+
     from client.app import app  # noqa: F401 (imported before the first token: the task's claim must not expire)
+    from shared.flower_object_pulls import prompt_object_pulls
     from shared.privacy.code_bundle import installed_manifest
+
+    # the SuperNode may still be fetching a request's arrays when this process pulls it
+    prompt_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree")
 
     installed = installed_manifest()
     # Opacus' import (~2 s of CPU; every DP message needs it: the model registry, the accountant, the trainer)
@@ -176,6 +188,7 @@ class AppLauncher(threading.Thread):
         self.stopping = threading.Event()
         self.ready: subprocess.Popen[bytes] | None = None  # started, not yet serving a run
         self.serving: tuple[int, subprocess.Popen[bytes]] | None = None  # (run id, its process)
+        self.last_message = float("-inf")  # time.monotonic() when the last message was answered
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-P", "-m", "fedcare.clientapp_process", "--runtime-api-address", self.runtime_address,
@@ -194,7 +207,7 @@ class AppLauncher(threading.Thread):
             if self.ready is not None and self.ready.poll() is not None:  # it failed while getting ready
                 self.ready = None
                 self.stopping.wait(2.0)
-            if self.ready is None:
+            if self.spare_due(time.monotonic()):
                 self.ready = self._spawn()
             try:
                 client = client or _runtime_client(self.runtime_address)
@@ -205,11 +218,19 @@ class AppLauncher(threading.Thread):
                 continue
             if res.HasField("task") and res.token:
                 self._hand_over(self._process_for(int(res.task.run_id)), res.token)
+                self.last_message = time.monotonic()
             else:
                 self.stopping.wait(POLL_S)
         for proc in (self.ready, self.serving[1] if self.serving else None):
             if proc is not None:
                 _stop(proc)
+
+    def spare_due(self, now: float) -> bool:
+        """Start a spare now? When there is none and nothing is serving (start-up, a process died), or the
+        serving process has had no message for SPARE_AFTER_IDLE_S."""
+        if self.ready is not None:
+            return False
+        return self.serving is None or now - self.last_message >= SPARE_AFTER_IDLE_S
 
     def _process_for(self, run_id: int) -> subprocess.Popen[bytes]:
         """The live process serving `run_id`, else the spare, which from now on serves it (no state crosses runs:
@@ -219,7 +240,8 @@ class AppLauncher(threading.Thread):
             if served == run_id and proc.poll() is None:
                 return proc
             _stop(proc)
-        assert self.ready is not None
+        if self.ready is None:  # no spare yet (the site was busy until now): a cold start
+            self.ready = self._spawn()
         proc, self.ready = self.ready, None
         self.serving = (run_id, proc)
         return proc

@@ -18,6 +18,7 @@ import time
 from types import SimpleNamespace
 
 from fedcare.flower_processes import require_flower_version
+from shared.flower_object_pulls import prompt_object_pulls
 
 FLOWER_IDLE_S, FLOWER_REPLY_POLL_S = 3, 0.5  # the values in flwr 1.41's start_client_internal
 IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.1
@@ -39,6 +40,7 @@ def patch_supernode() -> None:
     # the module's own `time` only: other modules' sleeps (retries, heartbeats) keep their timing
     names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})
+    prompt_object_pulls(start_client_internal, "pull_objects")  # a request's arrays arrive just after it
 
 
 def main() -> None:

@@ -7,10 +7,12 @@ from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.http_grid import HttpGrid
 
 from server.federation import run_federation
 from server.prompt_grid import PromptGrid
+from shared.flower_object_pulls import prompt_object_pulls
 
 
 def build_server_app(bound_run_config: Mapping[str, Any] | None = None,
@@ -24,6 +26,7 @@ def build_server_app(bound_run_config: Mapping[str, Any] | None = None,
         grid = wrap_grid(grid) if wrap_grid else grid
         if isinstance(grid, HttpGrid):
             grid = PromptGrid(grid)  # Flower's deployment Grid pulls replies every 3 s
+            prompt_object_pulls(http_grid, "pull_objects")  # a reply's arrays arrive just after the reply
         run_federation(grid, bound_run_config or context.run_config, context)
 
     return app

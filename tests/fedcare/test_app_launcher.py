@@ -107,7 +107,28 @@ def test_the_supernode_runner_shortens_only_flowers_idle_beat_and_reply_poll(mon
         supernode_runner.shortened_sleep(seconds)
     assert slept == [supernode_runner.IDLE_PULL_S, supernode_runner.REPLY_POLL_S, 2.0]
     monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # undone after the test
+    monkeypatch.setattr(start_client_internal, "pull_objects", start_client_internal.pull_objects)
     supernode_runner.patch_supernode()
+    assert start_client_internal.pull_objects.keywords["initial_backoff"] < 1  # Flower's first back-off: 1 s
     assert start_client_internal.time.sleep is supernode_runner.shortened_sleep
     assert start_client_internal.time.time is supernode_runner.time.time  # the rest of `time` unchanged
     assert supernode_runner.time.sleep is not supernode_runner.shortened_sleep  # the real module untouched
+
+
+def test_the_next_spare_waits_until_the_site_is_quiet(monkeypatch):
+    """A spare's start-up (torch, fedcare, Opacus imports) must not run beside the run's next rounds."""
+    launcher, spawned = _launcher(monkeypatch)
+    assert launcher.spare_due(0.0)  # start-up: nothing serves, a spare at once
+    launcher.ready = launcher._spawn()
+    launcher._hand_over(launcher._process_for(7), "train-1")
+    launcher.last_message = 100.0
+    assert launcher.ready is None and launcher.serving is not None
+    idle = clientapp_process.SPARE_AFTER_IDLE_S
+    assert not launcher.spare_due(100.0 + idle / 2)  # between rounds: no new process
+    assert launcher.spare_due(100.0 + idle)  # quiet for long enough
+    # a new run's first message while no spare exists yet: a process is started for it at once
+    proc = launcher._process_for(8)
+    assert proc is spawned[-1] and len(spawned) == 2 and launcher.serving == (8, proc)
+    launcher.serving[1].stopped = True
+    launcher._forget(proc)
+    assert launcher.spare_due(100.0)  # the serving process is gone: a spare at once
