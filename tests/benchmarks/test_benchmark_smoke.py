@@ -75,7 +75,9 @@ def test_round_breakdown_quick_splits_each_round_per_site(tmp_path):
     for rnd in result["rounds"]:
         assert set(rnd["sites"]) == {"hospital_a", "hospital_b", "hospital_c"}
         for row in rnd["sites"].values():
-            assert row["train"] > 0 and row["evaluate"] > 0  # every site trained and evaluated in every round
+            assert row["train"] > 0  # every site trained in every round
+            # the demo config releases one DP evaluation, of the final model: only then is an evaluation asked for
+            assert (row["evaluate"] > 0) == (rnd["round"] == 2)
             assert row["handler"] <= rnd["wall_s"] + 0.5  # a site's handlers fit in the round (checkpoint mtimes)
             assert abs(sum(row[p] for p in ("setup", "deserialise", "train", "evaluate", "accounting", "checkpoint",
                                             "serialise", "other")) - row["handler"]) < 0.01
