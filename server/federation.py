@@ -127,9 +127,10 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
 
 
 def run_pretraining(grid: Grid, cfg: RunConfig, history: RunHistory, run_dir: Path, run_id: str) -> dict[str, torch.Tensor]:
-    """The pretraining phase: global rounds 1..cfg.pretrain_rounds train the task's contrastive model
-    (sites report their self-supervised validation loss); returns its final weights, also saved as
-    run_dir/pretrain/model.pt. The sites spend this phase's privacy under the run's one noise plan."""
+    """The pretraining phase: global rounds 1..cfg.pretrain_rounds train the task's contrastive model (without
+    DP the sites report their self-supervised validation loss; under DP they release none and are not asked);
+    returns its final weights, also saved as run_dir/pretrain/model.pt. The sites spend this phase's privacy
+    under the run's one noise plan."""
     task = build_task(cfg)
     model = task.build_pretrain_model()
     try:
