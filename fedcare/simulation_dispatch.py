@@ -8,7 +8,7 @@ its own beat: each phase of a round (train, evaluate) waited ~0.1-0.2 s with not
 round of the default configs. Here the Grid signals each push and the dispatcher signals each stored reply
 (`server.prompt_grid.DispatchSignals`), and each side waits on the other's signal; the old beat remains as a
 timeout, so a missed signal costs what it cost before. The two functions below are Flower's, with the wait
-changed; `patch_simulation_dispatch` checks the installed flwr version, since it replaces module attributes.
+changed; `signalled_dispatch` checks the installed flwr version, since it replaces module attributes.
 """
 
 from __future__ import annotations

@@ -121,10 +121,10 @@ class SiteTracking:
         return msgs
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self._learn_registered_names(grid)
         self._sent["evaluate"] = {}
         if self.evaluated_rounds is not None and server_round + self.round_offset not in self.evaluated_rounds:
-            return []
+            return []  # before any call to the SuperLink: a skipped round costs nothing
+        self._learn_registered_names(grid)
         needed = self._min_nodes("min_evaluate_nodes")
         if not self._enough_nodes(grid, server_round + self.round_offset, "evaluation", needed):
             return []

@@ -161,3 +161,19 @@ def test_training_noise_is_planned_with_the_runs_evaluation_releases(site):
     with_eval = [Mechanism(planned, q, steps)] + [Mechanism(4.0, 1.0, 1)] * 3
     assert epsilon_opacus(with_eval, cfg.privacy.delta) <= 4.0 + 1e-6
     assert worker.planned_evaluation() == [Mechanism(4.0, 1.0, 1)] * 3
+
+
+def test_a_center_that_asks_outside_the_release_rounds_gets_nothing_and_costs_nothing(site):
+    """`privacy.evaluation.rounds: final`: the honest center no longer asks in rounds 1-2 (server/strategy.py),
+    but that is only its courtesy. A modified center asks anyway, with the crafted model: the site itself
+    releases nothing, spends nothing, and still releases the final round's histograms."""
+    cfg, root = site
+    final = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
+        update={"evaluation": cfg.privacy.evaluation.model_copy(update={"rounds": "final"})})})
+    worker = SiteWorker(final, SiteSettings(SITE, root / "data" / SITE, root / "final" / SITE), "run-final")
+    state = _crafted_model(worker)
+    for server_round in (1, 2):
+        assert worker.evaluate(state, server_round=server_round) == {}
+    assert worker.ledger.entries() == []
+    released = worker.evaluate(state, server_round=final.total_rounds)
+    assert HIST_POS.format(0) in released and len(worker.ledger.entries()) == 1
