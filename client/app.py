@@ -29,6 +29,7 @@ from client.security_log_mod import make_security_log_mod
 from client.site_settings import site_settings
 from client.site_worker import Refusal, RoundOutcome, SiteDataError, SiteWorker
 from shared import timings
+from shared.array_packing import array_packing_mod
 from shared.config import TRAIN_PHASE
 from shared.privacy import accountant
 from shared.privacy.whitelist import outgoing_guard_mod
@@ -66,9 +67,10 @@ def _reply(msg: Message, worker: SiteWorker, outcome: RoundOutcome) -> Message:
 def build_client_app(bound_run_config: Mapping[str, Any] | None = None) -> ClientApp:
     """`bound_run_config`: the run config of an in-process simulation (`fedcare simulate`), else the context's."""
     security_log_mod = make_security_log_mod(lambda context: _worker(context, bound_run_config).security_log)
-    # the log sees what arrived and the reply the guard let out; SecAgg+ masks inside the guard
+    # the log sees what arrived and the reply the guard let out (both unpacked: the packing outside it only
+    # re-encodes arrays, shared/array_packing.py); SecAgg+ masks inside the guard
     secure = secure_aggregation_mod(lambda context: _worker(context, bound_run_config))
-    app = ClientApp(mods=[security_log_mod, outgoing_guard_mod, secure])
+    app = ClientApp(mods=[array_packing_mod, security_log_mod, outgoing_guard_mod, secure])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

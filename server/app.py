@@ -11,6 +11,7 @@ from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.http_grid import HttpGrid
 
 from server.federation import run_federation
+from server.packing_grid import PackingGrid
 from server.prompt_grid import PromptGrid
 from shared.flower_object_pulls import prompt_object_pulls
 
@@ -23,8 +24,11 @@ def build_server_app(bound_run_config: Mapping[str, Any] | None = None,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        grid = wrap_grid(grid) if wrap_grid else grid
-        if isinstance(grid, HttpGrid):
+        deployment = isinstance(grid, HttpGrid)
+        grid = PackingGrid(grid)  # one array per record on the wire (sites unpack in array_packing_mod)
+        if wrap_grid:
+            grid = wrap_grid(grid)
+        elif deployment:
             grid = PromptGrid(grid)  # Flower's deployment Grid pulls replies every 3 s
             prompt_object_pulls(http_grid, "pull_objects")  # a reply's arrays arrive just after the reply
         run_federation(grid, bound_run_config or context.run_config, context)

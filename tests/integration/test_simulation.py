@@ -11,8 +11,10 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
 from fedcare.audit_run import audit_path
 from fedcare.simulation import simulate
+from server import packing_grid
 from server import strategy as strategy_module
 from server.checkpoints import load_checkpoint
+from shared.array_packing import LAYOUT_SUFFIX, PACKED_KEY, is_packed, unpack_content
 from shared.config import config_from_dict
 from shared.privacy.dp_evaluation import bin_edges
 from shared.privacy.ledger import SiteLedger
@@ -27,6 +29,8 @@ TINY = {
     "privacy": {"target_epsilon": 4.0, "site_targets": {"site_c": 0.001}},
     "strategy": {"name": "fedavg", "min_sites": 2},
 }
+
+WIRE = []  # every reply content as it reached the center's Grid (arrays packed, shared/array_packing.py)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +55,16 @@ def run(tmp_path_factory):
         received.extend(("evaluate", m) for m in replies)
         return original_eval(self, server_round, replies)
 
+    original_unpacked = packing_grid._unpacked
+
+    def spy_wire(reply):
+        WIRE.append(reply.content if reply.has_content() else None)
+        return original_unpacked(reply)
+
     mp = pytest.MonkeyPatch()
     mp.setattr(strategy_module.SiteTracking, "aggregate_train", spy_train)
     mp.setattr(strategy_module.SiteTracking, "aggregate_evaluate", spy_eval)
+    mp.setattr(packing_grid, "_unpacked", spy_wire)
     try:
         run_dir, summary = simulate(cfg)
     finally:
@@ -141,6 +152,30 @@ def test_every_message_to_the_server_holds_only_weights_and_whitelisted_scalars(
             expected = {k: tuple(v.shape) for k, v in
                         load_checkpoint(run_dir / "checkpoints" / "round_000.pt")["state_dict"].items()}
             assert shapes == expected
+
+
+def test_on_the_wire_a_reply_holds_the_model_arrays_packed_with_their_layout_and_nothing_else(run):
+    _, run_dir, _, received = run
+    wire = [content for content in WIRE if content is not None]
+    expected = load_checkpoint(run_dir / "checkpoints" / "round_000.pt")["state_dict"]
+    assert len(wire) == len(received)  # every reply the strategy saw came through the packing Grid
+    packed = [content for content in wire if "arrays" in content]
+    assert len(packed) == 2 * 2  # two sites trained in two rounds
+    for content in wire:
+        assert set(content.keys()) <= {"arrays", "arrays" + LAYOUT_SUFFIX, "metrics", "site"}
+    for content in packed:
+        assert is_packed(content["arrays"]) and list(content["arrays"].keys()) == [PACKED_KEY]
+        layout = content["arrays" + LAYOUT_SUFFIX]
+        # the layout is the model's own parameter list, and the packed bytes are exactly those parameters
+        assert layout["keys"] == list(expected)
+        shapes, dim = [], 0
+        for ndim in layout["ndims"]:
+            shapes.append(tuple(layout["dims"][dim:dim + ndim]))
+            dim += ndim
+        assert shapes == [tuple(t.shape) for t in expected.values()]
+        assert sum(layout["nbytes"]) == len(content["arrays"][PACKED_KEY].data)
+        unpacked = unpack_content(content)[0]["arrays"].to_torch_state_dict()
+        assert all(unpacked[k].dtype == expected[k].dtype for k in expected)
 
 
 def test_audit_recomputes_epsilon_within_one_percent(run):
