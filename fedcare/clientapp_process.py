@@ -47,6 +47,7 @@ from logging import ERROR
 from pathlib import Path
 
 POLL_S = 0.2  # local Runtime API (127.0.0.1): a cheap call
+BUSY_POLL_S = 0.05  # ... within SPARE_AFTER_IDLE_S of the last message: a run's next one is due within seconds
 SPARE_AFTER_IDLE_S = 20.0  # a serving site starts its next spare only after this long without a message
 
 
@@ -157,11 +158,11 @@ def serve(runtime_address: str, site_yaml: Path) -> int:
     from flwr.supernode.runtime import run_clientapp
 
     from client.app import app  # noqa: F401 (imported before the first token: the task's claim must not expire)
-    from shared.flower_object_pulls import prompt_object_pulls
+    from shared.flower_object_pulls import LOCAL_OBJECT_PULL_BACKOFF_S, prompt_object_pulls
     from shared.privacy.code_bundle import installed_manifest
 
     # the SuperNode may still be fetching a request's arrays when this process pulls it
-    prompt_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree")
+    prompt_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree", LOCAL_OBJECT_PULL_BACKOFF_S)
 
     installed = installed_manifest()
     # Opacus' import (~2 s of CPU; every DP message needs it: the model registry, the accountant, the trainer)
@@ -220,10 +221,13 @@ class AppLauncher(threading.Thread):
                 self._hand_over(self._process_for(int(res.task.run_id)), res.token)
                 self.last_message = time.monotonic()
             else:
-                self.stopping.wait(POLL_S)
+                self.stopping.wait(self.poll_interval(time.monotonic()))
         for proc in (self.ready, self.serving[1] if self.serving else None):
             if proc is not None:
                 _stop(proc)
+
+    def poll_interval(self, now: float) -> float:
+        return BUSY_POLL_S if now - self.last_message < SPARE_AFTER_IDLE_S else POLL_S
 
     def spare_due(self, now: float) -> bool:
         """Start a spare now? When there is none and nothing is serving (start-up, a process died), or the

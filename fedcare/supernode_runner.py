@@ -6,9 +6,11 @@ local reply store every 0.5 s (`flwr/supernode/start_client_internal.py`, neithe
 round has two messages per site (train, evaluate), and the next one is never there on the pull right
 after a reply: each waited out a full 3 s beat, so a deployment round of a small config took 9 s of
 which under 1 s was work (benchmarks/round_breakdown.py). This runner starts the very same SuperNode
-with that module's `time.sleep` replaced: the idle beat becomes `IDLE_PULL_S` and the reply poll
-`REPLY_POLL_S`. Cost: one Fleet API pull per site every `IDLE_PULL_S` while idle. It checks the
-installed flwr version, since it patches a module attribute.
+with that module's `time.sleep` replaced: the idle beat becomes `BUSY_PULL_S` for `BUSY_WINDOW_S` after the
+node last handled a message (a run's next message comes seconds after a reply: the center aggregates), else
+`IDLE_PULL_S`, and the reply poll `REPLY_POLL_S` (a local check). Cost: one Fleet API pull per site every
+`BUSY_PULL_S` while a run's messages flow, every `IDLE_PULL_S` when idle. It checks the installed flwr
+version, since it patches a module attribute.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from fedcare.flower_processes import require_flower_version
 from shared.flower_object_pulls import prompt_object_pulls
 
 FLOWER_IDLE_S, FLOWER_REPLY_POLL_S = 3, 0.5  # the values in flwr 1.41's start_client_internal
-IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.1
+IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.05
+BUSY_PULL_S, BUSY_WINDOW_S = 0.1, 30.0
+_last_busy = float("-inf")  # time.monotonic() of the last reply poll: a message was being answered
 
 
 def shortened_sleep(seconds: float) -> None:
     """Flower's idle beat and reply poll, shortened; any other sleep unchanged."""
+    global _last_busy
     if seconds == FLOWER_IDLE_S:
-        seconds = IDLE_PULL_S
+        seconds = BUSY_PULL_S if time.monotonic() - _last_busy < BUSY_WINDOW_S else IDLE_PULL_S
     elif seconds == FLOWER_REPLY_POLL_S:
+        _last_busy = time.monotonic()
         seconds = REPLY_POLL_S
     time.sleep(seconds)
 

@@ -16,13 +16,16 @@ from types import ModuleType
 
 OBJECT_PULL_BACKOFF_S = 0.05
 OBJECT_PULL_BACKOFF_CAP_S = 0.5
+# The app process pulls a request from its own SuperNode (127.0.0.1) while the SuperNode is still fetching
+# the request's few objects from the SuperLink (~0.1 s): a retry is a cheap local call, so retry sooner.
+LOCAL_OBJECT_PULL_BACKOFF_S = 0.01
 
 
-def prompt_object_pulls(module: ModuleType, name: str) -> None:
+def prompt_object_pulls(module: ModuleType, name: str, initial_backoff: float = OBJECT_PULL_BACKOFF_S) -> None:
     """Rebind `module.name` (Flower's `pull_objects` or `pull_and_inflate_object_from_tree`, as that module
     imported it) to the short back-off; idempotent."""
     pull = getattr(module, name)
-    if isinstance(pull, functools.partial) and pull.keywords.get("initial_backoff") == OBJECT_PULL_BACKOFF_S:
-        return
-    setattr(module, name, functools.partial(pull, initial_backoff=OBJECT_PULL_BACKOFF_S,
+    if isinstance(pull, functools.partial) and "initial_backoff" in pull.keywords:
+        pull = pull.func
+    setattr(module, name, functools.partial(pull, initial_backoff=initial_backoff,
                                             backoff_cap=OBJECT_PULL_BACKOFF_CAP_S))

@@ -84,3 +84,15 @@ def test_round_breakdown_quick_splits_each_round_per_site(tmp_path):
         assert 0.0 <= rnd["overhead_fraction"] < 1.0
     assert sum(row["setup"] for row in result["rounds"][0]["sites"].values()) > 0  # the data is built in round 1
     assert "overhead" in done.stdout and "hospital_a" in done.stdout
+
+
+def test_the_critical_path_of_indivisible_site_messages_is_the_best_assignment_to_workers():
+    from benchmarks.round_breakdown import _critical
+
+    # 3 sites on 2 workers: the longest alone, the other two together; total / 2 (0.55) is not reachable
+    assert _critical([0.45, 0.41, 0.24], 2) == pytest.approx(0.65)
+    assert _critical([0.9, 0.1, 0.1], 2) == pytest.approx(0.9)  # the longest site bounds it
+    assert _critical([0.45, 0.41, 0.24], 3) == pytest.approx(0.45)  # a worker per site
+    assert _critical([0.45, 0.41, 0.24], 1) == pytest.approx(1.10)
+    assert _critical([1.0] * 40, 2) == pytest.approx(20.0)  # too many to try: the lower bound
+    assert _critical([], 2) == 0.0

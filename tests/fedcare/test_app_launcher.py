@@ -101,11 +101,17 @@ def test_the_supernode_runner_shortens_only_flowers_idle_beat_and_reply_poll(mon
 
     from fedcare import supernode_runner
 
-    slept = []
+    slept, now = [], [1000.0]
     monkeypatch.setattr(supernode_runner.time, "sleep", slept.append)
-    for seconds in (3, 0.5, 2.0):
+    monkeypatch.setattr(supernode_runner.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(supernode_runner, "_last_busy", float("-inf"))
+    for seconds in (3, 0.5, 3, 2.0):  # idle, then a message answered, then the wait for the run's next one
         supernode_runner.shortened_sleep(seconds)
-    assert slept == [supernode_runner.IDLE_PULL_S, supernode_runner.REPLY_POLL_S, 2.0]
+    now[0] += supernode_runner.BUSY_WINDOW_S
+    supernode_runner.shortened_sleep(3)  # no message for the whole window: back to the idle beat
+    assert slept == [supernode_runner.IDLE_PULL_S, supernode_runner.REPLY_POLL_S, supernode_runner.BUSY_PULL_S,
+                     2.0, supernode_runner.IDLE_PULL_S]
+    assert supernode_runner.BUSY_PULL_S < supernode_runner.IDLE_PULL_S < supernode_runner.FLOWER_IDLE_S
     monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # undone after the test
     monkeypatch.setattr(start_client_internal, "pull_objects", start_client_internal.pull_objects)
     supernode_runner.patch_supernode()
@@ -125,7 +131,9 @@ def test_the_next_spare_waits_until_the_site_is_quiet(monkeypatch):
     assert launcher.ready is None and launcher.serving is not None
     idle = clientapp_process.SPARE_AFTER_IDLE_S
     assert not launcher.spare_due(100.0 + idle / 2)  # between rounds: no new process
+    assert launcher.poll_interval(100.0 + idle / 2) == clientapp_process.BUSY_POLL_S  # ... and the next one is near
     assert launcher.spare_due(100.0 + idle)  # quiet for long enough
+    assert launcher.poll_interval(100.0 + idle) == clientapp_process.POLL_S > clientapp_process.BUSY_POLL_S
     # a new run's first message while no spare exists yet: a process is started for it at once
     proc = launcher._process_for(8)
     assert proc is spawned[-1] and len(spawned) == 2 and launcher.serving == (8, proc)

@@ -7,7 +7,12 @@ from flwr.superlink.grid import http_grid
 from flwr.supernode import start_client_internal
 from flwr.supernode.runtime import run_clientapp
 
-from shared.flower_object_pulls import OBJECT_PULL_BACKOFF_CAP_S, OBJECT_PULL_BACKOFF_S, prompt_object_pulls
+from shared.flower_object_pulls import (
+    LOCAL_OBJECT_PULL_BACKOFF_S,
+    OBJECT_PULL_BACKOFF_CAP_S,
+    OBJECT_PULL_BACKOFF_S,
+    prompt_object_pulls,
+)
 
 
 def test_the_pull_gets_the_short_backoff_once():
@@ -19,6 +24,9 @@ def test_the_pull_gets_the_short_backoff_once():
     assert calls == [(["a"], {"pull_object_fn": None, "initial_backoff": OBJECT_PULL_BACKOFF_S,
                               "backoff_cap": OBJECT_PULL_BACKOFF_CAP_S})]
     assert module.pull_objects.func.__name__ == "<lambda>"
+    prompt_object_pulls(module, "pull_objects", LOCAL_OBJECT_PULL_BACKOFF_S)  # another back-off: rebound, not nested
+    assert module.pull_objects.func.__name__ == "<lambda>"
+    assert module.pull_objects.keywords["initial_backoff"] == LOCAL_OBJECT_PULL_BACKOFF_S < OBJECT_PULL_BACKOFF_S
 
 
 def test_the_flower_functions_we_rebind_take_these_keywords(monkeypatch):
