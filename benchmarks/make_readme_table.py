@@ -106,8 +106,10 @@ def round_breakdown(data: dict) -> str:
                 rows.append([r["config"], r["runtime"], rnd["round"], _num(rnd["wall_s"], 2), site,
                              *(_num(row[p], 3) for p in parts)])
     detail = _md(["config", "runtime", "round", "wall (s)", "site", *parts], rows)
-    return (summary + "\n\nOverhead = 1 - (slowest site's training + slowest site's evaluation) / round wall time "
-            "(a round's wall time: the gap between global checkpoints); site CPU overhead = the sites' CPU outside "
+    return (summary + "\n\nOverhead = 1 - (training + evaluation on the critical path) / round wall time (a round's "
+            "wall time: the gap between global checkpoints; a phase's critical path: the slowest site's time, or with "
+            "fewer parallel slots than sites (simulation: 2 CPUs, 1 per site) the best assignment of the sites' "
+            "messages to the slots); site CPU overhead = the sites' CPU outside "
             "training and evaluation / all their handlers' CPU. Per site and round, wall seconds:\n\n" + detail
             + f"\n\nCommand: `{data.get('command')}`.")
 
