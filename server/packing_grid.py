@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from logging import WARNING
 
-from flwr.app import Error, Message, RecordDict
+from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid
 from flwr.supercore import log
-from flwr.supercore.run import Run
 
+from server.grid_wrapper import GridWrapper
 from shared.array_packing import ArrayPackingError, pack_content, unpack_content
 
 
@@ -39,27 +38,7 @@ def _unpacked(reply: Message) -> Message:
     return reply
 
 
-class PackingGrid(Grid):
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self):  # noqa: ANN201 (Flower's NodeInfo iterable)
-        return self._grid.get_nodes()
-
+class PackingGrid(GridWrapper):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._grid.push_messages([_packed(m) for m in messages])
 
@@ -69,6 +48,3 @@ class PackingGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         replies = self._grid.send_and_receive([_packed(m) for m in messages], timeout=timeout)
         return [_unpacked(m) for m in replies]
-
-    def __getattr__(self, name: str):  # noqa: ANN204 (anything else a concrete Grid offers)
-        return getattr(self._grid, name)

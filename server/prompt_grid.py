@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from server.grid_wrapper import GridWrapper
 
 PULL_S = 0.2
 
@@ -31,32 +32,10 @@ class DispatchSignals:
     replied: threading.Event = field(default_factory=threading.Event)
 
 
-class PromptGrid(Grid):
+class PromptGrid(GridWrapper):
     def __init__(self, grid: Grid, pull_interval: float = PULL_S, signals: DispatchSignals | None = None) -> None:
-        self._grid, self._pull_interval, self._signals = grid, pull_interval, signals
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self):  # noqa: ANN201 (Flower's NodeInfo iterable)
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
+        super().__init__(grid)
+        self._pull_interval, self._signals = pull_interval, signals
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
@@ -88,6 +67,3 @@ class PromptGrid(Grid):
 
     def received(self, done: int, total: int) -> None:
         """Called each time replies arrive: `done` of `total` are in (a hook for subclasses)."""
-
-    def __getattr__(self, name: str):  # noqa: ANN204 (anything else a concrete Grid offers)
-        return getattr(self._grid, name)
