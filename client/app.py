@@ -92,7 +92,7 @@ def build_client_app(bound_run_config: Mapping[str, Any] | None = None) -> SiteC
     """`bound_run_config`: the run config of an in-process simulation (`fedcare simulate`), else the context's."""
     security_log_mod = make_security_log_mod(lambda context: _worker(context, bound_run_config).security_log)
     # the log sees what arrived and the reply the guard let out (both unpacked: the packing outside it only
-    # re-encodes arrays, shared/array_packing.py); SecAgg+ masks inside the guard
+    # re-encodes records, shared/array_packing.py); SecAgg+ masks inside the guard
     secure = secure_aggregation_mod(lambda context: _worker(context, bound_run_config))
     app = SiteClientApp(bound_run_config, mods=[array_packing_mod, security_log_mod, outgoing_guard_mod, secure])
 

@@ -1,8 +1,8 @@
-"""The center's Grid with packed arrays: each request's ArrayRecords leave as one array apiece, each reply's
-are unpacked before the strategy sees them (shared/array_packing.py: ~7 objects per message instead of one
-per tensor and chunk, each an HTTPS call at every hop of a deployment).
+"""The center's Grid with packed content: each request's records leave as one byte string, each reply's are
+unpacked before the strategy sees them (shared/array_packing.py: three objects per message instead of one per
+record, tensor and chunk, each an HTTPS call at every hop of a deployment).
 
-A reply whose packed record does not unpack is handed on as an error reply (`internal_error`): the strategy
+A reply whose packed content does not unpack is handed on as an error reply (`internal_error`): the strategy
 counts it as a failure, as it would any malformed reply.
 """
 

@@ -14,7 +14,7 @@ from fedcare.simulation import simulate
 from server import packing_grid
 from server import strategy as strategy_module
 from server.checkpoints import load_checkpoint
-from shared.array_packing import LAYOUT_SUFFIX, PACKED_KEY, is_packed, unpack_content
+from shared.array_packing import PACKED_KEY, packed_blob, packed_header, unpack_content
 from shared.config import config_from_dict
 from shared.privacy.dp_evaluation import bin_edges
 from shared.privacy.ledger import SiteLedger
@@ -30,7 +30,7 @@ TINY = {
     "strategy": {"name": "fedavg", "min_sites": 2},
 }
 
-WIRE = []  # every reply content as it reached the center's Grid (arrays packed, shared/array_packing.py)
+WIRE = []  # every reply content as it reached the center's Grid (packed, shared/array_packing.py)
 
 
 @pytest.fixture(scope="module")
@@ -154,26 +154,28 @@ def test_every_message_to_the_server_holds_only_weights_and_whitelisted_scalars(
             assert shapes == expected
 
 
-def test_on_the_wire_a_reply_holds_the_model_arrays_packed_with_their_layout_and_nothing_else(run):
+def test_on_the_wire_a_reply_is_one_packed_record_of_the_model_arrays_and_whitelisted_records(run):
     _, run_dir, _, received = run
     wire = [content for content in WIRE if content is not None]
     expected = load_checkpoint(run_dir / "checkpoints" / "round_000.pt")["state_dict"]
     assert len(wire) == len(received)  # every reply the strategy saw came through the packing Grid
-    packed = [content for content in wire if "arrays" in content]
-    assert len(packed) == 2 * 2  # two sites trained in two rounds
+    headers = []
     for content in wire:
-        assert set(content.keys()) <= {"arrays", "arrays" + LAYOUT_SUFFIX, "metrics", "site"}
-    for content in packed:
-        assert is_packed(content["arrays"]) and list(content["arrays"].keys()) == [PACKED_KEY]
-        layout = content["arrays" + LAYOUT_SUFFIX]
-        # the layout is the model's own parameter list, and the packed bytes are exactly those parameters
-        assert layout["keys"] == list(expected)
-        shapes, dim = [], 0
-        for ndim in layout["ndims"]:
-            shapes.append(tuple(layout["dims"][dim:dim + ndim]))
-            dim += ndim
-        assert shapes == [tuple(t.shape) for t in expected.values()]
-        assert sum(layout["nbytes"]) == len(content["arrays"][PACKED_KEY].data)
+        assert list(content.keys()) == [PACKED_KEY]  # one record: nothing travels beside the packing
+        entries, _ = packed_header(packed_blob(content))  # raises unless the sizes add up to every byte
+        assert {e["name"] for e in entries} <= {"arrays", "metrics", "site"}
+        headers.append({e["name"]: e for e in entries})
+    trained = [h for h in headers if "arrays" in h]
+    assert len(trained) == 2 * 2  # two sites trained in two rounds
+    for header, content in zip(headers, wire, strict=True):
+        if "arrays" not in header:
+            continue
+        arrays = header["arrays"]
+        # the header is the model's own parameter list, and the packed bytes are exactly those parameters
+        assert arrays["kind"] == "array" and arrays["keys"] == list(expected)
+        assert [tuple(s) for s in arrays["shapes"]] == [tuple(t.shape) for t in expected.values()]
+        assert arrays["sizes"] == [len(a.data) for a in ArrayRecord(expected).values()]  # serialised, nothing more
+        assert header["metrics"]["kind"] == "metric"
         unpacked = unpack_content(content)[0]["arrays"].to_torch_state_dict()
         assert all(unpacked[k].dtype == expected[k].dtype for k in expected)
 

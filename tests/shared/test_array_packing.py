@@ -1,23 +1,29 @@
-"""Arrays on the wire: one array per record, lossless, and a malformed packing is refused (shared/array_packing.py,
+"""Content on the wire: one packed record per message, lossless, and a malformed packing is refused (shared/array_packing.py,
 server/packing_grid.py)."""
 
+import json
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message.message import get_descendant_object_ids
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.packing_grid import PackingGrid
+from shared import array_packing
 from shared.array_packing import (
-    LAYOUT_SUFFIX,
+    BLOB_KEY,
+    MAGIC,
     PACKED_KEY,
+    PACKED_STYPE,
     ArrayPackingError,
     array_packing_mod,
     is_packed,
     pack_content,
+    packed_blob,
+    packed_header,
     unpack_content,
 )
 from shared.models.event_transformer import EventTransformer, EventTransformerConfig
@@ -48,14 +54,26 @@ def _reply_to(msg: Message, content: RecordDict) -> Message:
     return Message(content, reply_to=msg)
 
 
-def test_packing_is_lossless_and_keeps_keys_order_dtypes_and_shapes():
+def _respoiled(content: RecordDict, spoil) -> RecordDict:
+    """The packed content with its header rewritten by `spoil(entries)` (the records' bytes kept)."""
+    blob = packed_blob(content)
+    entries, offset = packed_header(blob)
+    spoil(entries)
+    header = json.dumps({"records": entries}).encode()
+    return RecordDict({PACKED_KEY: ConfigRecord({BLOB_KEY: MAGIC + len(header).to_bytes(4, "big") + header
+                                                           + blob[offset:]})})
+
+
+def test_packing_is_lossless_and_keeps_records_keys_order_dtypes_and_shapes():
     content = _content()
+    content["metrics"] = MetricRecord({"num-examples": 12, "loss": [0.5, 0.25]})
     packed = pack_content(content)
-    assert set(packed.keys()) == {"arrays", "arrays" + LAYOUT_SUFFIX, "config"}
-    assert is_packed(packed["arrays"]) and list(packed["arrays"].keys()) == [PACKED_KEY]
-    assert packed["config"] is content["config"]
+    assert list(packed.keys()) == [PACKED_KEY] and is_packed(packed) and isinstance(packed[PACKED_KEY], ConfigRecord)
     unpacked, was_packed = unpack_content(packed)
-    assert was_packed and set(unpacked.keys()) == {"arrays", "config"}
+    assert was_packed and list(unpacked.keys()) == ["arrays", "config", "metrics"]
+    assert dict(unpacked["config"]) == {"server-round": 1} and isinstance(unpacked["config"], ConfigRecord)
+    assert dict(unpacked["metrics"]) == {"num-examples": 12, "loss": [0.5, 0.25]}
+    assert isinstance(unpacked["metrics"], MetricRecord)
     original, restored = content["arrays"], unpacked["arrays"]
     assert list(restored.keys()) == list(original.keys())
     for key in original:
@@ -67,44 +85,66 @@ def test_packing_is_lossless_and_keeps_keys_order_dtypes_and_shapes():
     assert state["steps"].dtype == torch.int64 and state["half"].dtype == torch.float16 and state["scale"].shape == ()
 
 
-def test_packing_leaves_the_given_content_and_single_arrays_alone():
+def test_packing_leaves_the_given_content_alone_and_passes_plain_content_through():
     content = _content()
     arrays = content["arrays"]
     pack_content(content)
-    assert content["arrays"] is arrays and len(arrays) == 5 and "arrays" + LAYOUT_SUFFIX not in content
-    single = RecordDict({"arrays": ArrayRecord({"only": Array(np.ones(3, dtype=np.float32))})})
-    assert pack_content(single)["arrays"] is single["arrays"]
-    assert unpack_content(single) == (single, False)
+    assert content["arrays"] is arrays and len(arrays) == 5 and list(content.keys()) == ["arrays", "config"]
+    assert unpack_content(content) == (content, False)
+    assert len(pack_content(RecordDict())) == 0
 
 
-def test_a_model_message_is_a_handful_of_objects_instead_of_two_per_tensor():
+def test_a_large_content_travels_as_one_array_in_flowers_chunks(monkeypatch):
+    monkeypatch.setattr(array_packing, "INLINE_MAX_BYTES", 64)
+    content = _content()
+    packed = pack_content(content)
+    (array,) = packed[PACKED_KEY].values()
+    assert isinstance(packed[PACKED_KEY], ArrayRecord) and array.stype == PACKED_STYPE
+    restored = unpack_content(packed)[0]["arrays"].to_torch_state_dict()
+    original = content["arrays"].to_torch_state_dict()
+    assert list(restored) == list(original) and all(torch.equal(restored[k], v) for k, v in original.items())
+
+
+def test_a_model_message_is_three_objects_instead_of_two_per_tensor():
     model = EventTransformer(EventTransformerConfig(event_dim=40, static_dim=4, d_model=16, layers=1, heads=2, ff=32,
                                                     pooling_heads=2, mlp_hidden=16))
     content = _content(model.state_dict())
+    content["metrics"] = MetricRecord({"num-examples": 12})
     tensors = len(model.state_dict())
     assert tensors >= 10
     plain = len(get_descendant_object_ids(_message(content)))
     packed = len(get_descendant_object_ids(_message(pack_content(content))))
     assert plain > tensors + 3  # an Array per tensor and a chunk per distinct content
-    assert packed <= 7  # RecordDict, arrays, its one Array and chunk, layout, config
+    assert packed == 2  # the RecordDict and its one ConfigRecord (then the message itself: three objects)
 
 
 @pytest.mark.parametrize("spoil", [
-    lambda layout: layout.pop("nbytes"),
-    lambda layout: layout.__setitem__("nbytes", [*layout["nbytes"][:-1], layout["nbytes"][-1] + 1]),
-    lambda layout: layout.__setitem__("nbytes", [-1, *layout["nbytes"][1:]]),
-    lambda layout: layout.__setitem__("keys", layout["keys"][:-1]),
-    lambda layout: layout.__setitem__("keys", ["w"] * len(layout["keys"])),
-    lambda layout: layout.__setitem__("dims", layout["dims"][:-1]),
+    lambda entries: entries[0].pop("sizes"),
+    lambda entries: entries[0].__setitem__("sizes", [*entries[0]["sizes"][:-1], entries[0]["sizes"][-1] + 1]),
+    lambda entries: entries[0].__setitem__("sizes", [-1, *entries[0]["sizes"][1:]]),
+    lambda entries: entries[0].__setitem__("keys", entries[0]["keys"][:-1]),
+    lambda entries: entries[0].__setitem__("keys", ["w"] * len(entries[0]["keys"])),
+    lambda entries: entries[0].__setitem__("shapes", [[-1], *entries[0]["shapes"][1:]]),
+    lambda entries: entries[0].__setitem__("kind", "pickle"),
+    lambda entries: entries[1].__setitem__("nbytes", entries[1]["nbytes"] + 1),
+    lambda entries: entries[1].__setitem__("name", "arrays"),
+    lambda entries: entries[1].__setitem__("kind", "metric"),  # a ConfigRecord's bytes read as a MetricRecord
+    lambda entries: entries.pop(),  # the config's bytes left over
 ])
-def test_a_packed_record_whose_layout_does_not_add_up_is_refused(spoil):
-    packed = pack_content(_content())
-    spoil(packed["arrays" + LAYOUT_SUFFIX])
+def test_a_packed_content_whose_header_does_not_add_up_is_refused(spoil):
     with pytest.raises(ArrayPackingError):
-        unpack_content(packed)
-    del packed["arrays" + LAYOUT_SUFFIX]
-    with pytest.raises(ArrayPackingError, match="without its layout"):
-        unpack_content(packed)
+        unpack_content(_respoiled(pack_content(_content()), spoil))
+
+
+@pytest.mark.parametrize("blob", [b"", b"FCPACK2\n", b"FCPACK1\n\x00\x00\x00\x02{}", b"FCPACK2\n\x00\x00\x00\x05[1, ",
+                                  b"FCPACK2\n\x00\x00\x00\x02[]", b"FCPACK2\n\x00\x00\x00\x0e{\"records\": 1}"])
+def test_packed_bytes_that_are_not_a_packing_are_refused(blob):
+    with pytest.raises(ArrayPackingError):
+        unpack_content(RecordDict({PACKED_KEY: ConfigRecord({BLOB_KEY: blob})}))
+    with pytest.raises(ArrayPackingError):  # the packed key beside other records, or holding something else
+        unpack_content(RecordDict({PACKED_KEY: ConfigRecord({"other": blob}), "config": ConfigRecord({"a": 1})}))
+    with pytest.raises(ArrayPackingError):
+        unpack_content(RecordDict({PACKED_KEY: ConfigRecord({"other": 1})}))
 
 
 def test_the_site_mod_unpacks_requests_and_packs_replies_only_when_the_request_came_packed():
@@ -118,18 +158,18 @@ def test_the_site_mod_unpacks_requests_and_packs_replies_only_when_the_request_c
 
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     reply = array_packing_mod(_message(pack_content(_content())), context, handler)
-    assert list(seen[-1]["arrays"].keys()) == list(_state().keys()) and "arrays" + LAYOUT_SUFFIX not in seen[-1]
-    assert is_packed(reply.content["arrays"]) and reply.content["metrics"]["num-examples"] == 3
-    restored = unpack_content(reply.content)[0]["arrays"].to_torch_state_dict()
-    assert torch.equal(restored["steps"], torch.arange(5) + 1)
+    assert list(seen[-1].keys()) == ["arrays", "config"] and list(seen[-1]["arrays"].keys()) == list(_state().keys())
+    assert is_packed(reply.content)
+    restored = unpack_content(reply.content)[0]
+    assert torch.equal(restored["arrays"].to_torch_state_dict()["steps"], torch.arange(5) + 1)
+    assert restored["metrics"]["num-examples"] == 3
 
     plain_reply = array_packing_mod(_message(_content()), context, handler)
-    assert not is_packed(plain_reply.content["arrays"]) and len(plain_reply.content["arrays"]) == 5
+    assert not is_packed(plain_reply.content) and len(plain_reply.content["arrays"]) == 5
 
 
 def test_the_site_mod_answers_a_malformed_packing_with_a_code_and_never_calls_the_app():
-    packed = pack_content(_content())
-    packed["arrays" + LAYOUT_SUFFIX]["nbytes"] = [0] * len(packed["arrays" + LAYOUT_SUFFIX]["nbytes"])
+    packed = _respoiled(pack_content(_content()), lambda entries: entries[0].__setitem__("sizes", [0] * 5))
     called = []
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     reply = array_packing_mod(_message(packed), context, lambda msg, ctx: called.append(msg))
@@ -149,7 +189,7 @@ class EchoGrid:
             arrays = unpack_content(msg.content)[0]["arrays"].to_torch_state_dict()
             reply = pack_content(RecordDict({"arrays": ArrayRecord({k: v + 1 for k, v in arrays.items()})}))
             if self.spoil:
-                reply["arrays" + LAYOUT_SUFFIX]["keys"] = ["x"]
+                reply = _respoiled(reply, lambda entries: entries[0].__setitem__("keys", ["x"]))
             replies.append(_reply_to(msg, reply))
         return replies
 
@@ -160,11 +200,11 @@ def test_the_center_packs_requests_and_unpacks_replies_before_the_strategy_sees_
     shared = _content()
     requests = [_message(RecordDict({"arrays": shared["arrays"], "config": shared["config"]})) for _ in range(2)]
     replies = list(grid.send_and_receive(requests))
-    assert all(is_packed(content["arrays"]) for content in inner.pushed)
+    assert all(is_packed(content) for content in inner.pushed)
     assert len(shared["arrays"]) == 5  # the strategy's shared record is untouched
     for reply in replies:
         state = reply.content["arrays"].to_torch_state_dict()
-        assert list(state) == list(_state()) and "arrays" + LAYOUT_SUFFIX not in reply.content
+        assert list(state) == list(_state()) and list(reply.content.keys()) == ["arrays"]
         assert torch.equal(state["steps"], torch.arange(5) + 1)
 
     inner.spoil = True
