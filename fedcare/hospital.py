@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from client.site_config import SiteDeployment, load_site_deployment
-from fedcare.clientapp_process import AppLauncher
+from fedcare.clientapp_process import TASK_SIGNAL_ENV, AppLauncher
 from fedcare.flower_processes import FlowerProcess, flower_env
 from fedcare.link_health import LinkMonitor
 from shared.training.devices import resolve_device
@@ -65,7 +65,8 @@ def run_hospital(site_yaml: Path, runtime_port: int, max_restarts: int | None, c
     try:
         launcher.start()
         try:
-            return _keep_supernode_running(argv, env, settings.site, max_restarts, console, current)
+            node_env = {**env, TASK_SIGNAL_ENV: launcher.task_signal_address}  # it announces each task
+            return _keep_supernode_running(argv, node_env, settings.site, max_restarts, console, current)
         finally:
             launcher.stop()
     finally:

@@ -15,10 +15,14 @@ version, since it patches a module attribute.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
+from fedcare.clientapp_process import TASK_SIGNAL_ENV
 from fedcare.flower_processes import require_flower_version
 from shared.flower_object_pulls import prompt_object_pulls
 
@@ -39,6 +43,26 @@ def shortened_sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def announcing(pull_objects: Callable[..., dict[str, bytes]], address: str) -> Callable[..., dict[str, bytes]]:
+    """Flower's `pull_objects`, then one datagram to the app launcher at `address` (host:port). In
+    `start_client_internal` it runs once per message, after the message's task was created: when it returns,
+    the message and its objects are in the SuperNode's store and the app process can pull them at once."""
+    host, port = address.rsplit(":", 1)
+    target = (host, int(port))
+    signal = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def pull_then_announce(*args: object, **kwargs: object) -> dict[str, bytes]:
+        try:
+            return pull_objects(*args, **kwargs)
+        finally:  # a failed pull finished the task: the launcher then finds none, which is harmless
+            try:
+                signal.sendto(b"task", target)
+            except OSError:  # the launcher is gone or restarting: its fallback poll finds the task
+                pass
+
+    return pull_then_announce
+
+
 def patch_supernode() -> None:
     from flwr.supernode import start_client_internal
 
@@ -47,6 +71,8 @@ def patch_supernode() -> None:
     names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})
     prompt_object_pulls(start_client_internal, "pull_objects")  # a request's arrays arrive just after it
+    if address := os.environ.get(TASK_SIGNAL_ENV):
+        start_client_internal.pull_objects = announcing(start_client_internal.pull_objects, address)
 
 
 def main() -> None:

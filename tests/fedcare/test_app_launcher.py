@@ -131,12 +131,82 @@ def test_the_next_spare_waits_until_the_site_is_quiet(monkeypatch):
     assert launcher.ready is None and launcher.serving is not None
     idle = clientapp_process.SPARE_AFTER_IDLE_S
     assert not launcher.spare_due(100.0 + idle / 2)  # between rounds: no new process
-    assert launcher.poll_interval(100.0 + idle / 2) == clientapp_process.BUSY_POLL_S  # ... and the next one is near
     assert launcher.spare_due(100.0 + idle)  # quiet for long enough
-    assert launcher.poll_interval(100.0 + idle) == clientapp_process.POLL_S > clientapp_process.BUSY_POLL_S
     # a new run's first message while no spare exists yet: a process is started for it at once
     proc = launcher._process_for(8)
     assert proc is spawned[-1] and len(spawned) == 2 and launcher.serving == (8, proc)
     launcher.serving[1].stopped = True
     launcher._forget(proc)
     assert launcher.spare_due(100.0)  # the serving process is gone: a spare at once
+
+
+def test_the_supernode_announces_each_stored_message_and_the_launcher_wakes_at_once(monkeypatch):
+    """The SuperNode's `pull_objects` (run once per message, after its task was created) is followed by one
+    datagram to the launcher, even when the pull fails; the launcher's wait ends on it, long before its
+    fallback poll, and `stop()` ends it too."""
+    import select
+    import time
+
+    from fedcare.supernode_runner import announcing
+
+    launcher, _ = _launcher(monkeypatch)
+    calls = []
+
+    def pull(ids, pull_object_fn, **kwargs):
+        calls.append((ids, kwargs))
+        return {"obj": b"content"}
+
+    announced_pull = announcing(pull, launcher.task_signal_address)
+    assert announced_pull(["obj"], pull_object_fn=None, initial_backoff=0.05) == {"obj": b"content"}
+    assert calls == [(["obj"], {"initial_backoff": 0.05})]
+    start = time.monotonic()
+    launcher._wait_for_task(60.0)
+    assert time.monotonic() - start < 30.0  # woken by the datagram, not the timeout
+
+    def failing(*args, **kwargs):
+        raise TimeoutError("objects never came")
+
+    try:
+        announcing(failing, launcher.task_signal_address)([], pull_object_fn=None)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the pull's failure must reach Flower's own handling")
+    start = time.monotonic()
+    launcher._wait_for_task(60.0)  # a failed pull is announced too (the launcher then finds no task)
+    assert time.monotonic() - start < 30.0
+    assert select.select([launcher._task_signal], [], [], 0)[0] == []  # each wait drained its announcement
+    assert announcing(pull, "127.0.0.1:9")(["x"], pull_object_fn=None) == {"obj": b"content"}  # nobody listening
+    launcher.stopping.set()
+    launcher._task_signal.sendto(b"stop", launcher._task_signal.getsockname())
+    start = time.monotonic()
+    launcher._wait_for_task(60.0)
+    assert time.monotonic() - start < 30.0
+
+
+def test_the_hospital_gives_its_supernode_the_launchers_signal_address(monkeypatch, tmp_path):
+    from fedcare import hospital
+
+    started = {}
+
+    def keep_running(argv, env, site, max_restarts, console, current=None):
+        started["env"] = env
+        return 0
+
+    class Settings:
+        device, source, state_dir, site, data_dir, policy = None, "site.yaml", tmp_path / "state", "site_a", tmp_path, {}
+
+    class Site:
+        settings, superlink, insecure = Settings, "127.0.0.1:9092", True
+
+    monkeypatch.setattr(hospital, "load_site_deployment", lambda path: Site)
+    monkeypatch.setattr(hospital, "_keep_supernode_running", keep_running)
+    monkeypatch.setattr(hospital.LinkMonitor, "start", lambda self, port: None)
+    monkeypatch.setattr(hospital.LinkMonitor, "stop", lambda self: None)
+    monkeypatch.setattr(hospital.AppLauncher, "start", lambda self: None)
+    monkeypatch.setattr(hospital.AppLauncher, "join", lambda self, timeout=None: None)
+    from rich.console import Console
+
+    assert hospital.run_hospital(tmp_path / "site.yaml", 9094, None, Console(quiet=True)) == 0
+    host, port = started["env"][clientapp_process.TASK_SIGNAL_ENV].rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
