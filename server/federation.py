@@ -86,40 +86,47 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
         if server_round == 0 and resuming:
             return None  # the resumed-from checkpoint is already on disk
         real_round = server_round + start_round
-        # Flower calls this after the round's evaluation: the sites' validation thresholds of this
+        # written in the background after the round's table and files, while the next round trains
+        history.writer.submit(write_round_checkpoint, real_round, arrays.to_torch_state_dict())
+        return None
+
+    def write_round_checkpoint(real_round: int, state_dict: dict[str, torch.Tensor]) -> None:
+        # Flower calls `checkpoint` after the round's evaluation: the sites' validation thresholds of this
         # very model are known, and their weighted mean is stored with it (`fedcare predict` uses it).
+        # (The history's records of this round no longer change: its next change waits for this write.)
         threshold = decision_threshold(history.evaluations(real_round), history.releases(real_round))
         # the recalibration map of this model, from the same released statistics (`fedcare predict` applies it)
         cmap = calibration_map(recalibration(history.evaluations(real_round), history.releases(real_round),
                                              cfg.evaluation.recalibrate))
-        save_checkpoint(
-            checkpoint_path(run_dir, real_round), arrays.to_torch_state_dict(),
-            {**meta, "round": real_round, "decision_threshold": threshold, "decision_threshold_rule": THRESHOLD_RULE,
-             "calibration": cmap.to_dict() if cmap else None},
-        )
-        return None
+        save_checkpoint(checkpoint_path(run_dir, real_round), state_dict,
+                        {**meta, "round": real_round, "decision_threshold": threshold,
+                         "decision_threshold_rule": THRESHOLD_RULE, "calibration": cmap.to_dict() if cmap else None})
 
     started = time.time()
     secure_summary = None
-    if cfg.secure_aggregation.enabled:
-        from server.secure_aggregation import run_secure_federation
+    try:
+        if cfg.secure_aggregation.enabled:
+            from server.secure_aggregation import run_secure_federation
 
-        if context is None:
-            raise RuntimeError("secure aggregation runs through Flower's legacy workflow, which needs the ServerApp context")
-        secure = run_secure_federation(grid, context, cfg, model, strategy, history, checkpoint)
-        secure_summary = {**secure.params.__dict__, "quantization_step": secure.params.quantization_step,
-                          "rounds_aggregated": sorted(secure.aggregated_rounds), "rounds_failed": secure.rounds_failed,
-                          "failure": secure.failure}
-    else:
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.total_rounds - start_round,
-            timeout=cfg.federation.round_timeout_s,
-            train_config=ConfigRecord({"phase": TRAIN_PHASE}),
-            evaluate_config=ConfigRecord({"phase": TRAIN_PHASE}),
-            evaluate_fn=checkpoint,
-        )
+            if context is None:
+                raise RuntimeError("secure aggregation runs through Flower's legacy workflow, which needs the ServerApp context")
+            secure = run_secure_federation(grid, context, cfg, model, strategy, history, checkpoint)
+            secure_summary = {**secure.params.__dict__, "quantization_step": secure.params.quantization_step,
+                              "rounds_aggregated": sorted(secure.aggregated_rounds), "rounds_failed": secure.rounds_failed,
+                              "failure": secure.failure}
+        else:
+            strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(model.state_dict()),
+                num_rounds=cfg.total_rounds - start_round,
+                timeout=cfg.federation.round_timeout_s,
+                train_config=ConfigRecord({"phase": TRAIN_PHASE}),
+                evaluate_config=ConfigRecord({"phase": TRAIN_PHASE}),
+                evaluate_fn=checkpoint,
+            )
+    except BaseException:
+        history.writer.wait()  # what the finished rounds wrote is on disk before the failure goes on
+        raise
     history.save()
     summary = run_summary(history, cfg, run_id, run_dir, wall_time_s=time.time() - started, secure_summary=secure_summary)
     write_json_atomic(run_dir / "summary.json", summary)

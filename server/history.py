@@ -1,5 +1,8 @@
 """Round-by-round record of a run at the coordinating center: per-site status and whitelisted
-metrics, printed as a table each round and saved as JSON (atomically) after each round."""
+metrics, printed as a table each round and saved as JSON (atomically) after each round.
+
+The round's table and files are written by a background thread (`publish_round`, shared.io.SerialWriter)
+while the next round runs; every method that changes the history first waits for them (`_settle`)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from server.evaluation import is_calibration_key, weighted_mean
-from shared.io import load_json, write_json
+from shared.io import SerialWriter, load_json, write_json
 from shared.privacy.dp_evaluation import EXACT_MARKER, RELEASE_KEYS, released_metrics
 
 NOT_ASKED = "not asked"  # not sent a training request this round (not connected, or out of budget)
@@ -29,6 +32,7 @@ class RunHistory:
     events: list[str] = field(default_factory=list)  # human-readable notes (drops, refusals)
     site_level_dp: dict[int, dict[str, Any]] = field(default_factory=dict)  # round -> central DP accounting
     console: Console = field(default_factory=lambda: Console(highlight=False))
+    writer: SerialWriter = field(default_factory=SerialWriter)  # the round's table and files, off the critical path
 
     @classmethod
     def resume(cls, run_dir: Path, sites: list[str], primary_metric: str, last_round: int) -> RunHistory:
@@ -43,7 +47,12 @@ class RunHistory:
         history.note(f"resumed after round {last_round} (its global checkpoint); later rounds run again")
         return history
 
+    def _settle(self) -> None:
+        """Wait for the background writes (they read the history); a failed one raises here."""
+        self.writer.settle()
+
     def site_record(self, server_round: int, site: str) -> dict[str, Any]:
+        self._settle()
         return self.rounds.setdefault(server_round, {}).setdefault(site, {"status": NOT_ASKED})
 
     def record_train(self, server_round: int, site: str, status: str, reason: str, metrics: dict[str, Any],
@@ -77,9 +86,11 @@ class RunHistory:
         self.note(f"round {server_round}: {site} {phase} failed: {reason}")
 
     def record_site_level_dp(self, server_round: int, record: dict[str, Any]) -> None:
+        self._settle()
         self.site_level_dp[server_round] = record
 
     def note(self, text: str) -> None:
+        self._settle()
         self.events.append(text)
         self.console.print(f"[yellow]! {text}[/yellow]")
 
@@ -146,7 +157,21 @@ class RunHistory:
                     heads.setdefault(site, {})[str(r)] = rec["ledger_head"]
         return heads
 
+    def publish_round(self, server_round: int, total_rounds: int) -> None:
+        """The round's table and files, written in the background while the next round's requests go out."""
+        self._settle()
+        self.writer.submit(self._publish, server_round, total_rounds)
+
+    def _publish(self, server_round: int, total_rounds: int) -> None:
+        self.print_round(server_round, total_rounds)
+        self._write_files()
+
     def save(self) -> None:
+        """Everything written, now (the run's end): pending writes first, then the files."""
+        self._settle()
+        self._write_files()
+
+    def _write_files(self) -> None:
         write_json_atomic(self.run_dir / "metrics.json", self.to_dict())
         write_json_atomic(self.run_dir / LEDGER_HEADS_FILE, self.ledger_heads())
 

@@ -185,8 +185,7 @@ class SiteTracking:
                 continue
             self.history.record_evaluate(server_round, site, dict(msg.content["metrics"]))
             usable.append(msg)
-        self.history.print_round(server_round, self.total_rounds)
-        self.history.save()
+        self.history.publish_round(server_round, self.total_rounds)
         # Sites may report different keys (a calibration bin is sent only with >= 10 patients), which
         # Flower's aggregation refuses; the history's size-weighted means are the run's numbers anyway.
         weighted = {m: self.history.weighted(server_round, m) for m in self.history.weighted_metrics()}

@@ -50,3 +50,38 @@ def test_history_keeps_calibration_bins_and_ci_bounds_out_of_weighted_metrics(tm
     assert history.weighted_metrics() == ["auroc", "ece", "threshold"]
     assert history.evaluations(1)["b"]["auroc"] == 0.6
     assert history.weighted(1, "auroc") == pytest.approx(0.75)
+
+
+def test_a_rounds_table_and_files_are_written_in_the_background_and_the_history_waits_for_them(tmp_path):
+    """`publish_round` returns before its files exist; the next change to the history waits for them, so a
+    pending write never reads a half-changed history."""
+    import json
+    import threading
+
+    from rich.console import Console
+
+    from server.history import LEDGER_HEADS_FILE, RunHistory
+
+    release, seen = threading.Event(), []
+    history = RunHistory(tmp_path, ["site_a"], console=Console(quiet=True))
+    history.record_train(1, "site_a", "trained", "", {"epsilon": 1.5}, ledger_head="a" * 64)
+    original = history._write_files
+
+    def held_write():
+        release.wait(30)
+        seen.append(history.to_dict()["rounds"])
+        original()
+
+    history._write_files = held_write
+    history.publish_round(1, 2)
+    assert not (tmp_path / "metrics.json").exists()
+    changer = threading.Thread(target=history.record_train, args=(2, "site_a", "trained", "", {"epsilon": 2.5}))
+    changer.start()
+    changer.join(0.3)
+    assert changer.is_alive() and 2 not in history.rounds  # the change waits for the pending write
+    release.set()
+    changer.join(30)
+    assert seen == [{"1": {"site_a": {"status": "trained", "reason": "", "train": {"epsilon": 1.5}, "ledger_head": "a" * 64}}}]
+    history.save()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["rounds"]) == {"1", "2"} and (tmp_path / LEDGER_HEADS_FILE).is_file()

@@ -106,3 +106,34 @@ def test_json_errors_are_one_line_naming_the_file_and_line(tmp_path):
         fio.load_json(bad)
     assert str(err.value).startswith(f"{bad}: line 3: not valid JSON") and "\n" not in str(err.value)
     assert fio.load_json(fio.write_json(tmp_path / "ok.json", [1])) == [1]
+
+
+def test_serial_writer_runs_writes_in_order_off_the_callers_thread_and_raises_a_failure_on_settle(tmp_path):
+    import threading
+
+    writer = fio.SerialWriter()
+    threads, started = [], threading.Event()
+    release = threading.Event()
+
+    def slow_first(path):
+        started.set()
+        release.wait(30)
+        threads.append(threading.current_thread().name)
+        fio.write_text(path, "first")
+
+    writer.submit(slow_first, tmp_path / "a.txt")
+    writer.submit(lambda: (threads.append(threading.current_thread().name),
+                           fio.write_text(tmp_path / "a.txt", "second")))
+    assert started.wait(30) and not (tmp_path / "a.txt").exists()  # the caller was not held up
+    release.set()
+    writer.settle()
+    assert (tmp_path / "a.txt").read_text() == "second"  # in the order submitted
+    assert threads[0] == threads[1] != threading.current_thread().name
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        writer.settle()
+    writer.settle()  # reported once
