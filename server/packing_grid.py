@@ -8,6 +8,7 @@ counts it as a failure, as it would any malformed reply.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from logging import WARNING
 
@@ -19,10 +20,20 @@ from server.grid_wrapper import GridWrapper
 from shared.array_packing import ArrayPackingError, pack_content, unpack_content
 
 
-def _packed(message: Message) -> Message:
-    if message.has_content():
-        message.content = pack_content(message.content)  # a new RecordDict: records shared between requests stay
-    return message
+def _on_the_wire(message: Message) -> Message:
+    """The message as it is sent: a copy with its content packed (the caller's message and records stay as
+    they are: the in-memory Grid keeps the very object it is given, and the SecAgg+ stage tracker reads its
+    requests after the exchange)."""
+    if not message.has_content():
+        return message
+    return Message(content=pack_content(message.content), metadata=copy.copy(message.metadata))
+
+
+def _sent(messages: list[Message], wire: list[Message]) -> None:
+    """Each caller's message gets the id its copy was sent under: the id that replies name."""
+    for message, sent in zip(messages, wire, strict=True):
+        if sent is not message:
+            message.metadata.__dict__["_message_id"] = sent.metadata.message_id
 
 
 def _unpacked(reply: Message) -> Message:
@@ -40,11 +51,18 @@ def _unpacked(reply: Message) -> Message:
 
 class PackingGrid(GridWrapper):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages([_packed(m) for m in messages])
+        messages = list(messages)
+        wire = [_on_the_wire(m) for m in messages]
+        ids = list(self._grid.push_messages(wire))
+        _sent(messages, wire)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterator[Message]:
         return iter([_unpacked(m) for m in self._grid.pull_messages(message_ids)])
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = self._grid.send_and_receive([_packed(m) for m in messages], timeout=timeout)
+        messages = list(messages)
+        wire = [_on_the_wire(m) for m in messages]
+        replies = list(self._grid.send_and_receive(wire, timeout=timeout))
+        _sent(messages, wire)
         return [_unpacked(m) for m in replies]

@@ -71,7 +71,9 @@ class SiteTracking:
         self.exhausted_nodes: set[int] = set()
         self.node_sites: dict[int, str] = {}  # learned from replies
         self.registered_names: dict[int, str] = {}  # deployment: the name the center registered with the node's key
-        self._sent: dict[str, dict[str, int]] = {"train": {}, "evaluate": {}}  # message id -> destination node
+        # the phase's requests; once sent, each one's metadata holds the id the Grid gave it, which a reply the
+        # SuperLink makes (node unavailable, reply expired) names instead of a site
+        self._sent: dict[str, list[Message]] = {"train": [], "evaluate": []}
 
     def _learn_registered_names(self, grid: Grid) -> None:
         try:
@@ -111,17 +113,17 @@ class SiteTracking:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._learn_registered_names(grid)
-        self._sent["train"] = {}
+        self._sent["train"] = []
         needed = self._min_nodes("min_train_nodes")
         if not self._enough_nodes(grid, server_round + self.round_offset, "training", needed):
             return []
         msgs = [m for m in super().configure_train(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
                 if m.metadata.dst_node_id not in self.exhausted_nodes]
-        self._sent["train"] = {m.object_id: m.metadata.dst_node_id for m in msgs}
+        self._sent["train"] = msgs
         return msgs
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self._sent["evaluate"] = {}
+        self._sent["evaluate"] = []
         if self.evaluated_rounds is not None and server_round + self.round_offset not in self.evaluated_rounds:
             return []  # before any call to the SuperLink: a skipped round costs nothing
         self._learn_registered_names(grid)
@@ -129,18 +131,21 @@ class SiteTracking:
         if not self._enough_nodes(grid, server_round + self.round_offset, "evaluation", needed):
             return []
         msgs = list(super().configure_evaluate(server_round + self.round_offset, arrays, config, grid))  # type: ignore[misc]
-        self._sent["evaluate"] = {m.object_id: m.metadata.dst_node_id for m in msgs}
+        self._sent["evaluate"] = msgs
         return msgs
 
     def _node_of(self, phase: str, msg: Message) -> int:
         """The node a reply is about: error replies made by the SuperLink (node unavailable,
         reply expired) come from the SuperLink itself, so look up the message they answer."""
-        return self._sent[phase].get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+        for sent in self._sent[phase]:
+            if sent.metadata.message_id == msg.metadata.reply_to_message_id:
+                return sent.metadata.dst_node_id
+        return msg.metadata.src_node_id
 
     def _usable_replies(self, server_round: int, phase: str, replies: list[Message]) -> list[tuple[Message, str]]:
         """Replies with content, each with its site name; failures and silent sites go to the history."""
         answered = {self._node_of(phase, m) for m in replies}
-        for node in sorted(set(self._sent[phase].values()) - answered):
+        for node in sorted({m.metadata.dst_node_id for m in self._sent[phase]} - answered):
             self.history.record_failure(server_round, self._site_name(node), phase, "no reply (site offline or timed out)")
         usable = []
         for msg in replies:

@@ -4,6 +4,7 @@ ends; SuperLink-made error replies and silent nodes are named by their registere
 reply claiming another site's name is dropped."""
 
 import json
+import uuid
 
 import pytest
 import torch
@@ -46,8 +47,9 @@ class SiteGrid(Grid):
     """Hospitals in-process: training adds 1.0 to every float array; `behaviour` may make a site
     silent, fail (as the SuperLink reports it), lie about its name, or crash the center."""
 
-    def __init__(self, behaviour=None, names=SITES, online=tuple(SITES)):
+    def __init__(self, behaviour=None, names=SITES, online=tuple(SITES), message_ids="object_id"):
         self.behaviour = behaviour or (lambda phase, rnd, site: "ok")
+        self.message_ids = message_ids  # what a pushed message's id is: HttpGrid's object id, or InMemoryGrid's uuid
         self.names = names
         self.online = list(online)
         self.asked: list[tuple[str, int, str]] = []
@@ -77,7 +79,7 @@ class SiteGrid(Grid):
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = msg.object_id
+            msg.metadata.__dict__["_message_id"] = msg.object_id if self.message_ids == "object_id" else str(uuid.uuid4())
             node, phase = msg.metadata.dst_node_id, msg.metadata.message_type
             rnd = int(msg.content["config"]["server-round"])
             site = SITES[node]
@@ -174,7 +176,10 @@ def test_resume_refuses_another_runs_checkpoints_and_a_fresh_start_refuses_to_ov
         run_federation(SiteGrid(), {**_rc(tmp_path, resume=True), "run-dir": str(tmp_path / "empty")})
 
 
-def test_failed_silent_and_lying_sites_are_named_by_their_registered_site(tmp_path):
+@pytest.mark.parametrize("message_ids", ["object_id", "uuid"])
+def test_failed_silent_and_lying_sites_are_named_by_their_registered_site(tmp_path, message_ids):
+    """A reply the SuperLink makes names the request by the id the Grid gave it when it was sent, whatever that
+    id is (the packing on the wire changes a request's object id after the strategy built it)."""
     def behaviour(phase, rnd, site):
         if site == "site_c" and phase == "train" and rnd == 1:
             return "unavailable"
@@ -184,7 +189,7 @@ def test_failed_silent_and_lying_sites_are_named_by_their_registered_site(tmp_pa
             return "impostor"
         return "ok"
 
-    summary = run_federation(SiteGrid(behaviour), _rc(tmp_path, rounds=2))
+    summary = run_federation(SiteGrid(behaviour, message_ids=message_ids), _rc(tmp_path, rounds=2))
     events = summary["events"]
     assert "round 1: site_c train failed: node_unavailable" in events  # Flower's own error, by a fixed name
     assert "round 1: site_c evaluate failed: no reply (site offline or timed out)" in events

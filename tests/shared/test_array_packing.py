@@ -199,8 +199,11 @@ def test_the_center_packs_requests_and_unpacks_replies_before_the_strategy_sees_
     grid = PackingGrid(inner)
     shared = _content()
     requests = [_message(RecordDict({"arrays": shared["arrays"], "config": shared["config"]})) for _ in range(2)]
+    built = [request.content for request in requests]
     replies = list(grid.send_and_receive(requests))
     assert all(is_packed(content) for content in inner.pushed)
+    # the caller's requests are its own again (the SecAgg+ stage tracker reads them after the exchange)
+    assert [request.content for request in requests] == built and all(r.content is b for r, b in zip(requests, built))
     assert len(shared["arrays"]) == 5  # the strategy's shared record is untouched
     for reply in replies:
         state = reply.content["arrays"].to_torch_state_dict()
