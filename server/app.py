@@ -12,7 +12,7 @@ from flwr.superlink.grid.http_grid import HttpGrid
 
 from server.federation import run_federation
 from server.packing_grid import PackingGrid
-from server.prompt_grid import PromptGrid
+from server.prompt_grid import NodeSnapshotGrid, PromptGrid
 from shared.flower_object_pulls import prompt_object_pulls
 
 
@@ -25,11 +25,11 @@ def build_server_app(bound_run_config: Mapping[str, Any] | None = None,
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         deployment = isinstance(grid, HttpGrid)
-        grid = PackingGrid(grid)  # one array per record on the wire (sites unpack in array_packing_mod)
+        grid = PackingGrid(grid)  # one packed record per message on the wire (sites unpack in array_packing_mod)
         if wrap_grid:
             grid = wrap_grid(grid)
         elif deployment:
-            grid = PromptGrid(grid)  # Flower's deployment Grid pulls replies every 3 s
+            grid = PromptGrid(NodeSnapshotGrid(grid))  # Flower's deployment Grid pulls replies every 3 s
             prompt_object_pulls(http_grid, "pull_objects")  # a reply's arrays arrive just after the reply
         run_federation(grid, bound_run_config or context.run_config, context)
 

@@ -41,3 +41,20 @@ def test_timeout_returns_what_arrived(monkeypatch):
     monkeypatch.setattr(prompt_grid, "PULL_S", 0.05)
     replies = list(PromptGrid(FakeGrid([0.0, 99.0])).send_and_receive(["a", "b"], timeout=0.3))
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
+
+
+def test_the_deployment_node_list_is_one_superlink_call_per_snapshot(monkeypatch):
+    calls = []
+
+    class NodesGrid:
+        def get_nodes(self):
+            calls.append(1)
+            return [SimpleNamespace(node_id=7, name="site_a"), SimpleNamespace(node_id=9, name="site_b")]
+
+    now = [100.0]
+    monkeypatch.setattr(prompt_grid.time, "monotonic", lambda: now[0])
+    grid = PromptGrid(prompt_grid.NodeSnapshotGrid(NodesGrid()))
+    assert list(grid.get_node_ids()) == [7, 9] and [n.name for n in grid.get_nodes()] == ["site_a", "site_b"]
+    assert list(grid.get_node_ids()) == [7, 9] and len(calls) == 1  # a round's configure: one call
+    now[0] += prompt_grid.NODES_TTL_S + 0.01
+    assert list(grid.get_node_ids()) == [7, 9] and len(calls) == 2  # later (a wait for sites): asked again
