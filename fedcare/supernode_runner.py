@@ -9,8 +9,9 @@ which under 1 s was work (benchmarks/round_breakdown.py). This runner starts the
 with that module's `time.sleep` replaced: the idle beat becomes `BUSY_PULL_S` for `BUSY_WINDOW_S` after the
 node last handled a message (a run's next message comes seconds after a reply: the center aggregates), else
 `IDLE_PULL_S`, and the reply poll `REPLY_POLL_S` (a local check). Cost: one Fleet API pull per site every
-`BUSY_PULL_S` while a run's messages flow, every `IDLE_PULL_S` when idle. It checks the installed flwr
-version, since it patches a module attribute.
+`BUSY_PULL_S` while a run's messages flow, every `IDLE_PULL_S` when idle. Given `FEDCARE_TASK_SIGNAL`
+(by `fedcare client`), it also tells the site's app launcher over a local datagram as soon as it has stored
+a message (`announcing`). It checks the installed flwr version, since it patches module attributes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fedcare.flower_processes import require_flower_version
 from shared.flower_object_pulls import prompt_object_pulls
 
 FLOWER_IDLE_S, FLOWER_REPLY_POLL_S = 3, 0.5  # the values in flwr 1.41's start_client_internal
-IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.05
+IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.02  # the reply poll is an in-process look at the node state
 BUSY_PULL_S, BUSY_WINDOW_S = 0.1, 30.0
 _last_busy = float("-inf")  # time.monotonic() of the last reply poll: a message was being answered
 
@@ -43,24 +44,26 @@ def shortened_sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def announcing(pull_objects: Callable[..., dict[str, bytes]], address: str) -> Callable[..., dict[str, bytes]]:
-    """Flower's `pull_objects`, then one datagram to the app launcher at `address` (host:port). In
-    `start_client_internal` it runs once per message, after the message's task was created: when it returns,
-    the message and its objects are in the SuperNode's store and the app process can pull them at once."""
+def announcing(pull_and_store: Callable[..., int | None], address: str) -> Callable[..., int | None]:
+    """Flower's `_pull_and_store_message`, then, when it stored a message, one datagram to the app launcher at
+    `address` (host:port). When it returns, the message and its objects are in the SuperNode's store and
+    confirmed to the SuperLink: the app process pulls them at once, and its requests no longer compete
+    with the SuperNode's own confirmation (the reply cannot leave before it: announcing right after the
+    objects arrived made an evaluate reply wait ~0.2 s for it on a loaded machine)."""
     host, port = address.rsplit(":", 1)
     target = (host, int(port))
     signal = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
-    def pull_then_announce(*args: object, **kwargs: object) -> dict[str, bytes]:
-        try:
-            return pull_objects(*args, **kwargs)
-        finally:  # a failed pull finished the task: the launcher then finds none, which is harmless
+    def pull_store_then_announce(*args: object, **kwargs: object) -> int | None:
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None:
             try:
                 signal.sendto(b"task", target)
             except OSError:  # the launcher is gone or restarting: its fallback poll finds the task
                 pass
+        return run_id
 
-    return pull_then_announce
+    return pull_store_then_announce
 
 
 def patch_supernode() -> None:
@@ -72,7 +75,8 @@ def patch_supernode() -> None:
     start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})
     prompt_object_pulls(start_client_internal, "pull_objects")  # a request's arrays arrive just after it
     if address := os.environ.get(TASK_SIGNAL_ENV):
-        start_client_internal.pull_objects = announcing(start_client_internal.pull_objects, address)
+        start_client_internal._pull_and_store_message = announcing(start_client_internal._pull_and_store_message,
+                                                                   address)
 
 
 def main() -> None:

@@ -141,47 +141,50 @@ def test_the_next_spare_waits_until_the_site_is_quiet(monkeypatch):
 
 
 def test_the_supernode_announces_each_stored_message_and_the_launcher_wakes_at_once(monkeypatch):
-    """The SuperNode's `pull_objects` (run once per message, after its task was created) is followed by one
-    datagram to the launcher, even when the pull fails; the launcher's wait ends on it, long before its
-    fallback poll, and `stop()` ends it too."""
+    """The SuperNode's `_pull_and_store_message` (its loop's pull from the SuperLink) is followed by one datagram to
+    the launcher when it stored a message, none when there was nothing; the launcher's wait ends on it, long
+    before its fallback poll, and `stop()` ends it too."""
     import select
     import time
 
     from fedcare.supernode_runner import announcing
 
     launcher, _ = _launcher(monkeypatch)
-    calls = []
+    calls, results = [], [42, None]
 
-    def pull(ids, pull_object_fn, **kwargs):
-        calls.append((ids, kwargs))
-        return {"obj": b"content"}
+    def pull_and_store(**kwargs):
+        calls.append(kwargs)
+        return results.pop(0)
 
-    announced_pull = announcing(pull, launcher.task_signal_address)
-    assert announced_pull(["obj"], pull_object_fn=None, initial_backoff=0.05) == {"obj": b"content"}
-    assert calls == [(["obj"], {"initial_backoff": 0.05})]
+    announced = announcing(pull_and_store, launcher.task_signal_address)
+    assert announced(state="s", receive="r") == 42 and calls == [{"state": "s", "receive": "r"}]
     start = time.monotonic()
     launcher._wait_for_task(60.0)
     assert time.monotonic() - start < 30.0  # woken by the datagram, not the timeout
-
-    def failing(*args, **kwargs):
-        raise TimeoutError("objects never came")
-
-    try:
-        announcing(failing, launcher.task_signal_address)([], pull_object_fn=None)
-    except TimeoutError:
-        pass
-    else:
-        raise AssertionError("the pull's failure must reach Flower's own handling")
-    start = time.monotonic()
-    launcher._wait_for_task(60.0)  # a failed pull is announced too (the launcher then finds no task)
-    assert time.monotonic() - start < 30.0
-    assert select.select([launcher._task_signal], [], [], 0)[0] == []  # each wait drained its announcement
-    assert announcing(pull, "127.0.0.1:9")(["x"], pull_object_fn=None) == {"obj": b"content"}  # nobody listening
+    assert announced(state="s", receive="r") is None  # no message: no datagram
+    assert select.select([launcher._task_signal], [], [], 0.2)[0] == []
+    assert announcing(lambda: 7, "127.0.0.1:9")() == 7  # nobody listening: the SuperNode goes on
     launcher.stopping.set()
     launcher._task_signal.sendto(b"stop", launcher._task_signal.getsockname())
     start = time.monotonic()
     launcher._wait_for_task(60.0)
     assert time.monotonic() - start < 30.0
+
+
+def test_the_runner_wraps_flowers_message_pull_only_when_given_a_launcher(monkeypatch):
+    from flwr.supernode import start_client_internal
+
+    from fedcare import supernode_runner
+
+    original = start_client_internal._pull_and_store_message
+    for name in ("time", "pull_objects", "_pull_and_store_message"):
+        monkeypatch.setattr(start_client_internal, name, getattr(start_client_internal, name))  # undone after
+    monkeypatch.delenv(clientapp_process.TASK_SIGNAL_ENV, raising=False)
+    supernode_runner.patch_supernode()
+    assert start_client_internal._pull_and_store_message is original
+    monkeypatch.setenv(clientapp_process.TASK_SIGNAL_ENV, "127.0.0.1:9")
+    supernode_runner.patch_supernode()
+    assert start_client_internal._pull_and_store_message.__name__ == "pull_store_then_announce"
 
 
 def test_the_hospital_gives_its_supernode_the_launchers_signal_address(monkeypatch, tmp_path):
