@@ -11,7 +11,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint
 from server.federation import run_federation
@@ -32,11 +31,7 @@ CFG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch):
-    """What a ServerApp process has set when the strategy builds its messages."""
-    for name, value in (("_run_id", 5), ("_node_id", 1), ("_task_id", 3)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")  # tests/conftest.py
 
 
 class Crash(Exception):

@@ -9,7 +9,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message.message import get_descendant_object_ids
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.packing_grid import PackingGrid
 from shared import array_packing
@@ -28,12 +27,7 @@ from shared.array_packing import (
 )
 from shared.models.event_transformer import EventTransformer, EventTransformerConfig
 
-
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch):
-    """What a ServerApp process has set when it builds messages."""
-    for name, value in (("_run_id", 5), ("_node_id", 1), ("_task_id", 3)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")  # tests/conftest.py
 
 
 def _state() -> OrderedDict:
