@@ -13,7 +13,9 @@ from fedcare.progress import RunProgress, site_by_site, tracked
 from fedcare.progress_grid import ProgressGrid
 from server.federation import run_federation
 from shared.errors import InputError
-from tests.server.test_resume_and_site_tracking import SiteGrid, _rc, serverapp_identity  # noqa: F401 (autouse fixture)
+from tests.server.test_resume_and_site_tracking import SiteGrid, _rc
+
+pytestmark = pytest.mark.usefixtures("serverapp_identity")  # tests/conftest.py
 
 
 class OneReplyPerPull(SiteGrid):

@@ -8,7 +8,9 @@ import pytest
 
 from server.federation import run_federation
 from shared.errors import InputError
-from tests.server.test_resume_and_site_tracking import CFG, SiteGrid, serverapp_identity  # noqa: F401 (autouse fixture)
+from tests.server.test_resume_and_site_tracking import CFG, SiteGrid
+
+pytestmark = pytest.mark.usefixtures("serverapp_identity")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("online", [(11, 12), (11, 12, 13, 14)])
