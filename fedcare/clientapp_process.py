@@ -49,8 +49,8 @@ from pathlib import Path
 
 POLL_S = 0.5  # the fallback task poll of the local Runtime API: a SuperNode announces each task (TASK_SIGNAL_ENV)
 SPARE_AFTER_IDLE_S = 20.0  # a serving site starts its next spare only after this long without a message
-# The SuperNode (fedcare.supernode_runner) sends one datagram to this host:port once a message and its objects are
-# stored: the launcher asks for the task at once instead of polling the Runtime API 20 times a second (issue 23:
+# The SuperNode (fedcare.supernode_runner) sends one datagram to this host:port once it has stored and confirmed a
+# message: the launcher asks for the task at once instead of polling the Runtime API 20 times a second (issue 23:
 # those polls, three sites' worth, took a quarter of a core on a 2-core machine and 25 ms of latency per message).
 TASK_SIGNAL_ENV = "FEDCARE_TASK_SIGNAL"
 
