@@ -12,6 +12,8 @@ This wrapper starts the very same SuperLink with two additions:
   source is the very address it arrived at comes from this machine and counts as local.)
 - one site name per node key: a RegisterNode without a valid site name, or with a name that is
   already registered, is refused (Flower itself only refuses a key registered twice).
+- held pulls (fedcare/held_pulls.py): a pull that finds nothing is answered once there is something, so
+  messages and replies move without waiting for the next poll.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from fedcare import held_pulls
 from fedcare.flower_processes import require_flower_version
 
 LOCAL_CLIENTS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -95,6 +98,7 @@ def install() -> None:
     superlink_main.create_app = guarded_create_app
     for state_class in (InMemoryLinkState, SqlLinkState):
         _one_name_per_node(state_class)
+    held_pulls.install()
 
 
 def main() -> None:

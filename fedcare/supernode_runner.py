@@ -9,7 +9,9 @@ which under 1 s was work (benchmarks/round_breakdown.py). This runner starts the
 with that module's `time.sleep` replaced: the idle beat becomes `BUSY_PULL_S` for `BUSY_WINDOW_S` after the
 node last handled a message (a run's next message comes seconds after a reply: the center aggregates), else
 `IDLE_PULL_S`, and the reply poll `REPLY_POLL_S` (a local check). Cost: one Fleet API pull per site every
-`BUSY_PULL_S` while a run's messages flow, every `IDLE_PULL_S` when idle. Given `FEDCARE_TASK_SIGNAL`
+`BUSY_PULL_S` while a run's messages flow, every `IDLE_PULL_S` when idle. fedcare's SuperLink holds an empty
+pull until a message comes or its hold runs out (fedcare/held_pulls.py); after such a held pull the beat is
+`AFTER_HELD_PULL_S`: the pull itself was the wait. Given `FEDCARE_TASK_SIGNAL`
 (by `fedcare client`), it also tells the site's app launcher over a local datagram as soon as it has stored
 a message (`announcing`). It checks the installed flwr version, since it patches module attributes.
 """
@@ -30,18 +32,25 @@ from shared.flower_object_pulls import prompt_object_pulls
 FLOWER_IDLE_S, FLOWER_REPLY_POLL_S = 3, 0.5  # the values in flwr 1.41's start_client_internal
 IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.02  # the reply poll is an in-process look at the node state
 BUSY_PULL_S, BUSY_WINDOW_S = 0.1, 30.0
+# an empty pull that took this long was held by the SuperLink until its hold ran out: pull again almost at once
+HELD_PULL_S, AFTER_HELD_PULL_S = 0.5, 0.01
 _last_busy = float("-inf")  # time.monotonic() of the last reply poll: a message was being answered
+_last_wake = float("inf")  # time.monotonic() when the last shortened sleep ended (the loop's pull began)
 
 
 def shortened_sleep(seconds: float) -> None:
     """Flower's idle beat and reply poll, shortened; any other sleep unchanged."""
-    global _last_busy
+    global _last_busy, _last_wake
+    now = time.monotonic()
     if seconds == FLOWER_IDLE_S:
-        seconds = BUSY_PULL_S if time.monotonic() - _last_busy < BUSY_WINDOW_S else IDLE_PULL_S
+        seconds = BUSY_PULL_S if now - _last_busy < BUSY_WINDOW_S else IDLE_PULL_S
+        if now - _last_wake >= HELD_PULL_S:  # the SuperLink held the empty pull (fedcare/held_pulls.py): it waited
+            seconds = AFTER_HELD_PULL_S
     elif seconds == FLOWER_REPLY_POLL_S:
-        _last_busy = time.monotonic()
+        _last_busy = now
         seconds = REPLY_POLL_S
     time.sleep(seconds)
+    _last_wake = time.monotonic()
 
 
 def announcing(pull_and_store: Callable[..., int | None], address: str) -> Callable[..., int | None]:

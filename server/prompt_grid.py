@@ -3,7 +3,9 @@
 Flower 1.41's deployment Grid (`flwr.superlink.grid.http_grid`) pulls replies every 3 s, so each phase of a
 round (train, evaluate) waits up to 3 s after the last reply (issue 23: deployment rounds cost seconds of
 idle time). This wrapper keeps Flower's `send_and_receive` semantics (push, then pull until every reply is
-in or the timeout passes) and pulls every PULL_S; everything else goes to the wrapped Grid. In a local runtime
+in or the timeout passes) and pulls again at once after a pull that brought replies, else PULL_S after the last
+pull began (fedcare's SuperLink holds a pull that finds nothing until a reply comes, fedcare/held_pulls.py, so
+there the pull itself is the wait); everything else goes to the wrapped Grid. In a local runtime
 that shares this process (`fedcare simulate`), `DispatchSignals` replace the beat: the Grid signals each push
 and waits for the runtime's signal that a reply was stored (fedcare/simulation_dispatch.py). In a deployment,
 `NodeSnapshotGrid` answers a round's several node-list questions with one SuperLink call.
@@ -51,6 +53,7 @@ class PromptGrid(GridWrapper):
         while timeout is None or time.time() < end:
             if self._signals is not None:
                 self._signals.replied.clear()  # before the pull: a reply stored during or after it wakes the wait
+            pulled_at = time.monotonic()
             arrived = list(self.pull_messages(pending))
             replies.extend(arrived)
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
@@ -60,8 +63,8 @@ class PromptGrid(GridWrapper):
                 break
             if self._signals is not None:
                 self._signals.replied.wait(self._pull_interval)
-            else:
-                time.sleep(self._pull_interval)
+            elif not arrived:  # a SuperLink that holds pulls (fedcare/held_pulls.py) has waited already
+                time.sleep(max(0.0, self._pull_interval - (time.monotonic() - pulled_at)))
         return replies
 
     def sending(self, messages: list[Message]) -> None:

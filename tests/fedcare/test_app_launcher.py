@@ -105,12 +105,16 @@ def test_the_supernode_runner_shortens_only_flowers_idle_beat_and_reply_poll(mon
     monkeypatch.setattr(supernode_runner.time, "sleep", slept.append)
     monkeypatch.setattr(supernode_runner.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(supernode_runner, "_last_busy", float("-inf"))
+    monkeypatch.setattr(supernode_runner, "_last_wake", float("inf"))
     for seconds in (3, 0.5, 3, 2.0):  # idle, then a message answered, then the wait for the run's next one
         supernode_runner.shortened_sleep(seconds)
+    now[0] += supernode_runner.HELD_PULL_S  # the SuperLink held this empty pull (fedcare/held_pulls.py)
+    supernode_runner.shortened_sleep(3)  # the pull was the wait: the next one almost at once
     now[0] += supernode_runner.BUSY_WINDOW_S
+    monkeypatch.setattr(supernode_runner, "_last_wake", now[0])  # quick empty pulls (a SuperLink that does not hold)
     supernode_runner.shortened_sleep(3)  # no message for the whole window: back to the idle beat
     assert slept == [supernode_runner.IDLE_PULL_S, supernode_runner.REPLY_POLL_S, supernode_runner.BUSY_PULL_S,
-                     2.0, supernode_runner.IDLE_PULL_S]
+                     2.0, supernode_runner.AFTER_HELD_PULL_S, supernode_runner.IDLE_PULL_S]
     assert supernode_runner.BUSY_PULL_S < supernode_runner.IDLE_PULL_S < supernode_runner.FLOWER_IDLE_S
     monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # undone after the test
     monkeypatch.setattr(start_client_internal, "pull_objects", start_client_internal.pull_objects)
