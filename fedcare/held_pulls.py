@@ -9,7 +9,8 @@ the SuperLink hold such a pull, as HTTP long polling does:
 - a SuperNode's pull that finds no message waits up to NODE_HOLD_S for a message to be stored for that node,
   then looks again and answers (the SuperNode handles one message at a time and pulls only when it has no reply
   to push, so a held pull delays nothing of its own);
-- the ServerApp's pull for replies that finds none waits up to REPLY_HOLD_S for a reply of its run;
+- the ServerApp's pull for replies that finds none waits up to REPLY_HOLD_S for a reply of its run (a pull
+  that names no message is answered at once);
 - a pull that found messages waits up to COMPLETE_WAIT_S until their objects (the arrays, pushed right after
   the message) are all stored, so the receiver's first object pull finds them instead of backing off.
 
@@ -138,6 +139,8 @@ def holding_runtime_pull(pull: Callable[..., Any]) -> Callable[..., Any]:
     """Flower's Runtime `pull_messages(request, state, task)` (the ServerApp asks for replies), held."""
 
     def held_runtime_pull(request: Any, state: Any, task: Any) -> Any:
+        if not request.message_ids:  # asks for no reply: nothing to wait for
+            return pull(request, state, task)
         answer = hold_until_found(lambda: pull(request, state, task), ("run", task.run_id), REPLY_HOLD_S,
                                   _has_messages)
         if _has_messages(answer):

@@ -50,7 +50,7 @@ class PromptGrid(GridWrapper):
         total = len(pending)
         end = time.time() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []
-        while timeout is None or time.time() < end:
+        while pending and (timeout is None or time.time() < end):  # nothing sent (a skipped phase): no pull
             if self._signals is not None:
                 self._signals.replied.clear()  # before the pull: a reply stored during or after it wakes the wait
             pulled_at = time.monotonic()

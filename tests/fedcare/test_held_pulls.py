@@ -169,3 +169,8 @@ def test_the_held_handlers_wake_on_their_own_node_and_run(monkeypatch):
     answer = runtime(SimpleNamespace(message_ids=["x"]), state, SimpleNamespace(run_id=11))
     assert len(answer.messages_list) == 1 and 0.35 < time.monotonic() - started < 10
     assert arrivals.count(("run", 0)) == 0
+
+    started = time.monotonic()
+    answer = runtime(SimpleNamespace(message_ids=[]), state, SimpleNamespace(run_id=12))  # names no reply
+    assert answer.messages_list == [] and time.monotonic() - started < held_pulls.REPLY_HOLD_S / 2
+

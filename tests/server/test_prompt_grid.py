@@ -58,3 +58,10 @@ def test_the_deployment_node_list_is_one_superlink_call_per_snapshot(monkeypatch
     assert list(grid.get_node_ids()) == [7, 9] and len(calls) == 1  # a round's configure: one call
     now[0] += prompt_grid.NODES_TTL_S + 0.01
     assert list(grid.get_node_ids()) == [7, 9] and len(calls) == 2  # later (a wait for sites): asked again
+
+
+def test_a_phase_that_sends_nothing_pulls_nothing():
+    """A skipped evaluation sends no message: asking the SuperLink for replies anyway made fedcare's SuperLink hold
+    that pull for its whole hold (1 s of every DP round without an evaluation)."""
+    fake = FakeGrid([])
+    assert list(PromptGrid(fake).send_and_receive([], timeout=10)) == [] and fake.pulls == 0
