@@ -30,8 +30,8 @@ from client.security_log_mod import make_security_log_mod
 from client.site_settings import site_settings
 from client.site_worker import Refusal, RoundOutcome, SiteDataError, SiteWorker
 from shared import timings
-from shared.array_packing import array_packing_mod
 from shared.config import TRAIN_PHASE
+from shared.content_packing import content_packing_mod
 from shared.privacy import accountant
 from shared.privacy.whitelist import outgoing_guard_mod
 from shared.run_config import parse_run_config
@@ -92,9 +92,9 @@ def build_client_app(bound_run_config: Mapping[str, Any] | None = None) -> SiteC
     """`bound_run_config`: the run config of an in-process simulation (`fedcare simulate`), else the context's."""
     security_log_mod = make_security_log_mod(lambda context: _worker(context, bound_run_config).security_log)
     # the log sees what arrived and the reply the guard let out (both unpacked: the packing outside it only
-    # re-encodes records, shared/array_packing.py); SecAgg+ masks inside the guard
+    # re-encodes records, shared/content_packing.py); SecAgg+ masks inside the guard
     secure = secure_aggregation_mod(lambda context: _worker(context, bound_run_config))
-    app = SiteClientApp(bound_run_config, mods=[array_packing_mod, security_log_mod, outgoing_guard_mod, secure])
+    app = SiteClientApp(bound_run_config, mods=[content_packing_mod, security_log_mod, outgoing_guard_mod, secure])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -1,7 +1,7 @@
 """Flower client mod that writes every message the site receives and every reply it sends to the
 site's security log (shared/privacy/security_log.py).
 
-Installed right inside the packing (shared/array_packing.py: a lossless re-encoding of the records
+Installed right inside the packing (shared/content_packing.py: a lossless re-encoding of the records
 on the wire), so it sees the message as it arrived and the reply as it finally leaves (after the
 outgoing-message guard). Arrays are described by key, dtype, shape and
 byte size, never by value; config and metric records are logged with their values.

@@ -25,7 +25,7 @@ def build_server_app(bound_run_config: Mapping[str, Any] | None = None,
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         deployment = isinstance(grid, HttpGrid)
-        grid = PackingGrid(grid)  # one packed record per message on the wire (sites unpack in array_packing_mod)
+        grid = PackingGrid(grid)  # one packed record per message on the wire (sites unpack in content_packing_mod)
         if wrap_grid:
             grid = wrap_grid(grid)
         elif deployment:

@@ -1,5 +1,5 @@
 """The center's Grid with packed content: each request's records leave as one byte string, each reply's are
-unpacked before the strategy sees them (shared/array_packing.py: three objects per message instead of one per
+unpacked before the strategy sees them (shared/content_packing.py: three objects per message instead of one per
 record, tensor and chunk, each an HTTPS call at every hop of a deployment).
 
 A reply whose packed content does not unpack is handed on as an error reply (`internal_error`): the strategy
@@ -17,7 +17,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 from server.grid_wrapper import GridWrapper
-from shared.array_packing import ArrayPackingError, pack_content, unpack_content
+from shared.content_packing import ContentPackingError, pack_content, unpack_content
 
 
 def _on_the_wire(message: Message) -> Message:
@@ -41,7 +41,7 @@ def _unpacked(reply: Message) -> Message:
         return reply
     try:
         reply.content = unpack_content(reply.content)[0]
-    except ArrayPackingError as error:
+    except ContentPackingError as error:
         log(WARNING, "a reply from node %s does not unpack (%s): counted as a failed reply",
             reply.metadata.src_node_id, error)
         return Message(error=Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason="internal_error"),

@@ -14,8 +14,8 @@ from fedcare.simulation import simulate
 from server import packing_grid
 from server import strategy as strategy_module
 from server.checkpoints import load_checkpoint
-from shared.array_packing import PACKED_KEY, packed_blob, packed_header, unpack_content
 from shared.config import config_from_dict
+from shared.content_packing import PACKED_KEY, packed_blob, packed_header, unpack_content
 from shared.privacy.dp_evaluation import bin_edges
 from shared.privacy.ledger import SiteLedger
 from shared.privacy.whitelist import ALLOWED_METRICS, ALLOWED_SITE_KEYS
@@ -30,7 +30,7 @@ TINY = {
     "strategy": {"name": "fedavg", "min_sites": 2},
 }
 
-WIRE = []  # every reply content as it reached the center's Grid (packed, shared/array_packing.py)
+WIRE = []  # every reply content as it reached the center's Grid (packed, shared/content_packing.py)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Content on the wire: one packed record per message, lossless, and a malformed packing is refused (shared/array_packing.py,
+"""Content on the wire: one packed record per message, lossless, and a malformed packing is refused (shared/content_packing.py,
 server/packing_grid.py)."""
 
 import json
@@ -11,14 +11,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.app.message.message import get_descendant_object_ids
 
 from server.packing_grid import PackingGrid
-from shared import array_packing
-from shared.array_packing import (
+from shared import content_packing
+from shared.content_packing import (
     BLOB_KEY,
     MAGIC,
     PACKED_KEY,
     PACKED_STYPE,
-    ArrayPackingError,
-    array_packing_mod,
+    ContentPackingError,
+    content_packing_mod,
     is_packed,
     pack_content,
     packed_blob,
@@ -89,7 +89,7 @@ def test_packing_leaves_the_given_content_alone_and_passes_plain_content_through
 
 
 def test_a_large_content_travels_as_one_array_in_flowers_chunks(monkeypatch):
-    monkeypatch.setattr(array_packing, "INLINE_MAX_BYTES", 64)
+    monkeypatch.setattr(content_packing, "INLINE_MAX_BYTES", 64)
     content = _content()
     packed = pack_content(content)
     (array,) = packed[PACKED_KEY].values()
@@ -126,18 +126,18 @@ def test_a_model_message_is_three_objects_instead_of_two_per_tensor():
     lambda entries: entries.pop(),  # the config's bytes left over
 ])
 def test_a_packed_content_whose_header_does_not_add_up_is_refused(spoil):
-    with pytest.raises(ArrayPackingError):
+    with pytest.raises(ContentPackingError):
         unpack_content(_respoiled(pack_content(_content()), spoil))
 
 
 @pytest.mark.parametrize("blob", [b"", b"FCPACK2\n", b"FCPACK1\n\x00\x00\x00\x02{}", b"FCPACK2\n\x00\x00\x00\x05[1, ",
                                   b"FCPACK2\n\x00\x00\x00\x02[]", b"FCPACK2\n\x00\x00\x00\x0e{\"records\": 1}"])
 def test_packed_bytes_that_are_not_a_packing_are_refused(blob):
-    with pytest.raises(ArrayPackingError):
+    with pytest.raises(ContentPackingError):
         unpack_content(RecordDict({PACKED_KEY: ConfigRecord({BLOB_KEY: blob})}))
-    with pytest.raises(ArrayPackingError):  # the packed key beside other records, or holding something else
+    with pytest.raises(ContentPackingError):  # the packed key beside other records, or holding something else
         unpack_content(RecordDict({PACKED_KEY: ConfigRecord({"other": blob}), "config": ConfigRecord({"a": 1})}))
-    with pytest.raises(ArrayPackingError):
+    with pytest.raises(ContentPackingError):
         unpack_content(RecordDict({PACKED_KEY: ConfigRecord({"other": 1})}))
 
 
@@ -151,14 +151,14 @@ def test_the_site_mod_unpacks_requests_and_packs_replies_only_when_the_request_c
                                           "metrics": MetricRecord({"num-examples": 3})}))
 
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
-    reply = array_packing_mod(_message(pack_content(_content())), context, handler)
+    reply = content_packing_mod(_message(pack_content(_content())), context, handler)
     assert list(seen[-1].keys()) == ["arrays", "config"] and list(seen[-1]["arrays"].keys()) == list(_state().keys())
     assert is_packed(reply.content)
     restored = unpack_content(reply.content)[0]
     assert torch.equal(restored["arrays"].to_torch_state_dict()["steps"], torch.arange(5) + 1)
     assert restored["metrics"]["num-examples"] == 3
 
-    plain_reply = array_packing_mod(_message(_content()), context, handler)
+    plain_reply = content_packing_mod(_message(_content()), context, handler)
     assert not is_packed(plain_reply.content) and len(plain_reply.content["arrays"]) == 5
 
 
@@ -166,7 +166,7 @@ def test_the_site_mod_answers_a_malformed_packing_with_a_code_and_never_calls_th
     packed = _respoiled(pack_content(_content()), lambda entries: entries[0].__setitem__("sizes", [0] * 5))
     called = []
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
-    reply = array_packing_mod(_message(packed), context, lambda msg, ctx: called.append(msg))
+    reply = content_packing_mod(_message(packed), context, lambda msg, ctx: called.append(msg))
     assert reply.has_error() and reply.error.reason == "internal_error" and called == []
 
 

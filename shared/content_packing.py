@@ -16,7 +16,7 @@ own serialisation of it. The encoding is lossless and carries nothing the record
 that does not add up (wrong lengths, unknown kinds, extra bytes, bytes Flower cannot read) is refused whole.
 
 The center's Grid (`server.packing_grid.PackingGrid`) packs requests and unpacks replies; the site's
-`array_packing_mod` (the ClientApp's outermost mod) unpacks a request before anything else sees it and packs
+`content_packing_mod` (the ClientApp's outermost mod) unpacks a request before anything else sees it and packs
 the reply only if its request came packed, so every other mod (security log, outgoing guard, SecAgg+) and
 the handlers see ordinary records, and a peer that does not pack gets plain replies.
 """
@@ -41,7 +41,7 @@ INLINE_MAX_BYTES = 4 * 1024 * 1024
 _RECORD_KINDS: dict[str, type] = {"config": ConfigRecord, "metric": MetricRecord}
 
 
-class ArrayPackingError(ValueError):
+class ContentPackingError(ValueError):
     """A packed content that does not unpack (a malformed or hostile message)."""
 
 
@@ -83,35 +83,35 @@ def pack_content(content: RecordDict) -> RecordDict:
 def packed_blob(content: RecordDict) -> bytes:
     record = content[PACKED_KEY]
     if len(content) != 1:
-        raise ArrayPackingError("a packed content holds other records beside the packed one")
+        raise ContentPackingError("a packed content holds other records beside the packed one")
     if isinstance(record, ConfigRecord) and list(record.keys()) == [BLOB_KEY] and isinstance(record[BLOB_KEY], bytes):
         return record[BLOB_KEY]
     if (isinstance(record, ArrayRecord) and list(record.keys()) == [PACKED_KEY]
             and record[PACKED_KEY].stype == PACKED_STYPE):
         return record[PACKED_KEY].data
-    raise ArrayPackingError("the packed record is neither a blob nor a packed array")
+    raise ContentPackingError("the packed record is neither a blob nor a packed array")
 
 
 def packed_header(blob: bytes) -> tuple[list[dict[str, Any]], int]:
     """(the header's record entries, where the records' bytes start); checks that the sizes add up."""
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 4:
-        raise ArrayPackingError("the packed bytes do not start with the packing's mark")
+        raise ContentPackingError("the packed bytes do not start with the packing's mark")
     start = len(MAGIC) + 4
     size = int.from_bytes(blob[len(MAGIC):start], "big")
     try:
         header = json.loads(blob[start:start + size])
     except (ValueError, RecursionError) as err:
-        raise ArrayPackingError(f"the packing's header is not JSON ({type(err).__name__})") from None
+        raise ContentPackingError(f"the packing's header is not JSON ({type(err).__name__})") from None
     entries = header.get("records") if isinstance(header, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ArrayPackingError("the packing's header has no list of records")
+        raise ContentPackingError("the packing's header has no list of records")
     names = [e.get("name") for e in entries]
     if not all(isinstance(n, str) and n != PACKED_KEY for n in names) or len(set(names)) != len(names):
-        raise ArrayPackingError("the packing's record names are not distinct texts")
+        raise ContentPackingError("the packing's record names are not distinct texts")
     for entry in entries:
         _check_entry(entry)
     if start + size + sum(e["nbytes"] for e in entries) != len(blob):
-        raise ArrayPackingError(f"the packed bytes hold {len(blob) - start - size} bytes of records, "
+        raise ContentPackingError(f"the packed bytes hold {len(blob) - start - size} bytes of records, "
                                 f"the header {sum(e['nbytes'] for e in entries)}")
     return entries, start + size
 
@@ -123,22 +123,22 @@ def _non_negative(value: object) -> bool:
 def _check_entry(entry: dict[str, Any]) -> None:
     kind, nbytes = entry.get("kind"), entry.get("nbytes")
     if not _non_negative(nbytes):
-        raise ArrayPackingError(f"record {entry['name']!r}: a size that is not a non-negative integer")
+        raise ContentPackingError(f"record {entry['name']!r}: a size that is not a non-negative integer")
     if kind in _RECORD_KINDS:
         if set(entry) != {"name", "kind", "nbytes"}:
-            raise ArrayPackingError(f"record {entry['name']!r}: unexpected fields")
+            raise ContentPackingError(f"record {entry['name']!r}: unexpected fields")
         return
     if kind != "array" or set(entry) != {"name", "kind", "nbytes", "keys", "dtypes", "stypes", "shapes", "sizes"}:
-        raise ArrayPackingError(f"record {entry['name']!r}: an unknown kind or unexpected fields")
+        raise ContentPackingError(f"record {entry['name']!r}: an unknown kind or unexpected fields")
     keys, dtypes, stypes, shapes, sizes = (entry[f] for f in ("keys", "dtypes", "stypes", "shapes", "sizes"))
     if not all(isinstance(v, list) and len(v) == len(keys) for v in (keys, dtypes, stypes, shapes, sizes)):
-        raise ArrayPackingError(f"record {entry['name']!r}: the array lists differ in length")
+        raise ContentPackingError(f"record {entry['name']!r}: the array lists differ in length")
     if not (all(isinstance(v, str) for v in (*keys, *dtypes, *stypes)) and len(set(keys)) == len(keys)
             and all(isinstance(s, list) and all(_non_negative(d) for d in s) for s in shapes)
             and all(_non_negative(s) for s in sizes)):
-        raise ArrayPackingError(f"record {entry['name']!r}: a non-text or repeated name, or a negative size")
+        raise ContentPackingError(f"record {entry['name']!r}: a non-text or repeated name, or a negative size")
     if sum(sizes) != nbytes:
-        raise ArrayPackingError(f"record {entry['name']!r}: its arrays' sizes do not add up")
+        raise ContentPackingError(f"record {entry['name']!r}: its arrays' sizes do not add up")
 
 
 def _record_from(entry: dict[str, Any], data: bytes) -> Any:
@@ -146,7 +146,7 @@ def _record_from(entry: dict[str, Any], data: bytes) -> Any:
         try:
             return _RECORD_KINDS[entry["kind"]].inflate(data)
         except Exception as err:  # Flower's parser on bytes the center chose
-            raise ArrayPackingError(f"record {entry['name']!r} does not read back ({type(err).__name__})") from None
+            raise ContentPackingError(f"record {entry['name']!r} does not read back ({type(err).__name__})") from None
     out, offset = ArrayRecord(), 0
     for key, dtype, stype, shape, size in zip(entry["keys"], entry["dtypes"], entry["stypes"], entry["shapes"],
                                               entry["sizes"], strict=True):
@@ -168,14 +168,14 @@ def unpack_content(content: RecordDict) -> tuple[RecordDict, bool]:
     return out, True
 
 
-def array_packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def content_packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower client mod (the outermost): unpack a packed request, pack the reply the same way."""
     packed_request = False
     if msg.has_content():
         try:
             content, packed_request = unpack_content(msg.content)
-        except ArrayPackingError as error:  # the center's message is malformed: it is told a code, no detail
-            log(ERROR, "array_packing_mod: a request does not unpack: %s", error)
+        except ContentPackingError as error:  # the center's message is malformed: it is told a code, no detail
+            log(ERROR, "content_packing_mod: a request does not unpack: %s", error)
             return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason="internal_error"), reply_to=msg)
         msg.content = content
     reply = call_next(msg, context)
