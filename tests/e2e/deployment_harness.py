@@ -52,12 +52,15 @@ def free_port() -> int:
 
 class Deployment:
     def __init__(self, root: Path, rounds: int, round_timeout_s: float, extra_sites: tuple[str, ...] = (),
-                 sites: dict[str, int] | None = None) -> None:
-        """`sites`: site name -> synthetic stays (default TINY's three sites)."""
+                 sites: dict[str, int] | None = None, min_sites: int | None = None) -> None:
+        """`sites`: site name -> synthetic stays (default TINY's three sites); `min_sites`: sites each round
+        waits for (default TINY's 2)."""
         self.root = root
         raw = json.loads(json.dumps(TINY))
         if sites:
             raw["data"]["sites"], raw["data"]["synth_sizes"] = list(sites), list(sites.values())
+        if min_sites is not None:
+            raw["strategy"]["min_sites"] = min_sites
         raw["train"]["rounds"] = rounds
         raw["federation"]["round_timeout_s"] = round_timeout_s
         raw["data"]["root"] = str(root / "data")

@@ -23,8 +23,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
-    # 120 s: on a loaded machine a site needs ~1 min from the request to its reply (ClientApp start, training)
-    dep = Deployment(tmp_path_factory.mktemp("faults"), rounds=2, round_timeout_s=120.0)
+    # 120 s: on a loaded machine a site needs ~1 min from the request to its reply (ClientApp start, training).
+    # Every round waits for all three hospitals: the restarted site_c can connect only once its killed node's
+    # heartbeat has expired (~1 min, Flower refuses to activate a node that is still online), which is also when
+    # round 1 fails it; without the wait, round 2 ran without site_c and was over (0.3 s) before the center
+    # could be killed inside it. With it, round 2 waits for site_c, which leaves seconds between
+    # site_a and site_b logging round 2 and the round's end: site_c holds twenty times their data, so its round 2
+    # trains for seconds while theirs take ~0.1 s, and the ledgers are looked at every 0.1 s.
+    dep = Deployment(tmp_path_factory.mktemp("faults"), rounds=2, round_timeout_s=120.0, min_sites=3,
+                     sites={"site_a": 160, "site_b": 120, "site_c": 3200})
     facts = {}
     try:
         server = dep.start_server()
@@ -36,7 +43,8 @@ def faulty_run(tmp_path_factory):
         dep.start_client("site_c", None, "site_c_restarted")
 
         dep.wait_for("a hospital to train round 2",
-                     lambda: any(e["round"] == 2 for s in ("site_a", "site_b") for e in dep.ledger(s)), timeout_s=240)
+                     lambda: any(e["round"] == 2 for s in ("site_a", "site_b") for e in dep.ledger(s)), timeout_s=240,
+                     interval_s=0.1)
         facts["ckpts_at_kill"] = sorted(p.name for p in (dep.run_dir / "checkpoints").glob("round_*.pt"))
         facts["ledgers_at_kill"] = {s: [(e["run_id"], e["round"]) for e in dep.ledger(s)] for s in dep.sites}
         dep.kill(server)
