@@ -13,7 +13,8 @@ node last handled a message (a run's next message comes seconds after a reply: t
 pull until a message comes or its hold runs out (fedcare/held_pulls.py); after such a held pull the beat is
 `AFTER_HELD_PULL_S`: the pull itself was the wait. Given `FEDCARE_TASK_SIGNAL`
 (by `fedcare client`), it also tells the site's app launcher over a local datagram as soon as it has stored
-a message (`announcing`). It checks the installed flwr version, since it patches module attributes.
+a message (`announcing`), and it announces a 15 s heartbeat interval instead of Flower's 30 s
+(`NODE_HEARTBEAT_S`). It checks the installed flwr version, since it patches module attributes.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ IDLE_PULL_S, REPLY_POLL_S = 0.5, 0.02  # the reply poll is an in-process look at
 BUSY_PULL_S, BUSY_WINDOW_S = 0.1, 30.0
 # an empty pull that took this long was held by the SuperLink until its hold ran out: pull again almost at once
 HELD_PULL_S, AFTER_HELD_PULL_S = 0.5, 0.01
+# Flower's node heartbeat interval is 30 s, and the SuperLink takes a node for gone only after twice that
+# without a heartbeat: a crashed hospital held every other site's round for up to a minute, and its restarted
+# client could not connect until then (Flower refuses to activate a node it still sees online). 15 s: gone after
+# 30 s without a heartbeat, one heartbeat every ~8 s.
+NODE_HEARTBEAT_S = 15
 _last_busy = float("-inf")  # time.monotonic() of the last reply poll: a message was being answered
 _last_wake = float("inf")  # time.monotonic() when the last shortened sleep ended (the loop's pull began)
 
@@ -76,9 +82,13 @@ def announcing(pull_and_store: Callable[..., int | None], address: str) -> Calla
 
 
 def patch_supernode() -> None:
-    from flwr.supernode import start_client_internal
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection, start_client_internal
 
     require_flower_version("fedcare.supernode_runner")
+    # the interval the node announces (the SuperLink's patience is twice it) and the one its sender keeps
+    fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = NODE_HEARTBEAT_S
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = NODE_HEARTBEAT_S
     # the module's own `time` only: other modules' sleeps (retries, heartbeats) keep their timing
     names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})

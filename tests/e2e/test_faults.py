@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def faulty_run(tmp_path_factory):
     # 120 s: on a loaded machine a site needs ~1 min from the request to its reply (ClientApp start, training).
     # Every round waits for all three hospitals: the restarted site_c can connect only once its killed node's
-    # heartbeat has expired (~1 min, Flower refuses to activate a node that is still online), which is also when
+    # heartbeat has expired (30 s, Flower refuses to activate a node that is still online), which is also when
     # round 1 fails it; without the wait, round 2 ran without site_c and was over (0.3 s) before the center
     # could be killed inside it. With it, round 2 waits for site_c, which leaves seconds between
     # site_a and site_b logging round 2 and the round's end: site_c holds twenty times their data, so its round 2

@@ -118,7 +118,14 @@ def test_the_supernode_runner_shortens_only_flowers_idle_beat_and_reply_poll(mon
     assert supernode_runner.BUSY_PULL_S < supernode_runner.IDLE_PULL_S < supernode_runner.FLOWER_IDLE_S
     monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # undone after the test
     monkeypatch.setattr(start_client_internal, "pull_objects", start_client_internal.pull_objects)
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    for module in (heartbeat, fleet_http_connection):
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
     supernode_runner.patch_supernode()
+    # a crashed hospital is taken for gone after 2 x 15 s without a heartbeat, not 2 x 30 s
+    assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == heartbeat.HEARTBEAT_DEFAULT_INTERVAL == 15
     assert start_client_internal.pull_objects.keywords["initial_backoff"] < 1  # Flower's first back-off: 1 s
     assert start_client_internal.time.sleep is supernode_runner.shortened_sleep
     assert start_client_internal.time.time is supernode_runner.time.time  # the rest of `time` unchanged
