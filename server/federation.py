@@ -125,9 +125,10 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
                 evaluate_fn=checkpoint,
             )
     except BaseException:
-        history.writer.wait()  # what the finished rounds wrote is on disk before the failure goes on
+        history.writer.close()  # what the finished rounds wrote is on disk before the failure goes on
         raise
     history.save()
+    history.writer.close()  # its thread ends with the run
     summary = run_summary(history, cfg, run_id, run_dir, wall_time_s=time.time() - started, secure_summary=secure_summary)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary

@@ -94,6 +94,15 @@ class SerialWriter:
         if errors := self.wait():
             raise errors[0]
 
+    def close(self) -> list[BaseException]:
+        """`wait`, then end the thread (a later `submit` starts a new one): a process that runs many runs keeps
+        no idle writer per finished run."""
+        errors = self.wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return errors
+
 
 def write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     """Write `data` to `path` atomically; returns the path."""

@@ -137,3 +137,9 @@ def test_serial_writer_runs_writes_in_order_off_the_callers_thread_and_raises_a_
     with pytest.raises(OSError, match="No space left"):
         writer.settle()
     writer.settle()  # reported once
+
+    name = threads[0]
+    assert writer.close() == [] and name not in {t.name for t in threading.enumerate()}  # no idle thread left
+    writer.submit(lambda: threads.append("after close"))  # a later write starts a new thread
+    writer.close()
+    assert threads[-1] == "after close"
