@@ -66,7 +66,10 @@ from shared.training.devices import autocast_for, resolve_device
 from shared.training.dp_trainer import TrainSettings, steps_per_epoch, train_model
 
 EXPLANATIONS_DIR = "explanations"
-UPDATES_DIR = "updates"  # the last update sent per run, to answer a repeated round without training again
+# the updates last sent per run (updates/<run>/round_NNNN.pt), to answer a repeated round without training again.
+# Two: a center that sends round r+1's training with round r's evaluation (server/strategy.py) and dies before
+# round r's checkpoint repeats round r, which this site has answered before its round r+1.
+UPDATES_DIR, KEPT_UPDATES = "updates", 2
 REPORTS_DIR = "reports"  # site-only evaluation reports (Task.site_report)
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request
 EVALUATE_PHASE = "evaluate"  # extra.phase of a ledger entry recording a DP evaluation release
@@ -340,13 +343,17 @@ class SiteWorker:
         return next((e for e in self.ledger.entries() if e["run_id"] == self.run_id and e["round"] == server_round
                      and kind((e.get("extra") or {}).get("phase")) == kind(phase)), None)
 
-    def _update_path(self) -> Path:
-        return self.settings.state_dir / UPDATES_DIR / f"{self.run_id}.pt"
+    def _update_path(self, server_round: int) -> Path:
+        return self.settings.state_dir / UPDATES_DIR / self.run_id / f"round_{server_round:04d}.pt"
 
     def _save_update(self, server_round: int, global_digest: str, outcome: RoundOutcome) -> None:
-        with timings.part("checkpoint"), atomic_file(self._update_path(), 0o600) as handle:
-            torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
-                        "metrics": outcome.metrics}, handle)
+        path = self._update_path(server_round)
+        with timings.part("checkpoint"):
+            with atomic_file(path, 0o600) as handle:
+                torch.save({"round": server_round, "global_sha256": global_digest, "state_dict": outcome.arrays,
+                            "metrics": outcome.metrics}, handle)
+            for older in sorted(path.parent.glob("round_*.pt"))[:-KEPT_UPDATES]:
+                older.unlink(missing_ok=True)
 
     def _repeat_round(self, server_round: int, entry: dict[str, Any], global_digest: str) -> RoundOutcome:
         """The ledger already holds this (run, round): never train or spend budget twice. Send the
@@ -359,12 +366,12 @@ class SiteWorker:
                 metrics["budget_exhausted"] = 1
                 return RoundOutcome("budget_exhausted", "budget_exhausted", metrics=metrics, detail=detail)
             return RoundOutcome("refused", "round_conflict", metrics=metrics, detail=detail)
-        path = self._update_path()
+        path = self._update_path(server_round)
         saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
         if saved is None or saved["round"] != server_round or saved["global_sha256"] != global_digest:
+            why = "from another global model" if saved is not None else f"(only the last {KEPT_UPDATES} updates are kept)"
             return self._declined(server_round, RoundOutcome(
-                "refused", "round_conflict",
-                detail=f"round {server_round} of this run was already trained here from another global model"))
+                "refused", "round_conflict", detail=f"round {server_round} of this run was already trained here {why}"))
         return RoundOutcome("trained", arrays=saved["state_dict"], metrics=saved["metrics"])
 
     def _trained_history(self) -> list[Mechanism]:

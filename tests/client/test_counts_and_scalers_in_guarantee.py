@@ -95,7 +95,7 @@ def test_under_secure_aggregation_the_sent_weight_is_capped_at_max_weight_and_th
     outcome = worker.train_round(1, worker.task.build_model().state_dict())
     released = next(e for e in worker.ledger.entries() if e["extra"].get("phase") == "count")["extra"]["released"]
     assert released > 20 and outcome.metrics["num-examples"] == 20
-    saved = torch.load(next((tmp_path / "state" / UPDATES_DIR).glob("*.pt")), weights_only=True)
+    saved = torch.load(tmp_path / "state" / UPDATES_DIR / "run-1" / "round_0001.pt", weights_only=True)
     assert saved["round"] == 1 and saved["metrics"]["num-examples"] == 20
 
 

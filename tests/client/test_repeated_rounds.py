@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from client.site_worker import SiteSettings, SiteWorker, state_digest
+from client.site_worker import UPDATES_DIR, SiteSettings, SiteWorker, state_digest
 from shared.config import config_from_dict
 from shared.privacy.ledger import SiteLedger
 from shared.tasks.registry import build_task
@@ -62,6 +62,25 @@ def test_same_round_other_global_model_is_refused_without_a_ledger_entry(worker_
     assert outcome.reason == "round_conflict" and "already trained" in outcome.detail
     assert worker.security_log.events()[-1]["detail"] == outcome.detail
     assert len(worker.ledger.entries()) == 2
+
+
+def test_the_round_before_the_last_is_still_answered_from_its_saved_update(worker_and_first_round):
+    """A center that sent round 3's training with round 2's evaluation and died before round 2's checkpoint
+    repeats round 2 after this site trained round 3: the site re-sends round 2's update, then round 3's."""
+    worker, global_state, _, _, settings = worker_and_first_round
+    second_global = {k: v + 0.25 if v.is_floating_point() else v for k, v in global_state.items()}
+    third_global = {k: v - 0.25 if v.is_floating_point() else v for k, v in global_state.items()}
+    second, third = worker.train_round(2, second_global), worker.train_round(3, third_global)
+    assert second.status == third.status == "trained"
+    saved = sorted(p.name for p in (settings.state_dir / UPDATES_DIR / "run-1").iterdir())
+    assert saved == ["round_0002.pt", "round_0003.pt"]  # the two newest are kept
+    entries = len(worker.ledger.entries())
+    again = [worker.train_round(2, second_global), worker.train_round(3, third_global)]
+    for sent, resent in zip((second, third), again, strict=True):
+        assert resent.status == "trained" and all(torch.equal(resent.arrays[k], sent.arrays[k]) for k in sent.arrays)
+    assert len(worker.ledger.entries()) == entries  # nothing trained or spent again
+    gone = worker.train_round(1, global_state)  # its update is no longer kept: refused, never trained again
+    assert gone.reason == "round_conflict" and "only the last 2 updates" in gone.detail
 
 
 def test_a_run_asking_a_looser_delta_than_the_site_allows_is_refused(worker_and_first_round):

@@ -1,7 +1,7 @@
 """A real simulation with secure aggregation (SecAgg+ through Flower's legacy workflow): 3 tiny sites x 2
 rounds, one without budget, DP on. The sites sign their SecAgg+ keys (roster: the simulated sites' own key
 files). The last round's global model is compared with plain FedAvg of the updates the sites actually sent
-(each site keeps its last sent update in state_dir/updates/), so the test needs no noise-free seam."""
+(each site keeps its last sent updates in state_dir/updates/), so the test needs no noise-free seam."""
 
 import json
 
@@ -72,7 +72,7 @@ def _sent_updates(run_dir):
     """The last round's updates as the trained sites sent them, and the digest of the global model they started from."""
     sent = {}
     for site in ("site_a", "site_b"):
-        saved = torch.load(next((run_dir / "sites" / site / UPDATES_DIR).glob("*.pt")), weights_only=True)
+        saved = torch.load(sorted((run_dir / "sites" / site / UPDATES_DIR).rglob("round_*.pt"))[-1], weights_only=True)
         sent[site] = saved
     replies = [RecordDict({"arrays": ArrayRecord(u["state_dict"]),
                            "metrics": MetricRecord({"num-examples": u["metrics"]["num-examples"]})}) for u in sent.values()]
