@@ -3,7 +3,9 @@ strategy, checkpoint every round, write the run's history and summary into runs/
 
 A resumed run (run config `resume = true`, same run id and run folder) starts from the last
 global checkpoint: Flower's Strategy.start always counts rounds from 1, so it runs the remaining
-rounds and the strategy shifts every round number by the rounds already done.
+rounds and the strategy shifts every round number by the rounds already done. A checkpoint written while its
+round's evaluations were still out (a deployment sends them with the next round's training,
+server/strategy.py) has that evaluation asked for again first.
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
     model = task.build_model()  # same layout at the center and at every site
-    start_round = 0
+    start_round, evaluation_pending = 0, False
     if resuming:
         if cfg.secure_aggregation.enabled:  # the legacy SecAgg+ workflow numbers its rounds from 1
             raise InputError(run_dir, "secure_aggregation.enabled", "a run with secure aggregation cannot be resumed")
-        start_round, skipped = _load_resume_point(model, run_dir, run_id)
+        start_round, skipped, evaluation_pending = _load_resume_point(model, run_dir, run_id)
         history = RunHistory.resume(run_dir, list(cfg.data.sites), task.primary_metric, start_round)
         for problem in skipped:
             history.note(f"resume: skipped a checkpoint that does not load ({problem})")
@@ -81,6 +83,17 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
     except TypeError as err:
         raise InputError(cfg.source, "strategy.params", str(err)) from None
     meta = {"config": cfg.to_dict(), "task": cfg.task, "model": cfg.model.name, "run_id": run_id}
+
+    def checkpoint_aggregated(server_round: int, arrays: ArrayRecord, evaluation_pending: bool) -> None:
+        # the strategy sends round r+1's training with round r's evaluation: round r's model (and its training
+        # records) are on disk first, so a resumed run continues from the model the sites train round r+1 on
+        real_round = server_round + start_round
+        history.save()
+        save_checkpoint(checkpoint_path(run_dir, real_round), arrays.to_torch_state_dict(),
+                        {**meta, "round": real_round, "decision_threshold": None, "calibration": None,
+                         "evaluation_pending": evaluation_pending})
+
+    strategy.checkpoint_aggregated = checkpoint_aggregated
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 and resuming:
@@ -115,6 +128,9 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
                               "rounds_aggregated": sorted(secure.aggregated_rounds), "rounds_failed": secure.rounds_failed,
                               "failure": secure.failure}
         else:
+            if resuming and evaluation_pending:
+                _evaluate_again(grid, strategy, ArrayRecord(model.state_dict()), cfg, history, start_round)
+                write_round_checkpoint(start_round, model.state_dict())
             strategy.start(
                 grid=grid,
                 initial_arrays=ArrayRecord(model.state_dict()),
@@ -224,9 +240,22 @@ def _site_level_epsilon(history: RunHistory, rounds_trained: list[int]) -> float
     return epsilon_opacus(mechanisms, records[-1]["delta"], records[-1]["accountant"])
 
 
-def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> tuple[int, list[InputError]]:
-    """The round of the newest checkpoint that loads (its weights go into `model`) and the problems of
-    newer ones that do not: a damaged newest checkpoint costs a round, not the run."""
+def _evaluate_again(grid: Grid, strategy: Any, arrays: ArrayRecord, cfg: RunConfig, history: RunHistory,
+                   real_round: int) -> None:
+    """The center died while the sites evaluated round `real_round`'s model (already checkpointed, with the next
+    round's training sent): ask for that evaluation again before the next round. A site that had answered sends
+    the same release again at no cost (client/site_worker.py)."""
+    history.note(f"round {real_round}: the center stopped while this round's evaluations were out; asked again")
+    # the strategy counts rounds after the resume point: its round 0 is the checkpoint's round
+    messages = list(strategy.configure_evaluate(0, arrays, ConfigRecord({"phase": TRAIN_PHASE}), grid))
+    replies = grid.send_and_receive(messages, timeout=cfg.federation.round_timeout_s) if messages else []
+    strategy.aggregate_evaluate(0, replies)
+
+
+def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> tuple[int, list[InputError], bool]:
+    """The round of the newest checkpoint that loads (its weights go into `model`), the problems of newer ones
+    that do not (a damaged newest checkpoint costs a round, not the run), and whether that round's evaluation
+    was still out when the center stopped (SiteTracking.start: the checkpoint was written before it came in)."""
     found = latest_loadable_checkpoint(run_dir)
     if found is None:
         if latest_checkpoint(run_dir) is not None:
@@ -236,7 +265,7 @@ def _load_resume_point(model: torch.nn.Module, run_dir: Path, run_id: str) -> tu
     if ckpt.get("run_id") != run_id:
         raise InputError(path, "run_id", f"checkpoint belongs to run {ckpt.get('run_id')!r}, not {run_id!r}")
     model.load_state_dict(ckpt["state_dict"])
-    return int(ckpt["round"]), skipped
+    return int(ckpt["round"]), skipped, bool(ckpt.get("evaluation_pending", False))
 
 
 def _synthesize_if_no_site_data(cfg: RunConfig, history: RunHistory) -> None:

@@ -42,11 +42,21 @@ class PromptGrid(GridWrapper):
         self._pull_interval, self._signals = pull_interval, signals
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.receive(self.send(messages), timeout=timeout)
+
+    def send(self, messages: Iterable[Message]) -> list[str]:
+        """Push `messages`; their ids, for `receive` (the strategy's overlapped rounds send one phase's requests
+        before the replies of the other are in: server/strategy.py)."""
         messages = list(messages)
         self.sending(messages)
-        pending = set(self.push_messages(messages))
+        ids = list(self.push_messages(messages))
         if self._signals is not None:
             self._signals.pushed.set()
+        return ids
+
+    def receive(self, message_ids: Iterable[str], *, timeout: float | None = None) -> list[Message]:
+        """The replies to `message_ids`, pulled until all are in or `timeout` seconds have passed."""
+        pending = set(message_ids)
         total = len(pending)
         end = time.time() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []

@@ -13,13 +13,14 @@ and a cell) never reaches the history.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
+from flwr.serverapp.strategy import Result
 
 from server.history import RunHistory
 from server.server_optimizer import SERVER_OPTIMIZERS, ServerOptimized, ServerOptimizer
@@ -57,15 +58,21 @@ class SiteTracking:
     total_rounds: int
 
     def _init_tracking(self, history: RunHistory, total_rounds: int, round_offset: int = 0,
-                       wait_for_nodes_s: float = 3600.0, evaluated_rounds: set[int] | None = None) -> None:
+                       wait_for_nodes_s: float = 3600.0, evaluated_rounds: set[int] | None = None,
+                       overlap_phases: bool = False) -> None:
         """`round_offset`: rounds already done before this start (a resumed run). Flower's
         Strategy.start counts from 1; every round number that reaches the clients, the history
         and the checkpoints is shifted by it. `wait_for_nodes_s`: how long a round waits for
         enough connected sites before it is skipped (Flower itself would wait forever).
         `evaluated_rounds`: the global rounds whose model the sites are asked to evaluate (None: every
         round); in the others no evaluate message is sent (it would cost a message round trip per site
-        for an empty reply)."""
+        for an empty reply). `overlap_phases`: send a round's evaluation and the next round's training together
+        (`start`), on a Grid that can send before it receives."""
         self.history, self.total_rounds, self.round_offset = history, total_rounds, round_offset
+        self.overlap_phases = overlap_phases
+        # (round, its aggregated model, whether its evaluation is still out): writes the round's checkpoint before
+        # the next round's training is sent (run_federation sets it; without it `start` does not overlap)
+        self.checkpoint_aggregated: Callable[[int, ArrayRecord, bool], None] | None = None
         self.wait_for_nodes_s = wait_for_nodes_s
         self.evaluated_rounds = evaluated_rounds
         self.exhausted_nodes: set[int] = set()
@@ -74,6 +81,53 @@ class SiteTracking:
         # the phase's requests; once sent, each one's metadata holds the id the Grid gave it, which a reply the
         # SuperLink makes (node unavailable, reply expired) names instead of a site
         self._sent: dict[str, list[Message]] = {"train": [], "evaluate": []}
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Flower's `Strategy.start`; with `overlap_phases` on a Grid that sends and receives separately
+        (server.prompt_grid.PromptGrid), round r's evaluate requests and round r+1's train requests are sent
+        together, in that order, as soon as round r's model is aggregated. A site answers its messages one at a
+        time in the order they came (fedcare/clientapp_process.py), so it evaluates round r's model, then finds
+        round r+1's request already there instead of waiting for its evaluation reply to travel to the center
+        and the next request back (a deployment round paid two such trips, issue 23). What each site computes,
+        and the order in which the center aggregates and records it, are those of Flower's loop. Round r's model
+        is checkpointed (`checkpoint_aggregated`) before round r+1's training is sent: a center that dies while
+        round r's evaluations are out resumes from round r, the model the sites trained round r+1 on (a resume from
+        round r-1 would aggregate round r again, perhaps from other sites, and the sites would refuse round r+1)."""
+        kwargs = dict(num_rounds=num_rounds, timeout=timeout, train_config=train_config,
+                      evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+        if not (getattr(self, "overlap_phases", False) and getattr(self, "checkpoint_aggregated", None) is not None
+                and hasattr(grid, "send") and hasattr(grid, "receive")):
+            return super().start(grid=grid, initial_arrays=initial_arrays, **kwargs)  # type: ignore[misc]
+        return self._overlapped_start(grid, initial_arrays, **kwargs)
+
+    def _overlapped_start(self, grid: Any, initial_arrays: ArrayRecord, num_rounds: int, timeout: float,
+                          train_config: ConfigRecord | None, evaluate_config: ConfigRecord | None,
+                          evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None) -> Result:
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result, arrays = Result(), initial_arrays
+        if evaluate_fn and (res := evaluate_fn(0, initial_arrays)) is not None:
+            result.evaluate_metrics_serverapp[0] = res
+        train_ids = grid.send(self.configure_train(1, arrays, train_config, grid))
+        for current_round in range(1, num_rounds + 1):
+            agg_arrays, agg_train_metrics = self.aggregate_train(current_round, grid.receive(train_ids, timeout=timeout))
+            if agg_arrays is not None:
+                result.arrays = arrays = agg_arrays
+            if agg_train_metrics is not None:
+                result.train_metrics_clientapp[current_round] = agg_train_metrics
+            evaluate_ids = grid.send(self.configure_evaluate(current_round, arrays, evaluate_config, grid))
+            train_ids = []
+            if current_round < num_rounds:
+                self.checkpoint_aggregated(current_round, arrays, bool(evaluate_ids))  # type: ignore[misc]
+                train_ids = grid.send(self.configure_train(current_round + 1, arrays, train_config, grid))
+            agg_evaluate_metrics = self.aggregate_evaluate(current_round, grid.receive(evaluate_ids, timeout=timeout))
+            if agg_evaluate_metrics is not None:
+                result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
+            if evaluate_fn and (res := evaluate_fn(current_round, arrays)) is not None:
+                result.evaluate_metrics_serverapp[current_round] = res
+        return result
 
     def _learn_registered_names(self, grid: Grid) -> None:
         try:
@@ -231,8 +285,20 @@ def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) ->
         strategy._init_site_level_accounting(history, cfg.privacy.delta, cfg.privacy.accountant, dp.mode,
                                             dp.max_site_weight)
     strategy._init_tracking(history, cfg.total_rounds, round_offset, cfg.federation.round_timeout_s,
-                            evaluated_rounds(cfg))
+                            evaluated_rounds(cfg), overlap_phases=overlaps_phases(cfg))
     return strategy
+
+
+def overlaps_phases(cfg: RunConfig) -> bool:
+    """Whether the center sends round r+1's training with round r's evaluation (SiteTracking.start): in a
+    deployment, where each site answers its messages one at a time in order (a simulation may run two messages of
+    one site at once), and only when aggregating the same replies again gives the same model. A center that dies
+    while round r's evaluations are out has already asked for round r+1's training; its resumed run repeats round r
+    from the checkpoint before, and each site answers the repeated round r+1 with its saved update only if the
+    new global model is the one it trained on. The center's site-level DP noise and a server optimiser's state
+    (not in the checkpoint) would change that model, and the sites would refuse the repeated round."""
+    return (cfg.federation.mode == "deployment" and not cfg.privacy.site_level_dp.enabled
+            and cfg.strategy.name not in SERVER_OPTIMIZERS)
 
 
 def evaluated_rounds(cfg: RunConfig) -> set[int] | None:

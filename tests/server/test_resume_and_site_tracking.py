@@ -274,3 +274,103 @@ def test_evaluate_messages_go_only_to_rounds_that_release_one(tmp_path, privacy,
     assert len([a for a in grid.asked if a[0] == "evaluate"]) == 3 * len(evaluated)
     # every round is still checkpointed and in the history
     assert [checkpoint_path(tmp_path / "run", r).is_file() for r in range(1, 5)] == [True] * 4
+
+
+class InOrderSiteGrid(SiteGrid):
+    """A Grid that sends and receives separately (as server.prompt_grid.PromptGrid does), and sites that answer
+    their requests one at a time in the order they were sent, as a deployed site does."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.queue, self.answered, self.events, self.what = [], {}, [], {}
+
+    def send(self, messages):
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id
+            self.what[msg.metadata.message_id] = (msg.metadata.message_type, int(msg.content["config"]["server-round"]))
+            ids.append(msg.metadata.message_id)
+            self.queue.append(msg)
+        self.events += sorted({("send", *self.what[i]) for i in ids})
+        return ids
+
+    def receive(self, message_ids, *, timeout=None):
+        message_ids = list(message_ids)
+        self.events += sorted({("receive", *self.what[i]) for i in message_ids})
+        while self.queue and not set(message_ids) <= self.answered.keys():
+            for reply in self.send_and_receive([self.queue.pop(0)]):
+                self.answered[reply.metadata.reply_to_message_id] = reply
+        return [self.answered.pop(i) for i in message_ids if i in self.answered]
+
+
+def test_a_deployment_sends_the_next_rounds_training_with_this_rounds_evaluation(tmp_path):
+    """Round r's evaluate requests, then round r+1's train requests, go out before round r's evaluations are
+    collected; the run's checkpoints, history and final model are those of Flower's one-phase-at-a-time loop."""
+    grid = InOrderSiteGrid()
+    summary = run_federation(grid, _rc(tmp_path, rounds=3))
+    assert grid.events == [("send", "train", 1), ("receive", "train", 1),
+                           ("send", "evaluate", 1), ("send", "train", 2), ("receive", "evaluate", 1),
+                           ("receive", "train", 2),
+                           ("send", "evaluate", 2), ("send", "train", 3), ("receive", "evaluate", 2),
+                           ("receive", "train", 3), ("send", "evaluate", 3), ("receive", "evaluate", 3)]
+    # each site answered in the order of its requests: evaluation of round r before training round r+1
+    assert [(phase, rnd) for phase, rnd, site in grid.asked if site == "site_b"] == [
+        ("train", 1), ("evaluate", 1), ("train", 2), ("evaluate", 2), ("train", 3), ("evaluate", 3)]
+    assert summary["complete"] and not grid.queue and not grid.answered
+
+    plain = tmp_path / "plain"
+    run_federation(SiteGrid(), {**_rc(tmp_path, rounds=3), "run-dir": str(plain)})
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "metrics.json").read_text())["rounds"] == json.loads(
+        (plain / "metrics.json").read_text())["rounds"]
+    for r in range(4):
+        overlapped, sequential = load_checkpoint(checkpoint_path(run_dir, r)), load_checkpoint(checkpoint_path(plain, r))
+        assert overlapped["decision_threshold"] == sequential["decision_threshold"]
+        for key, value in sequential["state_dict"].items():
+            assert torch.equal(overlapped["state_dict"][key], value), (r, key)
+
+
+@pytest.mark.parametrize("change", [{"federation": {"mode": "simulation"}},
+                                    {"privacy": {"site_level_dp": {"enabled": True}}},
+                                    {"strategy": {"name": "fedadam"}}])
+def test_phases_are_not_overlapped_where_repeating_a_round_could_change_its_model(change):
+    """A simulation may run two messages of one site at once; the center's site-level DP noise and a server
+    optimiser's state would give a resumed round another model than the one the sites trained the next round on."""
+    from server.strategy import overlaps_phases
+
+    assert overlaps_phases(config_from_dict(CFG, "center.yaml"))
+    raw = json.loads(json.dumps(CFG))
+    for section, values in change.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    assert not overlaps_phases(config_from_dict(raw, "center.yaml"))
+
+
+def test_a_center_dying_while_overlapped_evaluations_are_out_resumes_from_that_rounds_model(tmp_path):
+    """Round 3's training went out with round 2's evaluation: round 2's model was checkpointed first (its
+    evaluation pending), the resumed run asks for round 2's evaluation again, then goes on from round 3, and ends
+    where an uninterrupted run ends."""
+    crash = InOrderSiteGrid(lambda phase, rnd, site: "crash" if (phase, rnd, site) == ("evaluate", 2, "site_b") else "ok")
+    with pytest.raises(Crash):
+        run_federation(crash, _rc(tmp_path))
+    run_dir = tmp_path / "run"
+    assert ("send", "train", 3) in crash.events  # the center died with round 3's training already sent
+    pending = load_checkpoint(checkpoint_path(run_dir, 2))
+    assert latest_checkpoint(run_dir) == checkpoint_path(run_dir, 2) and pending["evaluation_pending"]
+    assert pending["decision_threshold"] is None
+    assert json.loads((run_dir / "metrics.json").read_text())["rounds"]["2"]["site_b"]["status"] == "trained"
+
+    grid = InOrderSiteGrid()
+    summary = run_federation(grid, _rc(tmp_path, resume=True))
+    assert [(phase, rnd) for phase, rnd, site in grid.asked if site == "site_b"] == [
+        ("evaluate", 2), ("train", 3), ("evaluate", 3), ("train", 4), ("evaluate", 4)]
+    assert summary["complete"]
+    assert "round 2: the center stopped while this round's evaluations were out; asked again" in summary["events"]
+    plain = tmp_path / "plain"
+    run_federation(SiteGrid(), {**_rc(tmp_path), "run-dir": str(plain)})
+    assert json.loads((run_dir / "metrics.json").read_text())["rounds"] == json.loads(
+        (plain / "metrics.json").read_text())["rounds"]
+    for r in (2, 4):
+        resumed, sequential = load_checkpoint(checkpoint_path(run_dir, r)), load_checkpoint(checkpoint_path(plain, r))
+        assert not resumed.get("evaluation_pending") and resumed["decision_threshold"] == sequential["decision_threshold"]
+        for key, value in sequential["state_dict"].items():
+            assert torch.equal(resumed["state_dict"][key], value), (r, key)
