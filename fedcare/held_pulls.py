@@ -7,8 +7,9 @@ of a round) and every empty poll cost CPU on both sides. `install()`, called by 
 the SuperLink hold such a pull, as HTTP long polling does:
 
 - a SuperNode's pull that finds no message waits up to NODE_HOLD_S for a message to be stored for that node,
-  then looks again and answers (the SuperNode handles one message at a time and pulls only when it has no reply
-  to push, so a held pull delays nothing of its own);
+  then looks again and answers (fedcare's SuperNode pushes its replies from a thread of their own,
+  `fedcare.supernode_runner.ReplyPusher`, and Flower's pulls only when it has no reply to push: a held pull
+  delays nothing of its own);
 - the ServerApp's pull for replies that finds none waits up to REPLY_HOLD_S for a reply of its run (a pull
   that names no message is answered at once);
 - a pull that found messages waits up to COMPLETE_WAIT_S until their objects (the arrays, pushed right after

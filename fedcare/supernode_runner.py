@@ -15,6 +15,12 @@ pull until a message comes or its hold runs out (fedcare/held_pulls.py); after s
 (by `fedcare client`), it also tells the site's app launcher over a local datagram as soon as it has stored
 a message (`announcing`), and it announces a 15 s heartbeat interval instead of Flower's 30 s
 (`NODE_HEARTBEAT_S`). It checks the installed flwr version, since it patches module attributes.
+
+Flower's node loop pulls one message, then waits until its app has replied and pushes the reply, and only then
+pulls the next: a request the center had already sent (the next round's training goes out with this round's
+evaluation, server/strategy.py) waited at the SuperLink for the reply's trip out. Here a `ReplyPusher` thread
+pushes each reply as soon as the app stores it, with Flower's own `_push_messages`, while the loop pulls the
+next message (the app launcher still answers one message at a time, in the order they came).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -40,23 +47,86 @@ HELD_PULL_S, AFTER_HELD_PULL_S = 0.5, 0.01
 # client could not connect until then (Flower refuses to activate a node it still sees online). 15 s: gone after
 # 30 s without a heartbeat, one heartbeat every ~8 s.
 NODE_HEARTBEAT_S = 15
-_last_busy = float("-inf")  # time.monotonic() of the last reply poll: a message was being answered
-_last_wake = float("inf")  # time.monotonic() when the last shortened sleep ended (the loop's pull began)
+_last_busy = float("-inf")  # time.monotonic() when a message last arrived or a reply last left
+_pull_started = float("inf")  # time.monotonic() when the loop's last pull from the SuperLink began
 
 
 def shortened_sleep(seconds: float) -> None:
     """Flower's idle beat and reply poll, shortened; any other sleep unchanged."""
-    global _last_busy, _last_wake
     now = time.monotonic()
     if seconds == FLOWER_IDLE_S:
         seconds = BUSY_PULL_S if now - _last_busy < BUSY_WINDOW_S else IDLE_PULL_S
-        if now - _last_wake >= HELD_PULL_S:  # the SuperLink held the empty pull (fedcare/held_pulls.py): it waited
+        if now - _pull_started >= HELD_PULL_S:  # the SuperLink held the empty pull (fedcare/held_pulls.py): it waited
             seconds = AFTER_HELD_PULL_S
     elif seconds == FLOWER_REPLY_POLL_S:
-        _last_busy = now
+        mark_busy()
         seconds = REPLY_POLL_S
     time.sleep(seconds)
-    _last_wake = time.monotonic()
+
+
+def mark_busy() -> None:
+    """A message arrived or a reply is being sent: the short beat of BUSY_WINDOW_S applies."""
+    global _last_busy
+    _last_busy = time.monotonic()
+
+
+def timing_pulls(pull_and_store: Callable[..., int | None]) -> Callable[..., int | None]:
+    """Flower's `_pull_and_store_message`, noting when each pull began and marking the node busy when it stored a
+    message."""
+
+    def pull_and_store_timed(*args: object, **kwargs: object) -> int | None:
+        global _pull_started
+        _pull_started = time.monotonic()
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None:
+            mark_busy()
+        return run_id
+
+    return pull_and_store_timed
+
+
+class ReplyPusher:
+    """Stands in for Flower's `_push_messages` in the node loop: returns at once, and a thread of its own runs the
+    real one (`push`) each time a reply is stored in the node state (`reply_stored`, set by `signalling_replies`),
+    with the arguments of the loop's latest call (a reconnected loop brings a new connection's functions)."""
+
+    def __init__(self, push: Callable[..., None], reply_stored: threading.Event) -> None:
+        self.push, self.reply_stored = push, reply_stored
+        self.kwargs: dict[str, object] = {}
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, **kwargs: object) -> None:  # Flower calls it with keywords only
+        self.kwargs = kwargs
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.run, name="fedcare-reply-pusher", daemon=True)
+            self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            self.reply_stored.wait()
+            self.reply_stored.clear()  # before the push: a reply stored during it sets the event again
+            try:
+                self.push(**self.kwargs)  # Flower's: takes every stored reply (waiting for one if none), pushes each
+            except Exception as err:  # noqa: BLE001 (Flower logs and drops a reply it cannot send; so does this)
+                print(f"fedcare: pushing a reply failed: {err!r}", file=sys.stderr, flush=True)
+            mark_busy()
+
+
+def signalling_replies(state_class: type, reply_stored: threading.Event) -> None:
+    """Wrap `state_class.store_message` (once): storing a reply (the app's, or an error reply the node makes) sets
+    `reply_stored`."""
+    original = state_class.store_message
+    if getattr(original, "signals_replies", False):
+        return
+
+    def store_message(self: object, message: object) -> str | None:
+        stored = original(self, message)
+        if stored is not None and message.metadata.reply_to_message_id:  # type: ignore[attr-defined]
+            reply_stored.set()
+        return stored
+
+    store_message.signals_replies = True  # type: ignore[attr-defined]
+    state_class.store_message = store_message
 
 
 def announcing(pull_and_store: Callable[..., int | None], address: str) -> Callable[..., int | None]:
@@ -84,6 +154,7 @@ def announcing(pull_and_store: Callable[..., int | None], address: str) -> Calla
 def patch_supernode() -> None:
     from flwr.supercore import heartbeat
     from flwr.supernode import fleet_http_connection, start_client_internal
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
     require_flower_version("fedcare.supernode_runner")
     # the interval the node announces (the SuperLink's patience is twice it) and the one its sender keeps
@@ -93,9 +164,15 @@ def patch_supernode() -> None:
     names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})
     prompt_object_pulls(start_client_internal, "pull_objects")  # a request's arrays arrive just after it
-    if address := os.environ.get(TASK_SIGNAL_ENV):
-        start_client_internal._pull_and_store_message = announcing(start_client_internal._pull_and_store_message,
-                                                                   address)
+    pull_and_store = start_client_internal._pull_and_store_message
+    if not isinstance(start_client_internal._push_messages, ReplyPusher):  # patched once per process
+        pull_and_store = timing_pulls(pull_and_store)
+        if address := os.environ.get(TASK_SIGNAL_ENV):
+            pull_and_store = announcing(pull_and_store, address)
+        start_client_internal._pull_and_store_message = pull_and_store
+        reply_stored = threading.Event()
+        signalling_replies(InMemoryNodeState, reply_stored)
+        start_client_internal._push_messages = ReplyPusher(start_client_internal._push_messages, reply_stored)
 
 
 def main() -> None:

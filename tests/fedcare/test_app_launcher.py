@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+
+import pytest
 
 from fedcare import clientapp_process
 from fedcare.clientapp_process import DONE, AppLauncher
@@ -105,19 +108,18 @@ def test_the_supernode_runner_shortens_only_flowers_idle_beat_and_reply_poll(mon
     monkeypatch.setattr(supernode_runner.time, "sleep", slept.append)
     monkeypatch.setattr(supernode_runner.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(supernode_runner, "_last_busy", float("-inf"))
-    monkeypatch.setattr(supernode_runner, "_last_wake", float("inf"))
-    for seconds in (3, 0.5, 3, 2.0):  # idle, then a message answered, then the wait for the run's next one
+    monkeypatch.setattr(supernode_runner, "_pull_started", now[0])
+    for seconds in (3, 0.5, 3, 2.0):  # idle, then a reply awaited, then the wait for the run's next message
         supernode_runner.shortened_sleep(seconds)
     now[0] += supernode_runner.HELD_PULL_S  # the SuperLink held this empty pull (fedcare/held_pulls.py)
     supernode_runner.shortened_sleep(3)  # the pull was the wait: the next one almost at once
     now[0] += supernode_runner.BUSY_WINDOW_S
-    monkeypatch.setattr(supernode_runner, "_last_wake", now[0])  # quick empty pulls (a SuperLink that does not hold)
+    monkeypatch.setattr(supernode_runner, "_pull_started", now[0])  # quick empty pulls (a SuperLink that does not hold)
     supernode_runner.shortened_sleep(3)  # no message for the whole window: back to the idle beat
     assert slept == [supernode_runner.IDLE_PULL_S, supernode_runner.REPLY_POLL_S, supernode_runner.BUSY_PULL_S,
                      2.0, supernode_runner.AFTER_HELD_PULL_S, supernode_runner.IDLE_PULL_S]
     assert supernode_runner.BUSY_PULL_S < supernode_runner.IDLE_PULL_S < supernode_runner.FLOWER_IDLE_S
-    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)  # undone after the test
-    monkeypatch.setattr(start_client_internal, "pull_objects", start_client_internal.pull_objects)
+    _undo_supernode_patches(monkeypatch)
     from flwr.supercore import heartbeat
     from flwr.supernode import fleet_http_connection
 
@@ -182,20 +184,77 @@ def test_the_supernode_announces_each_stored_message_and_the_launcher_wakes_at_o
     assert time.monotonic() - start < 30.0
 
 
-def test_the_runner_wraps_flowers_message_pull_only_when_given_a_launcher(monkeypatch):
+def _undo_supernode_patches(monkeypatch):
+    """What `patch_supernode` replaces, put back after the test."""
     from flwr.supernode import start_client_internal
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    for name in ("time", "pull_objects", "_pull_and_store_message", "_push_messages"):
+        monkeypatch.setattr(start_client_internal, name, getattr(start_client_internal, name))
+    monkeypatch.setattr(InMemoryNodeState, "store_message", InMemoryNodeState.store_message)
+
+
+@pytest.mark.parametrize("launcher", [False, True])
+def test_the_runner_wraps_flowers_node_loop_once(monkeypatch, launcher):
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
     from fedcare import supernode_runner
 
-    original = start_client_internal._pull_and_store_message
-    for name in ("time", "pull_objects", "_pull_and_store_message"):
-        monkeypatch.setattr(start_client_internal, name, getattr(start_client_internal, name))  # undone after
+    _undo_supernode_patches(monkeypatch)
     monkeypatch.delenv(clientapp_process.TASK_SIGNAL_ENV, raising=False)
-    supernode_runner.patch_supernode()
-    assert start_client_internal._pull_and_store_message is original
-    monkeypatch.setenv(clientapp_process.TASK_SIGNAL_ENV, "127.0.0.1:9")
-    supernode_runner.patch_supernode()
-    assert start_client_internal._pull_and_store_message.__name__ == "pull_store_then_announce"
+    if launcher:
+        monkeypatch.setenv(clientapp_process.TASK_SIGNAL_ENV, "127.0.0.1:9")
+    for _ in range(2):  # a second call wraps nothing twice
+        supernode_runner.patch_supernode()
+        pull = start_client_internal._pull_and_store_message
+        assert pull.__name__ == ("pull_store_then_announce" if launcher else "pull_and_store_timed")
+        assert isinstance(start_client_internal._push_messages, supernode_runner.ReplyPusher)
+        assert not isinstance(start_client_internal._push_messages.push, supernode_runner.ReplyPusher)
+        assert InMemoryNodeState.store_message.signals_replies
+
+
+def test_replies_leave_from_their_own_thread_while_the_node_loop_pulls_the_next_message(monkeypatch):
+    """Flower's loop calls `_push_messages` after each stored message and blocks there until the app has replied;
+    the ReplyPusher returns at once, and pushes each reply as soon as the node state stores it."""
+    import threading
+    from types import SimpleNamespace
+
+    from fedcare import supernode_runner
+
+    class State:
+        def __init__(self):
+            self.replies = []
+
+        def store_message(self, message):
+            if message.metadata.reply_to_message_id:
+                self.replies.append(message)
+            return "id"
+
+    stored, pushed = threading.Event(), []
+    monkeypatch.setattr(State, "store_message", State.store_message)
+    supernode_runner.signalling_replies(State, stored)
+    supernode_runner.signalling_replies(State, stored)  # once only
+    done = threading.Event()
+
+    def flowers_push(state, object_store, send, push_object):
+        while not state.replies:  # Flower's `_push_messages` waits for a reply, then sends every one
+            time.sleep(0.01)
+        pushed.extend((r.metadata.reply_to_message_id, send) for r in state.replies)
+        state.replies.clear()
+        done.set()
+
+    state, message = State(), lambda reply_to: SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=reply_to))
+    pusher = supernode_runner.ReplyPusher(flowers_push, stored)
+    started = time.monotonic()
+    pusher(state=state, object_store=None, send="send-1", push_object=None)  # the loop, after storing a request
+    assert time.monotonic() - started < 0.5 and pushed == []  # returned at once: the loop pulls the next message
+    state.store_message(message(""))  # a request stored: nothing to push
+    assert not stored.is_set()
+    pusher(state=state, object_store=None, send="send-2", push_object=None)  # a reconnected loop's functions
+    state.store_message(message("m1"))  # the app's reply
+    assert done.wait(10) and pushed == [("m1", "send-2")]
+    assert pusher.thread.name == "fedcare-reply-pusher" and pusher.thread.is_alive()
 
 
 def test_the_hospital_gives_its_supernode_the_launchers_signal_address(monkeypatch, tmp_path):
