@@ -67,8 +67,9 @@ from shared.training.dp_trainer import TrainSettings, steps_per_epoch, train_mod
 
 EXPLANATIONS_DIR = "explanations"
 # the updates last sent per run (updates/<run>/round_NNNN.pt), to answer a repeated round without training again.
-# Two: a center that sends round r+1's training with round r's evaluation (server/strategy.py) and dies before
-# round r's checkpoint repeats round r, which this site has answered before its round r+1.
+# Two: a deployed center sends round r+1's training with round r's evaluation (server/strategy.py); if it resumes
+# from an older checkpoint than round r's (round r's did not load), it repeats round r, which this site answered
+# before its round r+1.
 UPDATES_DIR, KEPT_UPDATES = "updates", 2
 REPORTS_DIR = "reports"  # site-only evaluation reports (Task.site_report)
 RELEASES_DIR = "releases"  # the DP evaluation releases sent per run and round, to answer a repeated request

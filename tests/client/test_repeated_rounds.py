@@ -65,8 +65,9 @@ def test_same_round_other_global_model_is_refused_without_a_ledger_entry(worker_
 
 
 def test_the_round_before_the_last_is_still_answered_from_its_saved_update(worker_and_first_round):
-    """A center that sent round 3's training with round 2's evaluation and died before round 2's checkpoint
-    repeats round 2 after this site trained round 3: the site re-sends round 2's update, then round 3's."""
+    """A center that sent round 3's training with round 2's evaluation and resumed from round 1's checkpoint
+    (round 2's did not load) repeats round 2 after this site trained round 3: the site re-sends round 2's update,
+    then round 3's."""
     worker, global_state, _, _, settings = worker_and_first_round
     second_global = {k: v + 0.25 if v.is_floating_point() else v for k, v in global_state.items()}
     third_global = {k: v - 0.25 if v.is_floating_point() else v for k, v in global_state.items()}
