@@ -81,6 +81,7 @@ class RunProgress:
     _task: TaskID | None = None
     _round: int = 0
     _aggregated: set[int] = field(default_factory=set)
+    _completed: int = 0
 
     @property
     def steps_per_round(self) -> int:
@@ -121,6 +122,7 @@ class RunProgress:
         detail = "done" if what == "aggregated" else f"{done}/{total} sites"
         before = (server_round - 1) * self.steps_per_round
         offset = {"train": 0, "aggregation": self.sites, "evaluate": self.sites + 1}.get(phase, 0)
-        completed = before + offset + min(done, self.sites)
+        # never backwards: round r's evaluation replies may come after round r+1's training was asked for
+        self._completed = completed = max(self._completed, before + offset + min(done, self.sites))
         self._bar.update(self._task, description=f"round {server_round}/{self.total_rounds}: {PHASES.get(phase, phase)} {detail}",
                          completed=completed)

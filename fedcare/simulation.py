@@ -97,9 +97,10 @@ def run_flower_simulation(cfg: RunConfig, rc: dict[str, Any], progress: RunProgr
     with third_party_output(verbose), signalled_dispatch() as signals:
 
         def wrap(grid: Grid) -> Grid:  # replies and requests move on signals, not on a 0.1 s beat
+            # the signalled dispatch gives each site one request at a time, in the order sent
             if progress is None:
-                return PromptGrid(grid, signals=signals)
-            return ProgressGrid(grid, progress, signals=signals)
+                return PromptGrid(grid, signals=signals, sites_answer_in_order=True)
+            return ProgressGrid(grid, progress, signals=signals, sites_answer_in_order=True)
 
         _run_simulation(
             num_supernodes=len(cfg.data.sites),

@@ -8,7 +8,8 @@ its own beat: each phase of a round (train, evaluate) waited ~0.1-0.2 s with not
 round of the default configs. Here the Grid signals each push and the dispatcher signals each stored reply
 (`server.prompt_grid.DispatchSignals`), and each side waits on the other's signal; the old beat remains as a
 timeout, so a missed signal costs what it cost before. The two functions below are Flower's, with the wait
-changed; `signalled_dispatch` checks the installed flwr version, since it replaces module attributes.
+changed and one request per site in flight (`make_dispatch`); `signalled_dispatch` checks the installed flwr
+version, since it replaces module attributes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty, Queue
-from threading import Event
+from threading import Event, Lock
 from typing import Any
 
 from fedcare.flower_processes import require_flower_version
@@ -26,13 +27,23 @@ FLOWER_DISPATCH_S = 0.1  # Flower's beat, kept as the fallback
 
 
 def make_dispatch(signals: DispatchSignals) -> tuple[Any, Any]:
-    """Flower's `add_messages_to_queue` and `put_message_into_state`, signalled instead of polled."""
+    """Flower's `add_messages_to_queue` and `put_message_into_state`, signalled instead of polled, and one message
+    per site at a time: a site's next request is dispatched once its reply to the previous one is stored, so each
+    site answers its requests in the order the center sent them, as a deployed site does (the center sends round
+    r+1's training with round r's evaluation, server/strategy.py; Flower would run both at once)."""
+    answering: dict[str, int] = {}  # id of a dispatched request -> its node, until the reply is stored
+    lock = Lock()
 
     def add_messages_to_queue(state: Any, queue: Queue, nodes_mapping: Any, f_stop: Event) -> None:
         while not f_stop.is_set():
-            signals.pushed.clear()  # before the scan: a push during or after it wakes the wait below
+            signals.pushed.clear()  # before the scan: a push (or a freed site) during or after it wakes the wait below
             for node_id in nodes_mapping.keys():
+                with lock:
+                    if node_id in answering.values():
+                        continue
                 for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    with lock:
+                        answering[msg.metadata.message_id] = node_id
                     queue.put(msg)
             signals.pushed.wait(FLOWER_DISPATCH_S)
 
@@ -43,6 +54,10 @@ def make_dispatch(signals: DispatchSignals) -> tuple[Any, Any]:
             except Empty:
                 continue
             state.store_message_res(message_reply)
+            with lock:
+                freed = answering.pop(message_reply.metadata.reply_to_message_id, None)
+            if freed is not None:
+                signals.pushed.set()  # that site's next request may go now
             signals.replied.set()
 
     return add_messages_to_queue, put_message_into_state

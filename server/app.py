@@ -29,7 +29,8 @@ def build_server_app(bound_run_config: Mapping[str, Any] | None = None,
         if wrap_grid:
             grid = wrap_grid(grid)
         elif deployment:
-            grid = PromptGrid(NodeSnapshotGrid(grid))  # Flower's deployment Grid pulls replies every 3 s
+            # Flower's deployment Grid pulls replies every 3 s; a SuperNode answers one message at a time, in order
+            grid = PromptGrid(NodeSnapshotGrid(grid), sites_answer_in_order=True)
             prompt_object_pulls(http_grid, "pull_objects")  # a reply's arrays arrive just after the reply
         run_federation(grid, bound_run_config or context.run_config, context)
 

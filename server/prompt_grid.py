@@ -37,9 +37,14 @@ class DispatchSignals:
 
 
 class PromptGrid(GridWrapper):
-    def __init__(self, grid: Grid, pull_interval: float = PULL_S, signals: DispatchSignals | None = None) -> None:
+    def __init__(self, grid: Grid, pull_interval: float = PULL_S, signals: DispatchSignals | None = None,
+                 sites_answer_in_order: bool = False) -> None:
+        """`sites_answer_in_order`: each site answers its requests one at a time, in the order they were sent (a
+        deployment's SuperNodes; the simulation's signalled dispatch, fedcare/simulation_dispatch.py); the strategy
+        then sends a round's evaluation and the next round's training together (server/strategy.py)."""
         super().__init__(grid)
         self._pull_interval, self._signals = pull_interval, signals
+        self.sites_answer_in_order = sites_answer_in_order
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.receive(self.send(messages), timeout=timeout)
@@ -68,7 +73,7 @@ class PromptGrid(GridWrapper):
             replies.extend(arrived)
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
             if arrived:
-                self.received(len(replies), total)
+                self.received(replies, total)
             if not pending:
                 break
             if self._signals is not None:
@@ -80,8 +85,8 @@ class PromptGrid(GridWrapper):
     def sending(self, messages: list[Message]) -> None:
         """Called with each batch of requests before it is pushed (a hook for subclasses)."""
 
-    def received(self, done: int, total: int) -> None:
-        """Called each time replies arrive: `done` of `total` are in (a hook for subclasses)."""
+    def received(self, replies: list[Message], total: int) -> None:
+        """Called each time replies arrive: `replies` of `total` are in (a hook for subclasses)."""
 
 
 class NodeSnapshotGrid(GridWrapper):

@@ -86,9 +86,9 @@ class SiteTracking:
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
         """Flower's `Strategy.start`; with `overlap_phases` on a Grid that sends and receives separately
-        (server.prompt_grid.PromptGrid), round r's evaluate requests and round r+1's train requests are sent
-        together, in that order, as soon as round r's model is aggregated. A site answers its messages one at a
-        time in the order they came (fedcare/clientapp_process.py), so it evaluates round r's model, then finds
+        (server.prompt_grid.PromptGrid) whose sites answer their requests one at a time in the order sent
+        (`sites_answer_in_order`), round r's evaluate requests and round r+1's train requests are sent together, in
+        that order, as soon as round r's model is aggregated. A site then evaluates round r's model and finds
         round r+1's request already there instead of waiting for its evaluation reply to travel to the center
         and the next request back (a deployment round paid two such trips, issue 23). What each site computes,
         and the order in which the center aggregates and records it, are those of Flower's loop. Round r's model
@@ -98,7 +98,7 @@ class SiteTracking:
         kwargs = dict(num_rounds=num_rounds, timeout=timeout, train_config=train_config,
                       evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
         if not (getattr(self, "overlap_phases", False) and getattr(self, "checkpoint_aggregated", None) is not None
-                and hasattr(grid, "send") and hasattr(grid, "receive")):
+                and getattr(grid, "sites_answer_in_order", False)):
             return super().start(grid=grid, initial_arrays=initial_arrays, **kwargs)  # type: ignore[misc]
         return self._overlapped_start(grid, initial_arrays, **kwargs)
 
@@ -290,15 +290,13 @@ def make_strategy(cfg: RunConfig, history: RunHistory, round_offset: int = 0) ->
 
 
 def overlaps_phases(cfg: RunConfig) -> bool:
-    """Whether the center sends round r+1's training with round r's evaluation (SiteTracking.start): in a
-    deployment, where each site answers its messages one at a time in order (a simulation may run two messages of
-    one site at once), and only when aggregating the same replies again gives the same model. A center that dies
-    while round r's evaluations are out has already asked for round r+1's training; its resumed run repeats round r
-    from the checkpoint before, and each site answers the repeated round r+1 with its saved update only if the
-    new global model is the one it trained on. The center's site-level DP noise and a server optimiser's state
-    (not in the checkpoint) would change that model, and the sites would refuse the repeated round."""
-    return (cfg.federation.mode == "deployment" and not cfg.privacy.site_level_dp.enabled
-            and cfg.strategy.name not in SERVER_OPTIMIZERS)
+    """Whether the center may send round r+1's training with round r's evaluation (SiteTracking.start, on a Grid
+    whose sites answer in order): only when aggregating the same replies again gives the same model. A center
+    that resumes from an older checkpoint than round r's (round r's did not load) repeats round r, and each site
+    answers the repeated round r+1 with its saved update only if the new global model is the one it trained on;
+    the center's site-level DP noise and a server optimiser's state (not in the checkpoint) would change that
+    model, and the sites would refuse the repeated round."""
+    return not cfg.privacy.site_level_dp.enabled and cfg.strategy.name not in SERVER_OPTIMIZERS
 
 
 def evaluated_rounds(cfg: RunConfig) -> set[int] | None:

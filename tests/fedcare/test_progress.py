@@ -54,6 +54,22 @@ def test_every_round_and_every_site_reply_reaches_the_bar(tmp_path):
     assert "round 2/2: evaluation 3/3 sites" in shown and "14/14" in shown and "ETA" in shown
 
 
+def test_overlapped_rounds_report_each_reply_under_its_own_round_and_phase(tmp_path):
+    """Sites that answer in order get round r's evaluation and round r+1's training together (server/strategy.py):
+    each reply still counts for the round and phase it answers, and the bar never moves backwards."""
+    progress = RunProgress(total_rounds=2, sites=3, console=Console(file=io.StringIO(), force_terminal=True, width=160))
+    with progress:
+        grid = ProgressGrid(OneReplyPerPull(), progress, pull_interval=0.0, sites_answer_in_order=True)
+        summary = run_federation(grid, _rc(tmp_path, rounds=2))
+        progress.finished()
+    assert summary["complete"]
+    events = [e[:3] + (e[3],) for e in progress.events]
+    assert events.index(("requested", 2, "train", 0)) < events.index(("replied", 1, "evaluate", 1))  # overlapped
+    for rnd, phase in ((1, "train"), (1, "evaluate"), (2, "train"), (2, "evaluate")):
+        assert [e[3] for e in progress.events if e[:3] == ("replied", rnd, phase)] == [1, 2, 3]
+    assert progress._completed == 2 * progress.steps_per_round
+
+
 def test_a_counted_loop_shows_its_bar():
     screen = io.StringIO()
     with tracked(Console(file=screen, force_terminal=True, width=120), "writing sites", 3) as advance:

@@ -3,7 +3,8 @@ reply (fedcare/simulation_dispatch.py); Flower's functions are back in place aft
 set to 30 s here, so an answer within the 10 s the test waits can only come from the signal."""
 
 import threading
-from queue import Queue
+from queue import Empty, Queue
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,10 +13,14 @@ from fedcare.simulation_dispatch import make_dispatch, signalled_dispatch
 from server.prompt_grid import DispatchSignals, PromptGrid
 
 
+def msg(message_id, reply_to=""):
+    return SimpleNamespace(metadata=SimpleNamespace(message_id=message_id, reply_to_message_id=reply_to))
+
+
 class LinkState:
     def __init__(self):
-        self.ins: dict[int, list[str]] = {1: [], 2: []}
-        self.res: list[str] = []
+        self.ins: dict[int, list] = {1: [], 2: []}
+        self.res: list = []
         self.scans = 0
 
     def get_message_ins(self, node_id, limit):
@@ -38,10 +43,10 @@ def test_a_pushed_request_is_dispatched_on_the_signal_not_the_beat(no_beat):
     thread = threading.Thread(target=add, args=(state, queue, {1: 0, 2: 1}, stop), daemon=True)
     thread.start()
     try:
-        for node, msg in ((2, "train for node 2"), (1, "evaluate for node 1")):
-            state.ins[node].append(msg)
+        for node, request in ((2, msg("train for node 2")), (1, msg("evaluate for node 1"))):
+            state.ins[node].append(request)
             signals.pushed.set()
-            assert queue.get(timeout=10) == msg
+            assert queue.get(timeout=10) is request
     finally:
         stop.set()
         signals.pushed.set()
@@ -56,11 +61,41 @@ def test_a_stored_reply_wakes_the_grid(no_beat):
     thread = threading.Thread(target=put, args=(state, queue, stop), daemon=True)
     thread.start()
     try:
-        queue.put("reply")
-        assert signals.replied.wait(timeout=10) and state.res == ["reply"]
+        reply = msg("reply", reply_to="request")
+        queue.put(reply)
+        assert signals.replied.wait(timeout=10) and state.res == [reply]
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def test_a_site_gets_its_next_request_only_after_its_reply_to_the_last_is_stored(no_beat):
+    """The center sends round r's evaluation and round r+1's training together (server/strategy.py): the site must
+    answer them one after the other, in that order, as a deployed site does."""
+    signals, state, requests, replies, stop = DispatchSignals(), LinkState(), Queue(), Queue(), threading.Event()
+    add, put = make_dispatch(signals)
+    threads = [threading.Thread(target=add, args=(state, requests, {1: 0, 2: 1}, stop), daemon=True),
+               threading.Thread(target=put, args=(state, replies, stop), daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        state.ins[1] += [msg("evaluate r"), msg("train r+1")]
+        state.ins[2] += [msg("evaluate r for node 2")]
+        signals.pushed.set()
+        first = [requests.get(timeout=10), requests.get(timeout=10)]
+        assert sorted(m.metadata.message_id for m in first) == ["evaluate r", "evaluate r for node 2"]
+        with pytest.raises(Empty):
+            requests.get(timeout=0.5)  # node 1's training waits for its evaluation's reply
+        replies.put(msg("reply 2", reply_to="evaluate r for node 2"))  # another node's reply frees nothing of node 1
+        with pytest.raises(Empty):
+            requests.get(timeout=0.5)
+        replies.put(msg("reply 1", reply_to="evaluate r"))
+        assert requests.get(timeout=10).metadata.message_id == "train r+1"  # at once: the beat is 30 s here
+    finally:
+        stop.set()
+        signals.pushed.set()
+        for thread in threads:
+            thread.join(timeout=10)
 
 
 class Inner:
