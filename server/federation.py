@@ -84,16 +84,16 @@ def run_federation(grid: Grid, rc: Mapping[str, Any], context: Context | None = 
         raise InputError(cfg.source, "strategy.params", str(err)) from None
     meta = {"config": cfg.to_dict(), "task": cfg.task, "model": cfg.model.name, "run_id": run_id}
 
-    def checkpoint_aggregated(server_round: int, arrays: ArrayRecord, evaluation_pending: bool) -> None:
+    def checkpoint_before_evaluation(server_round: int, arrays: ArrayRecord) -> None:
         # the strategy sends round r+1's training with round r's evaluation: round r's model (and its training
         # records) are on disk first, so a resumed run continues from the model the sites train round r+1 on
         real_round = server_round + start_round
         history.save()
         save_checkpoint(checkpoint_path(run_dir, real_round), arrays.to_torch_state_dict(),
                         {**meta, "round": real_round, "decision_threshold": None, "calibration": None,
-                         "evaluation_pending": evaluation_pending})
+                         "evaluation_pending": True})
 
-    strategy.checkpoint_aggregated = checkpoint_aggregated
+    strategy.checkpoint_before_evaluation = checkpoint_before_evaluation
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 and resuming:

@@ -70,9 +70,9 @@ class SiteTracking:
         (`start`), on a Grid that can send before it receives."""
         self.history, self.total_rounds, self.round_offset = history, total_rounds, round_offset
         self.overlap_phases = overlap_phases
-        # (round, its aggregated model, whether its evaluation is still out): writes the round's checkpoint before
-        # the next round's training is sent (run_federation sets it; without it `start` does not overlap)
-        self.checkpoint_aggregated: Callable[[int, ArrayRecord, bool], None] | None = None
+        # (round, its aggregated model): writes the round's checkpoint, its evaluation still out, before the next
+        # round's training is sent (run_federation sets it; without it `start` does not overlap)
+        self.checkpoint_before_evaluation: Callable[[int, ArrayRecord], None] | None = None
         self.wait_for_nodes_s = wait_for_nodes_s
         self.evaluated_rounds = evaluated_rounds
         self.exhausted_nodes: set[int] = set()
@@ -92,12 +92,13 @@ class SiteTracking:
         round r+1's request already there instead of waiting for its evaluation reply to travel to the center
         and the next request back (a deployment round paid two such trips, issue 23). What each site computes,
         and the order in which the center aggregates and records it, are those of Flower's loop. Round r's model
-        is checkpointed (`checkpoint_aggregated`) before round r+1's training is sent: a center that dies while
-        round r's evaluations are out resumes from round r, the model the sites trained round r+1 on (a resume from
-        round r-1 would aggregate round r again, perhaps from other sites, and the sites would refuse round r+1)."""
+        is checkpointed (`checkpoint_before_evaluation`) before round r+1's training is sent with round r's
+        evaluation: a center that dies while the evaluations are out resumes from round r, the model the sites
+        trained round r+1 on (a resume from round r-1 would aggregate round r again, perhaps from other sites, and
+        the sites would refuse round r+1). A round without evaluation is checkpointed as in Flower's loop."""
         kwargs = dict(num_rounds=num_rounds, timeout=timeout, train_config=train_config,
                       evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
-        if not (getattr(self, "overlap_phases", False) and getattr(self, "checkpoint_aggregated", None) is not None
+        if not (getattr(self, "overlap_phases", False) and getattr(self, "checkpoint_before_evaluation", None) is not None
                 and getattr(grid, "sites_answer_in_order", False)):
             return super().start(grid=grid, initial_arrays=initial_arrays, **kwargs)  # type: ignore[misc]
         return self._overlapped_start(grid, initial_arrays, **kwargs)
@@ -120,7 +121,8 @@ class SiteTracking:
             evaluate_ids = grid.send(self.configure_evaluate(current_round, arrays, evaluate_config, grid))
             train_ids = []
             if current_round < num_rounds:
-                self.checkpoint_aggregated(current_round, arrays, bool(evaluate_ids))  # type: ignore[misc]
+                if evaluate_ids:
+                    self.checkpoint_before_evaluation(current_round, arrays)  # type: ignore[misc]
                 train_ids = grid.send(self.configure_train(current_round + 1, arrays, train_config, grid))
             agg_evaluate_metrics = self.aggregate_evaluate(current_round, grid.receive(evaluate_ids, timeout=timeout))
             if agg_evaluate_metrics is not None:
