@@ -185,7 +185,9 @@ class Center:
         rc = run_config_keys(self.opts.cfg, self.opts.run_id, self.opts.run_dir, self.opts.resume)
         rc_file = self.flwr_home / "run_config.toml"
         write_text(rc_file, tomli_w.dumps(rc))
-        argv = [flower_executable("flwr"), "run", str(project_dir()), CONNECTION, "--run-config", str(rc_file), "--stream"]
+        # Flower's `flwr run`, its app bundle deflated (fedcare/flwr_cli.py)
+        argv = [sys.executable, "-m", "fedcare.flwr_cli", "run", str(project_dir()), CONNECTION, "--run-config", str(rc_file),
+                "--stream"]
         run = FlowerProcess("flwr run", argv, self.env, self.logs / "flower-run.log")
         self.processes.append(run)
         return run

@@ -32,10 +32,23 @@ def certs(tmp_path_factory):
                            hospital_a=hospitals["hospital_a"])
 
 
-def test_the_app_bundle_holds_only_the_apps_code():
-    fab = build_fab_from_disk(project_dir())  # exactly what `flwr run <project>` builds
-    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
-    assert len(fab) < FAB_MAX_SIZE / 10
+def test_the_app_bundle_holds_only_the_apps_code_deflated(monkeypatch):
+    from flwr.cli import build
+
+    from fedcare.flwr_cli import deflating_bundles
+    from shared.privacy.code_bundle import fab_manifest, installed_manifest
+
+    monkeypatch.setattr(build, "write_to_zip", build.write_to_zip)  # Flower's builder back after the test
+    stored = build_fab_from_disk(project_dir())  # what the bare `flwr run <project>` builds
+    deflating_bundles()
+    deflating_bundles()  # once only
+    fab = build_fab_from_disk(project_dir())  # what `fedcare server`'s `python -m fedcare.flwr_cli run` builds
+    assert build_fab_from_disk(project_dir()) == fab  # the same files, the same bundle (and hash)
+    assert len(fab) < len(stored) / 2 and len(fab) < FAB_MAX_SIZE / 20
+    archive = zipfile.ZipFile(io.BytesIO(fab))
+    assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert fab_manifest(fab) == fab_manifest(stored) == installed_manifest()  # the hospitals' check: files, not storage
+    names = archive.namelist()
     assert {"pyproject.toml", "server/app.py", "client/app.py", "shared/config.py"} <= set(names)
     outside = [n for n in names if n not in ("pyproject.toml", ".info/CONTENT")
                and not (n.split("/")[0] in ("server", "client", "shared") and n.endswith(".py"))]
