@@ -48,7 +48,8 @@ def _is_center_process(pid: int, port: int) -> bool:
         cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
     except OSError:
         return False
-    return any(name in cmd for name in ("fedcare.superlink_guard", "flwr-serverapp", "flwr run", "fedcare server")) or (
+    center = ("fedcare.superlink_guard", "flwr-serverapp", "fedcare.flwr_cli run", "fedcare server")
+    return any(name in cmd for name in center) or (
         "flower-superexec" in cmd and f"--runtime-api-address 127.0.0.1:{port}" in cmd
     )
 

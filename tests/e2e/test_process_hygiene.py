@@ -97,7 +97,8 @@ def test_kill_9_of_the_client_wrapper_leaves_no_orphan(facts):
 
 def test_kill_9_of_the_server_wrapper_leaves_no_orphan(facts):
     family = facts["server_family"].values()
-    for name in ("fedcare.superlink_guard", "flower-superexec", "flwr-serverapp", "flwr run"):  # the guard is the SuperLink
+    # the guard is the SuperLink; `fedcare.flwr_cli run` is `flwr run`
+    for name in ("fedcare.superlink_guard", "flower-superexec", "flwr-serverapp", "fedcare.flwr_cli run"):
         assert any(name in c for c in family), (name, family)
     assert facts["server_survivors"] == {}
     assert facts["run_still_held_by"] == []
