@@ -67,7 +67,7 @@ class SiteTracking:
         `evaluated_rounds`: the global rounds whose model the sites are asked to evaluate (None: every
         round); in the others no evaluate message is sent (it would cost a message round trip per site
         for an empty reply). `overlap_phases`: send a round's evaluation and the next round's training together
-        (`start`), on a Grid that can send before it receives."""
+        (`start`), on a Grid whose sites answer in order (`overlaps_phases`)."""
         self.history, self.total_rounds, self.round_offset = history, total_rounds, round_offset
         self.overlap_phases = overlap_phases
         # (round, its aggregated model): writes the round's checkpoint, its evaluation still out, before the next
