@@ -4,7 +4,7 @@ strategy, checkpoint every round, write the run's history and summary into runs/
 A resumed run (run config `resume = true`, same run id and run folder) starts from the last
 global checkpoint: Flower's Strategy.start always counts rounds from 1, so it runs the remaining
 rounds and the strategy shifts every round number by the rounds already done. A checkpoint written while its
-round's evaluations were still out (a deployment sends them with the next round's training,
+round's evaluations were still out (the center sends them with the next round's training,
 server/strategy.py) has that evaluation asked for again first.
 """
 
