@@ -14,6 +14,7 @@ This wrapper starts the very same SuperLink with two additions:
   already registered, is refused (Flower itself only refuses a key registered twice).
 - held pulls (fedcare/held_pulls.py): a pull that finds nothing is answered once there is something, so
   messages and replies move without waiting for the next poll.
+- Flower's path-specific HTTP middleware runs only on its own API's requests (fedcare/flower_middleware.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fedcare import held_pulls
+from fedcare.flower_middleware import scope_flower_middleware
 from fedcare.flower_processes import require_flower_version
 
 LOCAL_CLIENTS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -92,6 +94,7 @@ def install() -> None:
 
     def guarded_create_app(*args: Any, **kwargs: Any) -> Any:
         app = create_app(*args, **kwargs)
+        scope_flower_middleware(app)
         app.add_middleware(ControlPlaneGuard)  # outermost: runs before Flower's own middleware
         return app
 

@@ -20,7 +20,8 @@ Flower's node loop pulls one message, then waits until its app has replied and p
 pulls the next: a request the center had already sent (the next round's training goes out with this round's
 evaluation, server/strategy.py) waited at the SuperLink for the reply's trip out. Here a `ReplyPusher` thread
 pushes each reply as soon as the app stores it, with Flower's own `_push_messages`, while the loop pulls the
-next message (the app launcher still answers one message at a time, in the order they came).
+next message (the app launcher still answers one message at a time, in the order they came). Its local Runtime
+API skips Flower's tracing middleware unless tracing is on (fedcare/flower_middleware.py).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 from fedcare.clientapp_process import TASK_SIGNAL_ENV
+from fedcare.flower_middleware import scope_flower_middleware
 from fedcare.flower_processes import require_flower_version
 from shared.flower_object_pulls import prompt_object_pulls
 
@@ -151,7 +154,22 @@ def announcing(pull_and_store: Callable[..., int | None], address: str) -> Calla
     return pull_store_then_announce
 
 
+def scoped_runtime_api(create_app: Callable[..., Any]) -> Callable[..., Any]:
+    """The SuperNode's Runtime API app with Flower's tracing layer skipped unless tracing is on."""
+    if getattr(create_app, "fedcare_scoped", False):
+        return create_app
+
+    def create_scoped_app(*args: object, **kwargs: object) -> Any:
+        app = create_app(*args, **kwargs)
+        scope_flower_middleware(app)
+        return app
+
+    create_scoped_app.fedcare_scoped = True  # type: ignore[attr-defined]
+    return create_scoped_app
+
+
 def patch_supernode() -> None:
+    import flwr.supernode.main as supernode_main
     from flwr.supercore import heartbeat
     from flwr.supernode import fleet_http_connection, start_client_internal
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
@@ -160,6 +178,7 @@ def patch_supernode() -> None:
     # the interval the node announces (the SuperLink's patience is twice it) and the one its sender keeps
     fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = NODE_HEARTBEAT_S
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = NODE_HEARTBEAT_S
+    supernode_main.create_app = scoped_runtime_api(supernode_main.create_app)  # imported by name when it starts
     # the module's own `time` only: other modules' sleeps (retries, heartbeats) keep their timing
     names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     start_client_internal.time = SimpleNamespace(**{**names, "sleep": shortened_sleep})
