@@ -10,7 +10,8 @@ import zipfile
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from fedcare.clientapp_process import bundle_check
+from fedcare import clientapp_process
+from fedcare.clientapp_process import CheckedBundles, bundle_check
 from shared.privacy.code_bundle import (
     BUNDLE_PACKAGES,
     REPO_ROOT,
@@ -50,6 +51,29 @@ def test_one_changed_file_anywhere_is_a_difference(project, tmp_path, path):
     (changed / path).write_text((changed / path).read_text() + "\nimport os  # payload\n")
     differences, bundle, installed = bundle_check(build_fab_from_disk(changed))
     assert differences == [f"changed: {path}"] and bundle != installed
+
+
+def test_a_bundle_is_checked_once_per_content_and_a_changed_one_anew(project, tmp_path, monkeypatch):
+    checks = []
+    monkeypatch.setattr(clientapp_process, "bundle_check", lambda content, installed: checks.append(content) or
+                        bundle_check(content, installed))
+    bundles = CheckedBundles(installed_manifest())
+    ours = build_fab_from_disk(project)
+    changed = tmp_path / "p"
+    shutil.copytree(project, changed)
+    (changed / "client/app.py").write_text((changed / "client/app.py").read_text() + "\nimport os  # payload\n")
+    hostile = build_fab_from_disk(changed)
+    first = bundles.check(ours)
+    assert first == bundle_check(ours) and first[0] == []
+    first[0].append("a caller's change")  # never reaches the remembered result
+    assert bundles.check(bytes(ours)) == bundle_check(ours)  # the same bytes: not compared again
+    assert bundles.check(hostile)[0] == ["changed: client/app.py"]  # other bytes, whatever hash they claim
+    assert bundles.check(hostile)[0] == ["changed: client/app.py"]  # refused again, from memory
+    assert checks == [ours, hostile]
+    for i in range(CheckedBundles.KEEP):  # a few bundles are remembered, the oldest forgotten first
+        bundles.check(b"not a zip %d" % i)
+    bundles.check(ours)
+    assert checks[-1] == ours and len(bundles.results) == CheckedBundles.KEEP
 
 
 def test_added_and_missing_files_are_differences():
