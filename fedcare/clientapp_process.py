@@ -231,11 +231,14 @@ class AppLauncher(threading.Thread):
     def _wait_for_task(self, timeout: float) -> None:
         """Until the SuperNode announces a task, `stop()` is called, or `timeout` passes."""
         if select.select([self._task_signal], [], [], timeout)[0]:
-            while True:  # several announcements are one wake-up
-                try:
-                    self._task_signal.recv(64)
-                except OSError:  # drained (BlockingIOError), or closed by stop()
-                    break
+            self._drain_announcements()  # several announcements are one wake-up
+
+    def _drain_announcements(self) -> None:
+        while True:
+            try:
+                self._task_signal.recv(64)
+            except OSError:  # drained (BlockingIOError), or closed by stop()
+                break
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-P", "-m", "fedcare.clientapp_process", "--runtime-api-address", self.runtime_address,
@@ -258,6 +261,9 @@ class AppLauncher(threading.Thread):
                 self.ready = self._spawn()
             try:
                 client = client or _runtime_client(self.runtime_address)
+                # the SuperNode announces a task after storing it: an announcement that came before this ask is
+                # answered by it (else the task queued during the last hand-over woke one empty ask afterwards)
+                self._drain_announcements()
                 res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
             except Exception:  # the SuperNode is (re)starting: try again
                 client = None

@@ -69,6 +69,51 @@ def test_the_messages_of_one_run_go_to_one_process_and_another_run_gets_a_fresh_
     assert deliver(7, "train-3") not in (first[0], other) and other.stopped  # run 7 again: fresh, not the old one
 
 
+def test_a_task_announced_before_an_ask_costs_no_second_ask(monkeypatch):
+    """The real `run` loop against a SuperNode stand-in that stores a request and announces it while the app is
+    still answering the one before (the overlap: round r's evaluation, round r+1's training): each task is asked
+    for once, and one empty ask follows the last (no ask for an announcement already answered)."""
+    from flwr.proto.runtime_pb2 import AcquireTaskResponse
+
+    launcher, spawned = _launcher(monkeypatch)
+    queued, asks = [], []
+
+    class SuperNode:  # the Runtime API's AcquireTask: the oldest stored task, else nothing
+        def AcquireTask(self, request):  # noqa: N802 (Flower's name)
+            asks.append([t for t, _ in queued])
+            if not queued:
+                return AcquireTaskResponse()
+            token, run_id = queued.pop(0)
+            return AcquireTaskResponse(task={"run_id": run_id}, token=token)
+
+    def store(token):  # what the SuperNode does: store the task, then announce it
+        queued.append((token, 5))
+        launcher._task_signal.sendto(b"1", launcher._task_signal.getsockname())
+
+    answered = []
+
+    def hand_over(proc, token):
+        answered.append(token)
+        if token == "evaluate-1":
+            store("train-2")  # arrives while evaluate-1 is answered
+        time.sleep(0.05)
+
+    monkeypatch.setattr(clientapp_process, "_runtime_client", lambda address, token=None: SuperNode())
+    monkeypatch.setattr(launcher, "_hand_over", hand_over)
+    monkeypatch.setattr(clientapp_process, "POLL_S", 30.0)  # only announcements wake the loop in this test
+    store("evaluate-1")
+    launcher.start()
+    deadline = time.monotonic() + 30
+    while len(asks) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # time for a stale announcement to cause another ask
+    launcher.stopping.set()
+    launcher._task_signal.sendto(b"stop", launcher._task_signal.getsockname())
+    launcher.join(timeout=30)
+    assert answered == ["evaluate-1", "train-2"]
+    assert asks == [["evaluate-1"], ["train-2"], []]  # one empty ask: the wait after it found no stale announcement
+
+
 def test_a_process_that_dies_mid_message_is_forgotten(monkeypatch):
     launcher, _ = _launcher(monkeypatch)
     launcher.ready = launcher._spawn()
