@@ -76,6 +76,28 @@ def test_a_bundle_is_checked_once_per_content_and_a_changed_one_anew(project, tm
     assert checks[-1] == ours and len(bundles.results) == CheckedBundles.KEEP
 
 
+def test_a_modified_deflated_bundle_is_refused_like_a_stored_one(project, tmp_path, monkeypatch):
+    """`fedcare server` builds its bundle deflated (fedcare/flwr_cli.py); a hostile center may ship either kind:
+    the check reads files, not their storage."""
+    from flwr.cli import build
+
+    from fedcare.flwr_cli import deflating_bundles
+
+    changed = tmp_path / "p"
+    shutil.copytree(project, changed)
+    (changed / "shared/errors.py").write_text((changed / "shared/errors.py").read_text() + "\nimport os  # payload\n")
+    stored = build_fab_from_disk(changed)
+    monkeypatch.setattr(build, "write_to_zip", build.write_to_zip)  # Flower's builder back after the test
+    deflating_bundles()
+    deflated = build_fab_from_disk(changed)
+    assert {i.compress_type for i in zipfile.ZipFile(io.BytesIO(deflated)).infolist()} == {zipfile.ZIP_DEFLATED}
+    assert deflated != stored
+    for fab in (stored, deflated):
+        differences, bundle, installed = CheckedBundles(installed_manifest()).check(fab)
+        assert differences == ["changed: shared/errors.py"] and bundle != installed
+    assert bundle_check(stored)[1] == bundle_check(deflated)[1]  # the same files, the same digest
+
+
 def test_added_and_missing_files_are_differences():
     installed = {"a.py": "1", "b.py": "2"}
     assert bundle_differences({"a.py": "1", "c.py": "3"}, installed) == ["added: c.py", "missing: b.py"]
