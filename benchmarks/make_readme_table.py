@@ -99,6 +99,10 @@ def round_breakdown(data: dict) -> str:
           _num(r.get("first_round_start_after_last_connected_s"), 2)]
          for r in data["results"]],
     )
+    if data.get("quick"):  # tiny sites: the framework's cost per round with almost no work in it
+        return (summary + "\n\nThe same breakdown with `--quick` configs (tiny sites, one local epoch): a round holds "
+                "almost no training, so its wall time is mostly what the runtime itself costs per round on this machine. "
+                f"Command: `{data.get('command')}`.")
     rows = []
     for r in data["results"]:
         for rnd in r["rounds"]:
@@ -208,7 +212,9 @@ def result_files(results: Path) -> dict[str, list[Path]]:
 def build_markdown(results: Path) -> str:
     parts = []
     for name, paths in result_files(results).items():
-        if name in ("dp_overhead", "gpu_throughput", "deployment_rounds"):  # one file per device: show each,
+        if name == "round_breakdown":  # the full run, and the quick one as the runtime's floor
+            chosen = paths
+        elif name in ("dp_overhead", "gpu_throughput", "deployment_rounds"):  # one file per device: show each,
             chosen = [p for p in paths if not (p.stem.endswith("_quick") and p.with_name(p.stem[:-6] + ".json") in paths)]
         else:
             chosen = paths[:1]

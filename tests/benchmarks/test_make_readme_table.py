@@ -28,6 +28,25 @@ def test_markdown_tables_prefer_full_runs_over_quick(tmp_path: Path) -> None:
     assert build_markdown(tmp_path / "empty") == "No benchmark results found.\n"
 
 
+def test_round_breakdown_shows_the_full_run_and_the_quick_floor_as_a_summary(tmp_path: Path) -> None:
+    site = dict.fromkeys(("setup", "deserialise", "train", "evaluate", "accounting", "checkpoint", "serialise", "other",
+                          "idle_framework"), 0.01)
+    def result(wall: float) -> dict:
+        return {"config": "event", "runtime": "deployment", "overhead_round_1": 0.9, "round_wall_steady_median_s": wall,
+                "overhead_steady_median": 0.5, "site_cpu_overhead_steady_median": 0.1,
+                "first_round_start_after_last_connected_s": 6.0,
+                "rounds": [{"round": 1, "wall_s": 3.0, "sites": {"site_a": site}}]}
+    _write(tmp_path, "round_breakdown.json", {"quick": False, "command": "full", "results": [result(1.01)]})
+    _write(tmp_path, "round_breakdown_quick.json", {"quick": True, "command": "quick", "results": [result(0.24)]})
+    text = build_markdown(tmp_path)
+    full, quick = text.split("### Where a round's time goes (`--quick`)")
+    assert "round_breakdown.json`" in full and "| event | deployment | 3.00 | 90.0% | 1.01 | 50.0% |" in full
+    assert "| event | deployment | 1 | 3.00 | site_a |" in full  # the per-site detail of the full run
+    assert "| event | deployment | 0.24 |" not in full
+    assert "round_breakdown_quick.json`" in quick and "| event | deployment | 3.00 | 90.0% | 0.24 | 50.0% |" in quick
+    assert "| site_a |" not in quick and "almost no training" in quick and "Command: `quick`" in quick
+
+
 def test_fedavg_weights_by_examples_and_keeps_dtypes() -> None:
     a = {"w": torch.tensor([1.0, 2.0]), "steps": torch.tensor(4)}
     b = {"w": torch.tensor([3.0, 6.0]), "steps": torch.tensor(8)}
