@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,24 @@ def scaling(data: dict) -> str:
                     "handlers' CPU time summed over sites.")
 
 
+def _steady_runtime_s(result: dict) -> float | None:
+    """Median over the rounds after the first of wall - critical-path work: the round's seconds outside training and
+    evaluation (message hand-offs, aggregation, waits)."""
+    gaps = [rnd["wall_s"] - rnd["critical_work_s"] for rnd in result["rounds"][1:] if "critical_work_s" in rnd]
+    return statistics.median(gaps) if gaps else None
+
+
 def round_breakdown(data: dict) -> str:
     parts = ("setup", "deserialise", "train", "evaluate", "accounting", "checkpoint", "serialise", "other",
              "idle_framework")
     summary = _md(
         ["config", "runtime", "round 1 wall (s)", "round 1 overhead", "steady round wall (s)", "steady overhead",
-         "steady site CPU overhead", "round 1 starts after the last site connects (s)"],
+         "steady wall - work (s)", "steady site CPU overhead", "round 1 starts after the last site connects (s)"],
         [[r["config"], r["runtime"], _num(r["rounds"][0]["wall_s"], 2) if r["rounds"] else "-",
           f"{r['overhead_round_1']:.1%}" if r.get("overhead_round_1") is not None else "-",
           _num(r.get("round_wall_steady_median_s"), 2),
           f"{r['overhead_steady_median']:.1%}" if r.get("overhead_steady_median") is not None else "-",
+          _num(_steady_runtime_s(r), 3),
           f"{r['site_cpu_overhead_steady_median']:.1%}" if r.get("site_cpu_overhead_steady_median") is not None else "-",
           _num(r.get("first_round_start_after_last_connected_s"), 2)]
          for r in data["results"]],
@@ -113,7 +122,8 @@ def round_breakdown(data: dict) -> str:
     return (summary + "\n\nOverhead = 1 - (training + evaluation on the critical path) / round wall time (a round's "
             "wall time: the gap between global checkpoints; a phase's critical path: the slowest site's time, or with "
             "fewer parallel slots than sites (simulation: 2 CPUs, 1 per site) the best assignment of the sites' "
-            "messages to the slots); site CPU overhead = the sites' CPU outside "
+            "messages to the slots); wall - work: a steady round's seconds outside that work (median; hand-offs, "
+            "aggregation, waits); site CPU overhead = the sites' CPU outside "
             "training and evaluation / all their handlers' CPU. Per site and round, wall seconds:\n\n" + detail
             + f"\n\nCommand: `{data.get('command')}`.")
 
