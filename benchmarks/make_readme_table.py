@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,13 +85,6 @@ def scaling(data: dict) -> str:
                     "handlers' CPU time summed over sites.")
 
 
-def _steady_runtime_s(result: dict) -> float | None:
-    """Median over the rounds after the first of wall - critical-path work: the round's seconds outside training and
-    evaluation (message hand-offs, aggregation, waits)."""
-    gaps = [rnd["wall_s"] - rnd["critical_work_s"] for rnd in result["rounds"][1:] if "critical_work_s" in rnd]
-    return statistics.median(gaps) if gaps else None
-
-
 def round_breakdown(data: dict) -> str:
     parts = ("setup", "deserialise", "train", "evaluate", "accounting", "checkpoint", "serialise", "other",
              "idle_framework")
@@ -103,7 +95,7 @@ def round_breakdown(data: dict) -> str:
           f"{r['overhead_round_1']:.1%}" if r.get("overhead_round_1") is not None else "-",
           _num(r.get("round_wall_steady_median_s"), 2),
           f"{r['overhead_steady_median']:.1%}" if r.get("overhead_steady_median") is not None else "-",
-          _num(_steady_runtime_s(r), 3),
+          _num(r.get("outside_work_steady_median_s"), 3),
           f"{r['site_cpu_overhead_steady_median']:.1%}" if r.get("site_cpu_overhead_steady_median") is not None else "-",
           _num(r.get("first_round_start_after_last_connected_s"), 2)]
          for r in data["results"]],

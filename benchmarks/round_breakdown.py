@@ -143,7 +143,15 @@ def breakdown(run_dir: Path, timing_files: dict[str, Path], slots: int) -> dict[
             "site_cpu_overhead_steady_median": round(statistics.median(steady_cpu), 4) if steady_cpu else None,
             "overhead_round_1": rounds[0]["overhead_fraction"] if rounds else None,
             "round_wall_steady_median_s": round(statistics.median([x["wall_s"] for x in rounds if x["round"] > 1]), 3)
-            if len(rounds) > 1 else None}
+            if len(rounds) > 1 else None,
+            "outside_work_steady_median_s": steady_outside_work_s(rounds)}
+
+
+def steady_outside_work_s(rounds: list[dict[str, Any]]) -> float | None:
+    """Median over the rounds after the first of wall - critical-path work: a round's seconds outside training and
+    evaluation (message hand-offs, aggregation, waits)."""
+    gaps = [x["wall_s"] - x["critical_work_s"] for x in rounds if x["round"] > 1]
+    return round(statistics.median(gaps), 4) if gaps else None
 
 
 def run_simulation(raw: dict, tmp: Path) -> dict[str, Any]:
@@ -235,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         print(f"{res['config']} {res['runtime']}: steady overhead {res['overhead_steady_median']} "
               f"(site CPU outside training/evaluation {res['site_cpu_overhead_steady_median']}), "
-              f"round 1 overhead {res['overhead_round_1']}, steady round {res['round_wall_steady_median_s']} s")
+              f"round 1 overhead {res['overhead_round_1']}, steady round {res['round_wall_steady_median_s']} s "
+              f"({res['outside_work_steady_median_s']} s outside training and evaluation)")
     payload = {"quick": args.quick, "command": "python benchmarks/round_breakdown.py " + " ".join(
         argv if argv is not None else sys.argv[1:]), "results": results}
     name = f"round_breakdown{'_quick' if args.quick else ''}.json"

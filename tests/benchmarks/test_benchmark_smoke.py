@@ -96,3 +96,14 @@ def test_the_critical_path_of_indivisible_site_messages_is_the_best_assignment_t
     assert _critical([0.45, 0.41, 0.24], 1) == pytest.approx(1.10)
     assert _critical([1.0] * 40, 2) == pytest.approx(20.0)  # too many to try: the lower bound
     assert _critical([], 2) == 0.0
+
+
+def test_a_steady_rounds_time_outside_work_is_the_median_over_rounds_after_the_first():
+    from benchmarks.round_breakdown import steady_outside_work_s
+
+    rounds = [{"round": 1, "wall_s": 9.0, "critical_work_s": 1.0},  # round 1 (set-up) does not count
+              {"round": 2, "wall_s": 1.0, "critical_work_s": 0.8},
+              {"round": 3, "wall_s": 1.3, "critical_work_s": 0.9},
+              {"round": 4, "wall_s": 1.2, "critical_work_s": 0.9}]
+    assert steady_outside_work_s(rounds) == pytest.approx(0.3)
+    assert steady_outside_work_s(rounds[:1]) is None

@@ -34,10 +34,8 @@ def test_round_breakdown_shows_the_full_run_and_the_quick_floor_as_a_summary(tmp
     def result(wall: float) -> dict:
         return {"config": "event", "runtime": "deployment", "overhead_round_1": 0.9, "round_wall_steady_median_s": wall,
                 "overhead_steady_median": 0.5, "site_cpu_overhead_steady_median": 0.1,
-                "first_round_start_after_last_connected_s": 6.0,
-                "rounds": [{"round": 1, "wall_s": 3.0, "critical_work_s": 0.5, "sites": {"site_a": site}},
-                           {"round": 2, "wall_s": 1.0, "critical_work_s": 0.8, "sites": {"site_a": site}},
-                           {"round": 3, "wall_s": 1.2, "critical_work_s": 0.9, "sites": {"site_a": site}}]}
+                "first_round_start_after_last_connected_s": 6.0, "outside_work_steady_median_s": 0.25,
+                "rounds": [{"round": 1, "wall_s": 3.0, "sites": {"site_a": site}}]}
     _write(tmp_path, "round_breakdown.json", {"quick": False, "command": "full", "results": [result(1.01)]})
     _write(tmp_path, "round_breakdown_quick.json", {"quick": True, "command": "quick", "results": [result(0.24)]})
     text = build_markdown(tmp_path)
