@@ -99,6 +99,20 @@ def test_yaml_errors_are_one_line_naming_the_file_and_line(tmp_path):
     assert fio.load_yaml(good) == {"a": [1, 2]}
 
 
+def test_a_yaml_file_that_asks_to_build_python_objects_is_refused_and_runs_nothing(tmp_path):
+    """A site's YAML (its policy, re-read with every message) can come from a shared folder: a tag that would call
+    Python (PyYAML's unsafe loaders) is an InputError naming the file, and the call never happens."""
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "policy.yaml"
+    hostile.write_text(f"lifetime_epsilon: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(InputError, match=r"policy\.yaml"):
+        fio.load_yaml(hostile, "site policy")
+    assert not marker.exists()
+    standard = tmp_path / "standard.yaml"
+    standard.write_text("a: !!str 1\nb: !!float 2\n")  # YAML's own tags still work
+    assert fio.load_yaml(standard) == {"a": "1", "b": 2.0}
+
+
 def test_json_errors_are_one_line_naming_the_file_and_line(tmp_path):
     bad = tmp_path / "metrics.json"
     bad.write_text('{\n "a": 1,\n}\n')
